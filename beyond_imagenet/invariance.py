@@ -1,0 +1,360 @@
+"""Transformation-invariance variants (spec §8): scale, shift and resolution.
+
+Each variant is a torchvision-style callable on a PIL image returning a normalised (3, H, W)
+tensor, plus the model-side changes a resolution variant needs (ViT position embeddings, CLIP
+image size). ``mean``/``std`` are always passed explicitly (keyword-only, no default) because a
+wrong normalisation for CLIP weights is the most common silent bug in this kind of evaluation;
+the caller takes them from the model's preprocessing protocol (spec §0).
+
+Variant names (``scale-1.25``, ``shift-30``, ``res-336``) are what the workflow puts in file
+paths; :func:`is_standard` tells it which variant equals the standard evaluation so that
+extraction can be reused instead of recomputed.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any, Callable, Sequence
+
+import torch
+from PIL import Image
+from torchvision import transforms as T
+from torchvision.transforms import InterpolationMode
+
+__all__ = [
+    "VARIANTS",
+    "PARADIGMS",
+    "STANDARD_VALUES",
+    "variant_name",
+    "parse_variant",
+    "is_standard",
+    "scale_transform",
+    "shift_transform",
+    "shift_window",
+    "resolution_transform",
+    "variant_transform",
+    "resize_vit_pos_embed",
+    "create_open_clip_at_resolution",
+]
+
+logger = logging.getLogger(__name__)
+
+#: The variant values evaluated by default (spec §8).
+VARIANTS: dict[str, list[float | int]] = {
+    "scale": [1, 1.25, 1.5, 2, 3],
+    "shift": [0, 5, 30, 75, 100],
+    "resolution": [112, 224, 336, 512, 640],
+}
+
+#: The value of each kind that reproduces the standard (paper-protocol) evaluation.
+STANDARD_VALUES: dict[str, float | int] = {"scale": 1, "shift": 0, "resolution": 224}
+
+#: Per-paradigm settings of the paper protocol: short-side resize before the 224 centre crop
+#: (R in spec §8) and the resize interpolation.
+PARADIGMS: dict[str, dict[str, Any]] = {
+    "supervised": {"base_resize": 256, "interpolation": InterpolationMode.BILINEAR},
+    "clip": {"base_resize": 224, "interpolation": InterpolationMode.BICUBIC},
+}
+
+_PREFIX = {"scale": "scale", "shift": "shift", "resolution": "res"}
+_KIND_OF_PREFIX = {v: k for k, v in _PREFIX.items()}
+
+Transform = Callable[[Image.Image], torch.Tensor]
+
+
+def _round_half_up(x: float) -> int:
+    """Round to nearest, ties up: Python's round() is banker's rounding, which would make
+    e.g. 23.5 -> 24 but 22.5 -> 22 and the window position depend on parity."""
+    return int(math.floor(x + 0.5))
+
+
+def _check_paradigm(paradigm: str) -> None:
+    if paradigm not in PARADIGMS:
+        raise ValueError(f"unknown paradigm {paradigm!r}; expected one of {sorted(PARADIGMS)}")
+
+
+# --- names ------------------------------------------------------------------------------------
+
+def _format_value(kind: str, value: float) -> str:
+    if kind == "scale":
+        return f"{float(value):g}"
+    if float(value) != int(value):
+        raise ValueError(f"{kind} values must be integers, got {value!r}")
+    return str(int(value))
+
+
+def variant_name(kind: str, value: float) -> str:
+    """File-name-safe name of a variant: ``scale-1.25``, ``shift-30``, ``res-336``."""
+    if kind not in _PREFIX:
+        raise ValueError(f"unknown variant kind {kind!r}; expected one of {sorted(_PREFIX)}")
+    return f"{_PREFIX[kind]}-{_format_value(kind, value)}"
+
+
+def parse_variant(name: str) -> tuple[str, float | int]:
+    """Inverse of :func:`variant_name`: ``"res-336"`` -> ``("resolution", 336)``.
+
+    Scale values come back as float, shift/resolution as int; values outside :data:`VARIANTS`
+    are accepted so a study config can add its own.
+    """
+    prefix, sep, raw = name.partition("-")
+    if not sep or prefix not in _KIND_OF_PREFIX or not raw:
+        raise ValueError(f"not a variant name: {name!r} (expected e.g. 'scale-1.25', 'shift-30', 'res-336')")
+    kind = _KIND_OF_PREFIX[prefix]
+    try:
+        value: float | int = float(raw) if kind == "scale" else int(raw)
+    except ValueError as err:
+        raise ValueError(f"bad value in variant name {name!r}") from err
+    if variant_name(kind, value) != name:
+        raise ValueError(f"non-canonical variant name {name!r}; use {variant_name(kind, value)!r}")
+    return kind, value
+
+
+def is_standard(kind: str, value: float, paradigm: str, protocol: str = "paper") -> bool:
+    """Whether this variant is the standard evaluation, so its outputs can be reused.
+
+    Scale 1 (Resize(R) -> CenterCrop(224)), resolution 224 (supervised Resize(256) ->
+    CenterCrop(224); CLIP Resize(224, bicubic) -> CenterCrop(224)) and shift 0 take the same
+    window as the ``paper`` preprocessing protocol for both paradigms. Shift 0 is equal up to
+    resampling order (window crop then resize instead of resize then crop, < 1 px of window
+    rounding), which is the spec's intent: v = 0 is the baseline of the shift curve.
+    Under the ``native`` protocol (each model's own crop_pct/interpolation) nothing is standard.
+    """
+    _check_paradigm(paradigm)
+    if kind not in STANDARD_VALUES:
+        raise ValueError(f"unknown variant kind {kind!r}")
+    return protocol == "paper" and float(value) == float(STANDARD_VALUES[kind])
+
+
+# --- transforms -------------------------------------------------------------------------------
+
+def _to_tensor_normalize(mean: Sequence[float], std: Sequence[float]) -> list[Callable]:
+    return [T.ToTensor(), T.Normalize(mean=list(mean), std=list(std))]
+
+
+def scale_transform(
+    scale: float,
+    base_resize: int,
+    crop: int = 224,
+    *,
+    interpolation: InterpolationMode,
+    mean: Sequence[float],
+    std: Sequence[float],
+) -> T.Compose:
+    """Zoom-in variant: Resize(short side -> round(scale·base_resize)) -> CenterCrop(crop).
+
+    ``base_resize`` is R of the paradigm (256 supervised, 224 CLIP), so ``scale=1`` is the
+    standard evaluation and larger scales show a smaller central part of the image.
+    """
+    if scale <= 0:
+        raise ValueError(f"scale must be positive, got {scale}")
+    size = _round_half_up(scale * base_resize)
+    if size < crop:
+        raise ValueError(f"resize {size} smaller than crop {crop}: the crop would be padded")
+    return T.Compose([T.Resize(size, interpolation=interpolation), T.CenterCrop(crop), *_to_tensor_normalize(mean, std)])
+
+
+def shift_window(width: int, height: int, shift_px: int, base_resize: int, crop: int = 224) -> tuple[int, int, int, int]:
+    """The (left, top, right, bottom) box, in original pixels, of the shifted centre crop.
+
+    The standard Resize(base_resize) + CenterCrop(crop) sees a centred square of side
+    ``crop·short/base_resize`` original pixels. In integers::
+
+        side = round(crop · min(w, h) / base_resize)
+        left = round((w - side) / 2),  top = round((h - side) / 2)      (ties rounded up)
+
+    then ``left += shift_px`` if ``w >= h`` (landscape or square: move right), else
+    ``top += shift_px`` (portrait: move down, along the long side). The box may extend past the
+    image; that part is zero-padded by :func:`shift_transform`.
+    """
+    short = min(width, height)
+    side = _round_half_up(crop * short / base_resize)
+    left = _round_half_up((width - side) / 2)
+    top = _round_half_up((height - side) / 2)
+    if width >= height:
+        left += shift_px
+    else:
+        top += shift_px
+    return left, top, left + side, top + side
+
+
+class _ShiftedCrop:
+    """Crop the shifted window with zero padding outside the image, resized to crop×crop.
+
+    PIL's ``Image.crop`` with a box outside the image fills the outside with 0 (black for RGB,
+    checked in the tests), which is exactly the zero padding the spec asks for. Padding happens
+    before normalisation, so padded pixels become ``-mean/std`` like real black pixels.
+    """
+
+    def __init__(self, shift_px: int, base_resize: int, crop: int, interpolation: InterpolationMode) -> None:
+        self.shift_px = int(shift_px)
+        self.base_resize = int(base_resize)
+        self.crop = int(crop)
+        self.resize = T.Resize((self.crop, self.crop), interpolation=interpolation)
+
+    def __call__(self, img: Image.Image) -> Image.Image:
+        box = shift_window(img.width, img.height, self.shift_px, self.base_resize, self.crop)
+        return self.resize(img.crop(box))
+
+    def __repr__(self) -> str:
+        return (f"{self.__class__.__name__}(shift_px={self.shift_px}, base_resize={self.base_resize}, "
+                f"crop={self.crop}, interpolation={self.resize.interpolation.value})")
+
+
+def shift_transform(
+    shift_px: int,
+    base_resize: int,
+    crop: int = 224,
+    *,
+    interpolation: InterpolationMode,
+    mean: Sequence[float],
+    std: Sequence[float],
+) -> T.Compose:
+    """Shift variant: the standard centre-crop window moved by ``shift_px`` *original* pixels.
+
+    Working in original coordinates (rather than shifting after the resize) makes the shift
+    independent of the resize factor, as the spec defines it; the window is then resized once to
+    crop×crop, so only one resampling happens. See :func:`shift_window` for the arithmetic.
+    """
+    return T.Compose([_ShiftedCrop(shift_px, base_resize, crop, interpolation), *_to_tensor_normalize(mean, std)])
+
+
+def resolution_transform(
+    resolution: int,
+    paradigm: str,
+    interpolation: InterpolationMode | None = None,
+    *,
+    mean: Sequence[float],
+    std: Sequence[float],
+) -> T.Compose:
+    """Input pipeline for evaluating at ``resolution`` px (the model must be resized to match).
+
+    supervised: Resize(round(r·256/224)) -> CenterCrop(r), i.e. the standard 0.875 crop ratio
+    kept at every resolution (bilinear unless told otherwise).
+    clip: Resize(r) -> CenterCrop(r), bicubic, i.e. open_clip's eval transform at image size r.
+    """
+    _check_paradigm(paradigm)
+    if interpolation is None:
+        interpolation = PARADIGMS[paradigm]["interpolation"]
+    if paradigm == "supervised":
+        resize = _round_half_up(resolution * 256 / 224)
+    else:
+        resize = resolution
+    return T.Compose([T.Resize(resize, interpolation=interpolation), T.CenterCrop(resolution),
+                      *_to_tensor_normalize(mean, std)])
+
+
+def variant_transform(
+    kind: str,
+    value: float,
+    paradigm: str,
+    *,
+    mean: Sequence[float],
+    std: Sequence[float],
+    interpolation: InterpolationMode | None = None,
+    crop: int = 224,
+) -> T.Compose:
+    """The transform of one variant with the paradigm's paper-protocol R and interpolation."""
+    _check_paradigm(paradigm)
+    interp = interpolation if interpolation is not None else PARADIGMS[paradigm]["interpolation"]
+    base = PARADIGMS[paradigm]["base_resize"]
+    builders: dict[str, Callable[[], T.Compose]] = {
+        "scale": lambda: scale_transform(float(value), base, crop, interpolation=interp, mean=mean, std=std),
+        "shift": lambda: shift_transform(int(value), base, crop, interpolation=interp, mean=mean, std=std),
+        "resolution": lambda: resolution_transform(int(value), paradigm, interp, mean=mean, std=std),
+    }
+    if kind not in builders:
+        raise ValueError(f"unknown variant kind {kind!r}")
+    return builders[kind]()
+
+
+# --- models at another resolution -------------------------------------------------------------
+
+def _as_hw(size: int | Sequence[int]) -> tuple[int, int]:
+    if isinstance(size, int):
+        return size, size
+    h, w = size
+    return int(h), int(w)
+
+
+def _resample_pos_embed_manually(model: torch.nn.Module, new_hw: tuple[int, int]) -> None:
+    """Fallback for ViT-like timm models without ``set_input_size``: bicubic resampling of the
+    patch part of ``pos_embed`` with timm's own helper, and the patch embed's size bookkeeping."""
+    from timm.layers import resample_abs_pos_embed
+
+    patch_embed = model.patch_embed
+    old_grid = tuple(patch_embed.grid_size)
+    patch = _as_hw(patch_embed.patch_size)
+    new_grid = (new_hw[0] // patch[0], new_hw[1] // patch[1])
+    num_prefix = 0 if getattr(model, "no_embed_class", False) else getattr(model, "num_prefix_tokens", 1)
+    model.pos_embed = torch.nn.Parameter(
+        resample_abs_pos_embed(model.pos_embed.data, new_size=list(new_grid), old_size=list(old_grid),
+                               num_prefix_tokens=num_prefix, interpolation="bicubic", antialias=True),
+        requires_grad=model.pos_embed.requires_grad,
+    )
+    patch_embed.img_size = new_hw
+    patch_embed.grid_size = new_grid
+    patch_embed.num_patches = new_grid[0] * new_grid[1]
+
+
+def resize_vit_pos_embed(model: torch.nn.Module, new_size: int | Sequence[int]) -> torch.nn.Module:
+    """Make a timm model accept ``new_size`` inputs, resampling ViT position embeddings bicubically.
+
+    timm >= 1.0 ``VisionTransformer.set_input_size`` calls ``timm.layers.resample_abs_pos_embed``
+    with its defaults (bicubic, antialias=True, prefix/class tokens untouched) and updates the
+    patch embed's expected size, the same resampling timm applies when loading a checkpoint at
+    another ``img_size`` and open_clip applies in ``resize_pos_embed``; we use it when present.
+    Models without absolute position embeddings (ConvNets) are returned unchanged: they run at
+    any resolution. Modifies ``model`` in place and returns it.
+    """
+    hw = _as_hw(new_size)
+    if getattr(model, "pos_embed", None) is None:
+        logger.info("%s has no absolute position embedding; nothing to resample for %s",
+                    type(model).__name__, hw)
+        return model
+    if hasattr(model, "set_input_size"):
+        model.set_input_size(img_size=hw)
+    else:
+        logger.info("%s has no set_input_size; resampling pos_embed manually", type(model).__name__)
+        _resample_pos_embed_manually(model, hw)
+    logger.info("Resized %s to input %s (pos_embed %s)", type(model).__name__, hw, tuple(model.pos_embed.shape))
+    return model
+
+
+def create_open_clip_at_resolution(
+    name: str,
+    pretrained: str | None,
+    resolution: int,
+    **kwargs: Any,
+) -> tuple[torch.nn.Module, Callable[[Image.Image], torch.Tensor]]:
+    """An open_clip model built for ``resolution`` px inputs; returns ``(model.eval(), preprocess_val)``.
+
+    ``force_image_size`` rewrites the vision config's image size before the model is built, so:
+
+    * native open_clip ViTs get a position embedding for the new grid, and when weights are
+      loaded (tag or file) ``open_clip.factory.load_checkpoint`` calls
+      ``open_clip.model.resize_pos_embed``, which resamples the checkpoint's grid bicubically
+      (antialias=True, class token kept) before ``load_state_dict``;
+    * timm-based towers (e.g. ``convnext_base``) are built and loaded at their native size and then
+      ``visual.set_input_size`` is called; timm ConvNeXt has none (nothing to resample, it is
+      fully convolutional), timm ViTs resample as in :func:`resize_vit_pos_embed`;
+    * with ``pretrained=None`` (random weights) nothing is resampled: the position embedding is
+      simply initialised at the new grid size, so such a model says nothing about resolution
+      robustness; it is only useful for smoke tests;
+    * OpenAI ModifiedResNet (RN50 etc.) is *not* handled by open_clip: its attention-pool
+      position embedding is not resampled, so loading weights at another size fails with a
+      shape mismatch.
+
+    ``preprocess_val`` is open_clip's Resize(r, bicubic) -> CenterCrop(r) with the weights' mean/std,
+    identical to :func:`resolution_transform` for ``clip``. Extra ``kwargs`` go to
+    ``open_clip.create_model_and_transforms``.
+    """
+    import open_clip
+
+    model, _, preprocess_val = open_clip.create_model_and_transforms(
+        name, pretrained=pretrained, force_image_size=resolution, **kwargs
+    )
+    if not pretrained:
+        logger.warning("open_clip %s at %d px with random weights: position embedding initialised, not resampled",
+                       name, resolution)
+    return model.eval(), preprocess_val
