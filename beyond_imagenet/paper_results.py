@@ -1,0 +1,33 @@
+"""The paper's published numbers as data, so reports can draw them beside a run's own results."""
+
+from __future__ import annotations
+
+import copy
+from functools import lru_cache
+from importlib.resources import files
+from typing import Any
+
+import yaml
+
+__all__ = ["PAPER_MODELS", "load_paper_results"]
+
+#: Study names of the four paper models, in the paper's order.
+PAPER_MODELS: tuple[str, ...] = ("vit_sup", "convnext_sup", "vit_clip", "convnext_clip")
+
+
+@lru_cache(maxsize=None)
+def _load() -> dict[str, Any]:
+    text = files("beyond_imagenet").joinpath("data", "paper_results.yaml").read_text("utf-8")
+    data = yaml.safe_load(text)
+    if set(data["models"]) != set(PAPER_MODELS):
+        raise RuntimeError("paper_results.yaml must describe exactly the four paper models")
+    return data
+
+
+def load_paper_results() -> dict[str, Any]:
+    """Published results keyed by section (calibration, imagenet_x, shape_bias, robustness, vtab,
+    pug, invariance, ...), each with a ``source`` note. Accuracies are percent as published.
+
+    Returns a deep copy of the cached parse, so callers may modify it.
+    """
+    return copy.deepcopy(_load())

@@ -1,0 +1,146 @@
+"""Class masks, masked/multi-label top-1 and the ImageNet-C summary."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from beyond_imagenet.classes import (
+    imagenet_a_mask,
+    imagenet_r_mask,
+    imagenet_wnids,
+    val_file_name,
+    wnid_to_index,
+)
+from beyond_imagenet.metrics.robustness import (
+    ALEXNET_IMAGENET_C_MEAN_ERROR,
+    IMAGENET_C_CORRUPTIONS,
+    IMAGENET_C_EXTRA,
+    imagenet_c_summary,
+    multilabel_top1,
+    real_accuracy,
+    real_labels,
+    top1,
+    topk,
+)
+
+
+def test_class_lists() -> None:
+    wnids = imagenet_wnids()
+    assert len(wnids) == 1000 and wnids[0] == "n01440764" and wnids[-1] == "n15075141"
+    assert wnid_to_index()["n01440764"] == 0 and wnid_to_index()["n15075141"] == 999
+    a, r = imagenet_a_mask(), imagenet_r_mask()
+    assert a.dtype == bool and a.sum() == 200 and r.sum() == 200
+    assert list(np.flatnonzero(a)[:10]) == [6, 11, 13, 15, 17, 22, 23, 27, 30, 37]
+    assert list(np.flatnonzero(r)[:3]) == [1, 2, 4]
+    assert (a & r).sum() == 86
+    a[:] = False  # callers get a copy; the cached mask must survive
+    assert imagenet_a_mask().sum() == 200
+
+
+def test_val_file_name() -> None:
+    assert val_file_name("/d/val/n01/ILSVRC2012_val_00000001.JPEG") == "ILSVRC2012_val_00000001.JPEG"
+    assert val_file_name("ILSVRC2012_val_00000001_n01751748.JPEG") == "ILSVRC2012_val_00000001.JPEG"
+
+
+def test_masking_is_needed_for_200_class_sets() -> None:
+    """Each image's true class scores 5, but an out-of-subset class (index >= 200) scores 10: the
+    unmasked argmax is never a label of the 200-class space, the masked one always is."""
+    mask = imagenet_a_mask()
+    inside, outside = np.flatnonzero(mask), np.flatnonzero(~mask)
+    labels = np.arange(200)
+    logits = np.zeros((200, 1000))
+    logits[labels, inside[labels]] = 5.0
+    logits[labels, outside[-1 - labels]] = 10.0
+    assert top1(logits, labels) == 0.0
+    assert top1(logits, labels, class_mask=mask) == 1.0
+    assert topk(logits, labels, k=1, class_mask=mask) == 1.0
+    assert topk(logits, labels, k=2) == pytest.approx(0.0)
+    with pytest.raises(ValueError, match="boolean"):
+        top1(logits, labels, class_mask=mask.astype(int))
+    with pytest.raises(ValueError, match="masked space"):
+        top1(logits, labels + 200, class_mask=mask)
+
+
+def test_top1_and_topk_plain() -> None:
+    logits = np.array([[0.1, 0.7, 0.2], [0.5, 0.3, 0.2], [0.2, 0.3, 0.5]])
+    assert top1(logits, [1, 1, 2]) == pytest.approx(2 / 3)
+    assert topk(logits, [1, 1, 0], k=2) == pytest.approx(2 / 3)
+
+
+def test_multilabel_top1() -> None:
+    """Sets [3, 5], [], [7, -1, -1] (padding), [-1] (empty after padding), [2]:
+    3 images used; hits on 5 and 7 → 2/3."""
+    sets = [[3, 5], [], [7, -1, -1], [-1], [2]]
+    result = multilabel_top1(np.array([5, 1, 7, 0, 4]), sets)
+    assert result.accuracy == pytest.approx(2 / 3) and result.n == 3
+    logits = np.eye(10)[[5, 1, 7, 0, 4]]
+    assert multilabel_top1(logits, sets) == result
+    with pytest.raises(ValueError, match="empty"):
+        multilabel_top1([1], [[]])
+
+
+def test_real_labels() -> None:
+    labels = real_labels()
+    assert len(labels) == 50_000
+    assert sum(1 for v in labels.values() if not v) == 3_163
+    assert labels["ILSVRC2012_val_00000002.JPEG"] == (970, 795)
+    names = list(labels)
+    first = [v[0] if v else 0 for v in labels.values()]
+    result = real_accuracy([f"val/x/{n}" for n in names], first)
+    assert result.accuracy == 1.0 and result.n == 46_837
+
+
+def _constant_c(value: float) -> dict[tuple[str, int], float]:
+    return {(c, s): value for c in IMAGENET_C_CORRUPTIONS for s in range(1, 6)}
+
+
+def test_imagenet_c_hand_computed() -> None:
+    """gaussian_noise accs .9 .8 .7 .6 .5 → mean .7, Σerr 1.5, CE 1.5 / (5·0.886428);
+    brightness .95 .9 .9 .85 .8 → mean .88, Σerr .6, CE .6 / (5·0.564592);
+    the other 13 at .5 → CE .5 / alex_mean. Extras are reported but not averaged."""
+    acc = _constant_c(0.5)
+    for s, a in enumerate([0.9, 0.8, 0.7, 0.6, 0.5], start=1):
+        acc[("gaussian_noise", s)] = a
+    for s, a in enumerate([0.95, 0.9, 0.9, 0.85, 0.8], start=1):
+        acc[("brightness", s)] = a
+    for s in range(1, 6):
+        acc[("saturate", s)] = 0.0
+    out = imagenet_c_summary(acc)
+    assert out["per_corruption"]["gaussian_noise"] == pytest.approx(0.7)
+    assert out["per_corruption"]["brightness"] == pytest.approx(0.88)
+    assert out["per_corruption"]["saturate"] == 0.0
+    assert out["ce"]["gaussian_noise"] == pytest.approx(1.5 / 4.43214)
+    assert out["ce"]["brightness"] == pytest.approx(0.6 / 2.82296)
+    assert "saturate" not in out["ce"]
+    assert out["mean_accuracy"] == pytest.approx((0.7 + 0.88 + 13 * 0.5) / 15)
+    others = [0.5 / ALEXNET_IMAGENET_C_MEAN_ERROR[c] for c in IMAGENET_C_CORRUPTIONS
+              if c not in ("gaussian_noise", "brightness")]
+    expected_mce = (1.5 / 4.43214 + 0.6 / 2.82296 + sum(others)) / 15
+    assert out["mCE"] == pytest.approx(expected_mce)
+
+
+def test_imagenet_c_constants() -> None:
+    assert len(IMAGENET_C_CORRUPTIONS) == 15 and len(IMAGENET_C_EXTRA) == 4
+    assert set(ALEXNET_IMAGENET_C_MEAN_ERROR) == set(IMAGENET_C_CORRUPTIONS)
+    # A model exactly as bad as AlexNet everywhere has mCE 1.
+    acc = {(c, s): 1 - ALEXNET_IMAGENET_C_MEAN_ERROR[c] for c in IMAGENET_C_CORRUPTIONS
+           for s in range(1, 6)}
+    assert imagenet_c_summary(acc)["mCE"] == pytest.approx(1.0)
+
+
+def test_imagenet_c_validation() -> None:
+    acc = _constant_c(0.5)
+    del acc[("fog", 3)]
+    with pytest.raises(ValueError, match="fog severity 3"):
+        imagenet_c_summary(acc)
+    acc = _constant_c(0.5)
+    acc[("spatter", 1)] = 0.5
+    with pytest.raises(ValueError, match="spatter severity 2"):
+        imagenet_c_summary(acc)
+    acc = _constant_c(0.5)
+    acc[("blur", 1)] = 0.5
+    with pytest.raises(ValueError, match="blur"):
+        imagenet_c_summary(acc)
+    with pytest.raises(ValueError, match="fraction"):
+        imagenet_c_summary(_constant_c(50.0))
