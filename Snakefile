@@ -1,0 +1,54 @@
+# Beyond ImageNet accuracy: a study of models x datasets x evaluations.
+#   snakemake --cores 2                                  # the default study (config.yaml), offline
+#   snakemake --configfile studies/paper.yaml --cores 8 --resources gpu=4
+#   snakemake results/figures/reliability_imagenet_val.png --cores 2   # one figure
+import os
+
+from snakemake.exceptions import WorkflowError
+
+from beyond_imagenet.study import ConfigError, Study, validate_config
+
+# config.yaml is the default study; a --configfile on the command line replaces it entirely
+# (Snakemake would otherwise merge the two, mixing the default study's models into another).
+if not workflow.overwrite_configfiles:
+
+    configfile: "config.yaml"
+
+
+try:
+    validate_config(config, workflow.source_path("schemas/config.schema.yaml"))
+except ConfigError as err:
+    raise WorkflowError(str(err))
+
+# envs/*.yaml install this checkout's package into each conda env from here.
+os.environ.setdefault("BEYOND_IMAGENET_ROOT", workflow.basedir)
+
+STUDY = Study(config)
+RESULTS = str(STUDY.results)
+RESOURCES = STUDY.resources
+
+
+wildcard_constraints:
+    model=r"[A-Za-z0-9][A-Za-z0-9_-]*",
+    dataset=r"[A-Za-z0-9][A-Za-z0-9_-]*",
+    filename=r"[^/]+",
+
+
+report: "report/workflow.rst"
+
+
+include: "rules/common.smk"
+include: "rules/datasets.smk"
+include: "rules/extract.smk"
+include: "rules/metrics.smk"
+include: "rules/figures.smk"
+
+
+onstart:
+    check_manual_datasets()
+
+
+rule all:
+    input:
+        all_targets(),
+    default_target: True

@@ -1,0 +1,116 @@
+"""Dataset registry: built-in kinds (``data/datasets.yaml``), readers, generators and manifests.
+
+A study's dataset entry names a *kind* and a *source*; :func:`resolve_dataset` merges the two
+into a :class:`DatasetSpec` that says where the data lives and how to read it. Readers turn a
+dataset root into an ordered list of ``(id, label)`` samples with labels in the kind's own class
+space; the same reader serves real and generated data because generators write the real layout.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class DatasetError(RuntimeError):
+    """A dataset is missing, malformed or inconsistent; the message says what to do."""
+
+
+@functools.lru_cache(maxsize=1)
+def load_catalog() -> dict[str, dict[str, Any]]:
+    """The built-in dataset kinds, keyed by kind name."""
+    text = resources.files("beyond_imagenet.data").joinpath("datasets.yaml").read_text()
+    return yaml.safe_load(text)
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSpec:
+    name: str
+    kind: str
+    source: str
+    reader: str
+    class_space: str
+    subdir: str
+    expected_images: int | None
+    generator: str | None
+    download: dict[str, Any] | None
+    manual_root: str | None
+    archive: str | None
+    images_per_class: int
+    num_classes: int | None
+    seed: int
+    resources_dir: str
+    manual_text: str
+
+    @property
+    def dataset_dir(self) -> Path:
+        """Directory holding the dataset in its layout (the root is ``dataset_dir/subdir``)."""
+        if self.source == "generate":
+            return Path(self.resources_dir) / "generated" / self.name
+        return Path(self.resources_dir) / "datasets" / self.name
+
+    @property
+    def root(self) -> Path:
+        """Folder the reader walks (class folders live directly below it)."""
+        if self.source == "manual" and self.manual_root and not self.archive:
+            return Path(self.manual_root)
+        return self.dataset_dir / self.subdir
+
+    @property
+    def archive_path(self) -> Path | None:
+        if self.source == "manual":
+            return Path(self.archive) if self.archive else None
+        if self.source == "download" and self.download:
+            return Path(self.resources_dir) / "downloads" / self.name / Path(self.download["url"]).name
+        return None
+
+    def instructions(self) -> str:
+        default_root = Path(self.resources_dir) / "datasets" / self.name / self.subdir
+        return self.manual_text.format(default_root=default_root).rstrip()
+
+
+def resolve_dataset(name: str, entry: dict[str, Any], resources_dir: str = "resources") -> DatasetSpec:
+    """Merge a study's dataset entry with its catalogue kind."""
+    catalog = load_catalog()
+    kind = entry["kind"]
+    if kind not in catalog:
+        raise DatasetError(
+            f"datasets.{name}.kind: unknown dataset kind {kind!r}; known kinds: {', '.join(sorted(catalog))}"
+        )
+    info = catalog[kind]
+    source = entry["source"]
+    download = dict(info["download"]) if info.get("download") else None
+    if entry.get("url"):
+        download = {**(download or {}), "url": entry["url"]}
+        if entry.get("sha256"):
+            download["sha256"] = entry["sha256"]
+    if source == "download" and not download:
+        raise DatasetError(
+            f"datasets.{name}: kind {kind!r} has no download recipe; use source: manual with a root, "
+            "or give `url:` (and `sha256:`)"
+        )
+    if source == "generate" and not info.get("generator"):
+        raise DatasetError(f"datasets.{name}: kind {kind!r} has no generator for source: generate")
+    return DatasetSpec(
+        name=name,
+        kind=kind,
+        source=source,
+        reader=info["reader"],
+        class_space=info["class_space"],
+        subdir=info.get("subdir", ""),
+        expected_images=info.get("expected_images"),
+        generator=info.get("generator"),
+        download=download,
+        manual_root=entry.get("root"),
+        archive=entry.get("archive"),
+        images_per_class=entry.get("images_per_class", 1),
+        num_classes=entry.get("num_classes"),
+        seed=entry.get("seed", 0),
+        resources_dir=resources_dir,
+        manual_text=info.get("manual", ""),
+    )

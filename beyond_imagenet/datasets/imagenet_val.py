@@ -1,0 +1,50 @@
+"""Reorganise the original flat ILSVRC2012 val tar into ``val/<wnid>/<file>``.
+
+Labels come from the imagenet-x package's ``filename_label.csv`` (sorted-wnid indices for all
+50,000 val files), which avoids parsing the devkit's ILSVRC ids (not in sorted-wnid order).
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tarfile
+from pathlib import Path
+
+from beyond_imagenet import classes
+from beyond_imagenet.datasets import DatasetError
+from beyond_imagenet.datasets.generate import imagenet_val_file_names
+
+log = logging.getLogger(__name__)
+
+
+def reorganise_val_tar(archive: str | Path, out: str | Path, subdir: str = "val") -> int:
+    archive, out = Path(archive), Path(out)
+    if not archive.is_file():
+        raise DatasetError(f"ImageNet val archive {archive} does not exist")
+    label_of = {name: label for label, names in imagenet_val_file_names().items() for name in names}
+    wnids = classes.imagenet_wnids()
+    tmp = out.with_name(f".{out.name}.tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    n = 0
+    with tarfile.open(archive) as tar:
+        for member in tar:
+            name = Path(member.name).name
+            if not member.isfile():
+                continue
+            if name not in label_of or "/" in member.name.strip("./"):
+                raise DatasetError(f"{archive}: unexpected member {member.name!r}; is this ILSVRC2012_img_val.tar?")
+            target = tmp / subdir / wnids[label_of[name]] / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with tar.extractfile(member) as src, open(target, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+            n += 1
+    if n != len(label_of):
+        shutil.rmtree(tmp)
+        raise DatasetError(f"{archive}: {n} val images found, expected {len(label_of)}")
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    log.info("reorganised %d images into %s", n, out / subdir)
+    return n

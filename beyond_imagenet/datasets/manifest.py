@@ -1,0 +1,61 @@
+"""Manifests: the ordered sample list of a dataset, fingerprinted, written once per dataset.
+
+Extraction reads the manifest instead of walking the folder again, so every model sees the same
+images in the same order, and the fingerprint recorded in each output ties it to this list.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from beyond_imagenet.datasets import DatasetError, DatasetSpec
+from beyond_imagenet.datasets.readers import read_samples
+from beyond_imagenet.io import atomic_write_text
+
+log = logging.getLogger(__name__)
+
+
+def fingerprint(root: Path, samples: list[tuple[str, int]]) -> str:
+    """sha256 over (id, label, file size): changes when files are added, removed, relabelled or resized."""
+    h = hashlib.sha256()
+    for sid, label in samples:
+        h.update(f"{sid}\t{label}\t{os.stat(root / sid).st_size}\n".encode())
+    return h.hexdigest()
+
+
+def build_manifest(spec: DatasetSpec) -> dict[str, Any]:
+    root = spec.root
+    if not root.is_dir():
+        raise DatasetError(f"datasets.{spec.name}: folder {root} does not exist.\n{spec.instructions()}")
+    samples = read_samples(spec.reader, root, spec.class_space)
+    if spec.source != "generate" and spec.expected_images and len(samples) != spec.expected_images:
+        raise DatasetError(
+            f"datasets.{spec.name}: {root} holds {len(samples)} files, expected {spec.expected_images} "
+            f"for {spec.kind}. The copy is incomplete or has extra files.\n{spec.instructions()}"
+        )
+    log.info("%s: %d samples under %s", spec.name, len(samples), root)
+    return {
+        "dataset": spec.name,
+        "kind": spec.kind,
+        "class_space": spec.class_space,
+        "root": str(root.resolve()),
+        "n_images": len(samples),
+        "fingerprint": fingerprint(root, samples),
+        "samples": samples,
+    }
+
+
+def write_manifest(manifest: dict[str, Any], path: str | os.PathLike) -> None:
+    atomic_write_text(path, json.dumps(manifest, separators=(",", ":")))
+
+
+def load_manifest(path: str | os.PathLike) -> dict[str, Any]:
+    with open(path) as f:
+        manifest = json.load(f)
+    manifest["samples"] = [(s, int(l)) for s, l in manifest["samples"]]
+    return manifest

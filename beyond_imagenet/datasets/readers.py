@@ -1,0 +1,85 @@
+"""Readers: a dataset root -> ordered ``(id, label)`` samples, labels in the kind's class space.
+
+Labels never come from enumerating the folders that happen to be present (a generated or
+partial copy has fewer); they come from the position of the folder's wnid in the class space,
+which is the sorted-wnid convention of the whole project (spec/evaluations.md).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from beyond_imagenet import classes
+from beyond_imagenet.datasets import DatasetError
+
+Sample = tuple[str, int]
+READERS: dict[str, Callable[[Path, str], list[Sample]]] = {}
+
+
+def register_reader(name: str):
+    def wrap(fn):
+        READERS[name] = fn
+        return fn
+
+    return wrap
+
+
+CLASS_SPACES: dict[str, Callable[[], tuple[str, ...]]] = {
+    "imagenet1k": classes.imagenet_wnids,
+    "imagenet_r": classes.imagenet_r_wnids,
+    "imagenet_a": classes.imagenet_a_wnids,
+}
+
+
+def class_space_wnids(space: str) -> tuple[str, ...]:
+    """The ordered wnids of a label space: ``imagenet1k`` or a 200-class subset."""
+    if space not in CLASS_SPACES:
+        raise DatasetError(f"unknown class space {space!r}; known: {', '.join(CLASS_SPACES)}")
+    return CLASS_SPACES[space]()
+
+
+def class_space_mask(space: str) -> np.ndarray | None:
+    """Boolean mask over the 1000 ImageNet logits for a subset space; None for the full space."""
+    if space == "imagenet1k":
+        return None
+    return classes.subset_mask(class_space_wnids(space))
+
+
+def _visible(entries):
+    return sorted((e for e in entries if not e.name.startswith(".")), key=lambda e: e.name)
+
+
+@register_reader("wnid_folders")
+def read_wnid_folders(root: Path, class_space: str) -> list[Sample]:
+    """``root/<wnid>/<file>``: every file in a class folder is a sample (bad files fail at decode)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"dataset folder {root} does not exist or is not a directory")
+    index = {w: i for i, w in enumerate(class_space_wnids(class_space))}
+    with os.scandir(root) as it:
+        folders = _visible(e for e in it if e.is_dir())
+    unexpected = [e.name for e in folders if e.name not in index]
+    if unexpected:
+        shown = ", ".join(unexpected[:10]) + (" ..." if len(unexpected) > 10 else "")
+        raise DatasetError(
+            f"{root}: {len(unexpected)} folder(s) are not classes of the {class_space} space: {shown}. "
+            "Remove them or point the dataset at the right folder."
+        )
+    samples: list[Sample] = []
+    for folder in folders:
+        with os.scandir(folder.path) as it:
+            for f in _visible(e for e in it if e.is_file()):
+                samples.append((f"{folder.name}/{f.name}", index[folder.name]))
+    if not samples:
+        raise DatasetError(f"{root}: no image files found in any class folder")
+    return samples
+
+
+def read_samples(reader: str, root: Path, class_space: str) -> list[Sample]:
+    if reader not in READERS:
+        raise DatasetError(f"unknown reader {reader!r}; registered: {', '.join(sorted(READERS))}")
+    return READERS[reader](Path(root), class_space)

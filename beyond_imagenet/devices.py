@@ -1,0 +1,76 @@
+"""GPU leasing: a job takes a free device itself, because Snakemake's ``gpu`` resource only counts.
+
+Snakemake never sets ``CUDA_VISIBLE_DEVICES`` for local jobs (spec/pitfalls.md), so two GPU jobs
+would otherwise both land on ``cuda:0``. Each visible device has a lock file keyed by its UUID
+(stable whatever ``CUDA_VISIBLE_DEVICES`` a job sees); a job holds a non-blocking ``flock`` on one
+for its lifetime. The kernel drops the lock when the process dies, so a killed job frees its GPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+log = logging.getLogger(__name__)
+
+
+def default_lock_dir() -> Path:
+    return Path(tempfile.gettempdir()) / "beyond_imagenet_gpu_locks"
+
+
+def _device_key(index: int) -> str:
+    props = torch.cuda.get_device_properties(index)
+    uuid = getattr(props, "uuid", None)
+    return str(uuid) if uuid is not None else f"index-{index}"
+
+
+@contextlib.contextmanager
+def lease_device(requested: str = "auto", lock_dir: str | os.PathLike | None = None,
+                 poll_seconds: float = 5.0) -> Iterator[torch.device]:
+    """Yield a device this process holds exclusively: a free GPU, or the CPU where there is none.
+
+    ``requested``: ``auto`` (GPU if any, else CPU), ``cpu``, or ``cuda`` (fail without a GPU).
+    Waits, logging once, while every visible GPU is leased by another job.
+    """
+    if requested == "cpu" or (requested == "auto" and not torch.cuda.is_available()):
+        log.info("running on CPU (%s)", "requested" if requested == "cpu" else "no CUDA device visible")
+        yield torch.device("cpu")
+        return
+    if not torch.cuda.is_available():
+        raise RuntimeError("extraction.device is 'cuda' but no CUDA device is visible to this job")
+    folder = Path(lock_dir) if lock_dir else default_lock_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    waited = False
+    while True:
+        for index in range(torch.cuda.device_count()):
+            handle = open(folder / f"gpu-{_device_key(index)}.lock", "a+")
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.close()
+                continue
+            try:
+                handle.seek(0)
+                handle.truncate()
+                handle.write(f"{os.getpid()}\n")
+                handle.flush()
+                log.info("leased cuda:%d (%s)", index, torch.cuda.get_device_name(index))
+                torch.cuda.set_device(index)
+                yield torch.device("cuda", index)
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+                handle.close()
+            return
+        if not waited:
+            log.warning("all %d visible GPUs are leased by other jobs; waiting (locks in %s)",
+                        torch.cuda.device_count(), folder)
+            waited = True
+        time.sleep(poll_seconds)

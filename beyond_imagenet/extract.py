@@ -1,0 +1,326 @@
+"""One forward pass per (model, dataset, variant) -> the HDF5 output contract.
+
+Streaming and resumable: batches are decoded by DataLoader workers, outputs are flushed every
+``shard_rows`` images to a checkpoint shard (written atomically) next to the output, and a killed
+job resumes after its last shard. Shards start at multiples of the batch size, so the resumed run
+computes exactly the same batches as an uninterrupted one, and the final HDF5 is assembled in one
+go from the shards: the file is identical either way. Memory is bounded by one shard.
+
+Bad images (undecodable, truncated, empty, not an image) are collected over the whole pass, so
+the error names every one of them, and with ``on_bad_image='error'`` nothing is written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import h5py
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from beyond_imagenet.io import atomic_path
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+
+
+class BadImagesError(RuntimeError):
+    """Some images could not be read; lists every one of them."""
+
+    def __init__(self, root: str, bad: list[tuple[str, str]]):
+        self.bad = bad
+        lines = "\n".join(f"  {root}/{sid}: {reason}" for sid, reason in bad)
+        super().__init__(
+            f"{len(bad)} image(s) could not be read, nothing was written:\n{lines}\n"
+            "Replace or remove these files (then the dataset's manifest is rebuilt), or set "
+            "extraction.on_bad_image: skip to record them as skipped."
+        )
+
+
+class StaleOutputError(RuntimeError):
+    """An output file was made for another model, weights, preprocessing or image list."""
+
+
+def load_rgb(path: str | os.PathLike) -> Image.Image:
+    """Decode fully (truncation raises) and convert odd-but-valid modes to 8-bit RGB."""
+    with Image.open(path) as image:
+        image.load()
+        if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+            # 16-bit (or 32-bit integer) grayscale: PIL's convert("RGB") would clip at 255;
+            # rescale the 16-bit range to 8 bits instead.
+            array = np.asarray(image).astype(np.float64)
+            array = np.clip(np.round(array / 257.0), 0, 255).astype(np.uint8)
+            return Image.fromarray(array, mode="L").convert("RGB")
+        if image.mode == "RGB":
+            return image.copy()
+        # CMYK, grayscale, palette, RGBA (alpha dropped, as torchvision's loader does).
+        return image.convert("RGB")
+
+
+class ImageList(Dataset):
+    def __init__(self, root: str | os.PathLike, ids: Sequence[str], transform: Callable, start: int = 0):
+        self.root = Path(root)
+        self.ids = ids
+        self.transform = transform
+        self.start = start
+
+    def __len__(self) -> int:
+        return len(self.ids) - self.start
+
+    def __getitem__(self, i: int):
+        index = self.start + i
+        try:
+            image = self.transform(load_rgb(self.root / self.ids[index]))
+            return image, index, ""
+        except Exception as err:  # any decode/transform failure is reported per file
+            return None, index, f"{type(err).__name__}: {err}"
+
+
+def collate(batch):
+    good = [(img, idx) for img, idx, err in batch if img is not None]
+    bad = [(idx, err) for img, idx, err in batch if img is None]
+    images = torch.stack([img for img, _ in good]) if good else None
+    return images, [idx for _, idx in good], bad
+
+
+def _shard_path(parts: Path, k: int) -> Path:
+    return parts / f"shard-{k:06d}.npz"
+
+
+def _save_shard(path: Path, **arrays: np.ndarray) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+
+
+class _Forward:
+    """Runs the network, halving the sub-batch on CUDA OOM and keeping the smaller size."""
+
+    def __init__(self, network: torch.nn.Module, device: torch.device):
+        self.network = network
+        self.device = device
+        self.max_rows: int | None = None
+
+    def __call__(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        while True:
+            rows = self.max_rows or images.shape[0]
+            try:
+                outs = [self._run(images[i : i + rows]) for i in range(0, images.shape[0], rows)]
+                return (np.concatenate([o[0] for o in outs]), np.concatenate([o[1] for o in outs]))
+            except torch.cuda.OutOfMemoryError:
+                if rows == 1:
+                    raise
+                self.max_rows = max(1, rows // 2)
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                log.warning("CUDA out of memory at %d images per forward pass; continuing with %d", rows, self.max_rows)
+
+    def _run(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        images = images.to(self.device, non_blocking=True)
+        with torch.inference_mode():
+            if self.device.type == "cuda":
+                images = images.contiguous(memory_format=torch.channels_last)
+                with torch.autocast("cuda", dtype=torch.bfloat16):
+                    logits, features = self.network(images)
+            else:
+                logits, features = self.network(images)
+        return logits.float().cpu().numpy(), features.float().cpu().numpy()
+
+
+def extract(
+    network: torch.nn.Module,
+    transform: Callable,
+    root: str | os.PathLike,
+    samples: Sequence[tuple[str, int]],
+    out_path: str | os.PathLike,
+    attrs: dict[str, Any],
+    *,
+    device: torch.device = torch.device("cpu"),
+    batch_size: int = 64,
+    num_workers: int = 2,
+    shard_size: int = 4096,
+    features_dtype: str = "float16",
+    on_bad_image: str = "error",
+    progress: bool = True,
+) -> Path:
+    """Run ``network`` (returning ``(logits, features)``) over ``samples`` and write ``out_path``."""
+    out_path = Path(out_path)
+    ids = [sid for sid, _ in samples]
+    labels = np.asarray([label for _, label in samples], dtype=np.int64)
+    n = len(ids)
+    shard_rows = math.ceil(shard_size / batch_size) * batch_size
+    n_shards = math.ceil(n / shard_rows)
+    parts = out_path.parent / f".{out_path.name}.parts"
+    run_key = hashlib.sha256(
+        json.dumps({"attrs": attrs, "batch_size": batch_size, "shard_rows": shard_rows,
+                    "features_dtype": features_dtype}, sort_keys=True, default=str).encode()
+    ).hexdigest()
+    done = _resume_point(parts, run_key, n_shards)
+    if done:
+        log.info("resuming %s after %d of %d checkpoint shards", out_path, done, n_shards)
+
+    network.eval().to(device)
+    forward = _Forward(network, device)
+    start = done * shard_rows
+    if start < n:
+        loader = DataLoader(
+            ImageList(root, ids, transform, start=start), batch_size=batch_size, shuffle=False,
+            num_workers=num_workers, collate_fn=collate, pin_memory=device.type == "cuda",
+            persistent_workers=False, prefetch_factor=4 if num_workers else None,
+        )
+        buffer: dict[str, list] = {"logits": [], "features": [], "index": [], "bad": []}
+        shard = done
+        bar = tqdm(total=n, initial=start, unit="img", desc=out_path.stem, disable=not progress, mininterval=5)
+        for images, good_idx, bad in loader:
+            if images is not None:
+                logits, features = forward(images)
+                buffer["logits"].append(logits)
+                buffer["features"].append(features.astype(features_dtype))
+                buffer["index"].extend(good_idx)
+            buffer["bad"].extend(bad)
+            bar.update(len(good_idx) + len(bad))
+            filled = len(buffer["index"]) + len(buffer["bad"])
+            if filled == shard_rows or start + (shard - done) * shard_rows + filled == n:
+                _flush(parts, shard, buffer)
+                shard += 1
+                buffer = {"logits": [], "features": [], "index": [], "bad": []}
+        bar.close()
+
+    return _assemble(parts, n_shards, out_path, ids, labels, attrs, on_bad_image, root)
+
+
+def _resume_point(parts: Path, run_key: str, n_shards: int) -> int:
+    key_file = parts / "run-key"
+    if parts.exists() and (not key_file.exists() or key_file.read_text() != run_key):
+        log.info("discarding checkpoint shards of a different run in %s", parts)
+        shutil.rmtree(parts)
+    parts.mkdir(parents=True, exist_ok=True)
+    if not key_file.exists():
+        key_file.write_text(run_key)
+    done = 0
+    while done < n_shards and _shard_path(parts, done).exists():
+        done += 1
+    return done
+
+
+def _flush(parts: Path, shard: int, buffer: dict[str, list]) -> None:
+    bad = buffer["bad"]
+    _save_shard(
+        _shard_path(parts, shard),
+        logits=np.concatenate(buffer["logits"]) if buffer["logits"] else np.zeros((0, 0), np.float32),
+        features=np.concatenate(buffer["features"]) if buffer["features"] else np.zeros((0, 0), np.float16),
+        index=np.asarray(buffer["index"], dtype=np.int64),
+        bad_index=np.asarray([i for i, _ in bad], dtype=np.int64),
+        bad_reason=np.asarray([r for _, r in bad], dtype=str),
+    )
+
+
+def _assemble(parts: Path, n_shards: int, out_path: Path, ids: list[str], labels: np.ndarray,
+              attrs: dict[str, Any], on_bad_image: str, root) -> Path:
+    shards = [_shard_path(parts, k) for k in range(n_shards)]
+    bad: list[tuple[int, str]] = []
+    n_good, n_classes, dim, fdtype = 0, 0, 0, np.float16
+    for path in shards:
+        with np.load(path) as z:
+            bad += list(zip(z["bad_index"].tolist(), z["bad_reason"].tolist()))
+            n_good += len(z["index"])
+            if len(z["index"]):
+                n_classes, dim, fdtype = z["logits"].shape[1], z["features"].shape[1], z["features"].dtype
+    if bad and on_bad_image == "error":
+        shutil.rmtree(parts)
+        raise BadImagesError(str(root), [(ids[i], reason) for i, reason in bad])
+    if n_good == 0:
+        shutil.rmtree(parts)
+        raise BadImagesError(str(root), [(ids[i], reason) for i, reason in bad] or [("(none)", "dataset is empty")])
+    string = h5py.string_dtype("utf-8")
+    with atomic_path(out_path) as tmp:
+        with h5py.File(tmp, "w") as f:
+            d_logits = f.create_dataset("logits", (n_good, n_classes), dtype=np.float32, track_times=False)
+            d_feats = f.create_dataset("features", (n_good, dim), dtype=fdtype, track_times=False)
+            keep = np.zeros(len(ids), dtype=bool)
+            row = 0
+            for path in shards:
+                with np.load(path) as z:
+                    k = len(z["index"])
+                    if k:
+                        d_logits[row : row + k] = z["logits"]
+                        d_feats[row : row + k] = z["features"]
+                        keep[z["index"]] = True
+                    row += k
+            f.create_dataset("labels", data=labels[keep], track_times=False)
+            f.create_dataset("ids", data=np.asarray([s for s, k in zip(ids, keep) if k], dtype=object),
+                             dtype=string, track_times=False)
+            bad_sorted = sorted(bad)
+            f.create_dataset("skipped_ids", data=np.asarray([ids[i] for i, _ in bad_sorted], dtype=object),
+                             dtype=string, shape=(len(bad_sorted),), track_times=False)
+            f.create_dataset("skipped_reasons", data=np.asarray([r for _, r in bad_sorted], dtype=object),
+                             dtype=string, shape=(len(bad_sorted),), track_times=False)
+            full = {**attrs, "format_version": FORMAT_VERSION, "n_images": int(n_good),
+                    "n_skipped": len(bad_sorted), "features_dtype": np.dtype(fdtype).name}
+            for key in sorted(full):
+                f.attrs[key] = _attr_value(full[key])
+    shutil.rmtree(parts)
+    if bad:
+        log.warning("%d unreadable image(s) skipped and recorded in %s", len(bad), out_path)
+    log.info("wrote %s (%d images)", out_path, n_good)
+    return out_path
+
+
+def _attr_value(value: Any):
+    if isinstance(value, (dict, list, tuple)):
+        return json.dumps(value, sort_keys=True, default=str)
+    if value is None:
+        return ""
+    return value
+
+
+# ------------------------------------------------------------------------------------- reading
+def read_attrs(path: str | os.PathLike) -> dict[str, Any]:
+    with h5py.File(path, "r") as f:
+        return {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
+
+
+def check_attrs(path: str | os.PathLike, expected: dict[str, Any]) -> dict[str, Any]:
+    """Refuse an output whose recorded identity differs from what the caller expects."""
+    found = read_attrs(path)
+    wrong = []
+    for key, value in expected.items():
+        want = _attr_value(value)
+        have = found.get(key)
+        if isinstance(want, (int, float)) and not isinstance(want, bool):
+            same = have is not None and not isinstance(have, str) and float(have) == float(want)
+        else:
+            same = str(have) == str(want)
+        if not same:
+            wrong.append(f"{key}: file has {have!r}, expected {want!r}")
+    if wrong:
+        raise StaleOutputError(
+            f"{path} was made for something else and is not reused:\n  " + "\n  ".join(wrong)
+            + f"\nDelete it (rm {path}) and rerun the workflow to recompute it."
+        )
+    return found
+
+
+def read_outputs(path: str | os.PathLike, expected: dict[str, Any] | None = None,
+                 fields: Sequence[str] = ("logits", "labels", "ids")) -> dict[str, Any]:
+    """Load an output file (read-only), checking its recorded identity first."""
+    attrs = check_attrs(path, expected) if expected else read_attrs(path)
+    out: dict[str, Any] = {"attrs": attrs}
+    with h5py.File(path, "r") as f:
+        for name in fields:
+            data = f[name][()]
+            if name.endswith("ids"):
+                data = np.asarray([x.decode() if isinstance(x, bytes) else x for x in data], dtype=object)
+            out[name] = data
+    return out

@@ -1,0 +1,296 @@
+"""Model registry: one config entry -> a network that returns ImageNet-1k logits and features.
+
+Two sources, each a small adapter registered in ``SOURCES`` (no if/else over model names):
+- ``timm``: logits from the model's own head; features = ``forward_head(pre_logits=True)``.
+- ``open_clip``: features = the image embedding before normalisation; logits =
+  ``logit_scale * normalize(features) @ W`` with W the zero-shot head built by open_clip's own
+  ``build_zero_shot_classifier`` (IMAGENET_CLASSNAMES x OPENAI_IMAGENET_TEMPLATES).
+
+Weights: the libraries' hub loading (``pretrained``), a local checkpoint (``torch.load`` with
+``weights_only=True``), or random weights under a seed. Preprocessing protocols ``paper`` and
+``native`` follow spec/evaluations.md section 0 and are recorded with every output.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import json
+import logging
+from importlib import resources
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class ModelError(RuntimeError):
+    """A model entry cannot be built; the message names the config key and what to do."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    source: str
+    arch: str
+    pretrained: bool | str = True
+    checkpoint: str | None = None
+    seed: int = 0
+    family: str = "other"
+    paradigm: str = "supervised"
+    label: str = ""
+    paper_key: str | None = None
+
+    @classmethod
+    def from_config(cls, name: str, entry: dict[str, Any]) -> "ModelSpec":
+        if entry["source"] not in SOURCES:
+            raise ModelError(f"models.{name}.source: unknown source {entry['source']!r}; known: {sorted(SOURCES)}")
+        paradigm = entry.get("paradigm") or ("clip" if entry["source"] == "open_clip" else "supervised")
+        return cls(
+            name=name,
+            source=entry["source"],
+            arch=entry["name"],
+            pretrained=entry.get("pretrained", True),
+            checkpoint=entry.get("checkpoint"),
+            seed=entry.get("seed", 0),
+            family=entry.get("family") or _guess_family(entry["name"]),
+            paradigm=paradigm,
+            label=entry.get("label") or name,
+            paper_key=entry.get("paper_key"),
+        )
+
+    @property
+    def weights_tag(self) -> str:
+        """What weights the outputs came from; part of every cache key."""
+        if self.checkpoint:
+            return f"checkpoint:{Path(self.checkpoint).name}"
+        if self.pretrained is False:
+            return f"random:seed={self.seed}"
+        if self.pretrained is True:
+            return "pretrained:default"
+        return f"pretrained:{self.pretrained}"
+
+    @property
+    def needs_zero_shot_head(self) -> bool:
+        return SOURCES[self.source].needs_head
+
+
+def _guess_family(arch: str) -> str:
+    arch = arch.lower()
+    if "vit" in arch or "deit" in arch:
+        return "vit"
+    if "convnext" in arch or "resnet" in arch:
+        return "convnet"
+    return "other"
+
+
+@dataclasses.dataclass
+class LoadedModel:
+    """A network in eval mode whose ``forward`` returns ``(logits, features)``, plus its transform."""
+
+    spec: ModelSpec
+    network: nn.Module
+    transform: Callable
+    preprocessing: dict[str, Any]
+
+
+def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
+    """Load a checkpoint safely (no pickled code); accepts a bare state dict or {'state_dict'|'model': ...}."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"checkpoint {path} does not exist")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # pickle errors name the offending global; pass them on
+        raise ModelError(
+            f"checkpoint {path} cannot be loaded with torch.load(weights_only=True): {err}. "
+            "Save only the state dict (torch.save(model.state_dict(), path))."
+        ) from err
+    for key in ("state_dict", "model", "module"):
+        if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
+            obj = obj[key]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ModelError(f"checkpoint {path} does not hold a state dict of tensors")
+    return obj
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _load_checkpoint(network: nn.Module, spec: ModelSpec) -> None:
+    state = load_state_dict_file(spec.checkpoint)
+    missing, unexpected = network.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ModelError(
+            f"models.{spec.name}.checkpoint {spec.checkpoint} does not match {spec.source} model {spec.arch}: "
+            f"missing keys {missing[:5]}, unexpected keys {unexpected[:5]}"
+        )
+
+
+def _transform_record(transform: Callable, **params: Any) -> dict[str, Any]:
+    return {"transform": repr(transform), **params}
+
+
+# ----------------------------------------------------------------------------------------- timm
+class _TimmNet(nn.Module):
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        tokens = self.model.forward_features(x)
+        features = self.model.forward_head(tokens, pre_logits=True)
+        logits = self.model.forward_head(tokens)
+        return logits, features
+
+
+class TimmSource:
+    needs_head = False
+
+    @staticmethod
+    def build(spec: ModelSpec, protocol: str, **_: Any) -> LoadedModel:
+        import timm
+        from timm.data import create_transform, resolve_model_data_config
+
+        arch = spec.arch
+        if isinstance(spec.pretrained, str) and not spec.checkpoint:
+            arch = f"{arch}.{spec.pretrained}"
+        pretrained = bool(spec.pretrained) and not spec.checkpoint
+        torch.manual_seed(spec.seed)
+        try:
+            model = timm.create_model(arch, pretrained=pretrained)
+        except RuntimeError as err:
+            raise ModelError(f"models.{spec.name}: timm cannot create {arch!r}: {err}") from err
+        if spec.checkpoint:
+            _load_checkpoint(model, spec)
+        if model.num_classes != 1000:
+            raise ModelError(
+                f"models.{spec.name}: {arch} has {model.num_classes} output classes; the evaluations need "
+                "ImageNet-1k logits (choose an in1k fine-tuned tag)"
+            )
+        model.eval()
+        if protocol == "paper":
+            # Paper protocol for supervised models: Resize(256, bilinear) -> CenterCrop(224) -> ImageNet mean/std.
+            params = dict(input_size=(3, 224, 224), crop_pct=224 / 256, interpolation="bilinear",
+                          mean=IMAGENET_MEAN, std=IMAGENET_STD, crop_mode="center")
+        else:
+            params = resolve_model_data_config(model)
+        transform = create_transform(**params, is_training=False)
+        return LoadedModel(spec, _TimmNet(model), transform, _transform_record(transform, protocol=protocol, **params))
+
+
+# ------------------------------------------------------------------------------------ open_clip
+@functools.lru_cache(maxsize=1)
+def _register_bundled_open_clip_configs() -> None:
+    """Make the small CLIP configs of the default study known to open_clip by name."""
+    import open_clip
+
+    folder = resources.files("beyond_imagenet").joinpath("model_configs")
+    open_clip.add_model_config(Path(str(folder)))
+
+
+class _ClipNet(nn.Module):
+    def __init__(self, model: nn.Module, head: torch.Tensor, logit_scale: float):
+        super().__init__()
+        self.model = model
+        self.register_buffer("head", head.float())
+        self.logit_scale = float(logit_scale)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.model.encode_image(x)
+        logits = self.logit_scale * F.normalize(features.float(), dim=-1) @ self.head
+        return logits, features
+
+
+def _create_open_clip(spec: ModelSpec):
+    import open_clip
+
+    _register_bundled_open_clip_configs()
+    if spec.pretrained is True and not spec.checkpoint:
+        tags = open_clip.list_pretrained_tags_by_model(spec.arch)
+        raise ModelError(
+            f"models.{spec.name}.pretrained: open_clip needs a pretrained tag for {spec.arch}, "
+            f"one of {tags}, or false for random weights"
+        )
+    tag = spec.pretrained if isinstance(spec.pretrained, str) and not spec.checkpoint else None
+    torch.manual_seed(spec.seed)
+    try:
+        model, _, preprocess = open_clip.create_model_and_transforms(spec.arch, pretrained=tag)
+    except RuntimeError as err:
+        raise ModelError(f"models.{spec.name}: open_clip cannot create {spec.arch!r} ({tag}): {err}") from err
+    if spec.checkpoint:
+        _load_checkpoint(model, spec)
+    model.eval()
+    return model, preprocess, open_clip.get_tokenizer(spec.arch)
+
+
+class OpenClipSource:
+    needs_head = True
+
+    @staticmethod
+    def build(spec: ModelSpec, protocol: str, head: torch.Tensor | None = None,
+              logit_scale: float = 100.0, **_: Any) -> LoadedModel:
+        if head is None:
+            raise ModelError(f"models.{spec.name}: open_clip models need their zero-shot head")
+        model, preprocess, _ = _create_open_clip(spec)
+        # Both protocols use open_clip's own eval transform for CLIP weights (Resize(224, bicubic),
+        # CenterCrop, OpenAI mean/std): the weights' own config is the native one.
+        cfg = model.visual.preprocess_cfg if hasattr(model.visual, "preprocess_cfg") else {}
+        record = _transform_record(preprocess, protocol=protocol, **{k: v for k, v in cfg.items()})
+        return LoadedModel(spec, _ClipNet(model, head, logit_scale), preprocess, record)
+
+    @staticmethod
+    def build_head(spec: ModelSpec, n_templates: int | str, device: torch.device) -> torch.Tensor:
+        """The (D, 1000) zero-shot ImageNet head, via open_clip's own builder."""
+        import open_clip
+
+        model, _, tokenizer = _create_open_clip(spec)
+        templates = open_clip.OPENAI_IMAGENET_TEMPLATES
+        if n_templates != "all":
+            templates = templates[: int(n_templates)]
+        model.to(device)
+        with torch.no_grad():
+            head = open_clip.build_zero_shot_classifier(
+                model, tokenizer, open_clip.IMAGENET_CLASSNAMES, templates,
+                num_classes_per_batch=50, device=device, use_tqdm=True,
+            )
+        return head.float().cpu()
+
+
+SOURCES: dict[str, Any] = {"timm": TimmSource, "open_clip": OpenClipSource}
+
+
+def build_model(spec: ModelSpec, protocol: str = "paper", head: torch.Tensor | None = None,
+                logit_scale: float = 100.0) -> LoadedModel:
+    loaded = SOURCES[spec.source].build(spec, protocol, head=head, logit_scale=logit_scale)
+    log.info("built %s (%s %s, %s)", spec.name, spec.source, spec.arch, spec.weights_tag)
+    return loaded
+
+
+def build_zero_shot_head(spec: ModelSpec, n_templates: int | str, device: torch.device) -> torch.Tensor:
+    return SOURCES[spec.source].build_head(spec, n_templates, device)
+
+
+def weights_record(spec: ModelSpec) -> dict[str, Any]:
+    """Identity of the weights for cache keys; a checkpoint is keyed by its content."""
+    record = {"source": spec.source, "arch": spec.arch, "weights": spec.weights_tag}
+    if spec.checkpoint:
+        record["checkpoint_sha256"] = file_sha256(spec.checkpoint)
+    return record
+
+
+def describe(spec: ModelSpec) -> str:
+    return json.dumps(dataclasses.asdict(spec), sort_keys=True)

@@ -1,0 +1,195 @@
+"""A study = models x datasets x evaluations: config validation, output paths and cache keys.
+
+The Snakefile and every script go through :class:`Study`, so paths and the identity recorded in
+(and checked against) each cached output are defined once.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import os
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from beyond_imagenet.datasets import DatasetError, DatasetSpec, resolve_dataset
+from beyond_imagenet.models import ModelError, ModelSpec
+
+SCHEMA_PATH = Path(__file__).resolve().parents[1] / "schemas" / "config.schema.yaml"
+
+# Which label spaces an evaluation accepts: accuracy needs the full 1000 classes; calibration
+# also takes the 200-class subsets (ImageNet-R, masked before softmax).
+EVALUATION_CLASS_SPACES = {
+    "accuracy": {"imagenet1k"},
+    "calibration": {"imagenet1k", "imagenet_r", "imagenet_a"},
+}
+
+
+class ConfigError(ValueError):
+    """The study config is invalid; the message names every offending key."""
+
+
+@functools.lru_cache(maxsize=4)
+def load_schema(path: str | os.PathLike = SCHEMA_PATH) -> dict[str, Any]:
+    with open(path) as f:
+        return yaml.safe_load(f)
+
+
+def _with_defaults(validator_class):
+    """A validator that also fills ``default`` values into the instance (jsonschema FAQ recipe)."""
+    validate_properties = validator_class.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for name, sub in properties.items():
+                if "default" in sub and name not in instance:
+                    instance[name] = copy.deepcopy(sub["default"])
+        yield from validate_properties(validator, properties, instance, schema)
+
+    return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
+
+
+def _key(path) -> str:
+    return ".".join(str(p) for p in path) or "<top level>"
+
+
+def validate_config(config: dict[str, Any], schema_path: str | os.PathLike = SCHEMA_PATH) -> dict[str, Any]:
+    """Validate in place (filling defaults) and cross-check names; raise ConfigError naming keys."""
+    schema = load_schema(str(schema_path))
+    validator = _with_defaults(jsonschema.Draft202012Validator)(schema)
+    errors = sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path)))
+    if errors:
+        lines = []
+        for err in errors:
+            message = err.message
+            if err.validator == "oneOf" and err.context:
+                message = f"{err.instance!r} is not valid: " + "; or ".join(sorted({c.message for c in err.context}))
+            lines.append(f"  {_key(err.absolute_path)}: {message}")
+        raise ConfigError("invalid study config:\n" + "\n".join(lines))
+    problems = []
+    for evaluation, body in config["evaluations"].items():
+        for name in body.get("datasets", []):
+            if name not in config["datasets"]:
+                problems.append(
+                    f"  evaluations.{evaluation}.datasets: unknown dataset {name!r}; "
+                    f"defined under datasets: {', '.join(config['datasets'])}"
+                )
+    resources = config.get("resources_dir", "resources")
+    for name, entry in config["datasets"].items():
+        try:
+            spec = resolve_dataset(name, entry, resources)
+        except DatasetError as err:
+            problems.append(f"  {err}")
+            continue
+        for evaluation, body in config["evaluations"].items():
+            spaces = EVALUATION_CLASS_SPACES.get(evaluation)
+            if spaces and name in body.get("datasets", []) and spec.class_space not in spaces:
+                problems.append(
+                    f"  evaluations.{evaluation}.datasets: {name!r} ({spec.kind}, {spec.class_space}) "
+                    f"cannot be used for {evaluation}; it needs one of {sorted(spaces)}"
+                )
+    for name, entry in config["models"].items():
+        if entry["source"] == "open_clip" and entry.get("pretrained", True) is True and not entry.get("checkpoint"):
+            problems.append(
+                f"  models.{name}.pretrained: open_clip models need a pretrained tag (e.g. laion400m_e31) "
+                "or false for random weights"
+            )
+        if entry.get("checkpoint") and not Path(entry["checkpoint"]).is_file():
+            problems.append(f"  models.{name}.checkpoint: file {entry['checkpoint']} does not exist")
+    if problems:
+        raise ConfigError("invalid study config:\n" + "\n".join(problems))
+    return config
+
+
+def load_config(path: str | os.PathLike) -> dict[str, Any]:
+    with open(path) as f:
+        config = yaml.safe_load(f) or {}
+    try:
+        return validate_config(config)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
+
+
+class Study:
+    def __init__(self, config: dict[str, Any]):
+        self.config = config
+        self.results = Path(config.get("results_dir", "results"))
+        self.resources = config.get("resources_dir", "resources")
+        try:
+            self.models = {n: ModelSpec.from_config(n, e) for n, e in config["models"].items()}
+        except ModelError as err:
+            raise ConfigError(str(err)) from None
+        self.datasets: dict[str, DatasetSpec] = {
+            n: resolve_dataset(n, e, self.resources) for n, e in config["datasets"].items()
+        }
+        self.evaluations: dict[str, dict[str, Any]] = config["evaluations"]
+
+    # ------------------------------------------------------------------------------- paths
+    def output(self, model: str, dataset: str, variant: str | None = None) -> str:
+        suffix = f"@{variant}" if variant else ""
+        return str(self.results / "outputs" / model / f"{dataset}{suffix}.h5")
+
+    def manifest(self, dataset: str) -> str:
+        return str(self.results / "manifests" / f"{dataset}.json")
+
+    def head(self, model: str) -> str:
+        return str(self.results / "heads" / f"{model}.h5")
+
+    def metric(self, evaluation: str) -> str:
+        return str(self.results / "metrics" / f"{evaluation}.csv")
+
+    def figure(self, name: str, ext: str = "png") -> str:
+        return str(self.results / "figures" / f"{name}.{ext}")
+
+    def log(self, *parts: str) -> str:
+        return str(self.results / "logs" / Path(*parts)) + ".log"
+
+    # ------------------------------------------------------------------------ what to run
+    def evaluation_datasets(self, evaluation: str) -> list[str]:
+        return list(self.evaluations.get(evaluation, {}).get("datasets", []))
+
+    def extraction_targets(self) -> list[str]:
+        pairs = {(m, d) for ev in self.evaluations for d in self.evaluation_datasets(ev) for m in self.models}
+        return sorted(self.output(m, d) for m, d in pairs)
+
+    def model_columns(self, model: str) -> dict[str, str]:
+        """Grouping columns every metric row carries, so figures need only the tables."""
+        spec = self.models[model]
+        return {"model": model, "label": spec.label, "family": spec.family, "paradigm": spec.paradigm,
+                "paper_key": spec.paper_key or ""}
+
+    @staticmethod
+    def versions() -> dict[str, str]:
+        from importlib.metadata import PackageNotFoundError, version
+
+        out = {}
+        for package in ("torch", "timm", "open_clip_torch", "numpy", "h5py", "pillow"):
+            try:
+                out[package] = version(package)
+            except PackageNotFoundError:
+                out[package] = "absent"
+        from beyond_imagenet import __version__
+
+        out["beyond_imagenet"] = __version__
+        return out
+
+    # -------------------------------------------------------------------------- cache keys
+    def model_identity(self, model: str) -> dict[str, Any]:
+        spec = self.models[model]
+        identity = {"model": model, "model_source": spec.source, "model_arch": spec.arch,
+                    "weights": spec.weights_tag, "protocol": self.config["preprocessing"]}
+        if spec.needs_zero_shot_head:
+            zs = self.config["zero_shot"]
+            identity.update(zero_shot_templates=str(zs["templates"]), logit_scale=float(zs["logit_scale"]))
+        return identity
+
+    def expected_attrs(self, model: str, dataset: str, manifest: dict[str, Any],
+                       variant: str | None = None) -> dict[str, Any]:
+        """What an output file must record to be reused for (model, dataset, variant)."""
+        spec = self.datasets[dataset]
+        return {**self.model_identity(model), "dataset": dataset, "dataset_kind": spec.kind,
+                "class_space": spec.class_space, "variant": variant or "",
+                "manifest_fingerprint": manifest["fingerprint"], "n_manifest": manifest["n_images"]}

@@ -1,0 +1,67 @@
+# Helpers only: input functions and target lists, all derived from STUDY.
+
+
+def check_manual_datasets():
+    """Before any job runs: manual datasets must be where the config says (else: what to do)."""
+    problems = []
+    for name, spec in STUDY.datasets.items():
+        if spec.source != "manual":
+            continue
+        if spec.archive:
+            if not Path(spec.archive).is_file():
+                problems.append(f"datasets.{name}.archive: {spec.archive} does not exist.\n{spec.instructions()}")
+        elif not spec.root.is_dir():
+            problems.append(f"datasets.{name}: folder {spec.root} does not exist.\n{spec.instructions()}")
+    if problems:
+        raise WorkflowError("missing manual dataset(s); no job was started:\n\n" + "\n\n".join(problems))
+
+
+def dataset_folder(wildcards):
+    """What the manifest of a dataset depends on: the generated or unpacked folder (none if manual)."""
+    spec = STUDY.datasets[wildcards.dataset]
+    if spec.source == "generate":
+        return f"{RESOURCES}/generated/{spec.name}"
+    if spec.archive_path is not None:
+        return f"{RESOURCES}/datasets/{spec.name}"
+    return []
+
+
+def dataset_archive(wildcards):
+    return str(STUDY.datasets[wildcards.dataset].archive_path)
+
+
+def head_input(wildcards):
+    if STUDY.models[wildcards.model].needs_zero_shot_head:
+        return STUDY.head(wildcards.model)
+    return []
+
+
+def model_params(wildcards):
+    """Everything that changes a model's outputs; a change reruns its extraction jobs."""
+    return STUDY.model_identity(wildcards.model) | {"entry": config["models"][wildcards.model]}
+
+
+def outputs_for(evaluation):
+    return [STUDY.output(m, d) for d in STUDY.evaluation_datasets(evaluation) for m in STUDY.models]
+
+
+def manifests_for(evaluation):
+    return [STUDY.manifest(d) for d in STUDY.evaluation_datasets(evaluation)]
+
+
+def calibration_figures():
+    return [
+        STUDY.figure(f"{kind}_{d}", ext)
+        for d in STUDY.evaluation_datasets("calibration")
+        for kind in ("reliability", "confidence")
+        for ext in ("png", "pdf")
+    ]
+
+
+def all_targets():
+    targets = []
+    if "accuracy" in STUDY.evaluations:
+        targets.append(STUDY.metric("accuracy"))
+    if "calibration" in STUDY.evaluations:
+        targets += [STUDY.metric("calibration")] + calibration_figures()
+    return targets

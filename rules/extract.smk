@@ -1,0 +1,37 @@
+# One forward pass per (model, dataset): logits + features + labels + ids in one HDF5 file.
+
+
+rule build_zero_shot_head:
+    output:
+        f"{RESULTS}/heads/{{model}}.h5",
+    params:
+        model=model_params,
+    log:
+        f"{RESULTS}/logs/build_zero_shot_head/{{model}}.log",
+    conda:
+        "../envs/torch.yaml"
+    resources:
+        gpu=1,
+    script:
+        "../scripts/build_zero_shot_head.py"
+
+
+rule extract_outputs:
+    input:
+        manifest=f"{RESULTS}/manifests/{{dataset}}.json",
+        head=head_input,
+    output:
+        f"{RESULTS}/outputs/{{model}}/{{dataset}}.h5",
+    params:
+        model=model_params,
+        preprocessing=config["preprocessing"],
+        features_dtype=config["extraction"]["features_dtype"],
+        on_bad_image=config["extraction"]["on_bad_image"],
+    log:
+        f"{RESULTS}/logs/extract_outputs/{{model}}/{{dataset}}.log",
+    conda:
+        "../envs/torch.yaml"
+    resources:
+        gpu=1,
+    script:
+        "../scripts/extract_outputs.py"
