@@ -17,6 +17,21 @@ from typing import Any
 import yaml
 
 
+# Modules that register readers (@register_reader) and generators (@register_generator);
+# a new dataset family adds its module here.
+PLUGIN_MODULES = (
+    "beyond_imagenet.datasets.readers",
+    "beyond_imagenet.datasets.generate",
+)
+
+
+def load_plugins() -> None:
+    import importlib
+
+    for module in PLUGIN_MODULES:
+        importlib.import_module(module)
+
+
 class DatasetError(RuntimeError):
     """A dataset is missing, malformed or inconsistent; the message says what to do."""
 

@@ -93,6 +93,9 @@ def generate_imagenet_r(spec: DatasetSpec, out: Path, rng: np.random.Generator) 
 
 def generate(spec: DatasetSpec, out: str | Path) -> int:
     """Write the dataset under ``out`` (atomically: a temporary folder renamed at the end)."""
+    from beyond_imagenet.datasets import load_plugins
+
+    load_plugins()
     out = Path(out)
     tmp = out.with_name(f".{out.name}.tmp")
     if tmp.exists():

@@ -80,6 +80,9 @@ def read_wnid_folders(root: Path, class_space: str) -> list[Sample]:
 
 
 def read_samples(reader: str, root: Path, class_space: str) -> list[Sample]:
+    from beyond_imagenet.datasets import load_plugins
+
+    load_plugins()
     if reader not in READERS:
         raise DatasetError(f"unknown reader {reader!r}; registered: {', '.join(sorted(READERS))}")
     return READERS[reader](Path(root), class_space)
