@@ -163,15 +163,16 @@ def shift_window(width: int, height: int, shift_px: int, base_resize: int, crop:
         side = round(crop · min(w, h) / base_resize)
         left = round((w - side) / 2),  top = round((h - side) / 2)      (ties rounded up)
 
-    then ``left += shift_px`` if ``w >= h`` (landscape or square: move right), else
-    ``top += shift_px`` (portrait: move down, along the long side). The box may extend past the
-    image; that part is zero-padded by :func:`shift_transform`.
+    then ``left += shift_px`` if ``w > h`` (landscape: move right, along the long side), else
+    ``top += shift_px`` (portrait or square: move down), as spec §8 words it ("right if w > h,
+    else down"). The box may extend past the image; that part is zero-padded by
+    :func:`shift_transform`.
     """
     short = min(width, height)
     side = _round_half_up(crop * short / base_resize)
     left = _round_half_up((width - side) / 2)
     top = _round_half_up((height - side) / 2)
-    if width >= height:
+    if width > height:
         left += shift_px
     else:
         top += shift_px

@@ -95,8 +95,9 @@ def test_shift_window_arithmetic() -> None:
     assert shift_window(500, 375, 0, 256) == (86, 24, 414, 352)
     assert shift_window(500, 375, 30, 256) == (116, 24, 444, 352)  # landscape: right
     assert shift_window(375, 500, 30, 256) == (24, 116, 352, 444)  # portrait: down
-    # 300×300, R = 256: side = round(262.5) = 263, left = top = round(18.5) = 19; square: right.
-    assert shift_window(300, 300, 5, 256) == (24, 19, 287, 282)
+    # 300×300, R = 256: side = round(262.5) = 263, left = top = round(18.5) = 19; square: down
+    # (spec §8: "right if w > h, else down").
+    assert shift_window(300, 300, 5, 256) == (19, 24, 282, 287)
 
 
 @pytest.mark.parametrize("shift", [0, 5, 30])
@@ -126,10 +127,13 @@ def test_shift_portrait_moves_down() -> None:
     assert _where(out, 2) == [(50, 20)]
 
 
-def test_shift_square_moves_right() -> None:
+def test_shift_square_moves_down() -> None:
     img = _image(200, 200, markers={(100, 100): (255, 0, 0)})
-    out = shift_transform(30, 200, 100, **EXACT)(img)  # window [50+30, 150+30) × [50, 150)
-    assert _where(out, 0) == [(20, 50)]
+    out = shift_transform(30, 200, 100, **EXACT)(img)  # window [50, 150) × [50+30, 150+30)
+    assert _where(out, 0) == [(50, 20)]
+    # The padding of a square image appears at the bottom, as for a portrait one.
+    out = shift_transform(100, 200, 100, **EXACT)(_image(200, 200, fill=255))  # rows [150, 250)
+    assert (out[:, :50, :] == 1.0).all() and (out[:, 50:, :] == 0.0).all()
 
 
 def test_shift_zero_pads_on_the_leaving_side() -> None:
