@@ -161,7 +161,7 @@ class TimmSource:
     needs_head = False
 
     @staticmethod
-    def build(spec: ModelSpec, protocol: str, **_: Any) -> LoadedModel:
+    def build(spec: ModelSpec, protocol: str, image_size: int | None = None, **_: Any) -> LoadedModel:
         import timm
         from timm.data import create_transform, resolve_model_data_config
 
@@ -176,6 +176,12 @@ class TimmSource:
             raise ModelError(f"models.{spec.name}: timm cannot create {arch!r}: {err}") from err
         if spec.checkpoint:
             _load_checkpoint(model, spec)
+        if image_size is not None:
+            # Another input resolution (spec §8): ViT position embeddings resampled bicubically;
+            # ConvNets run at any size unchanged. The caller supplies the matching transform.
+            from beyond_imagenet.invariance import resize_vit_pos_embed
+
+            resize_vit_pos_embed(model, image_size)
         if model.num_classes != 1000:
             raise ModelError(
                 f"models.{spec.name}: {arch} has {model.num_classes} output classes; the evaluations need "
@@ -215,7 +221,7 @@ class _ClipNet(nn.Module):
         return logits, features
 
 
-def _create_open_clip(spec: ModelSpec):
+def _create_open_clip(spec: ModelSpec, image_size: int | None = None):
     import open_clip
 
     _register_bundled_open_clip_configs()
@@ -226,6 +232,9 @@ def _create_open_clip(spec: ModelSpec):
             f"one of {tags}, or false for random weights"
         )
     tag = spec.pretrained if isinstance(spec.pretrained, str) and not spec.checkpoint else None
+    if image_size is not None:
+        model, preprocess = _open_clip_at_resolution(spec, tag, image_size)
+        return model, preprocess, open_clip.get_tokenizer(spec.arch)
     torch.manual_seed(spec.seed)
     try:
         model, _, preprocess = open_clip.create_model_and_transforms(spec.arch, pretrained=tag)
@@ -237,15 +246,36 @@ def _create_open_clip(spec: ModelSpec):
     return model, preprocess, open_clip.get_tokenizer(spec.arch)
 
 
+def _open_clip_at_resolution(spec: ModelSpec, tag: str | None, image_size: int):
+    """The model created at ``image_size`` (open_clip ``force_image_size``), same weights as at 224.
+
+    A pretrained tag is loaded by open_clip itself, which resamples the ViT position embedding
+    bicubically. Random or checkpoint weights are first built exactly as for the standard
+    evaluation (same seed, so the same network) and then handed to open_clip as a file, so they go
+    through the same resampling instead of a fresh random position embedding.
+    """
+    import tempfile
+
+    from beyond_imagenet.invariance import create_open_clip_at_resolution
+
+    if tag is not None:
+        return create_open_clip_at_resolution(spec.arch, tag, image_size)
+    base, _, _ = _create_open_clip(spec)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "weights.pt"
+        torch.save(base.state_dict(), path)
+        return create_open_clip_at_resolution(spec.arch, str(path), image_size)
+
+
 class OpenClipSource:
     needs_head = True
 
     @staticmethod
     def build(spec: ModelSpec, protocol: str, head: torch.Tensor | None = None,
-              logit_scale: float = 100.0, **_: Any) -> LoadedModel:
+              logit_scale: float = 100.0, image_size: int | None = None, **_: Any) -> LoadedModel:
         if head is None:
             raise ModelError(f"models.{spec.name}: open_clip models need their zero-shot head")
-        model, preprocess, _ = _create_open_clip(spec)
+        model, preprocess, _ = _create_open_clip(spec, image_size)
         # Both protocols use open_clip's own eval transform for CLIP weights (Resize(224, bicubic),
         # CenterCrop, OpenAI mean/std): the weights' own config is the native one.
         cfg = model.visual.preprocess_cfg if hasattr(model.visual, "preprocess_cfg") else {}
@@ -274,8 +304,9 @@ SOURCES: dict[str, Any] = {"timm": TimmSource, "open_clip": OpenClipSource}
 
 
 def build_model(spec: ModelSpec, protocol: str = "paper", head: torch.Tensor | None = None,
-                logit_scale: float = 100.0) -> LoadedModel:
-    loaded = SOURCES[spec.source].build(spec, protocol, head=head, logit_scale=logit_scale)
+                logit_scale: float = 100.0, image_size: int | None = None) -> LoadedModel:
+    """``image_size``: build for another input resolution (invariance variants, spec §8)."""
+    loaded = SOURCES[spec.source].build(spec, protocol, head=head, logit_scale=logit_scale, image_size=image_size)
     log.info("built %s (%s %s, %s)", spec.name, spec.source, spec.arch, spec.weights_tag)
     return loaded
 
