@@ -58,7 +58,7 @@ def calibration_figures():
     ]
 
 
-# What `rule all` builds: each rules/<evaluation>.smk registers its metric tables and figures.
+# What the default target builds: each rules/<evaluation>.smk registers its metric tables and figures.
 TARGETS = []
 
 

@@ -1,0 +1,39 @@
+# Two commands for a fresh machine with Python >= 3.11 and pip:
+#   make demo   - create .venv and run the default study end to end (offline, CPU, a few minutes)
+#   make test   - create .venv and run the test suite (what CI runs, via .ci/run)
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+LOCK ?= requirements.lock
+CORES ?= 2
+STAMP := $(VENV)/.installed-$(shell cat $(LOCK) pyproject.toml | cksum | cut -d' ' -f1)
+
+.PHONY: setup demo test report bench clean
+
+$(STAMP): $(LOCK) pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	# The regular PyPI torch build (CUDA); it runs on CPU too. Pinned: see requirements.txt.
+	$(BIN)/python -m pip install --quiet -r $(LOCK)
+	$(BIN)/python -m pip install --quiet --no-deps -e .
+	rm -f $(VENV)/.installed-*
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: setup
+	$(BIN)/snakemake --cores $(CORES)
+	$(BIN)/snakemake --report results/report.html
+	@echo "Figures: results/figures/  Tables: results/metrics/  Report: results/report.html"
+
+test: setup
+	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+report: setup
+	$(BIN)/snakemake --report results/report.html
+
+bench: setup
+	$(BIN)/python benchmarks/extraction.py --device cpu
+
+clean:
+	rm -rf results .snakemake

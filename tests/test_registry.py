@@ -1,0 +1,167 @@
+"""Model and dataset registries: building models from config entries, weights, readers, manifests."""
+
+import numpy as np
+import open_clip
+import pytest
+import torch
+
+from beyond_imagenet import classes
+from beyond_imagenet.datasets import DatasetError, resolve_dataset
+from beyond_imagenet.datasets.generate import generate, imagenet_val_file_names
+from beyond_imagenet.datasets.manifest import build_manifest
+from beyond_imagenet.datasets.readers import read_samples
+from beyond_imagenet.models import (ModelError, ModelSpec, build_model, build_zero_shot_head,
+                                    load_state_dict_file)
+
+
+def spec(**entry):
+    return ModelSpec.from_config("m", {"pretrained": False, **entry})
+
+
+def test_spec_defaults_from_source():
+    clip = spec(source="open_clip", name="tiny-vit-clip")
+    sup = spec(source="timm", name="convnext_atto")
+    assert clip.paradigm == "clip" and clip.needs_zero_shot_head
+    assert sup.paradigm == "supervised" and not sup.needs_zero_shot_head
+    assert sup.family == "convnet" and clip.family == "vit"
+    assert sup.weights_tag == "random:seed=0"
+    assert spec(source="timm", name="x", pretrained="fb_in1k").weights_tag == "pretrained:fb_in1k"
+
+
+def test_timm_random_model_paper_protocol_and_seed():
+    a = build_model(spec(source="timm", name="vit_tiny_patch16_224", seed=3))
+    b = build_model(spec(source="timm", name="vit_tiny_patch16_224", seed=3))
+    c = build_model(spec(source="timm", name="vit_tiny_patch16_224", seed=4))
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        logits, features = a.network(x)
+        assert logits.shape == (2, 1000) and features.shape == (2, 192)
+        torch.testing.assert_close(logits, b.network(x)[0])
+        assert not torch.allclose(logits, c.network(x)[0])
+    record = a.preprocessing
+    assert record["protocol"] == "paper" and record["interpolation"] == "bilinear"
+    assert record["crop_pct"] == pytest.approx(0.875) and tuple(record["mean"]) == (0.485, 0.456, 0.406)
+    assert "Resize(size=256" in record["transform"] and "CenterCrop(size=(224, 224))" in record["transform"]
+
+
+def test_timm_features_are_pre_logits():
+    loaded = build_model(spec(source="timm", name="convnext_atto"))
+    model = loaded.network.model
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        logits, features = loaded.network(x)
+        torch.testing.assert_close(model.get_classifier()(features), logits)
+
+
+def test_checkpoint_loaded_with_weights_only(tmp_path):
+    source = build_model(spec(source="timm", name="convnext_atto", seed=7)).network.model
+    path = tmp_path / "ckpt.pth"
+    torch.save({"state_dict": source.state_dict()}, path)
+    loaded = build_model(spec(source="timm", name="convnext_atto", seed=0, checkpoint=str(path)))
+    for key, value in source.state_dict().items():
+        torch.testing.assert_close(loaded.network.model.state_dict()[key], value)
+    assert loaded.spec.weights_tag == "checkpoint:ckpt.pth"
+
+
+class Payload:
+    def __reduce__(self):
+        return (print, ("code ran",))
+
+
+def test_checkpoint_with_pickled_code_is_refused(tmp_path):
+    path = tmp_path / "evil.pth"
+    torch.save({"state_dict": {}, "extra": Payload()}, path)
+    with pytest.raises(ModelError, match="weights_only"):
+        load_state_dict_file(path)
+
+
+def test_checkpoint_of_another_architecture_is_refused(tmp_path):
+    path = tmp_path / "vit.pth"
+    torch.save(build_model(spec(source="timm", name="vit_tiny_patch16_224")).network.model.state_dict(), path)
+    with pytest.raises(ModelError, match="does not match"):
+        build_model(spec(source="timm", name="convnext_atto", checkpoint=str(path)))
+
+
+def test_open_clip_zero_shot_head_and_logits():
+    clip = spec(source="open_clip", name="tiny-vit-clip")
+    head = build_zero_shot_head(clip, 1, torch.device("cpu"))
+    assert head.shape == (128, 1000)
+    torch.testing.assert_close(head.norm(dim=0), torch.ones(1000), atol=1e-4, rtol=0)
+    loaded = build_model(clip, head=head, logit_scale=100.0)
+    assert "Normalize(mean=(0.48145466" in loaded.preprocessing["transform"]  # OpenAI mean, not ImageNet's
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        logits, features = loaded.network(x)
+        expected = 100.0 * torch.nn.functional.normalize(loaded.network.model.encode_image(x), dim=-1) @ head
+    torch.testing.assert_close(logits, expected, rtol=1e-4, atol=1e-3)
+    assert features.shape == (2, 128)
+
+
+def test_open_clip_needs_a_tag():
+    with pytest.raises(ModelError, match="pretrained tag"):
+        build_zero_shot_head(ModelSpec.from_config("c", {"source": "open_clip", "name": "ViT-B-16"}), 1,
+                             torch.device("cpu"))
+
+
+def test_open_clip_classnames_and_templates_come_from_open_clip():
+    assert len(open_clip.IMAGENET_CLASSNAMES) == 1000 and len(open_clip.OPENAI_IMAGENET_TEMPLATES) == 80
+
+
+# ---------------------------------------------------------------------------------- datasets
+def test_unknown_kind_names_the_key():
+    with pytest.raises(DatasetError, match="datasets.foo.kind"):
+        resolve_dataset("foo", {"kind": "nope", "source": "generate"})
+
+
+def test_generated_val_uses_real_names_and_labels(tmp_path):
+    ds = resolve_dataset("imagenet_val", {"kind": "imagenet_val", "source": "generate", "num_classes": 5,
+                                          "images_per_class": 2}, str(tmp_path))
+    generate(ds, ds.dataset_dir)
+    samples = read_samples(ds.reader, ds.root, ds.class_space)
+    assert len(samples) == 10
+    names = imagenet_val_file_names()
+    for sid, label in samples:
+        wnid, file_name = sid.split("/")
+        assert classes.imagenet_wnids()[label] == wnid
+        assert file_name in names[label], "generated file names must be the real val names of that class"
+
+
+def test_generated_imagenet_r_labels_are_in_the_200_space(tmp_path):
+    ds = resolve_dataset("r", {"kind": "imagenet_r", "source": "generate", "num_classes": 3}, str(tmp_path))
+    generate(ds, ds.dataset_dir)
+    samples = read_samples(ds.reader, ds.root, ds.class_space)
+    r_wnids = classes.imagenet_r_wnids()
+    assert [r_wnids[label] for _, label in samples] == [sid.split("/")[0] for sid, _ in samples]
+    assert samples[-1][1] == 199  # the last R class is label 199, not its 1000-class index
+    assert all(sid.split("/")[1].split("_")[0] in ("art", "cartoon", "deviantart", "embroidery", "graffiti",
+               "graphic", "misc", "origami", "painting", "sculpture", "sketch", "sticker", "tattoo", "toy",
+               "videogame") for sid, _ in samples)
+
+
+def test_unexpected_class_folder_is_named(tmp_path):
+    (tmp_path / "n01440764").mkdir()
+    (tmp_path / "n01440764" / "a.JPEG").write_bytes(b"x")
+    (tmp_path / "holiday_photos").mkdir()
+    with pytest.raises(DatasetError, match="holiday_photos"):
+        read_samples("wnid_folders", tmp_path, "imagenet1k")
+
+
+def test_manual_dataset_with_wrong_count_says_what_to_do(tmp_path):
+    root = tmp_path / "val"
+    (root / "n01440764").mkdir(parents=True)
+    (root / "n01440764" / "ILSVRC2012_val_00000293.JPEG").write_bytes(b"x")
+    ds = resolve_dataset("imagenet_val", {"kind": "imagenet_val", "source": "manual", "root": str(root)})
+    with pytest.raises(DatasetError, match="(?s)holds 1 files, expected 50000.*valprep.sh"):
+        build_manifest(ds)
+
+
+def test_manifest_fingerprint_tracks_the_files(tmp_path):
+    ds = resolve_dataset("r", {"kind": "imagenet_r", "source": "generate", "num_classes": 2}, str(tmp_path))
+    generate(ds, ds.dataset_dir)
+    first = build_manifest(ds)
+    assert first["n_images"] == 2 and first["class_space"] == "imagenet_r"
+    extra = ds.root / first["samples"][0][0].split("/")[0] / "toy_9.jpg"
+    extra.write_bytes((ds.root / first["samples"][0][0]).read_bytes())
+    second = build_manifest(ds)
+    assert second["n_images"] == 3 and second["fingerprint"] != first["fingerprint"]
+    assert np.all([s in second["samples"] for s in first["samples"]])

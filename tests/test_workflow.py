@@ -1,0 +1,75 @@
+"""The workflow through Snakemake's Python API: lint, DAGs, a rejected config, the default study end to end."""
+
+import copy
+
+import pandas as pd
+import pytest
+
+from beyond_imagenet.study import ConfigError
+from conftest import REPO, default_config, lint_workflow, run_snakemake, write_config
+
+pytestmark = pytest.mark.workflow
+
+
+def test_lint_is_clean():
+    assert lint_workflow(REPO / "config.yaml") is False
+
+
+def test_paper_study_dry_run_lists_downloads_extractions_metrics_figures(tmp_path):
+    jobs = run_snakemake(REPO / "studies" / "paper.yaml", tmp_path, dryrun=True)
+    assert jobs["download_dataset"] >= 1 and jobs["unpack_dataset"] >= 1
+    assert jobs["build_zero_shot_head"] == 2  # the two CLIP models, once each
+    # 4 models x the datasets of the calibration study, one pass each.
+    assert jobs["extract_outputs"] >= 8
+    assert jobs["compute_calibration"] == 1 and jobs["compute_accuracy"] == 1
+    assert jobs["plot_reliability"] == 2 and jobs["plot_confidence"] == 2
+
+
+def test_paper_study_without_imagenet_stops_before_any_job(tmp_path):
+    with pytest.raises(Exception) as err:
+        run_snakemake(REPO / "studies" / "paper.yaml", tmp_path)
+    text = str(err.value)
+    assert "ILSVRC2012_img_val.tar" in text and "no job was started" in text
+    assert not (tmp_path / "results" / "paper" / "outputs").exists()
+
+
+def test_bad_config_is_rejected_before_any_job(tmp_path):
+    config = default_config()
+    config["extraction"]["batch_sise"] = 64
+    with pytest.raises(Exception) as err:
+        run_snakemake(write_config(tmp_path / "bad.yaml", config), tmp_path)
+    assert "batch_sise" in str(err.value)
+    assert not (tmp_path / "results").exists()
+
+
+def test_default_study_end_to_end(default_study):
+    workdir, jobs = default_study
+    results = workdir / "results"
+    accuracy = pd.read_csv(results / "metrics" / "accuracy.csv")
+    calibration = pd.read_csv(results / "metrics" / "calibration.csv")
+    models = set(default_config()["models"])
+    assert set(accuracy["model"]) == models
+    assert set(calibration["model"]) == models and set(calibration["dataset"]) == {"imagenet_val", "imagenet_r"}
+    ece = calibration[calibration["metric"] == "ece"]["value"]
+    assert len(ece) == 8 and ece.between(0, 1).all()
+    for kind in ("reliability", "confidence"):
+        for dataset in ("imagenet_val", "imagenet_r"):
+            for ext in ("png", "pdf"):
+                assert (results / "figures" / f"{kind}_{dataset}.{ext}").stat().st_size > 1000
+    assert jobs["extract_outputs"] == len(list((results / "outputs").glob("*/*.h5")))
+
+
+def test_changing_bins_reruns_only_calibration(default_study, tmp_path):
+    workdir, _ = default_study
+    config = default_config()
+    config["evaluations"]["calibration"]["n_bins"] = 10
+    jobs = run_snakemake(write_config(tmp_path / "bins.yaml", config), workdir, dryrun=True)
+    assert set(jobs) == {"compute_calibration", "plot_reliability", "plot_confidence", "all"}
+
+
+def test_single_figure_target(default_study):
+    workdir, _ = default_study
+    target = workdir / "results" / "figures" / "reliability_imagenet_r.png"
+    jobs = run_snakemake(REPO / "config.yaml", workdir, targets=[str(target)], dryrun=True,
+                         forcerun=["plot_reliability"])
+    assert set(jobs) == {"plot_reliability"}
