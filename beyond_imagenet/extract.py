@@ -94,6 +94,33 @@ def collate(batch):
     return images, [idx for _, idx in good], bad
 
 
+class DeviceNormalize(torch.nn.Module):
+    """``ToTensor`` + ``Normalize`` done on the device from uint8: the same float32 arithmetic."""
+
+    def __init__(self, mean, std):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return (images.float().div_(255.0) - self.mean) / self.std
+
+
+def split_transform(transform: Callable) -> tuple[Callable, DeviceNormalize | None]:
+    """Split ``Compose([..., ToTensor, Normalize])`` into a uint8 geometry part for the workers and
+    the normalisation for the device (4x less data between processes, no float work in workers).
+    Transforms of another shape are returned unchanged (normalised in the workers)."""
+    from torchvision import transforms as T
+
+    steps = list(getattr(transform, "transforms", []))
+    if len(steps) < 2 or not isinstance(steps[-1], T.Normalize):
+        return transform, None
+    to_tensor = steps[-2]
+    if type(to_tensor).__name__ not in ("ToTensor", "MaybeToTensor"):
+        return transform, None
+    return T.Compose(steps[:-2] + [T.PILToTensor()]), DeviceNormalize(steps[-1].mean, steps[-1].std)
+
+
 def _shard_path(parts: Path, k: int) -> Path:
     return parts / f"shard-{k:06d}.npz"
 
@@ -107,9 +134,10 @@ def _save_shard(path: Path, **arrays: np.ndarray) -> None:
 class _Forward:
     """Runs the network, halving the sub-batch on CUDA OOM and keeping the smaller size."""
 
-    def __init__(self, network: torch.nn.Module, device: torch.device):
+    def __init__(self, network: torch.nn.Module, device: torch.device, normalize: torch.nn.Module | None = None):
         self.network = network
         self.device = device
+        self.normalize = normalize.to(device) if normalize is not None else None
         self.max_rows: int | None = None
 
     def __call__(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
@@ -129,6 +157,8 @@ class _Forward:
     def _run(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         images = images.to(self.device, non_blocking=True)
         with torch.inference_mode():
+            if self.normalize is not None:
+                images = self.normalize(images)
             if self.device.type == "cuda":
                 images = images.contiguous(memory_format=torch.channels_last)
                 with torch.autocast("cuda", dtype=torch.bfloat16):
@@ -171,7 +201,8 @@ def extract(
         log.info("resuming %s after %d of %d checkpoint shards", out_path, done, n_shards)
 
     network.eval().to(device)
-    forward = _Forward(network, device)
+    transform, normalize = split_transform(transform)
+    forward = _Forward(network, device, normalize)
     start = done * shard_rows
     if start < n:
         loader = DataLoader(

@@ -166,3 +166,20 @@ def test_cuda_oom_halves_the_batch_and_gives_the_same_result(tmp_path):
     forward = _Forward(TinyNet(oom_above=2), torch.device("cpu"))
     forward(torch.zeros(8, 3, 32, 32))
     assert forward.max_rows == 2
+
+
+def test_device_normalisation_gives_the_same_tensors_as_the_full_transform(tmp_path):
+    from timm.data import create_transform
+
+    from beyond_imagenet.extract import split_transform
+
+    full = create_transform(input_size=(3, 64, 64), crop_pct=0.875, interpolation="bilinear",
+                            mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+    geometry, normalize = split_transform(full)
+    assert normalize is not None
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (90, 120, 3), dtype=np.uint8))
+    uint8 = geometry(image)
+    assert uint8.dtype == torch.uint8
+    torch.testing.assert_close(normalize(uint8[None])[0], full(image), rtol=0, atol=0)
+    # A transform without a trailing ToTensor/Normalize is left alone.
+    assert split_transform(TRANSFORM) == (TRANSFORM, None)
