@@ -1,0 +1,229 @@
+"""Extraction benchmark: prints each figure and writes them to JSON (a script, not a test).
+
+Figures (issue: performance):
+  throughput  end-to-end extraction from JPEG files vs the bare forward pass of the same model at
+              the same batch size and precision; on CUDA also the share of the GPU's bf16 peak.
+  memory      peak RSS of an extraction over 1,000 vs 8,000 images (growth must be < 10 %).
+  passes      forward passes in a study's outputs / unique (model, images, variant) = 1.00.
+
+Examples:
+  python benchmarks/extraction.py --device cpu                       # small CPU form
+  python benchmarks/extraction.py --device cuda --models vit_base_patch16_224 convnext_base \
+      --images 20000 --batch-size 256 --workers 14 --json gpu.json    # on a GPU machine
+  python benchmarks/extraction.py --passes results                    # forward-pass economy only
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from beyond_imagenet.extract import extract, split_transform  # noqa: E402
+from beyond_imagenet.models import ModelSpec, build_model  # noqa: E402
+
+
+def make_jpegs(folder: Path, n: int, size=(500, 375), seed: int = 0) -> list[tuple[str, int]]:
+    """ImageNet-like JPEGs (ImageNet val averages about 500x375) in one class folder."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    (folder / "n01440764").mkdir(parents=True, exist_ok=True)
+    base = [Image.fromarray(rng.integers(0, 255, (size[1] // 8, size[0] // 8, 3), dtype=np.uint8)).resize(size)
+            for _ in range(16)]
+    samples = []
+    for i in range(n):
+        name = f"n01440764/img_{i:06d}.JPEG"
+        if not (folder / name).exists():
+            base[i % 16].save(folder / name, quality=90)
+        samples.append((name, 0))
+    return samples
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def bare_forward(loaded, device, batch_size: int, seconds: float = 10.0) -> float:
+    """Images/s of the network alone on a resident uint8 batch (normalisation included, as in extraction)."""
+    _, normalize = split_transform(loaded.transform)
+    network = loaded.network.eval().to(device)
+    x = torch.randint(0, 255, (batch_size, 3, 224, 224), dtype=torch.uint8, device=device)
+    normalize = normalize.to(device) if normalize is not None else (lambda t: t.float())
+
+    def step():
+        with torch.inference_mode():
+            images = normalize(x)
+            if device.type == "cuda":
+                images = images.contiguous(memory_format=torch.channels_last)
+                with torch.autocast("cuda", dtype=torch.bfloat16):
+                    network(images)
+            else:
+                network(images)
+
+    for _ in range(2):
+        step()
+    sync(device)
+    n, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        step()
+        n += batch_size
+    sync(device)
+    return n / (time.perf_counter() - start)
+
+
+def flops_per_image(loaded) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x = torch.zeros(1, 3, 224, 224)
+    with FlopCounterMode(display=False) as counter, torch.inference_mode():
+        loaded.network.cpu()(x)
+    return float(counter.get_total_flops())
+
+
+def throughput(args) -> list[dict]:
+    device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(args.data_dir or tmp) / "jpegs"
+        samples = make_jpegs(data, args.images)
+        for name in args.models:
+            spec = ModelSpec.from_config(name, {"source": "timm", "name": name, "pretrained": False})
+            loaded = build_model(spec, "paper")
+            if args.compile:
+                loaded.network = torch.compile(loaded.network)
+            flops = flops_per_image(loaded)
+            bare = bare_forward(loaded, device, args.batch_size, args.seconds)
+            out = Path(tmp) / f"{name}.h5"
+            start = time.perf_counter()
+            extract(loaded.network, loaded.transform, data, samples, out, {"model": name}, device=device,
+                    batch_size=args.batch_size, num_workers=args.workers, shard_size=args.batch_size * 16,
+                    progress=False)
+            sync(device)
+            end_to_end = len(samples) / (time.perf_counter() - start)
+            row = {"model": name, "device": str(device), "device_name": torch.cuda.get_device_name(device)
+                   if device.type == "cuda" else f"cpu x{torch.get_num_threads()} threads",
+                   "batch_size": args.batch_size, "workers": args.workers, "images": len(samples),
+                   "precision": "bf16-autocast" if device.type == "cuda" else "fp32",
+                   "bare_forward_img_s": round(bare, 1), "end_to_end_img_s": round(end_to_end, 1),
+                   "ratio_end_to_end_over_bare": round(end_to_end / bare, 3),
+                   "gflops_per_image": round(flops / 1e9, 2)}
+            if device.type == "cuda":
+                row["share_of_bf16_peak"] = round(end_to_end * flops / (args.peak_tflops * 1e12), 3)
+            print(f"[throughput] {name} on {row['device_name']}: bare forward {bare:.1f} img/s, "
+                  f"end-to-end {end_to_end:.1f} img/s, ratio {row['ratio_end_to_end_over_bare']:.2f}"
+                  + (f", {row['share_of_bf16_peak']:.1%} of bf16 peak" if "share_of_bf16_peak" in row else ""))
+            results.append(row)
+    return results
+
+
+def _memory_child(n: int, workers: int) -> None:
+    """Run one extraction of ``n`` small images with a small model; print peak RSS (MiB)."""
+    from torchvision import transforms as T
+
+    with tempfile.TemporaryDirectory() as tmp:
+        samples = make_jpegs(Path(tmp) / "jpegs", n, size=(96, 72))
+        torch.manual_seed(0)
+        network = _SmallNet()
+        transform = T.Compose([T.Resize(64), T.CenterCrop(64), T.ToTensor(), T.Normalize((0.5,) * 3, (0.5,) * 3)])
+        extract(network, transform, Path(tmp) / "jpegs", samples, Path(tmp) / "out.h5", {"model": "small"},
+                batch_size=64, num_workers=workers, shard_size=512, progress=False, features_dtype="float32")
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+
+
+class _SmallNet(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 64, 7, stride=4)
+        self.head = torch.nn.Linear(64, 1000)
+
+    def forward(self, x):
+        features = self.conv(x).mean((2, 3))
+        return self.head(features), features
+
+
+def memory(args) -> dict:
+    peaks = {}
+    for n in (1000, 8000):
+        out = subprocess.run([sys.executable, __file__, "--memory-child", str(n), "--workers", str(args.workers)],
+                             check=True, capture_output=True, text=True)
+        peaks[n] = float(out.stdout.strip().splitlines()[-1])
+    growth = peaks[8000] / peaks[1000] - 1
+    print(f"[memory] peak RSS: 1,000 images {peaks[1000]:.0f} MiB, 8,000 images {peaks[8000]:.0f} MiB, "
+          f"growth {growth:+.1%} ({'PASS' if growth < 0.10 else 'FAIL'}: < 10 %)")
+    return {"peak_rss_mib_1000": peaks[1000], "peak_rss_mib_8000": peaks[8000], "growth": round(growth, 4)}
+
+
+def passes(results_dir: str) -> dict:
+    """Forward passes recorded in a study's outputs vs unique (model, weights, image list, variant, image)."""
+    import h5py
+
+    total, unique = 0, set()
+    files = sorted(Path(results_dir).glob("**/outputs/*/*.h5"))
+    for path in files:
+        with h5py.File(path, "r") as f:
+            attrs = f.attrs
+            key = (str(attrs.get("model")), str(attrs.get("weights")), str(attrs.get("protocol")),
+                   str(attrs.get("manifest_fingerprint")), str(attrs.get("variant", "")))
+            ids = [x.decode() if isinstance(x, bytes) else x for x in f["ids"][()]]
+            skipped = [x.decode() if isinstance(x, bytes) else x for x in f["skipped_ids"][()]]
+        total += len(ids) + len(skipped)
+        unique.update((key, i) for i in ids + skipped)
+    ratio = total / max(len(unique), 1)
+    print(f"[passes] {len(files)} output files: {total} forward passes / {len(unique)} unique "
+          f"(model, image, variant) = {ratio:.2f}")
+    return {"files": len(files), "passes": total, "unique": len(unique), "ratio": round(ratio, 4)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--models", nargs="+", default=None, help="timm model names (random weights)")
+    parser.add_argument("--images", type=int, default=None)
+    parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--workers", type=int, default=max(1, min(8, (os.cpu_count() or 2) - 1)))
+    parser.add_argument("--seconds", type=float, default=10.0, help="duration of the bare-forward timing")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the network")
+    parser.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 peak (H100 SXM: 989)")
+    parser.add_argument("--data-dir", default=None, help="where to write the JPEGs (default: a temp dir)")
+    parser.add_argument("--passes", metavar="RESULTS_DIR", help="only count forward passes in a study's outputs")
+    parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--json", default="benchmarks/extraction.json")
+    parser.add_argument("--memory-child", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.memory_child:
+        _memory_child(args.memory_child, args.workers)
+        return
+    report: dict = {}
+    if args.passes:
+        report["passes"] = passes(args.passes)
+    else:
+        cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
+        args.models = args.models or (["vit_base_patch16_224", "convnext_base"] if cuda else ["convnext_atto"])
+        args.images = args.images or (20000 if cuda else 384)
+        args.batch_size = args.batch_size or (256 if cuda else 32)
+        report["throughput"] = throughput(args)
+        if not args.skip_memory:
+            report["memory"] = memory(args)
+        if Path("results").is_dir():
+            report["passes"] = passes("results")
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(report, indent=2))
+    print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
