@@ -165,3 +165,51 @@ def test_manifest_fingerprint_tracks_the_files(tmp_path):
     second = build_manifest(ds)
     assert second["n_images"] == 3 and second["fingerprint"] != first["fingerprint"]
     assert np.all([s in second["samples"] for s in first["samples"]])
+
+
+def test_val_tar_is_reorganised_into_wnid_folders(tmp_path):
+    import io
+    import tarfile
+
+    from beyond_imagenet.datasets.imagenet_val import reorganise_val_tar
+
+    names = imagenet_val_file_names()
+    chosen = {names[0][0]: 0, names[999][1]: 999}
+    archive = tmp_path / "ILSVRC2012_img_val.tar"
+    with tarfile.open(archive, "w") as tar:
+        for name in chosen:
+            info = tarfile.TarInfo(name)
+            info.size = 3
+            tar.addfile(info, io.BytesIO(b"jpg"))
+    # Only 2 of the 50,000 files: refused, and nothing is left behind.
+    with pytest.raises(DatasetError, match="2 val images found, expected 50000"):
+        reorganise_val_tar(archive, tmp_path / "out")
+    assert not (tmp_path / "out").exists() and not (tmp_path / ".out.tmp").exists()
+    with tarfile.open(archive, "a") as tar:
+        info = tarfile.TarInfo("README.txt")
+        info.size = 1
+        tar.addfile(info, io.BytesIO(b"x"))
+    with pytest.raises(DatasetError, match="unexpected member 'README.txt'"):
+        reorganise_val_tar(archive, tmp_path / "out")
+
+
+def test_val_tar_layout_and_labels(tmp_path, monkeypatch):
+    """With the label table cut down to the archive's files, the wnid folders are right."""
+    import io
+    import tarfile
+
+    from beyond_imagenet.datasets import imagenet_val
+
+    names = imagenet_val_file_names()
+    subset = {0: names[0][:2], 999: names[999][:1]}
+    monkeypatch.setattr(imagenet_val, "imagenet_val_file_names", lambda: subset)
+    archive = tmp_path / "val.tar"
+    with tarfile.open(archive, "w") as tar:
+        for label, files in subset.items():
+            for name in files:
+                info = tarfile.TarInfo(name)
+                info.size = 3
+                tar.addfile(info, io.BytesIO(b"jpg"))
+    assert imagenet_val.reorganise_val_tar(archive, tmp_path / "out") == 3
+    samples = read_samples("wnid_folders", tmp_path / "out" / "val", "imagenet1k")
+    assert sorted(samples) == sorted([(f"n01440764/{n}", 0) for n in subset[0]] + [(f"n15075141/{subset[999][0]}", 999)])
