@@ -213,3 +213,11 @@ def test_val_tar_layout_and_labels(tmp_path, monkeypatch):
     assert imagenet_val.reorganise_val_tar(archive, tmp_path / "out") == 3
     samples = read_samples("wnid_folders", tmp_path / "out" / "val", "imagenet1k")
     assert sorted(samples) == sorted([(f"n01440764/{n}", 0) for n in subset[0]] + [(f"n15075141/{subset[999][0]}", 999)])
+
+
+def test_native_protocol_uses_the_weights_own_data_config():
+    loaded = build_model(spec(source="timm", name="vit_tiny_patch16_224"), protocol="native")
+    record = loaded.preprocessing
+    # timm's pretrained config for this model: bicubic, crop_pct 0.9, mean/std 0.5 (not ImageNet's).
+    assert record["protocol"] == "native" and record["interpolation"] == "bicubic"
+    assert record["crop_pct"] == pytest.approx(0.9) and tuple(record["mean"]) == (0.5, 0.5, 0.5)

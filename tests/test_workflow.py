@@ -73,3 +73,18 @@ def test_single_figure_target(default_study):
     jobs = run_snakemake(REPO / "config.yaml", workdir, targets=[str(target)], dryrun=True,
                          forcerun=["plot_reliability"])
     assert set(jobs) == {"plot_reliability"}
+
+
+def test_report_contains_the_figures(default_study):
+    import subprocess
+    import sys
+    import zipfile
+
+    workdir, _ = default_study
+    report = workdir / "report.zip"
+    subprocess.run([sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory",
+                    str(workdir), "--configfile", str(REPO / "config.yaml"), "--report", str(report)],
+                   check=True, capture_output=True)
+    names = zipfile.ZipFile(report).namelist()
+    assert any(n.endswith("reliability_imagenet_val.png") for n in names)
+    assert any(n.endswith("confidence_imagenet_r.png") for n in names)
