@@ -100,10 +100,16 @@ def resolve_dataset(name: str, entry: dict[str, Any], resources_dir: str = "reso
     info = catalog[kind]
     source = entry["source"]
     download = dict(info["download"]) if info.get("download") else None
+    expected_images = info.get("expected_images")
     if entry.get("url"):
         download = {**(download or {}), "url": entry["url"]}
-        if entry.get("sha256"):
+        if entry.get("sha256") and entry["sha256"] != download.get("sha256"):
+            # Another file than the catalogue's (a subset, a repack): its own checksum vouches for
+            # it, and the catalogue's size and image count describe a different file.
             download["sha256"] = entry["sha256"]
+            download.pop("size", None)
+            download.pop("md5", None)
+            expected_images = None
     if source == "download" and not download:
         raise DatasetError(
             f"datasets.{name}: kind {kind!r} has no download recipe; use source: manual with a root, "
@@ -118,7 +124,7 @@ def resolve_dataset(name: str, entry: dict[str, Any], resources_dir: str = "reso
         reader=info["reader"],
         class_space=info["class_space"],
         subdir=info.get("subdir", ""),
-        expected_images=info.get("expected_images"),
+        expected_images=expected_images,
         generator=info.get("generator"),
         download=download,
         manual_root=entry.get("root"),
