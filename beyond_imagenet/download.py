@@ -41,6 +41,8 @@ from typing import Any, BinaryIO
 
 from tqdm import tqdm
 
+from beyond_imagenet import faults
+
 __all__ = ["COMPLETE_MARKER", "DownloadError", "download", "safe_extract", "sha256_file"]
 
 log = logging.getLogger(__name__)
@@ -643,6 +645,9 @@ def safe_extract(
             tmp.mkdir()
             with _wrap_errors(archive):
                 if isinstance(arch, tarfile.TarFile):
+                    if faults.FAULT == "unpack:mid":  # fault injection (tests): die half way through
+                        arch.extractall(tmp, members=plan[: len(plan) // 2])  # type: ignore[arg-type]
+                        faults.at("unpack:mid")
                     if _HAS_DATA_FILTER:
                         arch.extractall(tmp, members=plan, filter="data")  # type: ignore[arg-type]
                     else:

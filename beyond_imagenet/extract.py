@@ -28,6 +28,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from beyond_imagenet import faults
 from beyond_imagenet.io import atomic_path
 
 log = logging.getLogger(__name__)
@@ -224,6 +225,8 @@ def extract(
             filled = len(buffer["index"]) + len(buffer["bad"])
             if filled == shard_rows or start + (shard - done) * shard_rows + filled == n:
                 _flush(parts, shard, buffer)
+                if faults.FAULT:
+                    faults.at(f"extract-shard:{shard}")
                 shard += 1
                 buffer = {"logits": [], "features": [], "index": [], "bad": []}
         bar.close()
