@@ -16,6 +16,7 @@ import jsonschema
 import yaml
 
 from beyond_imagenet.datasets import DatasetError, DatasetSpec, resolve_dataset
+from beyond_imagenet.datasets.vtab import expand_dataset
 from beyond_imagenet.models import ModelError, ModelSpec
 
 SCHEMA_PATH = Path(__file__).resolve().parents[1] / "schemas" / "config.schema.yaml"
@@ -25,6 +26,8 @@ SCHEMA_PATH = Path(__file__).resolve().parents[1] / "schemas" / "config.schema.y
 EVALUATION_CLASS_SPACES = {
     "accuracy": {"imagenet1k"},
     "calibration": {"imagenet1k", "imagenet_r", "imagenet_a"},
+    # VTAB linear probes (spec section 7): the task's own labels, probed on features.
+    "transfer": {"vtab"},
 }
 
 
@@ -81,9 +84,13 @@ def validate_config(config: dict[str, Any], schema_path: str | os.PathLike = SCH
     for name, entry in config["datasets"].items():
         try:
             spec = resolve_dataset(name, entry, resources)
+            # A vtab entry also stands for one dataset per (task, split), named <name>-<task>-<split>.
+            clashes = sorted((set(expand_dataset(spec, entry)) - {name}) & set(config["datasets"]))
         except DatasetError as err:
             problems.append(f"  {err}")
             continue
+        if clashes:
+            problems.append(f"  datasets.{name}: its task splits {clashes} clash with datasets of the same name")
         for evaluation, body in config["evaluations"].items():
             spaces = EVALUATION_CLASS_SPACES.get(evaluation)
             if spaces and name in body.get("datasets", []) and spec.class_space not in spaces:
@@ -122,9 +129,10 @@ class Study:
             self.models = {n: ModelSpec.from_config(n, e) for n, e in config["models"].items()}
         except ModelError as err:
             raise ConfigError(str(err)) from None
-        self.datasets: dict[str, DatasetSpec] = {
-            n: resolve_dataset(n, e, self.resources) for n, e in config["datasets"].items()
-        }
+        self.datasets: dict[str, DatasetSpec] = {}
+        for n, e in config["datasets"].items():
+            # A vtab entry adds one dataset per extracted (task, split): datasets/vtab.py.
+            self.datasets.update(expand_dataset(resolve_dataset(n, e, self.resources), e))
         self.evaluations: dict[str, dict[str, Any]] = config["evaluations"]
 
     # ------------------------------------------------------------------------------- paths
@@ -151,8 +159,14 @@ class Study:
     def evaluation_datasets(self, evaluation: str) -> list[str]:
         return list(self.evaluations.get(evaluation, {}).get("datasets", []))
 
+    def extraction_datasets(self, dataset: str) -> list[str]:
+        """What is extracted for a study dataset: itself, or (vtab) one dataset per task split."""
+        spec = self.datasets[dataset]
+        return list(spec.split_datasets().values()) if hasattr(spec, "split_datasets") else [dataset]
+
     def extraction_targets(self) -> list[str]:
-        pairs = {(m, d) for ev in self.evaluations for d in self.evaluation_datasets(ev) for m in self.models}
+        pairs = {(m, x) for ev in self.evaluations for d in self.evaluation_datasets(ev)
+                 for x in self.extraction_datasets(d) for m in self.models}
         return sorted(self.output(m, d) for m, d in pairs)
 
     def model_columns(self, model: str) -> dict[str, str]:

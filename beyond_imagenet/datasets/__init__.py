@@ -22,6 +22,7 @@ import yaml
 PLUGIN_MODULES = (
     "beyond_imagenet.datasets.readers",
     "beyond_imagenet.datasets.generate",
+    "beyond_imagenet.datasets.vtab",
 )
 
 
