@@ -1,0 +1,116 @@
+# Transferability: VTAB-1k linear probes on cached features (spec/evaluations.md section 7).
+# A `kind: vtab` dataset stands for one dataset per (task, split), <name>-<task>-<split>, each
+# extracted by the one extract_outputs rule; train800val200 is not extracted (it is train800 +
+# val200, checked on the data when the train800 manifest is built): see datasets/vtab.py.
+import re
+from types import SimpleNamespace
+
+from beyond_imagenet.datasets.vtab import EXTRACTED_SPLITS, TASKS, VtabSplitSpec, split_dataset_name
+
+VTAB_SPLITS = {n: s for n, s in STUDY.datasets.items() if isinstance(s, VtabSplitSpec)}
+TRANSFER = config["evaluations"].get("transfer", {})
+
+
+def vtab_folder(wildcards):
+    """What a task split's manifest depends on: its vtab dataset's generated or unpacked folder."""
+    return dataset_folder(SimpleNamespace(dataset=VTAB_SPLITS[wildcards.dataset].parent))
+
+
+def vtab_split_params(wildcards):
+    """The parts of the vtab entry that change this split's files (not, e.g., the other tasks)."""
+    spec = VTAB_SPLITS[wildcards.dataset]
+    entry = {k: v for k, v in config["datasets"][spec.parent].items() if k != "tasks"}
+    return {**entry, "task": spec.task, "split": spec.split}
+
+
+def probe_inputs(wildcards):
+    names = {s: split_dataset_name(wildcards.dataset, wildcards.task, s) for s in EXTRACTED_SPLITS}
+    return {**{s: STUDY.output(wildcards.model, n) for s, n in names.items()},
+            **{f"{s}_manifest": STUDY.manifest(n) for s, n in names.items()}}
+
+
+def transfer_probes():
+    return [
+        f"{RESULTS}/probes/{m}/{d}/{t}.json"
+        for d in STUDY.evaluation_datasets("transfer")
+        for t in STUDY.datasets[d].tasks
+        for m in STUDY.models
+    ]
+
+
+def transfer_figures():
+    return [STUDY.figure(f"transfer_{d}", ext) for d in STUDY.evaluation_datasets("transfer") for ext in ("png", "pdf")]
+
+
+rule build_vtab_manifest:
+    input:
+        vtab_folder,
+    output:
+        f"{RESULTS}/manifests/{{dataset}}.json",
+    params:
+        entry=vtab_split_params,
+    log:
+        f"{RESULTS}/logs/build_manifest/{{dataset}}.log",
+    wildcard_constraints:
+        dataset="|".join(re.escape(n) for n in VTAB_SPLITS) or "(?!)",
+    conda:
+        "../envs/analysis.yaml"
+    script:
+        "../scripts/build_vtab_manifest.py"
+
+
+# A task split's manifest also checks the VTAB layout (and, for train800, the train800val200 union).
+ruleorder: build_vtab_manifest > build_manifest
+
+
+rule probe_transfer:
+    input:
+        unpack(probe_inputs),
+    output:
+        f"{RESULTS}/probes/{{model}}/{{dataset}}/{{task}}.json",
+    params:
+        probe=TRANSFER.get("probe", {}),
+    log:
+        f"{RESULTS}/logs/probe_transfer/{{model}}/{{dataset}}/{{task}}.log",
+    wildcard_constraints:
+        task="|".join(TASKS),
+    threads: 1
+    conda:
+        "../envs/torch.yaml"
+    resources:
+        # A GPU slot unless the study pins the probes to the CPU (then they run beside extraction).
+        gpu=0 if TRANSFER.get("probe", {}).get("device") == "cpu" else 1,
+    script:
+        "../scripts/probe_transfer.py"
+
+
+rule compute_transfer:
+    input:
+        transfer_probes(),
+    output:
+        f"{RESULTS}/metrics/transfer.csv",
+    log:
+        f"{RESULTS}/logs/compute_transfer.log",
+    conda:
+        "../envs/analysis.yaml"
+    script:
+        "../scripts/compute_transfer.py"
+
+
+rule plot_transfer:
+    input:
+        f"{RESULTS}/metrics/transfer.csv",
+    output:
+        png=report(f"{RESULTS}/figures/transfer_{{dataset}}.png", category="Transferability",
+                   caption="../report/transfer.rst"),
+        pdf=f"{RESULTS}/figures/transfer_{{dataset}}.pdf",
+    log:
+        f"{RESULTS}/logs/plot_transfer/{{dataset}}.log",
+    conda:
+        "../envs/analysis.yaml"
+    script:
+        "../scripts/plot_transfer.py"
+
+
+if "transfer" in STUDY.evaluations:
+    register_targets(STUDY.metric("transfer"), *transfer_figures())
