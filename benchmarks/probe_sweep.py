@@ -9,6 +9,8 @@ Example::
 
     python benchmarks/probe_sweep.py --n-train 800 --n-val 200 --n-test 2000 --dim 768 \\
         --classes 100 --device cpu --n-wd 97 --json probe_sweep.json
+    # on the workflow's cached features of one VTAB task (train800val200 = train800 + val200):
+    python benchmarks/probe_sweep.py --features results/outputs/vit_sup/vtab-dtd-{train800,val200,test}.h5
 """
 
 from __future__ import annotations
@@ -46,16 +48,30 @@ def synthetic_splits(args: argparse.Namespace):
     return features, labels
 
 
-def file_splits(args: argparse.Namespace):
-    """Features from an HDF5 cache (datasets ``features`` and ``labels``), randomly split."""
+def _read_cache(path: Path):
     import h5py
 
-    with h5py.File(args.features, "r") as f:
-        features = np.asarray(f["features"], dtype=np.float32)
-        labels = np.asarray(f["labels"], dtype=np.int64)
+    with h5py.File(path, "r") as f:
+        return np.asarray(f["features"], dtype=np.float32), np.asarray(f["labels"], dtype=np.int64)
+
+
+def file_splits(args: argparse.Namespace):
+    """Features from HDF5 caches (datasets ``features`` and ``labels``).
+
+    One file: randomly split into the requested sizes. Three files: the workflow's train800, val200
+    and test extractions of one VTAB task, used as they are (``--n-*`` are ignored); returned
+    concatenated, with ``args.n_train`` / ``args.n_val`` / ``args.n_test`` set to their sizes.
+    """
+    if len(args.features) == 3:
+        parts = [_read_cache(p) for p in args.features]
+        args.n_train, args.n_val, args.n_test = (len(labels) for _, labels in parts)
+        return np.concatenate([f for f, _ in parts]), np.concatenate([y for _, y in parts])
+    if len(args.features) != 1:
+        raise SystemExit("--features takes one HDF5 file (randomly split) or three (train, val, test)")
+    features, labels = _read_cache(args.features[0])
     n = args.n_train + args.n_val + args.n_test
     if n > len(labels):
-        raise SystemExit(f"{args.features} holds {len(labels)} rows, {n} requested")
+        raise SystemExit(f"{args.features[0]} holds {len(labels)} rows, {n} requested")
     order = np.random.default_rng(args.seed).permutation(len(labels))[:n]
     return features[order], labels[order]
 
@@ -100,7 +116,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0, help="data seed (the probe seed stays 0)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    parser.add_argument("--features", type=Path, default=None, help="HDF5 with features, labels")
+    parser.add_argument("--features", type=Path, nargs="+", default=None,
+                        help="HDF5 with features, labels (randomly split), or three: train, val, test "
+                             "(e.g. results/outputs/<model>/vtab-<task>-{train800,val200,test}.h5)")
     parser.add_argument("--json", type=Path, default=None, help="write the figures here")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
@@ -110,6 +128,11 @@ def main(argv: list[str] | None = None) -> int:
 
     features, labels = file_splits(args) if args.features else synthetic_splits(args)
     n_classes = int(labels.max()) + 1 if args.features else args.classes
+    if args.features and len(args.features) == 3:
+        from beyond_imagenet.datasets.vtab import TASKS  # the task's class count, if the names say which task
+
+        task = next((t for t in TASKS if f"-{t}-" in args.features[0].name), None)
+        n_classes = max(n_classes, TASKS[task].n_classes) if task else n_classes
     a, b = args.n_train, args.n_train + args.n_val
     train, val, test = (features[:a], labels[:a]), (features[a:b], labels[a:b]), (features[b:], labels[b:])
     trainval = (features[:b], labels[:b])
@@ -136,7 +159,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.json:
         args.json.write_text(json.dumps({
-            "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+            "args": {k: ([str(p) for p in v] if k == "features" and v else str(v) if isinstance(v, Path) else v)
+                     for k, v in vars(args).items()},
             "device": str(device), "torch_threads": torch.get_num_threads(),
             "batched": {**batched, "wall_s": t_batched},
             "one_by_one": {**single, "wall_s": t_single},
