@@ -42,6 +42,7 @@ include: "rules/datasets.smk"
 include: "rules/extract.smk"
 # One file per evaluation (metrics, figures, targets); add new evaluations here.
 include: "rules/calibration.smk"
+include: "rules/invariance.smk"
 include: "rules/transfer.smk"
 
 

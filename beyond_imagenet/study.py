@@ -26,6 +26,7 @@ SCHEMA_PATH = Path(__file__).resolve().parents[1] / "schemas" / "config.schema.y
 EVALUATION_CLASS_SPACES = {
     "accuracy": {"imagenet1k"},
     "calibration": {"imagenet1k", "imagenet_r", "imagenet_a"},
+    "invariance": {"imagenet1k", "imagenet_r", "imagenet_a"},
     # VTAB linear probes (spec section 7): the task's own labels, probed on features.
     "transfer": {"vtab"},
 }
@@ -199,6 +200,29 @@ class Study:
             zs = self.config["zero_shot"]
             identity.update(zero_shot_templates=str(zs["templates"]), logit_scale=float(zs["logit_scale"]))
         return identity
+
+    # ------------------------------------------------------------ invariance (spec §8)
+    def invariance_variants(self) -> list[str]:
+        """Variant names of the study's invariance evaluation, in config order."""
+        from beyond_imagenet.variants import study_variants
+
+        return [v.name for v in study_variants(self.evaluations.get("invariance", {}))]
+
+    def is_standard_variant(self, model: str, variant: str) -> bool:
+        from beyond_imagenet.variants import Variant
+
+        return Variant.parse(variant).is_standard(self.models[model].paradigm, self.config["preprocessing"])
+
+    def variant_output(self, model: str, dataset: str, variant: str) -> str:
+        """Where a variant's outputs are read from: the standard extraction if it is the standard one."""
+        if self.is_standard_variant(model, variant):
+            return self.output(model, dataset)
+        return self.output(model, dataset, variant)
+
+    def variant_attrs(self, model: str, dataset: str, manifest: dict[str, Any], variant: str) -> dict[str, Any]:
+        """What a (non-standard) variant's output must record: also the image subset it ran on."""
+        max_images = self.evaluations.get("invariance", {}).get("max_images")
+        return {**self.expected_attrs(model, dataset, manifest, variant), "max_images": int(max_images or 0)}
 
     def expected_attrs(self, model: str, dataset: str, manifest: dict[str, Any],
                        variant: str | None = None) -> dict[str, Any]:

@@ -35,3 +35,27 @@ rule extract_outputs:
         gpu=1,
     script:
         "../scripts/extract_outputs.py"
+
+
+rule extract_variant_outputs:
+    input:
+        manifest=f"{RESULTS}/manifests/{{dataset}}.json",
+        head=head_input,
+    output:
+        f"{RESULTS}/outputs/{{model}}/{{dataset}}@{{variant}}.h5",
+    params:
+        model=model_params,
+        preprocessing=config["preprocessing"],
+        max_images=lambda w: config["evaluations"].get("invariance", {}).get("max_images"),
+        features_dtype=config["extraction"]["features_dtype"],
+        on_bad_image=config["extraction"]["on_bad_image"],
+    log:
+        f"{RESULTS}/logs/extract_variant_outputs/{{model}}/{{dataset}}@{{variant}}.log",
+    wildcard_constraints:
+        variant=r"(scale|shift|res)-[0-9][0-9.]*",
+    conda:
+        "../envs/torch.yaml"
+    resources:
+        gpu=1,
+    script:
+        "../scripts/extract_variant_outputs.py"

@@ -1,0 +1,83 @@
+"""Invariance variants in the workflow: which ones a study runs, on which images, with which model.
+
+:mod:`beyond_imagenet.invariance` defines the transforms (spec §8); this module turns a variant
+name (``scale-1.25``, ``shift-30``, ``res-336``) into a :class:`~beyond_imagenet.models.LoadedModel`
+whose network and transform are the variant's, and picks the image subset when a study limits
+the variant passes to ``max_images``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Sequence
+
+import numpy as np
+
+from beyond_imagenet.invariance import PARADIGMS, is_standard, parse_variant, variant_name, variant_transform
+from beyond_imagenet.models import LoadedModel, ModelSpec, build_model
+
+#: config key of each variant kind (evaluations.invariance.<key>) -> kind in invariance.py
+CONFIG_KINDS = {"scale": "scale", "shift": "shift", "resolution": "resolution"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    kind: str
+    value: float | int
+
+    @property
+    def name(self) -> str:
+        return variant_name(self.kind, self.value)
+
+    @classmethod
+    def parse(cls, name: str) -> "Variant":
+        return cls(*parse_variant(name))
+
+    def is_standard(self, paradigm: str, protocol: str) -> bool:
+        return is_standard(self.kind, self.value, paradigm, protocol)
+
+
+def study_variants(section: dict[str, Any]) -> list[Variant]:
+    """The variants an ``evaluations.invariance`` section asks for, in config order."""
+    return [Variant(kind, value) for key, kind in CONFIG_KINDS.items() for value in section.get(key, [])]
+
+
+def spread_subset(samples: Sequence, n: int | None) -> list:
+    """``n`` samples evenly spread over the list (all of them if ``n`` is None or >= len).
+
+    Manifests are sorted by class, so an evenly spaced subset covers the classes instead of the
+    first few; it is deterministic, so the standard outputs can be cut to the same images.
+    """
+    if n is None or n >= len(samples):
+        return list(samples)
+    if n < 1:
+        raise ValueError(f"need at least one image, got n={n}")
+    index = np.unique(np.floor(np.arange(n) * len(samples) / n).astype(np.int64))
+    return [samples[i] for i in index]
+
+
+def _normalisation(loaded: LoadedModel) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """mean/std of the model's own protocol (spec §0): never defaulted, CLIP weights differ."""
+    record = loaded.preprocessing
+    try:
+        return tuple(float(m) for m in record["mean"]), tuple(float(s) for s in record["std"])
+    except KeyError as err:
+        raise KeyError(f"preprocessing record of {loaded.spec.name} has no {err}; cannot normalise") from None
+
+
+def build_variant_model(spec: ModelSpec, variant: Variant, protocol: str, head=None,
+                        logit_scale: float = 100.0) -> LoadedModel:
+    """The model (built for the variant's resolution if it is one) with the variant's transform.
+
+    The recorded preprocessing says which variant and transform produced the outputs.
+    """
+    if spec.paradigm not in PARADIGMS:
+        raise ValueError(f"models.{spec.name}: invariance needs paradigm in {sorted(PARADIGMS)}, got {spec.paradigm!r}")
+    image_size = int(variant.value) if variant.kind == "resolution" else None
+    loaded = build_model(spec, protocol, head=head, logit_scale=logit_scale, image_size=image_size)
+    mean, std = _normalisation(loaded)
+    transform = variant_transform(variant.kind, variant.value, spec.paradigm, mean=mean, std=std)
+    preprocessing = {**loaded.preprocessing, "transform": repr(transform), "variant": variant.name,
+                     "variant_kind": variant.kind, "variant_value": variant.value,
+                     "image_size": image_size or 224, "mean": mean, "std": std}
+    return dataclasses.replace(loaded, transform=transform, preprocessing=preprocessing)
