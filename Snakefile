@@ -43,7 +43,10 @@ include: "rules/extract.smk"
 # One file per evaluation (metrics, figures, targets); add new evaluations here.
 include: "rules/calibration.smk"
 include: "rules/invariance.smk"
+include: "rules/cka.smk"
 include: "rules/transfer.smk"
+# Every model across every evaluation above, from their metric tables.
+include: "rules/profile.smk"
 
 
 onstart:

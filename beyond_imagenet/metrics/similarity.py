@@ -171,7 +171,8 @@ class MinibatchCKA:
         self.__init__()
 
     @staticmethod
-    def _gram_stats(acts: Sequence[ArrayLike], device: torch.device | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    def _gram_stats(acts: Sequence[ArrayLike], device: torch.device | None,
+                    are_grams: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
         """Per-layer zero-diagonal Grams stacked (L, B, B), their row sums (L, B) and totals (L,).
 
         These three quantities are all the unbiased HSIC needs, and they make every pair's HSIC
@@ -185,7 +186,9 @@ class MinibatchCKA:
             t = torch.as_tensor(a)
             if device is not None:
                 t = t.to(device)
-            g = _zero_diag(gram_linear(t))
+            if are_grams and (t.ndim != 2 or t.shape[0] != t.shape[1]):
+                raise ValueError(f"grams=True needs square (B, B) Gram matrices, got {tuple(t.shape)}")
+            g = _zero_diag(t.to(torch.float64) if are_grams else gram_linear(t))
             if n is None:
                 n = g.shape[0]
             elif g.shape[0] != n:
@@ -216,23 +219,26 @@ class MinibatchCKA:
         return (trace + s * s / ((n - 1) * (n - 2)) - 2.0 / (n - 2) * cross) / (n * (n - 3))
 
     @torch.no_grad()
-    def update(self, acts_a: Sequence[ArrayLike], acts_b: Sequence[ArrayLike] | None = None) -> None:
+    def update(self, acts_a: Sequence[ArrayLike], acts_b: Sequence[ArrayLike] | None = None,
+               *, grams: bool = False) -> None:
         """Add one minibatch: ``acts_a[i]`` is layer i of model a, shape (B, ...); ``acts_b`` likewise.
 
         ``acts_b=None`` accumulates the within-model matrix (a vs itself). Layer counts must stay
-        the same across calls, and within/cross mode cannot change mid-way.
+        the same across calls, and within/cross mode cannot change mid-way. ``grams=True``: the
+        inputs are already the (B, B) Gram matrices X Xᵀ of the flattened activations (e.g. formed
+        in a forward hook, so that no layer's activations outlive its forward call).
         """
         within = acts_b is None
         if self._within is not None and within != self._within:
             raise ValueError("cannot mix within-model (acts_b=None) and cross-model updates")
         device = self._hsic_aa.device if self._hsic_aa is not None else torch.as_tensor(acts_a[0]).device
-        ka, ra, sa, n = self._gram_stats(acts_a, device)
+        ka, ra, sa, n = self._gram_stats(acts_a, device, grams)
         haa = self._self_hsic(ka, ra, sa, n)
         if within:
             hab = self._pairwise_hsic(ka, ra, sa, ka, ra, sa, n)
             hbb = haa
         else:
-            kb, rb, sb, nb = self._gram_stats(acts_b, device)  # type: ignore[arg-type]
+            kb, rb, sb, nb = self._gram_stats(acts_b, device, grams)  # type: ignore[arg-type]
             if nb != n:
                 raise ValueError(f"acts_a and acts_b need the same batch size, got {n} and {nb}")
             hab = self._pairwise_hsic(ka, ra, sa, kb, rb, sb, n)

@@ -1,0 +1,268 @@
+"""Online CKA over a dataset (spec §9): forward hooks, one pass, minibatch unbiased HSIC.
+
+Every model of a study sees the same images (each through its own preprocessing) in the same
+batches. A forward hook on each selected layer turns the layer's output into its (B, B) Gram
+matrix on the spot, so no activation outlives its layer's forward call; per batch only
+``n_layers`` Gram matrices per model exist, and across batches only the running HSIC sums of
+:class:`~beyond_imagenet.metrics.similarity.MinibatchCKA`. Memory is therefore independent of the
+number of images (tests/test_cka_pass.py checks this on a real process).
+
+Which layers: a *selector* of :data:`LAYER_SELECTORS` (``blocks``, ``stages``) resolved per
+architecture family by regular expressions over module names of the image tower
+(:data:`IMAGE_TOWERS`, per model source), or a list of such expressions from the config.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import itertools
+import json
+import logging
+import os
+import re
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+
+import h5py
+import numpy as np
+import torch
+from torch import nn
+
+from beyond_imagenet.io import atomic_path
+from beyond_imagenet.metrics.similarity import MinibatchCKA, gram_linear
+
+log = logging.getLogger(__name__)
+
+#: The image tower inside a LoadedModel.network, per model source (models.py adapters).
+IMAGE_TOWERS: dict[str, Callable[[nn.Module], nn.Module]] = {
+    "timm": lambda network: network.model,
+    "open_clip": lambda network: network.model.visual,
+}
+
+_VIT_BLOCKS = (r"^blocks\.\d+$", r"^transformer\.resblocks\.\d+$", r"^trunk\.blocks\.\d+$")
+
+#: selector -> family -> module-name patterns, tried in order; the first that matches any module
+#: of the tower wins (timm models, open_clip native towers, open_clip timm towers under trunk.).
+LAYER_SELECTORS: dict[str, dict[str, tuple[str, ...]]] = {
+    # every transformer block / ConvNeXt block (ResNet bottleneck) output
+    "blocks": {
+        "vit": _VIT_BLOCKS,
+        "convnet": (r"^stages\.\d+\.blocks\.\d+$", r"^trunk\.stages\.\d+\.blocks\.\d+$",
+                    r"^layer\d\.\d+$", r"^trunk\.layer\d\.\d+$"),
+    },
+    # every stage output (a plain ViT has no stages: each block is one)
+    "stages": {
+        "vit": _VIT_BLOCKS,
+        "convnet": (r"^stages\.\d+$", r"^trunk\.stages\.\d+$", r"^layer\d$", r"^trunk\.layer\d$"),
+    },
+}
+
+
+class LayerSelectionError(ValueError):
+    """No layer of a model matches the configured selector; the message lists what exists."""
+
+
+def select_layers(tower: nn.Module, family: str, layers: str | Sequence[str]) -> list[tuple[str, nn.Module]]:
+    """(name, module) of the layers to hook, in forward (definition) order."""
+    named = [(name, module) for name, module in tower.named_modules() if name]
+    if isinstance(layers, str):
+        if layers not in LAYER_SELECTORS:
+            raise LayerSelectionError(f"unknown layer selector {layers!r}; known: {sorted(LAYER_SELECTORS)}")
+        by_family = LAYER_SELECTORS[layers]
+        candidates = [by_family[family]] if family in by_family else list(by_family.values())
+        for pattern in itertools.chain.from_iterable(candidates):
+            found = [(n, m) for n, m in named if re.search(pattern, n)]
+            if found:
+                return found
+        what = f"selector {layers!r} (family {family!r})"
+    else:
+        found = [(n, m) for n, m in named if any(re.search(p, n) for p in layers)]
+        if found:
+            return found
+        what = f"patterns {list(layers)}"
+    sample = ", ".join(n for n, _ in named[:40])
+    raise LayerSelectionError(f"{what} match no module of {type(tower).__name__}; modules include: {sample}")
+
+
+def _batch_first(out: torch.Tensor, batch: int) -> torch.Tensor:
+    """Activations with the batch on dim 0 (sequence-first transformers put it on dim 1)."""
+    if out.shape[0] == batch:
+        return out
+    if out.ndim >= 2 and out.shape[1] == batch:
+        return out.transpose(0, 1)
+    raise ValueError(f"cannot find the batch dimension ({batch}) in an activation of shape {tuple(out.shape)}")
+
+
+class GramRecorder:
+    """Forward hooks that replace each hooked layer's output by its Gram matrix, per batch."""
+
+    def __init__(self, layers: Sequence[tuple[str, nn.Module]]):
+        self.names = [name for name, _ in layers]
+        self._modules = [module for _, module in layers]
+        self._handles: list[Any] = []
+        self.batch = 0
+        self.grams: list[torch.Tensor | None] = [None] * len(layers)
+
+    def _hook(self, index: int):
+        def hook(_module, _inputs, output):
+            out = output[0] if isinstance(output, (tuple, list)) else output
+            # float64 Gram now; the activation itself is dropped when the layer's caller is done.
+            self.grams[index] = gram_linear(_batch_first(out.detach(), self.batch))
+
+        return hook
+
+    def __enter__(self) -> "GramRecorder":
+        self._handles = [m.register_forward_hook(self._hook(i)) for i, m in enumerate(self._modules)]
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    def take(self) -> list[torch.Tensor]:
+        """The Gram matrices of the last forward pass (and forget them)."""
+        missing = [n for n, g in zip(self.names, self.grams) if g is None]
+        if missing:
+            raise RuntimeError(f"layers {missing} did not run in the forward pass")
+        grams, self.grams = self.grams, [None] * len(self.names)
+        return grams  # type: ignore[return-value]
+
+
+@dataclasses.dataclass
+class HookedModel:
+    """A network (called on a batch; outputs ignored) and the layers whose Grams are recorded."""
+
+    network: nn.Module
+    layers: list[tuple[str, nn.Module]]
+
+    @property
+    def layer_names(self) -> list[str]:
+        return [name for name, _ in self.layers]
+
+
+def model_pairs(models: Mapping[str, Mapping[str, str]], pairs: str = "both",
+                cross_pairs: str = "contrast") -> list[tuple[str, str]]:
+    """Which (a, b) CKA matrices to compute; (a, a) is within-model.
+
+    ``models``: name -> {"family", "paradigm"} in study order. ``cross_pairs='contrast'`` keeps
+    the paper's two axes: same paradigm and different family (ConvNet vs ViT), or same family and
+    different paradigm (supervised vs CLIP); ``'all'`` takes every pair.
+    """
+    if pairs not in ("within", "cross", "both"):
+        raise ValueError(f"pairs must be within, cross or both, got {pairs!r}")
+    names = list(models)
+    out = [(m, m) for m in names] if pairs in ("within", "both") else []
+    if pairs in ("cross", "both"):
+        for a, b in itertools.combinations(names, 2):
+            same_family = models[a]["family"] == models[b]["family"]
+            same_paradigm = models[a]["paradigm"] == models[b]["paradigm"]
+            if cross_pairs == "all" or same_family != same_paradigm:
+                out.append((a, b))
+    return out
+
+
+@torch.no_grad()
+def cka_pass(models: Mapping[str, HookedModel], batches: Iterable[Any], pairs: Sequence[tuple[str, str]],
+             device: torch.device = torch.device("cpu")) -> dict[tuple[str, str], MinibatchCKA]:
+    """One pass over ``batches``, updating one :class:`MinibatchCKA` per pair.
+
+    A batch is either one tensor (every model gets it) or a mapping model name -> tensor (the same
+    images through each model's own preprocessing). Only the models named in ``pairs`` run.
+    """
+    used = list(dict.fromkeys(itertools.chain.from_iterable(pairs)))
+    accumulators = {pair: MinibatchCKA() for pair in pairs}
+    with contextlib.ExitStack() as stack:
+        recorders = {m: stack.enter_context(GramRecorder(models[m].layers)) for m in used}
+        for m in used:
+            models[m].network.eval().to(device)
+        for batch in batches:
+            grams = {}
+            for m in used:
+                images = batch[m] if isinstance(batch, Mapping) else batch
+                recorders[m].batch = images.shape[0]
+                models[m].network(images.to(device, non_blocking=True))
+                grams[m] = recorders[m].take()
+            for (a, b), acc in accumulators.items():
+                acc.update(grams[a], None if a == b else grams[b], grams=True)
+            del grams
+    return accumulators
+
+
+# ------------------------------------------------------------------------------- data and file
+class SameImages(torch.utils.data.Dataset):
+    """Each image decoded once and passed through every model's own transform."""
+
+    def __init__(self, root: str | os.PathLike, ids: Sequence[str], transforms: Mapping[str, Callable]):
+        self.root = Path(root)
+        self.ids = list(ids)
+        self.transforms = dict(transforms)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        from beyond_imagenet.extract import load_rgb
+
+        path = self.root / self.ids[index]
+        try:
+            image = load_rgb(path)
+        except Exception as err:
+            raise RuntimeError(f"cannot read {path} for CKA: {type(err).__name__}: {err}") from err
+        return {name: transform(image) for name, transform in self.transforms.items()}
+
+
+def batch_plan(n_images: int, batch_size: int) -> tuple[int, int]:
+    """(number of full batches, images dropped): the last incomplete batch is not used."""
+    if batch_size < 4:
+        raise ValueError(f"batch_size must be >= 4 for the unbiased HSIC, got {batch_size}")
+    n_batches, dropped = divmod(n_images, batch_size)
+    if n_batches == 0:
+        raise ValueError(f"{n_images} images make no full batch of {batch_size}")
+    return n_batches, dropped
+
+
+def write_cka(path: str | os.PathLike, results: Mapping[tuple[str, str], MinibatchCKA],
+              layer_names: Mapping[str, Sequence[str]], attrs: Mapping[str, Any]) -> None:
+    """One HDF5 file: group ``<a>__<b>`` per pair with dataset ``cka`` (n_layers_a, n_layers_b)."""
+    with atomic_path(path) as tmp:
+        with h5py.File(tmp, "w", track_order=True) as f:
+            for key in sorted(attrs):
+                value = attrs[key]
+                f.attrs[key] = json.dumps(value, sort_keys=True) if isinstance(value, (dict, list, tuple)) else value
+            for (a, b), acc in results.items():
+                group = f.create_group(f"{a}__{b}", track_order=True)
+                group.create_dataset("cka", data=acc.compute(), track_times=False)
+                group.attrs.update(model_a=a, model_b=b, kind="within" if a == b else "cross",
+                                   layers_a=json.dumps(list(layer_names[a])), layers_b=json.dumps(list(layer_names[b])),
+                                   n_batches=acc.n_batches, n_samples=acc.n_samples)
+
+
+@dataclasses.dataclass
+class CkaMatrix:
+    model_a: str
+    model_b: str
+    kind: str
+    layers_a: list[str]
+    layers_b: list[str]
+    cka: np.ndarray
+
+
+def read_cka(path: str | os.PathLike) -> tuple[list[CkaMatrix], dict[str, Any]]:
+    """The matrices of a CKA file (in file order) and its attributes."""
+    out = []
+    with h5py.File(path, "r") as f:
+        attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
+        for name in f:
+            g = f[name]
+            out.append(CkaMatrix(str(g.attrs["model_a"]), str(g.attrs["model_b"]), str(g.attrs["kind"]),
+                                 json.loads(g.attrs["layers_a"]), json.loads(g.attrs["layers_b"]), g["cka"][()]))
+    return out, attrs
+
+
+def iterate_batches(loader: Iterable[Any], progress_every: int = 10) -> Iterator[Any]:
+    for i, batch in enumerate(loader, 1):
+        if i % progress_every == 0:
+            log.info("CKA batch %d", i)
+        yield batch

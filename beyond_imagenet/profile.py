@@ -1,0 +1,160 @@
+"""Model profile: every model across every evaluation the study ran, in one table and one figure.
+
+The paper's point is that models with the same ImageNet accuracy differ everywhere else; the
+profile puts one headline number per evaluation side by side. What the headline of an evaluation
+is lives in :data:`HEADLINES` (evaluation -> which table, which rows, higher or lower is better),
+so a new evaluation joins the profile with one registry entry and no change elsewhere.
+
+The profile reads only the tidy metric tables (``results/metrics/<table>.csv``), never outputs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+log = logging.getLogger(__name__)
+
+MODEL_COLUMNS = ("model", "label", "family", "paradigm", "paper_key")
+
+
+@dataclasses.dataclass(frozen=True)
+class Headline:
+    """One profile column (or one per distinct value of ``by``) taken from a metric table.
+
+    ``select``: column -> accepted value (or tuple of values), compared as text; ``""`` matches
+    an empty cell. ``by``: grouping columns giving one headline each (e.g. the dataset); those the
+    table lacks are ignored. ``name``: display name, formatted with the ``by`` values.
+    ``scale``: factor for display (1 = as stored). After selection each model must have exactly
+    one row per ``by`` group.
+    """
+
+    table: str
+    select: Mapping[str, str | tuple[str, ...]]
+    higher_is_better: bool
+    name: str
+    by: tuple[str, ...] = ("dataset",)
+    scale: float = 1.0
+
+
+#: evaluation (study key) -> its headline numbers. Keep in step with the tables' row formats.
+HEADLINES: dict[str, tuple[Headline, ...]] = {
+    "accuracy": (Headline("accuracy", {"metric": "top1"}, True, "top-1 % ({dataset})", scale=100),),
+    "calibration": (Headline("calibration", {"metric": "ece"}, False, "ECE ({dataset})"),),
+    "robustness": (Headline("robustness", {"benchmark": "average", "metric": "top1"}, True,
+                            "robustness: mean top-1 % of shifted sets", by=(), scale=100),),
+    "imagenet_x": (Headline("imagenet_x", {"factor": "average", "metric": "error_ratio"}, False,
+                            "ImageNet-X mean error ratio ({dataset})"),),
+    "shape_bias": (Headline("shape_bias", {"metric": "shape_bias", "category": ""}, True,
+                            "shape bias ({dataset})"),),
+    "pug": (Headline("pug", {"subset": "Average", "metric": "top1"}, True, "PUG mean top-1 % ({dataset})",
+                     scale=100),),
+    "transfer": (Headline("transfer", {"task": "mean", "group": "all", "metric": "test_top1"}, True,
+                          "VTAB linear probe mean top-1 % ({dataset})", scale=100),),
+    "invariance": (Headline("invariance", {"metric": "mean_top1"}, True,
+                            "{transform} invariance: mean top-1 % ({dataset})", by=("dataset", "transform"),
+                            scale=100),),
+}
+
+
+def profile_tables(evaluations: Sequence[str]) -> dict[str, str]:
+    """Metric tables the profile reads for a study's evaluations: evaluation -> table name.
+
+    Evaluations without a registered headline (e.g. CKA, a matrix rather than a number) are left out.
+    """
+    out = {}
+    for evaluation in evaluations:
+        for headline in HEADLINES.get(evaluation, ()):
+            out.setdefault(evaluation, headline.table)
+    return out
+
+
+def _text(series: pd.Series) -> pd.Series:
+    """Cells as text for matching: empty -> "", 1.0 -> "1" (tables store mixed types)."""
+
+    def one(value: Any) -> str:
+        if value is None or (isinstance(value, float) and np.isnan(value)):
+            return ""
+        if isinstance(value, float) and value.is_integer():
+            return str(int(value))
+        return str(value)
+
+    return series.map(one)
+
+
+def headline_rows(evaluation: str, headline: Headline, table: pd.DataFrame) -> list[dict[str, Any]]:
+    """The profile rows of one headline: one per (model, by-group)."""
+    keep = pd.Series(True, index=table.index)
+    for column, wanted in headline.select.items():
+        if column not in table.columns:
+            log.warning("profile: %s table has no column %r; %s skipped", headline.table, column, evaluation)
+            return []
+        accepted = {wanted} if isinstance(wanted, str) else set(wanted)
+        keep &= _text(table[column]).isin(accepted)
+    rows = table[keep]
+    if rows.empty:
+        log.warning("profile: no %s rows match %s; %s skipped", headline.table, dict(headline.select), evaluation)
+        return []
+    by = [c for c in headline.by if c in rows.columns]
+    out = []
+    keys = ["model", *by]
+    duplicated = rows.duplicated(subset=keys, keep=False)
+    if duplicated.any():
+        raise ValueError(f"profile: {evaluation} headline selects several rows per {keys} in {headline.table}, e.g.\n"
+                         f"{rows[duplicated].head(4).to_string()}")
+    for _, row in rows.iterrows():
+        groups = {c: ("" if pd.isna(row[c]) else row[c]) for c in by}
+        name = headline.name.format_map(_Blank(groups)).replace(" ()", "")
+        out.append({**{c: ("" if c not in row or pd.isna(row[c]) else row[c]) for c in MODEL_COLUMNS},
+                    "evaluation": evaluation, "headline": name, "value": float(row["value"]) * headline.scale,
+                    "higher_is_better": headline.higher_is_better})
+    return out
+
+
+class _Blank(dict):
+    def __missing__(self, key: str) -> str:
+        return ""
+
+
+def build_profile(tables: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
+    """The profile of every model: evaluation -> its metric table (as read) in, tidy rows out.
+
+    Adds per headline ``rank`` (1 = best model) and ``score`` (0 = worst, 1 = best, linear in the
+    value; NaN when all models tie or the value is missing), so the figure can colour by "better".
+    """
+    rows: list[dict[str, Any]] = []
+    for evaluation, table in tables.items():
+        for headline in HEADLINES.get(evaluation, ()):
+            rows += headline_rows(evaluation, headline, table)
+    frame = pd.DataFrame(rows, columns=[*MODEL_COLUMNS, "evaluation", "headline", "value", "higher_is_better"])
+    if frame.empty:
+        return frame.assign(rank=pd.Series(dtype=float), score=pd.Series(dtype=float))
+    ranks, scores = [], []
+    for _, group in frame.groupby("headline", sort=False):
+        values = group["value"].astype(float)
+        signed = values if group["higher_is_better"].iloc[0] else -values
+        ranks.append(signed.rank(ascending=False, method="min"))
+        low, high = signed.min(), signed.max()
+        scores.append((signed - low) / (high - low) if high > low else signed * np.nan)
+    frame["rank"] = pd.concat(ranks)
+    frame["score"] = pd.concat(scores)
+    return frame
+
+
+def read_tables(paths: Mapping[str, str | os.PathLike]) -> dict[str, pd.DataFrame]:
+    from beyond_imagenet.tables import read_table
+
+    return {evaluation: read_table(path) for evaluation, path in paths.items()}
+
+
+def write_profile(frame: pd.DataFrame, path: str | os.PathLike) -> None:
+    """Like tables.write_table, but keeps the header when no headline was found."""
+    from beyond_imagenet.io import atomic_path
+
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, index=False, float_format="%.10g")

@@ -1,0 +1,37 @@
+# Model profile: one table and one figure with every model across every evaluation the study ran
+# (the headline of each evaluation: beyond_imagenet.profile.HEADLINES). Include it after the
+# evaluations' rules files; it reads their metric tables, so it grows as evaluations are added.
+from beyond_imagenet.profile import profile_tables
+
+PROFILE_TABLES = profile_tables(list(STUDY.evaluations))
+
+
+rule compute_profile:
+    input:
+        **{evaluation: STUDY.metric(table) for evaluation, table in PROFILE_TABLES.items()},
+    output:
+        f"{RESULTS}/metrics/profile.csv",
+    log:
+        f"{RESULTS}/logs/compute_profile.log",
+    conda:
+        "../envs/analysis.yaml"
+    script:
+        "../scripts/compute_profile.py"
+
+
+rule plot_profile:
+    input:
+        f"{RESULTS}/metrics/profile.csv",
+    output:
+        png=report(f"{RESULTS}/figures/profile.png", category="Model profile", caption="../report/profile.rst"),
+        pdf=f"{RESULTS}/figures/profile.pdf",
+    log:
+        f"{RESULTS}/logs/plot_profile.log",
+    conda:
+        "../envs/analysis.yaml"
+    script:
+        "../scripts/plot_profile.py"
+
+
+if PROFILE_TABLES:
+    register_targets(STUDY.metric("profile"), STUDY.figure("profile", "png"), STUDY.figure("profile", "pdf"))

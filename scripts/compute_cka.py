@@ -1,0 +1,51 @@
+# Within- and cross-model CKA heatmaps (spec §9): every model loaded in one job, the same batches
+# through each (own preprocessing), Gram matrices formed in forward hooks, one MinibatchCKA per pair.
+import logging
+
+import torch
+
+from beyond_imagenet.cka import (IMAGE_TOWERS, HookedModel, SameImages, batch_plan, cka_pass, iterate_batches,
+                                 model_pairs, select_layers, write_cka)
+from beyond_imagenet.datasets.manifest import load_manifest
+from beyond_imagenet.devices import lease_device
+from beyond_imagenet.heads import read_head
+from beyond_imagenet.models import build_model
+from beyond_imagenet.variants import spread_subset
+from beyond_imagenet.workflow import setup
+
+study = setup(snakemake)
+dataset = snakemake.wildcards.dataset
+section = study.evaluations["cka"]
+settings = study.config["extraction"]
+manifest = load_manifest(snakemake.input.manifest)
+samples = spread_subset(manifest["samples"], section["n_images"])
+n_batches, dropped = batch_plan(len(samples), section["batch_size"])
+if dropped:
+    logging.warning("CKA on %s: the last %d of %d images do not fill a batch of %d and are dropped",
+                    dataset, dropped, len(samples), section["batch_size"])
+samples = samples[: n_batches * section["batch_size"]]
+pairs = model_pairs({m: {"family": s.family, "paradigm": s.paradigm} for m, s in study.models.items()},
+                    section["pairs"], section["cross_pairs"])
+used = list(dict.fromkeys(m for pair in pairs for m in pair))
+
+models, transforms, identities = {}, {}, {}
+for name in used:
+    spec = study.models[name]
+    head = read_head(study.head(name), study.model_identity(name)) if spec.needs_zero_shot_head else None
+    loaded = build_model(spec, study.config["preprocessing"], head=head, logit_scale=study.config["zero_shot"]["logit_scale"])
+    layers = select_layers(IMAGE_TOWERS[spec.source](loaded.network), spec.family, section["layers"])
+    logging.info("%s: %d layers (%s ... %s)", name, len(layers), layers[0][0], layers[-1][0])
+    models[name] = HookedModel(loaded.network, layers)
+    transforms[name] = loaded.transform
+    identities[name] = {**study.model_identity(name), "preprocessing": loaded.preprocessing}
+
+loader = torch.utils.data.DataLoader(
+    SameImages(manifest["root"], [sid for sid, _ in samples], transforms), batch_size=section["batch_size"],
+    shuffle=False, drop_last=True, num_workers=settings["num_workers"])
+with lease_device(settings["device"], settings["lock_dir"] or None) as device:
+    results = cka_pass(models, iterate_batches(loader), pairs, device)
+attrs = {"dataset": dataset, "manifest_fingerprint": manifest["fingerprint"], "n_images": len(samples),
+         "n_dropped": dropped, "batch_size": section["batch_size"], "n_batches": n_batches,
+         "layers": section["layers"], "hsic": "unbiased, averaged over minibatches", "models": identities,
+         "versions": study.versions()}
+write_cka(snakemake.output[0], results, {m: h.layer_names for m, h in models.items()}, attrs)

@@ -1,0 +1,217 @@
+"""The online CKA pass (spec §9): layer selection, hooks, pairs, files, and constant memory."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from beyond_imagenet.cka import (IMAGE_TOWERS, GramRecorder, HookedModel, LayerSelectionError, batch_plan, cka_pass,
+                                 model_pairs, read_cka, select_layers, write_cka)
+from beyond_imagenet.metrics.similarity import MinibatchCKA, linear_cka
+from beyond_imagenet.models import ModelSpec, build_model
+from conftest import default_config
+
+
+class TinyConv(nn.Module):
+    """Three conv layers with big feature maps (16×64×64 = 64k floats per image per layer)."""
+
+    def __init__(self, seed: int = 0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.layers = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1),
+                                    nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1))
+
+    def forward(self, x):
+        return self.layers(x)
+
+
+def _hooked(net: nn.Module) -> HookedModel:
+    return HookedModel(net, select_layers(net, "convnet", [r"^layers\.[024]$"]))
+
+
+def _batches(n_batches: int, batch: int = 16, size: int = 64, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(n_batches):
+        yield torch.randn(batch, 3, size, size, generator=g)
+
+
+# --- layer selection ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name, blocks, stages", [
+    ("convnet_sup", 12, 4),   # timm convnext_atto: stages.i.blocks.j, depths (2, 2, 6, 2)
+    ("vit_sup", 12, 12),      # timm vit_tiny: blocks.i
+    ("convnet_clip", 12, 4),  # open_clip timm tower: trunk.stages.i.blocks.j
+    ("vit_clip", 4, 4),       # open_clip ViT: transformer.resblocks.i (the text tower is not searched)
+])
+def test_layer_selectors_resolve_on_every_default_model(name, blocks, stages):
+    spec = ModelSpec.from_config(name, default_config()["models"][name])
+    loaded = build_model(spec, head=torch.zeros(128, 1000) if spec.needs_zero_shot_head else None)
+    tower = IMAGE_TOWERS[spec.source](loaded.network)
+    found = select_layers(tower, spec.family, "blocks")
+    assert len(found) == blocks
+    assert len(select_layers(tower, spec.family, "stages")) == stages
+    names = [n for n, _ in found]
+    assert names == sorted(names, key=lambda n: [int(t) if t.isdigit() else t for t in n.split(".")])  # forward order
+    # Every selected layer runs and yields a (B, B) Gram.
+    with GramRecorder(found) as rec, torch.no_grad():
+        rec.batch = 4
+        loaded.network(torch.randn(4, 3, 224, 224))
+        grams = rec.take()
+    assert len(grams) == blocks and all(g.shape == (4, 4) for g in grams)
+
+
+def test_layer_selection_errors_name_the_modules():
+    with pytest.raises(LayerSelectionError, match="unknown layer selector"):
+        select_layers(TinyConv(), "convnet", "everything")
+    with pytest.raises(LayerSelectionError, match="layers.0"):
+        select_layers(TinyConv(), "convnet", "blocks")  # no stages/blocks: lists what exists
+    assert [n for n, _ in select_layers(TinyConv(), "convnet", [r"^layers\.0$", r"^layers\.4$"])] == ["layers.0", "layers.4"]
+
+
+# --- the pass ------------------------------------------------------------------------------------
+
+def test_update_from_grams_equals_update_from_activations():
+    g = torch.Generator().manual_seed(1)
+    acts_a = [torch.randn(12, 30, generator=g), torch.randn(12, 5, 4, generator=g)]
+    acts_b = [torch.randn(12, 7, generator=g)]
+    one, two = MinibatchCKA(), MinibatchCKA()
+    one.update(acts_a, acts_b)
+    two.update([a.reshape(12, -1).double() @ a.reshape(12, -1).double().T for a in acts_a],
+               [b.double() @ b.double().T for b in acts_b], grams=True)
+    np.testing.assert_allclose(one.compute(), two.compute(), rtol=1e-12)
+    with pytest.raises(ValueError, match="square"):
+        MinibatchCKA().update([torch.randn(12, 30)], grams=True)
+
+
+def test_pass_matches_minibatch_cka_on_stored_activations():
+    """Hooks + Grams in the hook give exactly what MinibatchCKA gives on the activations."""
+    a, b = TinyConv(0), TinyConv(1)
+    batches = list(_batches(3, batch=8, size=16))
+    result = cka_pass({"a": _hooked(a), "b": _hooked(b)}, batches, [("a", "a"), ("a", "b")])
+    ref_within, ref_cross = MinibatchCKA(), MinibatchCKA()
+    with torch.no_grad():
+        for x in batches:
+            acts_a = [a.layers[:i + 1](x) for i in (0, 2, 4)]
+            acts_b = [b.layers[:i + 1](x) for i in (0, 2, 4)]
+            ref_within.update(acts_a)
+            ref_cross.update(acts_a, acts_b)
+    np.testing.assert_allclose(result[("a", "a")].compute(), ref_within.compute(), rtol=1e-10)
+    np.testing.assert_allclose(result[("a", "b")].compute(), ref_cross.compute(), rtol=1e-10)
+    within = result[("a", "a")].compute()
+    np.testing.assert_allclose(np.diag(within), 1.0, rtol=1e-12)
+    np.testing.assert_allclose(within, within.T, rtol=1e-12)
+    assert result[("a", "b")].n_samples == 24 and result[("a", "b")].n_batches == 3
+
+
+def test_pass_close_to_full_batch_cka_on_many_images():
+    a = TinyConv(0)
+    batches = list(_batches(8, batch=32, size=8))
+    result = cka_pass({"a": _hooked(a)}, batches, [("a", "a")])[("a", "a")].compute()
+    x = torch.cat(batches)
+    with torch.no_grad():
+        first, last = a.layers[:1](x), a.layers(x)
+    assert result[0, 2] == pytest.approx(linear_cka(first, last), abs=0.05)
+
+
+def test_pass_gives_each_model_its_own_batch_and_handles_sequence_first_outputs():
+    class SeqFirst(nn.Module):  # a (T, B, D) transformer-style block, as old open_clip towers
+        def __init__(self):
+            super().__init__()
+            self.block = nn.Linear(8, 8)
+
+        def forward(self, x):
+            return self.block(x.flatten(2).permute(2, 0, 1)[:, :, :8])  # (T, B, 8)
+
+    net = SeqFirst()
+    hooked = HookedModel(net, select_layers(net, "vit", [r"^block$"]))
+    seen = {}
+    orig = net.forward
+
+    def spy(x):
+        seen.setdefault("shapes", []).append(tuple(x.shape))
+        return orig(x)
+
+    net.forward = spy
+    batch = {"m": torch.randn(6, 8, 3, 3), "other": torch.randn(6, 1)}
+    acc = cka_pass({"m": hooked}, [batch], [("m", "m")])[("m", "m")]
+    assert seen["shapes"] == [(6, 8, 3, 3)] and acc.n_samples == 6
+
+
+def test_model_pairs():
+    models = {"cs": {"family": "convnet", "paradigm": "supervised"}, "vs": {"family": "vit", "paradigm": "supervised"},
+              "cc": {"family": "convnet", "paradigm": "clip"}, "vc": {"family": "vit", "paradigm": "clip"}}
+    assert model_pairs(models, "within") == [("cs", "cs"), ("vs", "vs"), ("cc", "cc"), ("vc", "vc")]
+    cross = model_pairs(models, "cross")
+    assert cross == [("cs", "vs"), ("cs", "cc"), ("vs", "vc"), ("cc", "vc")]  # the paper's two axes only
+    assert len(model_pairs(models, "cross", "all")) == 6
+    assert len(model_pairs(models, "both")) == 8
+
+
+def test_batch_plan_drops_the_incomplete_batch():
+    assert batch_plan(70, 32) == (2, 6)
+    assert batch_plan(64, 16) == (4, 0)
+    with pytest.raises(ValueError):
+        batch_plan(64, 3)
+    with pytest.raises(ValueError):
+        batch_plan(10, 16)
+
+
+def test_file_roundtrip(tmp_path):
+    a = TinyConv(0)
+    result = cka_pass({"a": _hooked(a), "b": _hooked(TinyConv(1))}, _batches(2, batch=8, size=8),
+                      [("a", "a"), ("a", "b")])
+    path = tmp_path / "cka.h5"
+    write_cka(path, result, {"a": ["l0", "l2", "l4"], "b": ["l0", "l2", "l4"]}, {"n_images": 16, "layers": ["x"]})
+    matrices, attrs = read_cka(path)
+    assert [(m.model_a, m.model_b, m.kind) for m in matrices] == [("a", "a", "within"), ("a", "b", "cross")]
+    np.testing.assert_array_equal(matrices[1].cka, result[("a", "b")].compute())
+    assert matrices[0].layers_a == ["l0", "l2", "l4"] and attrs["n_images"] == 16 and json.loads(attrs["layers"]) == ["x"]
+
+
+# --- memory does not grow with the number of images ------------------------------------------
+
+_MEMORY_SCRIPT = textwrap.dedent("""
+    import resource, sys, torch
+    sys.path.insert(0, {tests!r})
+    from test_cka_pass import TinyConv, _hooked, _batches
+    from beyond_imagenet.cka import cka_pass
+    torch.set_num_threads(1)
+    n_images, leak = int(sys.argv[1]), sys.argv[2] == "leak"
+    model = _hooked(TinyConv())
+    kept = []
+    if leak:  # the mistake the test must catch: keeping every batch's activations
+        for _, module in model.layers:
+            module.register_forward_hook(lambda m, i, o: kept.append(o.detach().clone()))
+    acc = cka_pass({{"m": model}}, _batches(n_images // 16, batch=16, size=64), [("m", "m")])[("m", "m")]
+    state = sum(t.numel() for t in acc.state_dict().values())
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024, state, acc.n_samples)
+""")
+
+
+def _peak_mb(tmp_path, n_images: int, leak: bool = False) -> tuple[int, int, int]:
+    script = tmp_path / "memory_probe.py"
+    script.write_text(_MEMORY_SCRIPT.format(tests=str(__import__("pathlib").Path(__file__).parent)))
+    out = subprocess.run([sys.executable, str(script), str(n_images), "leak" if leak else "ok"], check=True,
+                         capture_output=True, text=True).stdout.split()
+    return int(out[0]), int(out[1]), int(out[2])
+
+
+def test_memory_does_not_grow_with_the_number_of_images(tmp_path):
+    """Peak RSS of a real process for 64 vs 512 images (16×64×64 floats per layer and image: keeping
+    the activations of 512 images would take ~200 MB more), and the same check on a pass that does
+    keep them, to show the measurement would catch it."""
+    small, state_small, n_small = _peak_mb(tmp_path, 64)
+    large, state_large, n_large = _peak_mb(tmp_path, 512)
+    assert (n_small, n_large) == (64, 512)
+    assert state_small == state_large == 3 * 3 + 3 + 3  # the accumulator: n_a·n_b + n_a + n_b sums
+    assert large - small < 30, f"peak RSS grew from {small} MB to {large} MB with 8x the images"
+    leaky_small, _, _ = _peak_mb(tmp_path, 64, leak=True)
+    leaky_large, _, _ = _peak_mb(tmp_path, 512, leak=True)
+    assert leaky_large - leaky_small > 150, "the probe cannot see stored activations; the check above means nothing"

@@ -1,0 +1,178 @@
+"""Invariance in the workflow (spec §8): variants as extractions, standard reuse, table, figure;
+and a tiny end-to-end run of the invariance, CKA and profile evaluations through Snakemake."""
+
+from __future__ import annotations
+
+import copy
+
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from beyond_imagenet.invariance_table import invariance_rows, restrict
+from beyond_imagenet.metrics.invariance import invariance_metrics
+from beyond_imagenet.models import ModelSpec
+from beyond_imagenet.study import Study, validate_config
+from beyond_imagenet.variants import Variant, build_variant_model, spread_subset, study_variants
+from conftest import default_config, run_snakemake, write_config
+
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+
+
+def _config(**invariance) -> dict:
+    config = default_config()
+    config["evaluations"]["invariance"] = {"datasets": ["imagenet_val"], **invariance}
+    return validate_config(config)
+
+
+# --- pieces ----------------------------------------------------------------------------------
+
+def test_spread_subset_is_even_and_deterministic():
+    items = list(range(10))
+    assert spread_subset(items, None) == items and spread_subset(items, 10) == items and spread_subset(items, 50) == items
+    assert spread_subset(items, 4) == [0, 2, 5, 7]
+    assert spread_subset(items, 1) == [0]
+    with pytest.raises(ValueError):
+        spread_subset(items, 0)
+
+
+def test_invariance_metrics_by_hand():
+    logits = np.log(np.array([[0.7, 0.2, 0.1], [0.1, 0.3, 0.6], [0.5, 0.25, 0.25]]))
+    labels = np.array([0, 1, 2])
+    got = invariance_metrics(logits, labels)
+    assert got["top1"] == pytest.approx(1 / 3)
+    assert got["true_class_prob"] == pytest.approx((0.7 + 0.3 + 0.25) / 3)
+    # A class mask restricts the softmax first; labels are then in the masked space.
+    masked = invariance_metrics(logits, np.array([0, 1, 1]), class_mask=np.array([False, True, True]))
+    assert masked["top1"] == pytest.approx(2 / 3)  # the tie in the last row goes to the first class
+    assert masked["true_class_prob"] == pytest.approx((0.2 / 0.3 + 0.6 / 0.9 + 0.5) / 3)
+
+
+def test_study_variants_and_standard_reuse():
+    study = Study(_config())
+    names = study.invariance_variants()
+    assert names == ["scale-1", "scale-1.25", "scale-1.5", "scale-2", "scale-3", "shift-0", "shift-5", "shift-30",
+                     "shift-75", "shift-100", "res-112", "res-224", "res-336", "res-512", "res-640"]  # spec defaults
+    for model in study.models:
+        for name in names:
+            path = study.variant_output(model, "imagenet_val", name)
+            if name in ("scale-1", "shift-0", "res-224"):
+                assert path == study.output(model, "imagenet_val")
+            else:
+                assert path.endswith(f"imagenet_val@{name}.h5")
+    native = copy.deepcopy(_config())
+    native["preprocessing"] = "native"
+    assert not any(Study(native).is_standard_variant("vit_sup", n) for n in names)
+
+
+def _image(path, w=300, h=200):
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(path)
+    return Image.open(path).convert("RGB")
+
+
+@pytest.mark.parametrize("model", ["convnet_sup", "vit_sup", "convnet_clip", "vit_clip"])
+def test_variant_models_and_transforms(model, tmp_path):
+    spec = ModelSpec.from_config(model, default_config()["models"][model])
+    head = torch.zeros(128, 1000) if spec.needs_zero_shot_head else None
+    image = _image(tmp_path / "x.png")
+    clip = spec.paradigm == "clip"
+    for name, size in (("scale-2", 224), ("shift-30", 224), ("res-112", 112)):
+        loaded = build_variant_model(spec, Variant.parse(name), "paper", head=head)
+        x = loaded.transform(image)
+        assert x.shape == (3, size, size)
+        assert loaded.preprocessing["variant"] == name
+        assert tuple(loaded.preprocessing["mean"]) == pytest.approx(OPENAI_MEAN if clip else IMAGENET_MEAN)
+        if name == "scale-2":  # Resize(2·R): R = 224 for CLIP, 256 supervised
+            assert loaded.transform.transforms[0].size == (448 if clip else 512)
+        with torch.no_grad():
+            logits, features = loaded.network(x[None])
+        assert logits.shape == (1, 1000) and torch.isfinite(logits).all()
+
+
+# --- the table ---------------------------------------------------------------------------------
+
+def _out(ids, logits, labels, variant=""):
+    return {"ids": np.asarray(ids, dtype=object), "logits": np.asarray(logits, dtype=np.float32),
+            "labels": np.asarray(labels), "attrs": {"variant": variant}}
+
+
+def test_invariance_rows_cut_the_standard_outputs_to_the_variant_images():
+    eye = np.eye(3) * 10
+    # Standard outputs: 4 images, all right. The variants ran on the subset [a, c] (in that order).
+    standard = _out(["a", "b", "c", "d"], eye[[0, 1, 2, 0]], [0, 1, 2, 0])
+    scale2 = _out(["a", "c"], eye[[0, 1]], [0, 2], "scale-2")  # c wrong
+    scale3 = _out(["a", "c"], eye[[1, 1]], [0, 2], "scale-3")  # both wrong
+    rows = invariance_rows({Variant("scale", 1.0): standard, Variant("scale", 2.0): scale2,
+                            Variant("scale", 3.0): scale3}, ["a", "c"], None, {"model": "m"})
+    table = pd.DataFrame(rows)
+    top1 = table[table["metric"] == "top1"].set_index("variant")["value"]
+    assert top1.to_dict() == {"scale-1": 1.0, "scale-2": 0.5, "scale-3": 0.0}
+    assert set(table.loc[table["metric"] == "n_images", "value"]) == {2}
+    summary = table[table["variant"] == "scale-summary"].set_index("metric")["value"]
+    assert summary["mean_top1"] == pytest.approx(0.5)
+    assert summary["retained_top1"] == pytest.approx(0.25)  # mean(0.5, 0) / 1.0
+    assert table.loc[table["variant"] == "scale-1", "standard"].all()
+    with pytest.raises(ValueError, match="missing"):
+        restrict(scale2, ["a", "b"])
+
+
+# --- through Snakemake ---------------------------------------------------------------------------
+
+def _tiny(config: dict) -> dict:
+    config["models"] = {k: v for k, v in config["models"].items() if k in ("vit_sup", "convnet_clip")}
+    config["zero_shot"]["templates"] = 1
+    config["datasets"] = {"imagenet_val": {**config["datasets"]["imagenet_val"], "num_classes": 8,
+                                           "images_per_class": 1}}
+    config["evaluations"] = {
+        "accuracy": {"datasets": ["imagenet_val"]},
+        "invariance": {"datasets": ["imagenet_val"], "scale": [1, 2], "shift": [0, 30], "resolution": [112, 224],
+                       "max_images": 6},
+        # ViT-sup vs ConvNet-CLIP differ on both axes: only cross_pairs=all compares them.
+        "cka": {"datasets": ["imagenet_val"], "n_images": 8, "batch_size": 4, "layers": "stages", "cross_pairs": "all"},
+    }
+    return config
+
+
+@pytest.mark.workflow
+def test_dry_run_has_no_job_for_standard_variants(tmp_path):
+    config = default_config()
+    config["evaluations"] = {"invariance": {"datasets": ["imagenet_val"]}}
+    jobs = run_snakemake(write_config(tmp_path / "c.yaml", config), tmp_path, dryrun=True)
+    assert jobs["extract_variant_outputs"] == 4 * 12  # 15 variants, 3 of them the standard evaluation
+    assert jobs["compute_invariance"] == 1 and jobs["plot_invariance"] == 2
+
+
+@pytest.mark.workflow
+def test_invariance_cka_profile_end_to_end(tmp_path):
+    config = _tiny(default_config())
+    run_snakemake(write_config(tmp_path / "tiny.yaml", config), tmp_path)
+    results = tmp_path / "results"
+    # 2 models x 3 non-standard variants; the standard levels have no file of their own.
+    assert len(list((results / "outputs").glob("*/imagenet_val@*.h5"))) == 2 * 3
+    table = pd.read_csv(results / "metrics" / "invariance.csv", keep_default_na=False, na_values=[""])
+    assert set(table["variant"]) >= {"scale-1", "scale-2", "shift-0", "shift-30", "res-112", "res-224"}
+    assert set(table.loc[table["metric"] == "n_images", "value"]) == {6}
+    # A variant file records its variant and transform; the standard level was read from the
+    # standard outputs (8 images), cut to the same 6.
+    with h5py.File(results / "outputs" / "vit_sup" / "imagenet_val@res-112.h5", "r") as f:
+        assert f.attrs["variant"] == "res-112" and f.attrs["n_images"] == 6 and f.attrs["max_images"] == 6
+        assert "CenterCrop(size=(112, 112))" in f.attrs["preprocessing"]
+    assert not (results / "outputs" / "vit_sup" / "imagenet_val@scale-1.h5").exists()
+    for name in ("invariance_top1_imagenet_val", "invariance_true_class_prob_imagenet_val", "cka_within_imagenet_val",
+                 "cka_cross_imagenet_val", "profile"):
+        for ext in ("png", "pdf"):
+            assert (results / "figures" / f"{name}.{ext}").stat().st_size > 1000, name
+    with h5py.File(results / "metrics" / "cka_imagenet_val.h5", "r") as f:
+        assert set(f) == {"vit_sup__vit_sup", "convnet_clip__convnet_clip", "vit_sup__convnet_clip"}
+        within = f["vit_sup__vit_sup"]["cka"][()]
+        assert within.shape == (12, 12) and np.allclose(np.diag(within), 1.0)
+        assert f["vit_sup__convnet_clip"]["cka"].shape == (12, 4)
+        assert f.attrs["n_images"] == 8 and f.attrs["n_batches"] == 2
+    profile = pd.read_csv(results / "metrics" / "profile.csv")
+    assert set(profile["evaluation"]) == {"accuracy", "invariance"}
+    assert len(profile) == 2 * (1 + 3)
