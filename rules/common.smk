@@ -21,13 +21,14 @@ def dataset_folder(wildcards):
     spec = STUDY.datasets[wildcards.dataset]
     if spec.source == "generate":
         return f"{RESOURCES}/generated/{spec.name}"
-    if spec.archive_path is not None:
+    if spec.unpacked:
         return f"{RESOURCES}/datasets/{spec.name}"
     return []
 
 
 def dataset_archive(wildcards):
-    return str(STUDY.datasets[wildcards.dataset].archive_path)
+    """The downloaded (or manual) files a dataset folder is unpacked from; several for e.g. ImageNet-C."""
+    return [str(p) for p in STUDY.datasets[wildcards.dataset].archive_paths]
 
 
 def head_input(wildcards):

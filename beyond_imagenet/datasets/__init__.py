@@ -22,6 +22,7 @@ import yaml
 PLUGIN_MODULES = (
     "beyond_imagenet.datasets.readers",
     "beyond_imagenet.datasets.generate",
+    "beyond_imagenet.datasets.imagenet_variants",
     "beyond_imagenet.datasets.vtab",
 )
 
@@ -78,12 +79,39 @@ class DatasetSpec:
         return self.dataset_dir / self.subdir
 
     @property
-    def archive_path(self) -> Path | None:
+    def download_files(self) -> list[dict[str, Any]]:
+        """The files of the download recipe (one ``url`` or a ``files`` list), each with a ``filename``.
+
+        A ``huggingface`` recipe has none: it is fetched by the unpack step (the shard list is only
+        known online)."""
+        if self.source != "download" or not self.download or "huggingface" in self.download:
+            return []
+        files = self.download.get("files") or [self.download]
+        return [{**f, "filename": f.get("filename") or Path(f["url"]).name} for f in files]
+
+    def download_file(self, filename: str) -> dict[str, Any]:
+        for recipe in self.download_files:
+            if recipe["filename"] == filename:
+                return recipe
+        raise DatasetError(f"datasets.{self.name}: no download file named {filename!r}")
+
+    @property
+    def archive_paths(self) -> list[Path]:
+        """Every file the dataset folder is made from (downloads, or the manual archive)."""
         if self.source == "manual":
-            return Path(self.archive) if self.archive else None
-        if self.source == "download" and self.download:
-            return Path(self.resources_dir) / "downloads" / self.name / Path(self.download["url"]).name
-        return None
+            return [Path(self.archive)] if self.archive else []
+        downloads = Path(self.resources_dir) / "downloads" / self.name
+        return [downloads / f["filename"] for f in self.download_files]
+
+    @property
+    def archive_path(self) -> Path | None:
+        paths = self.archive_paths
+        return paths[0] if paths else None
+
+    @property
+    def unpacked(self) -> bool:
+        """Whether the workflow builds ``dataset_dir`` (from archives or a hub download)."""
+        return bool(self.archive_paths) or (self.source == "download" and bool(self.download))
 
     def instructions(self) -> str:
         default_root = Path(self.resources_dir) / "datasets" / self.name / self.subdir
@@ -103,6 +131,9 @@ def resolve_dataset(name: str, entry: dict[str, Any], resources_dir: str = "reso
     download = dict(info["download"]) if info.get("download") else None
     expected_images = info.get("expected_images")
     if entry.get("url"):
+        if download and ("files" in download or "huggingface" in download):
+            raise DatasetError(f"datasets.{name}.url: kind {kind!r} is made of several files; a single `url:` "
+                               "cannot replace them (use source: manual with a root instead)")
         download = {**(download or {}), "url": entry["url"]}
         if entry.get("sha256") and entry["sha256"] != download.get("sha256"):
             # Another file than the catalogue's (a subset, a repack): its own checksum vouches for

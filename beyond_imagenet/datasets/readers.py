@@ -32,6 +32,8 @@ CLASS_SPACES: dict[str, Callable[[], tuple[str, ...]]] = {
     "imagenet1k": classes.imagenet_wnids,
     "imagenet_r": classes.imagenet_r_wnids,
     "imagenet_a": classes.imagenet_a_wnids,
+    # ImageNet-Hard: several valid ImageNet-1k labels per image (the sample label is the first).
+    "imagenet1k_multilabel": classes.imagenet_wnids,
 }
 
 

@@ -1,0 +1,183 @@
+"""Getting a downloadable dataset onto disk: one or several verified files, then one folder.
+
+A catalogue ``download:`` recipe is either one file (``url``, ``sha256``, ``size``) or a list of
+``files`` (ImageNet-C's four or five tars; PUG's tarball plus its class map), each downloaded by its
+own job (resumable, size/sha256-verified, atomic: :func:`beyond_imagenet.download.download`) and
+optionally checked against a published md5. A file without a published checksum gets its sha256
+recorded at first download (``<file>.sha256`` next to it) and verified on every later use.
+
+:func:`unpack_dataset` then builds the dataset folder from all of them, all or nothing: archives
+are extracted (path-checked) into one temporary folder, plain files (``extract: false``) are copied
+to their ``dest``, and the folder is renamed into place when complete.
+
+A ``huggingface`` recipe (ImageNet-Hard) names a dataset repository, a pinned revision and the
+shards to take; :func:`fetch_huggingface_parquet` downloads them with ``huggingface_hub`` (which
+verifies each LFS file's sha256) and writes images plus a ``labels.json``.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import io
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from beyond_imagenet.datasets import DatasetError, DatasetSpec
+from beyond_imagenet.download import COMPLETE_MARKER, DownloadError, download, safe_extract
+
+log = logging.getLogger(__name__)
+
+
+def md5_file(path: str | os.PathLike) -> str:
+    h = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def fetch_file(recipe: dict[str, Any], dest: str | os.PathLike) -> Path:
+    """Download one recipe file to ``dest`` (resumable, verified); return ``dest``."""
+    dest = Path(dest)
+    sha256 = recipe.get("sha256")
+    download(recipe["url"], dest, sha256=sha256, size=recipe.get("size"),
+             record_checksum=None if sha256 else dest.with_name(dest.name + ".sha256"))
+    if recipe.get("md5"):
+        found = md5_file(dest)
+        if found != recipe["md5"].lower():
+            quarantine = dest.with_name(dest.name + ".quarantine")
+            os.replace(dest, quarantine)
+            raise DownloadError(
+                f"md5 mismatch for {recipe['url']}: expected {recipe['md5']}, got {found}. The file was moved "
+                f"to {quarantine}; delete it and retry, or check the mirror."
+            )
+    return dest
+
+
+def _move_into(src: Path, dst: Path) -> None:
+    """Move the contents of ``src`` into ``dst``, merging folders that both have."""
+    dst.mkdir(parents=True, exist_ok=True)
+    for child in src.iterdir():
+        if child.name == COMPLETE_MARKER:
+            continue
+        target = dst / child.name
+        if child.is_dir() and not child.is_symlink() and target.is_dir():
+            _move_into(child, target)
+        else:
+            if target.is_dir():
+                shutil.rmtree(target)
+            os.replace(child, target)
+
+
+def unpack_dataset(spec: DatasetSpec, archives: list[str | os.PathLike], out: str | os.PathLike) -> Path:
+    """Build ``out`` from the downloaded files of ``spec`` (or from its Hugging Face recipe)."""
+    out = Path(out)
+    archives = [Path(a) for a in archives]
+    if spec.download and "huggingface" in spec.download:
+        return fetch_huggingface_parquet(spec.download["huggingface"], out / spec.subdir, spec.expected_images)
+    recipes = spec.download_files if spec.source == "download" else [{"filename": a.name} for a in archives]
+    if len(archives) == 1 and recipes[0].get("extract", True):
+        return safe_extract(archives[0], out)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    try:
+        for k, (archive, recipe) in enumerate(zip(archives, recipes, strict=True)):
+            if recipe.get("extract", True):
+                part = tmp.with_name(f"{tmp.name}-part{k}")
+                safe_extract(archive, part)
+                _move_into(part, tmp)
+                shutil.rmtree(part)
+            else:
+                target = tmp / recipe.get("dest", recipe["filename"])
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(archive, target)
+        (tmp / COMPLETE_MARKER).write_text("unpacked from " + ", ".join(a.name for a in archives) + "\n")
+        if out.exists():
+            shutil.rmtree(out)
+        os.rename(tmp, out)
+    finally:
+        for leftover in tmp.parent.glob(f"{tmp.name}*"):
+            shutil.rmtree(leftover, ignore_errors=True)
+    log.info("unpacked %d file(s) into %s", len(archives), out)
+    return out
+
+
+# ------------------------------------------------------------------------------ Hugging Face
+_EXTENSIONS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "BMP": "bmp", "MPO": "jpg"}
+
+
+def _image_extension(data: bytes) -> str:
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as image:
+        return _EXTENSIONS.get(image.format or "", "img")
+
+
+def fetch_huggingface_parquet(recipe: dict[str, Any], root: str | os.PathLike,
+                              expected: int | None = None) -> Path:
+    """Download the pinned parquet shards of a HF dataset and write ``images/`` + ``labels.json``.
+
+    ``recipe``: ``repo`` (dataset repository), ``revision`` (a commit: the content is pinned),
+    ``files`` (glob of the shards, e.g. ``data/validation-*.parquet``), and the column names
+    ``image`` / ``labels`` plus ``extra`` columns copied into labels.json. Image bytes are written
+    as they are (no re-encoding), named by row order across the sorted shards.
+    """
+    try:
+        from huggingface_hub import HfApi, hf_hub_download
+    except ImportError:
+        raise DatasetError("downloading from Hugging Face needs huggingface_hub: pip install huggingface_hub") from None
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise DatasetError("reading the Hugging Face parquet shards needs pyarrow: pip install pyarrow") from None
+    root = Path(root)
+    repo, revision = recipe["repo"], recipe["revision"]
+    try:
+        names = HfApi().list_repo_files(repo, repo_type="dataset", revision=revision)
+    except Exception as err:  # offline, repo moved, revision gone: say which
+        raise DatasetError(
+            f"cannot list https://huggingface.co/datasets/{repo} at revision {revision}: {err}. This needs "
+            "internet access (and HF_TOKEN if the repository is gated)."
+        ) from err
+    shards = sorted(n for n in names if fnmatch.fnmatch(n, recipe["files"]))
+    if not shards:
+        raise DatasetError(f"{repo}@{revision}: no file matches {recipe['files']!r}")
+    tmp = root.with_name(f".{root.name}.tmp-{os.getpid()}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    entries = []
+    try:
+        for shard in shards:
+            local = hf_hub_download(repo, shard, repo_type="dataset", revision=revision)
+            log.info("reading %s", shard)
+            table = pq.read_table(local)
+            for row in table.to_pylist():
+                image = row[recipe.get("image_column", "image")]
+                data = image["bytes"] if isinstance(image, dict) else image
+                file = f"images/{len(entries):05d}.{_image_extension(data)}"
+                (tmp / file).parent.mkdir(parents=True, exist_ok=True)
+                (tmp / file).write_bytes(data)
+                labels = row[recipe.get("labels_column", "label")]
+                entry = {"file": file, "labels": [int(v) for v in labels]}
+                entry.update({c: row.get(c) for c in recipe.get("extra", [])})
+                entries.append(entry)
+        if expected and len(entries) != expected:
+            raise DatasetError(f"{repo}@{revision}: {len(entries)} images, expected {expected}")
+        meta = {"source": f"https://huggingface.co/datasets/{repo}", "revision": revision, "shards": shards,
+                "images": entries}
+        (tmp / "labels.json").write_text(json.dumps(meta, indent=1))
+        if root.exists():
+            shutil.rmtree(root)
+        root.parent.mkdir(parents=True, exist_ok=True)
+        os.rename(tmp, root)
+        (root.parent / COMPLETE_MARKER).write_text(f"{repo}@{revision}\n")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    log.info("wrote %d ImageNet-Hard images and labels.json to %s", len(entries), root)
+    return root.parent
