@@ -161,7 +161,8 @@ class TimmSource:
     needs_head = False
 
     @staticmethod
-    def build(spec: ModelSpec, protocol: str, image_size: int | None = None, **_: Any) -> LoadedModel:
+    def build(spec: ModelSpec, protocol: str, image_size: int | None = None, presized: bool = False,
+              **_: Any) -> LoadedModel:
         import timm
         from timm.data import create_transform, resolve_model_data_config
 
@@ -194,7 +195,16 @@ class TimmSource:
                           mean=IMAGENET_MEAN, std=IMAGENET_STD, crop_mode="center")
         else:
             params = resolve_model_data_config(model)
-        transform = create_transform(**params, is_training=False)
+        if presized:
+            # Sets already at the input size (ImageNet-C, cue-conflict: 224 px): normalise only, since
+            # Resize(256) + CenterCrop(224) would crop away their borders (spec pitfalls 2).
+            from torchvision import transforms
+
+            transform = transforms.Compose([transforms.ToTensor(),
+                                            transforms.Normalize(mean=params["mean"], std=params["std"])])
+            params = {**params, "presized": True}
+        else:
+            transform = create_transform(**params, is_training=False)
         return LoadedModel(spec, _TimmNet(model), transform, _transform_record(transform, protocol=protocol, **params))
 
 
@@ -304,9 +314,12 @@ SOURCES: dict[str, Any] = {"timm": TimmSource, "open_clip": OpenClipSource}
 
 
 def build_model(spec: ModelSpec, protocol: str = "paper", head: torch.Tensor | None = None,
-                logit_scale: float = 100.0, image_size: int | None = None) -> LoadedModel:
-    """``image_size``: build for another input resolution (invariance variants, spec §8)."""
-    loaded = SOURCES[spec.source].build(spec, protocol, head=head, logit_scale=logit_scale, image_size=image_size)
+                logit_scale: float = 100.0, image_size: int | None = None, presized: bool = False) -> LoadedModel:
+    """``image_size``: build for another input resolution (invariance variants, spec §8).
+    ``presized``: the images are already at the input size; supervised models then only normalise
+    (CLIP models keep their own transform, whose resize and crop are no-ops at 224 px)."""
+    loaded = SOURCES[spec.source].build(spec, protocol, head=head, logit_scale=logit_scale, image_size=image_size,
+                                        presized=presized)
     log.info("built %s (%s %s, %s)", spec.name, spec.source, spec.arch, spec.weights_tag)
     return loaded
 

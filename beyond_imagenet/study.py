@@ -229,5 +229,18 @@ class Study:
         """What an output file must record to be reused for (model, dataset, variant)."""
         spec = self.datasets[dataset]
         return {**self.model_identity(model), "dataset": dataset, "dataset_kind": spec.kind,
-                "class_space": spec.class_space, "variant": variant or "",
+                "class_space": spec.class_space, "variant": variant or "", "presized": self.presized(dataset),
                 "manifest_fingerprint": manifest["fingerprint"], "n_manifest": manifest["n_images"]}
+
+    def presized(self, dataset: str) -> bool:
+        """Whether supervised models take this set's images as they are (normalise only).
+
+        True for kinds the catalogue marks ``presized`` (ImageNet-C, cue-conflict: 224 px already),
+        unless the robustness evaluation re-crops them for parity with the paper's code
+        (``imagenet_c_recrop``)."""
+        from beyond_imagenet.datasets import load_catalog
+
+        if not load_catalog()[self.datasets[dataset].kind].get("presized", False):
+            return False
+        robustness = self.evaluations.get("robustness", {})
+        return not (robustness.get("imagenet_c_recrop", False) and dataset in robustness.get("datasets", []))
