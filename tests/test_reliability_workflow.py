@@ -10,6 +10,8 @@ calibration only, 4 images, one checkpoint shard per image. Runs, in this order:
   its jobs (``BEYOND_IMAGENET_FAULT``, beyond_imagenet/faults.py) during unpacking, then during
   extraction, then while writing the metric table; each rerun resumes, and the last one completes
   with outputs byte-identical to the baseline (also the determinism check: two runs, two workdirs).
+  A killed Snakemake leaves its directory lock behind (it records no PID, so it cannot tell a
+  dead owner from a live one): before each rerun the tests do what `snakemake --unlock` does.
 * a wrong sha256 in a third workdir; a stale HDF5 planted in the baseline's (last).
 
 Each test asserts the state a protection guarantees, so it fails if that protection is removed.
