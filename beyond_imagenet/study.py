@@ -27,6 +27,11 @@ EVALUATION_CLASS_SPACES = {
     "accuracy": {"imagenet1k"},
     "calibration": {"imagenet1k", "imagenet_r", "imagenet_a"},
     "invariance": {"imagenet1k", "imagenet_r", "imagenet_a"},
+    # Evaluations of ImageNet-1k logits on other sets (spec sections 2, 3, 5, 6).
+    "robustness": {"imagenet1k", "imagenet_r", "imagenet_a", "imagenet1k_multilabel"},
+    "imagenet_x": {"imagenet1k"},
+    "shape_bias": {"cue_conflict"},
+    "pug": {"pug"},
     # VTAB linear probes (spec section 7): the task's own labels, probed on features.
     "transfer": {"vtab"},
 }

@@ -59,6 +59,11 @@ def calibration_figures():
     ]
 
 
+def per_dataset_figures(evaluation, prefix):
+    """The png and pdf of figure ``<prefix>_<dataset>`` for each dataset of an evaluation."""
+    return [STUDY.figure(f"{prefix}_{d}", ext) for d in STUDY.evaluation_datasets(evaluation) for ext in ("png", "pdf")]
+
+
 # What the default target builds: each rules/<evaluation>.smk registers its metric tables and figures.
 TARGETS = []
 
