@@ -1,0 +1,139 @@
+"""Robustness, ImageNet-X, shape bias and PUG through the workflow: they reuse the ImageNet val
+extraction (one pass per model), and a tiny study produces the four tables and figures."""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections import Counter
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from beyond_imagenet.metrics.shape_bias import CATEGORIES
+from conftest import REPO, default_config, run_snakemake, write_config
+
+pytestmark = pytest.mark.workflow
+
+NEW_EVALUATIONS = ("robustness", "imagenet_x", "shape_bias", "pug")
+
+
+def planned_jobs(configfile, workdir) -> list[tuple[str, dict]]:
+    """Dry-run the workflow; return (rule, wildcards) of every job it would run."""
+    from snakemake.api import SnakemakeApi
+    from snakemake.settings.types import (ConfigSettings, DAGSettings, OutputSettings, Quietness,
+                                          ResourceSettings, StorageSettings)
+
+    cwd = os.getcwd()
+    try:
+        with SnakemakeApi(OutputSettings(quiet={Quietness.PROGRESS, Quietness.RULES})) as api:
+            workflow = api.workflow(
+                resource_settings=ResourceSettings(cores=1, resources={"gpu": 1}),
+                config_settings=ConfigSettings(configfiles=[Path(configfile).resolve()]),
+                storage_settings=StorageSettings(),
+                snakefile=REPO / "Snakefile",
+                workdir=Path(workdir),
+            )
+            dag = workflow.dag(dag_settings=DAGSettings())
+            dag.execute_workflow(executor="dryrun")
+            return [(job.rule.name, dict(job.wildcards_dict)) for job in dag.workflow_api._workflow.dag.needrun_jobs()]
+    finally:
+        os.chdir(cwd)
+
+
+def extraction_counts(jobs) -> Counter:
+    return Counter((w["model"], w["dataset"]) for rule, w in jobs if rule == "extract_outputs")
+
+
+def test_imagenet_val_is_extracted_once_per_model(tmp_path):
+    config = default_config()
+    jobs = planned_jobs(write_config(tmp_path / "default.yaml", config), tmp_path / "a")
+    counts = extraction_counts(jobs)
+    models = set(config["models"])
+    datasets = {d for name in NEW_EVALUATIONS for d in config["evaluations"][name]["datasets"]}
+    assert {(m, d) for m in models for d in datasets} <= set(counts)
+    assert set(counts.values()) == {1}  # one pass per (model, dataset), whatever reads it
+    assert all(counts[(m, "imagenet_val")] == 1 for m in models)
+    # ImageNet-X and ReaL read the val outputs: without the new evaluations val extraction is the same.
+    without = copy.deepcopy(config)
+    for name in NEW_EVALUATIONS:
+        without["evaluations"].pop(name)
+    counts_without = extraction_counts(planned_jobs(write_config(tmp_path / "without.yaml", without), tmp_path / "b"))
+    val = lambda c: sorted((m, d) for (m, d), n in c.items() for _ in range(n) if d == "imagenet_val")  # noqa: E731
+    assert val(counts) == val(counts_without)
+    assert Counter(r for r, _ in jobs)["compute_robustness"] == 1
+
+
+def test_paper_study_downloads_every_file_of_multi_file_sets(tmp_path):
+    jobs = planned_jobs(REPO / "studies" / "paper.yaml", tmp_path)
+    downloads = {(w["dataset"], w["filename"]) for rule, w in jobs if rule == "download_dataset"}
+    if not any(d == "imagenet_c" for d, _ in downloads):
+        pytest.skip("the paper study lists no ImageNet-C download")
+    assert {f for d, f in downloads if d == "imagenet_c"} == {"noise.tar", "blur.tar", "weather.tar", "digital.tar"}
+    unpacked = {w["dataset"] for rule, w in jobs if rule == "unpack_dataset"}
+    assert {"imagenet_c", "imagenet_hard"} <= unpacked
+
+
+def _tiny_config(tmp_path: Path) -> dict:
+    """One supervised model that declares a paper_key (so published numbers are drawn), a few images
+    per set, results and generated data under tmp_path."""
+    config = default_config()
+    model = dict(config["models"]["vit_sup"], paper_key="vit_sup")
+    config["models"] = {"vit_sup": model}
+    config["results_dir"] = str(tmp_path / "results")
+    config["resources_dir"] = str(tmp_path / "resources")
+    sizes = {"imagenet_val": dict(num_classes=10, images_per_class=1),
+             "imagenet_v2": dict(num_classes=4, images_per_class=1),
+             "imagenet_a": dict(num_classes=4, images_per_class=1),
+             "imagenet_c": dict(num_classes=1, images_per_class=1),
+             "imagenet_hard": dict(num_classes=4, images_per_class=1),
+             "pug_imagenet": dict(images_per_class=1),
+             "cue_conflict": dict(images_per_class=2)}
+    config["datasets"] = {name: {**config["datasets"][name], **size} for name, size in sizes.items()}
+    config["evaluations"] = {
+        "robustness": {"datasets": ["imagenet_val", "imagenet_v2", "imagenet_a", "imagenet_c", "imagenet_hard"]},
+        "imagenet_x": {"datasets": ["imagenet_val"]},
+        "shape_bias": {"datasets": ["cue_conflict"]},
+        "pug": {"datasets": ["pug_imagenet"], "rule": "paper"},
+    }
+    return config
+
+
+def test_tiny_study_produces_the_four_tables_and_figures(tmp_path):
+    config = _tiny_config(tmp_path)
+    run_snakemake(write_config(tmp_path / "tiny.yaml", config), tmp_path)
+    results = tmp_path / "results"
+    # One output per dataset; ImageNet-X and ReaL read imagenet_val's.
+    assert sorted(p.stem for p in (results / "outputs" / "vit_sup").glob("*.h5")) == sorted(config["datasets"])
+    tables = {name: pd.read_csv(results / "metrics" / f"{name}.csv") for name in NEW_EVALUATIONS}
+    for table in tables.values():
+        assert {"model", "label", "family", "paradigm", "paper_key", "metric", "value"} <= set(table.columns)
+        assert set(table["model"]) == {"vit_sup"}
+
+    robustness = tables["robustness"]
+    top1 = robustness[(robustness["metric"] == "top1") & robustness["corruption"].isna()]
+    assert set(top1["benchmark"]) == {"imagenet_val", "imagenet_v2", "imagenet_a", "imagenet_c", "imagenet_hard",
+                                      "imagenet_real", "average"}
+    assert top1["value"].dropna().between(0, 1).all()
+    assert robustness[robustness["metric"] == "mCE"]["value"].iloc[0] > 0
+    assert len(robustness[(robustness["benchmark"] == "imagenet_c") & robustness["severity"].notna()]) == 75
+    n_avg = robustness[(robustness["benchmark"] == "average") & (robustness["metric"] == "n_benchmarks")]
+    assert n_avg["value"].iloc[0] == 5  # V2, A, C, Hard, ReaL
+
+    imagenet_x = tables["imagenet_x"]
+    ratios = imagenet_x[imagenet_x["metric"] == "error_ratio"]
+    assert len(ratios) == 17 and ratios["value"].isna().any()  # 10 images leave factors empty
+
+    shape = tables["shape_bias"]
+    overall = shape[shape["category"].isna()].set_index("metric")["value"]
+    assert overall["n_images_all"] == 32 and 0 <= overall["accuracy_16"] <= 1
+    assert set(shape["category"].dropna()) <= set(CATEGORIES)
+
+    pug = tables["pug"]
+    assert set(pug["rule"]) == {"paper"}
+    assert len(pug[(pug["metric"] == "top1")]) == 11  # 10 subsets + Average
+
+    for figure in ("robustness", "imagenet_x_imagenet_val", "shape_bias_cue_conflict", "pug_pug_imagenet"):
+        for ext in ("png", "pdf"):
+            assert (results / "figures" / f"{figure}.{ext}").stat().st_size > 1000
