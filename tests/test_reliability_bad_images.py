@@ -17,6 +17,7 @@ import h5py
 import numpy as np
 import pandas as pd
 import pytest
+import snakemake.shell  # noqa: F401
 from PIL import Image
 
 from conftest import write_config

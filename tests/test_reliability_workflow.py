@@ -35,12 +35,16 @@ import h5py
 import numpy as np
 import pandas as pd
 import pytest
+import snakemake.shell  # noqa: F401
 
 from beyond_imagenet.faults import ENV as FAULT_ENV
 from conftest import REPO, default_config, run_snakemake, write_config
 
 pytestmark = pytest.mark.workflow
 
+# snakemake.shell keeps the sys.stdout of its first import for every job it starts: imported here,
+# at collection, that is pytest's session-wide stream, not a capfd stream closed after one test
+# (which made every later in-process job fail with "I/O operation on closed file").
 SNAKEMAKE = Path(sys.executable).with_name("snakemake")
 TABLE = "results/metrics/calibration.csv"
 N_IMAGES = 4
