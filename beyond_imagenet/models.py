@@ -161,6 +161,18 @@ class TimmSource:
     needs_head = False
 
     @staticmethod
+    def architectures() -> list[str]:
+        import timm
+
+        return timm.list_models()
+
+    @staticmethod
+    def has_architecture(arch: str) -> bool:
+        import timm
+
+        return timm.is_model(arch)
+
+    @staticmethod
     def build(spec: ModelSpec, protocol: str, image_size: int | None = None, presized: bool = False,
               **_: Any) -> LoadedModel:
         import timm
@@ -281,6 +293,17 @@ class OpenClipSource:
     needs_head = True
 
     @staticmethod
+    def architectures() -> list[str]:
+        import open_clip
+
+        _register_bundled_open_clip_configs()
+        return open_clip.list_models()
+
+    @staticmethod
+    def has_architecture(arch: str) -> bool:
+        return arch.startswith(("hf-hub:", "local-dir:")) or arch in OpenClipSource.architectures()
+
+    @staticmethod
     def build(spec: ModelSpec, protocol: str, head: torch.Tensor | None = None,
               logit_scale: float = 100.0, image_size: int | None = None, **_: Any) -> LoadedModel:
         if head is None:
@@ -311,6 +334,18 @@ class OpenClipSource:
 
 
 SOURCES: dict[str, Any] = {"timm": TimmSource, "open_clip": OpenClipSource}
+
+
+def unknown_architecture_message(source: str, arch: str) -> str | None:
+    """None if ``source`` knows ``arch``; else a message with the closest known names."""
+    import difflib
+
+    adapter = SOURCES[source]
+    if adapter.has_architecture(arch):
+        return None
+    close = difflib.get_close_matches(arch, adapter.architectures(), n=3, cutoff=0.6)
+    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    return f"{source} has no architecture {arch!r}{hint}"
 
 
 def build_model(spec: ModelSpec, protocol: str = "paper", head: torch.Tensor | None = None,

@@ -17,7 +17,7 @@ import yaml
 
 from beyond_imagenet.datasets import DatasetError, DatasetSpec, resolve_dataset
 from beyond_imagenet.datasets.vtab import expand_dataset
-from beyond_imagenet.models import ModelError, ModelSpec
+from beyond_imagenet.models import ModelError, ModelSpec, unknown_architecture_message
 
 SCHEMA_PATH = Path(__file__).resolve().parents[1] / "schemas" / "config.schema.yaml"
 
@@ -110,6 +110,9 @@ def validate_config(config: dict[str, Any], schema_path: str | os.PathLike = SCH
                 f"  models.{name}.pretrained: open_clip models need a pretrained tag (e.g. laion400m_e31) "
                 "or false for random weights"
             )
+        unknown = unknown_architecture_message(entry["source"], entry["name"])
+        if unknown:
+            problems.append(f"  models.{name}.name: {unknown}")
         if entry.get("checkpoint") and not Path(entry["checkpoint"]).is_file():
             problems.append(f"  models.{name}.checkpoint: file {entry['checkpoint']} does not exist")
     if problems:

@@ -18,4 +18,11 @@ def setup(snakemake: Any) -> Study:
         handlers.append(logging.FileHandler(snakemake.log[0], mode="w"))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         handlers=handlers, force=True)
+    sys.excepthook = _log_uncaught
     return Study(snakemake.config)
+
+
+def _log_uncaught(kind, error, trace) -> None:
+    """Write a job's fatal error (bad images, checksum, stale cache...) into the rule's log too, so
+    Snakemake's failed-log display says why, not only the job's stderr."""
+    logging.getLogger("job").critical("%s: %s", kind.__name__, error, exc_info=(kind, error, trace))
