@@ -90,7 +90,8 @@ def _tiny_config(tmp_path: Path) -> dict:
              "imagenet_hard": dict(num_classes=4, images_per_class=1),
              "pug_imagenet": dict(images_per_class=1),
              "cue_conflict": dict(images_per_class=2)}
-    config["datasets"] = {name: {**config["datasets"][name], **size} for name, size in sizes.items()}
+    config["datasets"] = {name: {"kind": name, "source": "generate", "seed": k, **size}
+                          for k, (name, size) in enumerate(sizes.items())}
     config["evaluations"] = {
         "robustness": {"datasets": ["imagenet_val", "imagenet_v2", "imagenet_a", "imagenet_c", "imagenet_hard"]},
         "imagenet_x": {"datasets": ["imagenet_val"]},
