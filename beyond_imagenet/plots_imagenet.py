@@ -12,7 +12,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from beyond_imagenet.imagenet_evals import BENCHMARK_ORDER
+from beyond_imagenet.imagenet_evals import BENCHMARK_ORDER, CLEAN_BENCHMARK
 from beyond_imagenet.metrics.imagenet_x import FACTORS
 from beyond_imagenet.metrics.pug import PUG_SUBSETS
 from beyond_imagenet.metrics.shape_bias import CATEGORIES
@@ -28,7 +28,7 @@ IMAGENET_X_ORDER = ("color", "darker", "brighter", "larger", "smaller", "object_
                     "background", "multiple_objects", "average")
 BENCHMARK_LABELS = {"imagenet_val": "ImageNet", "imagenet_v2": "V2", "imagenet_a": "A", "imagenet_c": "C",
                     "imagenet_hard": "Hard", "imagenet_r": "R", "imagenet_sketch": "Sketch",
-                    "imagenet_real": "ReaL", "average": "Average (7)"}
+                    "imagenet_real": "ReaL", "average": "Average"}
 PAPER_MARKER = dict(marker="D", color="black", markersize=4, linestyle="none", zorder=5)
 
 
@@ -94,13 +94,19 @@ def plot_robustness(table: pd.DataFrame, paths, paper: dict | None = None) -> No
             return paper.get("average_7_printed", {}).get(key, np.nan)
         return paper.get("top1", {}).get(key, {}).get(benchmark, np.nan)
 
+    counts = table.loc[(table["benchmark"] == "average") & (table["metric"] == "n_benchmarks"), "value"]
+    n_shifted = int(counts.max()) if len(counts) else 0
+    labels = {**BENCHMARK_LABELS, "average": f"Average ({n_shifted})"}
     fig, ax = plt.subplots(figsize=(max(6.0, 1.0 * len(present) + 2), 3.8))
     _grouped_bars(ax, present, models, value, published if paper else None, scale=100)
-    ax.set_xticklabels([BENCHMARK_LABELS.get(b, b) for b in present])
-    ax.axvline(0.5, color="gray", linewidth=0.6)
+    ax.set_xticklabels([labels.get(b, b) for b in present])
+    if CLEAN_BENCHMARK in present:
+        ax.axvline(present.index(CLEAN_BENCHMARK) + 0.5, color="gray", linewidth=0.6)
     ax.set_ylabel("top-1 accuracy (%)")
     ax.set_ylim(0, 100)
-    ax.set_title("Robustness: ImageNet and 7 shifted sets (ImageNet-C: mean over 15 corruptions)", fontsize=9)
+    note = " (published average: all 7)" if paper else ""
+    ax.set_title(f"Robustness: ImageNet and {n_shifted} shifted sets{note}; ImageNet-C = mean over 15 corruptions",
+                 fontsize=9)
     ax.legend(fontsize=7, ncol=2, loc="upper right")
     fig.tight_layout()
     save_figure(fig, paths)
