@@ -3,6 +3,7 @@ workflow's path (reader labels -> class-space mask -> metric); multi-file unpack
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import tarfile
@@ -480,3 +481,52 @@ def test_imagenet_x_rows_agree_with_the_imagenet_x_package():
     np.testing.assert_allclose([ours[f] for f in imagenet_x.FACTORS], ref[list(imagenet_x.FACTORS)].to_numpy(),
                                rtol=0, atol=1e-12)
     assert ours["average"] == pytest.approx(ref[list(imagenet_x.FACTORS)].mean(), abs=1e-12)
+
+
+def test_hugging_face_shards_become_images_and_labels_json(tmp_path, monkeypatch):
+    """The Hard download step, with huggingface_hub and pyarrow replaced by fakes (no network):
+    pinned revision passed through, shards in sorted order, bytes written as they are, and the
+    result readable by the image_label_sets reader."""
+    import sys
+    import types
+
+    def png(color) -> bytes:
+        buffer = io.BytesIO()
+        Image.new("RGB", (5, 4), color).save(buffer, format="PNG")
+        return buffer.getvalue()
+
+    rows = {"data/validation-00001.parquet": [{"image": {"bytes": png("red"), "path": None}, "label": [3, -1],
+                                               "origin": "imagenet_sketch", "english_label": ["x"]}],
+            "data/validation-00000.parquet": [{"image": {"bytes": png("blue"), "path": None}, "label": [7, 9],
+                                               "origin": "imagenet_a", "english_label": ["y", "z"]}]}
+    calls = []
+
+    class FakeApi:
+        def list_repo_files(self, repo, repo_type, revision):
+            calls.append(("list", repo, revision))
+            return ["README.md", *rows]
+
+    def fake_download(repo, name, repo_type, revision):
+        calls.append(("get", name, revision))
+        return name
+
+    table = types.SimpleNamespace
+    monkeypatch.setitem(sys.modules, "huggingface_hub", types.SimpleNamespace(HfApi=FakeApi, hf_hub_download=fake_download))
+    parquet = types.SimpleNamespace(read_table=lambda name: table(to_pylist=lambda: rows[name]))
+    monkeypatch.setitem(sys.modules, "pyarrow", types.SimpleNamespace(parquet=parquet))
+    monkeypatch.setitem(sys.modules, "pyarrow.parquet", parquet)
+
+    spec = resolve_dataset("hard", {"kind": "imagenet_hard", "source": "download"}, str(tmp_path))
+    spec = dataclasses.replace(spec, expected_images=2)
+    unpack_dataset(spec, [], spec.dataset_dir)
+    revision = "e292574214aa16ede29857c613a50a12f60b8eb1"
+    assert calls[0] == ("list", "taesiri/imagenet-hard", revision)
+    assert [c[1] for c in calls[1:]] == sorted(rows) and all(c[2] == revision for c in calls)
+    samples = read_samples("image_label_sets", spec.root, spec.class_space)
+    assert samples == [("images/00000.png", 7), ("images/00001.png", 3)]
+    assert Image.open(spec.root / "images/00000.png").getpixel((0, 0)) == (0, 0, 255)
+    meta = json.loads((spec.root / "labels.json").read_text())
+    assert meta["revision"] == revision and meta["images"][1]["origin"] == "imagenet_sketch"
+    assert imagenet_hard_label_sets(spec.root) == {"images/00000.png": [7, 9], "images/00001.png": [3]}
+    with pytest.raises(DatasetError, match="expected 5"):
+        unpack_dataset(dataclasses.replace(spec, expected_images=5), [], tmp_path / "other")
