@@ -121,11 +121,12 @@ class _Blank(dict):
         return ""
 
 
-def build_profile(tables: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
+def build_profile(tables: Mapping[str, pd.DataFrame], models: Sequence[str] | None = None) -> pd.DataFrame:
     """The profile of every model: evaluation -> its metric table (as read) in, tidy rows out.
 
     Adds per headline ``rank`` (1 = best model) and ``score`` (0 = worst, 1 = best, linear in the
     value; NaN when all models tie or the value is missing), so the figure can colour by "better".
+    ``models``: the study's order of models (rows keep it within each headline).
     """
     rows: list[dict[str, Any]] = []
     for evaluation, table in tables.items():
@@ -143,6 +144,12 @@ def build_profile(tables: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
         scores.append((signed - low) / (high - low) if high > low else signed * np.nan)
     frame["rank"] = pd.concat(ranks)
     frame["score"] = pd.concat(scores)
+    if models is not None:
+        order = {m: i for i, m in enumerate(models)}
+        frame = frame.assign(_order=frame["model"].map(lambda m: order.get(m, len(order))))
+        frame["_headline"] = frame["headline"].map({h: i for i, h in enumerate(dict.fromkeys(frame["headline"]))})
+        frame = frame.sort_values(["_headline", "_order"], kind="stable").drop(columns=["_order", "_headline"])
+        frame = frame.reset_index(drop=True)
     return frame
 
 

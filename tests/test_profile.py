@@ -79,6 +79,9 @@ def test_every_registered_evaluation_gives_its_headline(tmp_path):
     assert got[("transfer", "VTAB linear probe mean top-1 % (vtab)", "vc")] == pytest.approx(74.0)
     assert got[("invariance", "shift invariance: mean top-1 % (imagenet_val)", "cs")] == pytest.approx(70.0)
     assert len(profile) == 2 * 9  # one row per model and headline (invariance: one per transform)
+    ordered = build_profile(tables, models=["vc", "cs"])
+    assert list(ordered["model"][:4]) == ["vc", "cs", "vc", "cs"]  # study order within each headline
+    assert list(dict.fromkeys(ordered["headline"])) == list(dict.fromkeys(profile["headline"]))
     assert set(profile["label"]) == {"ConvNet sup", "ViT CLIP"}
 
 
