@@ -232,6 +232,26 @@ class Study:
         max_images = self.evaluations.get("invariance", {}).get("max_images")
         return {**self.expected_attrs(model, dataset, manifest, variant), "max_images": int(max_images or 0)}
 
+    def invariance_inputs(self) -> list[str]:
+        """Every output the invariance table reads (a standard level maps to the standard file)."""
+        paths = [self.variant_output(m, d, v) for d in self.evaluation_datasets("invariance")
+                 for m in self.models for v in self.invariance_variants()]
+        return list(dict.fromkeys(paths))
+
+    # ------------------------------------------------------------------- CKA (spec §9)
+    def cka_pairs(self) -> list[tuple[str, str]]:
+        """(model_a, model_b) of every CKA matrix; (m, m) is within-model."""
+        from beyond_imagenet.cka import model_pairs
+
+        section = self.evaluations.get("cka", {})
+        models = {m: {"family": s.family, "paradigm": s.paradigm} for m, s in self.models.items()}
+        return model_pairs(models, section.get("pairs", "both"), section.get("cross_pairs", "contrast"))
+
+    def cka_figure_kinds(self) -> list[str]:
+        """Heatmap figures the pairs give: ``within`` and/or ``cross``."""
+        pairs = self.cka_pairs()
+        return [k for k in ("within", "cross") if any((a == b) == (k == "within") for a, b in pairs)]
+
     def expected_attrs(self, model: str, dataset: str, manifest: dict[str, Any],
                        variant: str | None = None) -> dict[str, Any]:
         """What an output file must record to be reused for (model, dataset, variant)."""

@@ -2,34 +2,10 @@
 # unbiased HSIC, online with forward hooks, all models in one job on the same images.
 
 
-from beyond_imagenet.cka import model_pairs
-
-
-def cka_kinds():
-    """Which heatmap figures the study's pairs give: within and/or cross."""
-    section = config["evaluations"].get("cka", {})
-    models = {m: {"family": s.family, "paradigm": s.paradigm} for m, s in STUDY.models.items()}
-    pairs = model_pairs(models, section.get("pairs", "both"), section.get("cross_pairs", "contrast"))
-    return [kind for kind in ("within", "cross") if any((a == b) == (kind == "within") for a, b in pairs)]
-
-
-def cka_figures():
-    return [
-        STUDY.figure(f"cka_{kind}_{d}", ext)
-        for d in STUDY.evaluation_datasets("cka")
-        for kind in cka_kinds()
-        for ext in ("png", "pdf")
-    ]
-
-
-def cka_heads(wildcards):
-    return [STUDY.head(m) for m, spec in STUDY.models.items() if spec.needs_zero_shot_head]
-
-
 rule compute_cka:
     input:
         manifest=f"{RESULTS}/manifests/{{dataset}}.json",
-        heads=cka_heads,
+        heads=[STUDY.head(m) for m, spec in STUDY.models.items() if spec.needs_zero_shot_head],
     output:
         f"{RESULTS}/metrics/cka_{{dataset}}.h5",
     params:
@@ -63,4 +39,12 @@ rule plot_cka:
 
 
 if "cka" in STUDY.evaluations:
-    register_targets(*(f"{RESULTS}/metrics/cka_{d}.h5" for d in STUDY.evaluation_datasets("cka")), *cka_figures())
+    register_targets(
+        *(f"{RESULTS}/metrics/cka_{d}.h5" for d in STUDY.evaluation_datasets("cka")),
+        *(
+            STUDY.figure(f"cka_{kind}_{d}", ext)
+            for d in STUDY.evaluation_datasets("cka")
+            for kind in STUDY.cka_figure_kinds()
+            for ext in ("png", "pdf")
+        ),
+    )

@@ -3,28 +3,9 @@
 # variant equal to the standard evaluation is read from the standard outputs, so no job exists for it.
 
 
-def invariance_outputs(wildcards=None):
-    paths = [
-        STUDY.variant_output(m, d, v)
-        for d in STUDY.evaluation_datasets("invariance")
-        for m in STUDY.models
-        for v in STUDY.invariance_variants()
-    ]
-    return list(dict.fromkeys(paths))
-
-
-def invariance_figures():
-    return [
-        STUDY.figure(f"invariance_{metric}_{d}", ext)
-        for d in STUDY.evaluation_datasets("invariance")
-        for metric in ("top1", "true_class_prob")
-        for ext in ("png", "pdf")
-    ]
-
-
 rule compute_invariance:
     input:
-        outputs=invariance_outputs(),
+        outputs=STUDY.invariance_inputs(),
         manifests=manifests_for("invariance"),
     output:
         f"{RESULTS}/metrics/invariance.csv",
@@ -56,4 +37,12 @@ rule plot_invariance:
 
 
 if "invariance" in STUDY.evaluations:
-    register_targets(STUDY.metric("invariance"), *invariance_figures())
+    register_targets(
+        STUDY.metric("invariance"),
+        *(
+            STUDY.figure(f"invariance_{metric}_{d}", ext)
+            for d in STUDY.evaluation_datasets("invariance")
+            for metric in ("top1", "true_class_prob")
+            for ext in ("png", "pdf")
+        ),
+    )

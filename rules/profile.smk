@@ -1,6 +1,6 @@
 # Model profile: one table and one figure with every model across every evaluation the study ran
-# (the headline of each evaluation: beyond_imagenet.profile.HEADLINES). Include it after the
-# evaluations' rules files; it reads their metric tables, so it grows as evaluations are added.
+# (the headline of each evaluation: beyond_imagenet.profile.HEADLINES). It reads the metric tables
+# of the study's evaluations, so it grows as evaluations are added.
 from beyond_imagenet.profile import profile_tables
 
 PROFILE_TABLES = profile_tables(list(STUDY.evaluations))

@@ -5,7 +5,7 @@ import logging
 import torch
 
 from beyond_imagenet.cka import (IMAGE_TOWERS, HookedModel, SameImages, batch_plan, cka_pass, iterate_batches,
-                                 model_pairs, select_layers, write_cka)
+                                 select_layers, write_cka)
 from beyond_imagenet.datasets.manifest import load_manifest
 from beyond_imagenet.devices import lease_device
 from beyond_imagenet.heads import read_head
@@ -24,8 +24,7 @@ if dropped:
     logging.warning("CKA on %s: the last %d of %d images do not fill a batch of %d and are dropped",
                     dataset, dropped, len(samples), section["batch_size"])
 samples = samples[: n_batches * section["batch_size"]]
-pairs = model_pairs({m: {"family": s.family, "paradigm": s.paradigm} for m, s in study.models.items()},
-                    section["pairs"], section["cross_pairs"])
+pairs = study.cka_pairs()
 used = list(dict.fromkeys(m for pair in pairs for m in pair))
 
 models, transforms, identities = {}, {}, {}
