@@ -16,7 +16,7 @@ rule compute_cka:
     conda:
         "../envs/torch.yaml"
     resources:
-        gpu=1,
+        gpu=GPU_SLOTS,
     script:
         "../scripts/compute_cka.py"
 

@@ -1,5 +1,9 @@
 # Helpers only: input functions and target lists, all derived from STUDY.
 
+# GPU slots a model-running job takes. A study pinned to the CPU takes none, so its jobs are not
+# serialised behind the profile's `gpu` resource; `auto`/`cuda` take one (leased inside the job).
+GPU_SLOTS = 0 if config["extraction"]["device"] == "cpu" else 1
+
 
 def check_manual_datasets():
     """Before any job runs: manual datasets must be where the config says (else: what to do)."""

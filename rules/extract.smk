@@ -11,7 +11,7 @@ rule build_zero_shot_head:
     conda:
         "../envs/torch.yaml"
     resources:
-        gpu=1,
+        gpu=GPU_SLOTS,
     script:
         "../scripts/build_zero_shot_head.py"
 
@@ -33,7 +33,7 @@ rule extract_outputs:
     conda:
         "../envs/torch.yaml"
     resources:
-        gpu=1,
+        gpu=GPU_SLOTS,
     script:
         "../scripts/extract_outputs.py"
 
@@ -57,6 +57,6 @@ rule extract_variant_outputs:
     conda:
         "../envs/torch.yaml"
     resources:
-        gpu=1,
+        gpu=GPU_SLOTS,
     script:
         "../scripts/extract_variant_outputs.py"
