@@ -74,3 +74,44 @@ TARGETS = []
 
 def register_targets(*paths):
     TARGETS.extend(str(p) for p in paths)
+
+
+# ---- transfer (VTAB): a `kind: vtab` dataset expands to one dataset per (task, split).
+import re
+from types import SimpleNamespace
+
+from beyond_imagenet.datasets.vtab import EXTRACTED_SPLITS, TASKS, VtabSplitSpec, split_dataset_name
+
+VTAB_SPLITS = {n: s for n, s in STUDY.datasets.items() if isinstance(s, VtabSplitSpec)}
+TRANSFER = config["evaluations"].get("transfer", {})
+
+
+def vtab_folder(wildcards):
+    """What a task split's manifest depends on: its vtab dataset's generated or unpacked folder."""
+    return dataset_folder(SimpleNamespace(dataset=VTAB_SPLITS[wildcards.dataset].parent))
+
+
+def vtab_split_params(wildcards):
+    """The parts of the vtab entry that change this split's files (not, e.g., the other tasks)."""
+    spec = VTAB_SPLITS[wildcards.dataset]
+    entry = {k: v for k, v in config["datasets"][spec.parent].items() if k != "tasks"}
+    return {**entry, "task": spec.task, "split": spec.split}
+
+
+def probe_inputs(wildcards):
+    names = {s: split_dataset_name(wildcards.dataset, wildcards.task, s) for s in EXTRACTED_SPLITS}
+    return {**{s: STUDY.output(wildcards.model, n) for s, n in names.items()},
+            **{f"{s}_manifest": STUDY.manifest(n) for s, n in names.items()}}
+
+
+def transfer_probes():
+    return [
+        f"{RESULTS}/probes/{m}/{d}/{t}.json"
+        for d in STUDY.evaluation_datasets("transfer")
+        for t in STUDY.datasets[d].tasks
+        for m in STUDY.models
+    ]
+
+
+def transfer_figures():
+    return [STUDY.figure(f"transfer_{d}", ext) for d in STUDY.evaluation_datasets("transfer") for ext in ("png", "pdf")]

@@ -29,9 +29,14 @@ def run_snakemake(configfile, workdir, targets=(), dryrun=False, cores=2, forcer
                 snakefile=REPO / "Snakefile",
                 workdir=Path(workdir),
             )
-            dag = workflow.dag(dag_settings=DAGSettings(targets=set(targets), forcerun=set(forcerun)))
-            dag.execute_workflow(executor="dryrun" if dryrun else "local")
-            return Counter(job.rule.name for job in dag.workflow_api._workflow.dag.needrun_jobs())
+            settings = DAGSettings(targets=set(targets), forcerun=set(forcerun))
+            dag = workflow.dag(dag_settings=settings)
+            # The DAG of jobs to run exists only once a plan is made: count on a dry run first.
+            dag.execute_workflow(executor="dryrun")
+            jobs = Counter(job.rule.name for job in dag.workflow_api._workflow.dag.needrun_jobs())
+            if not dryrun:
+                workflow.dag(dag_settings=settings).execute_workflow(executor="local")
+            return jobs
     finally:
         os.chdir(cwd)
 
