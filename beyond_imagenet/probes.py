@@ -215,6 +215,15 @@ def _adamw(params: list[torch.Tensor], lr: float, device: torch.device) -> torch
     return torch.optim.AdamW(params, lr=lr, weight_decay=0.0, fused=fused or None)
 
 
+def _training_arrays(features, labels, n_classes: int, config) -> tuple[np.ndarray, np.ndarray]:
+    """Features (normalised as configured) and checked labels; refuses an empty training set."""
+    x_np = _prepare(features, config.normalize)
+    y_np = _check_labels(labels, x_np.shape[0], n_classes)
+    if x_np.shape[0] == 0:
+        raise ValueError("cannot fit a probe on zero samples")
+    return x_np, y_np
+
+
 def fit_linear_probes(
     features: np.ndarray,
     labels: np.ndarray,
@@ -230,11 +239,8 @@ def fit_linear_probes(
     tiny matmuls into one large one per step.
     """
     device = torch.device(device)
-    x_np = _prepare(features, config.normalize)
-    y_np = _check_labels(labels, x_np.shape[0], n_classes)
+    x_np, y_np = _training_arrays(features, labels, n_classes, config)
     n, dim = x_np.shape
-    if n == 0:
-        raise ValueError("cannot fit a probe on zero samples")
     wds = np.asarray(list(weight_decays), dtype=np.float64).reshape(-1)
     n_members = wds.shape[0]
 
@@ -302,11 +308,8 @@ def fit_linear_probe(
     ``benchmarks/probe_sweep.py``; it shares the initialisation and shuffle of the batched path.
     """
     device = torch.device(device)
-    x_np = _prepare(features, config.normalize)
-    y_np = _check_labels(labels, x_np.shape[0], n_classes)
+    x_np, y_np = _training_arrays(features, labels, n_classes, config)
     n, dim = x_np.shape
-    if n == 0:
-        raise ValueError("cannot fit a probe on zero samples")
 
     gen = torch.Generator().manual_seed(config.seed)
     w0, b0 = _init_params(gen, dim, n_classes)
