@@ -72,8 +72,9 @@ def test_changing_bins_reruns_only_calibration(default_study, tmp_path):
 
 def test_single_figure_target(default_study):
     workdir, _ = default_study
-    target = workdir / "results" / "figures" / "reliability_imagenet_r.png"
-    jobs = run_snakemake(REPO / "config.yaml", workdir, targets=[str(target)], dryrun=True,
+    target = "results/figures/reliability_imagenet_r.png"  # relative to the working directory
+    assert (workdir / target).exists()
+    jobs = run_snakemake(REPO / "config.yaml", workdir, targets=[target], dryrun=True,
                          forcerun=["plot_reliability"])
     assert set(jobs) == {"plot_reliability"}
 
