@@ -24,8 +24,14 @@ Deviations from CLIP_benchmark, on purpose:
 * CLIP_benchmark searches the weight-decay grid coarse-to-fine (7 points, then bisection around
   the peak). The spec asks for the grid, and the batched sweep makes the full 97-point grid cheap,
   so every value is evaluated; the result is the grid's argmax rather than a local peak.
-* Ties in validation accuracy go to the *larger* weight decay: among equally good probes on the
-  200 validation images the more regularised one is the safer bet for test.
+* Ties in validation accuracy go to the *smaller* weight decay, as in CLIP_benchmark (its search
+  replaces the best only on a strict improvement, scanning the grid upwards). Ties are common on
+  200 validation images, and the top of a tied run sits next to the unstable region below
+  (``lr * wd > 2``), where a fit that happened to stay finite on train800 can blow up on the
+  larger train800val200.
+* A final refit on train800val200 whose parameters are not finite is not scored as 0: the next
+  weight decay in validation order (accuracy down, then weight decay up) is refit instead, and
+  the result records every weight decay that was passed over.
 * Initialisation is ``nn.Linear``'s default (``U(-1/sqrt(D), 1/sqrt(D))`` for weight and bias)
   drawn from a seeded ``torch.Generator`` -- bit-identical to ``torch.manual_seed(seed);
   nn.Linear(D, C)``, which is what CLIP_benchmark does (not zero init). All members share it,
@@ -337,12 +343,15 @@ def fit_linear_probe(
     )
 
 
-def select_weight_decay(val_correct: np.ndarray, weight_decays: Sequence[float]) -> int:
-    """Index of the best validation count; ties go to the larger weight decay."""
+def weight_decay_order(val_correct: np.ndarray, weight_decays: Sequence[float]) -> np.ndarray:
+    """Grid indices from best to worst: validation count down, then weight decay up."""
     wds = np.asarray(list(weight_decays), dtype=np.float64)
-    best = val_correct.max()
-    tied = np.flatnonzero(val_correct == best)
-    return int(tied[np.argmax(wds[tied])])
+    return np.lexsort((wds, -np.asarray(val_correct)))
+
+
+def select_weight_decay(val_correct: np.ndarray, weight_decays: Sequence[float]) -> int:
+    """Index of the best validation count; ties go to the smaller weight decay."""
+    return int(weight_decay_order(val_correct, weight_decays)[0])
 
 
 def select_and_evaluate(
@@ -357,21 +366,35 @@ def select_and_evaluate(
     """Full §7 protocol for one task: sweep on train→val, refit on trainval, score test.
 
     ``test`` is touched only after the weight decay is fixed, so it cannot influence the choice.
-    Returns ``test_top1``, ``val_top1_best``, ``weight_decay`` and ``val_top1_per_wd`` (fractions).
+    Returns ``test_top1``, ``val_top1_best``, ``weight_decay``, ``val_top1_per_wd`` (fractions) and
+    ``refit_diverged`` (weight decays whose refit on trainval was not finite, in the order tried).
     """
     wds = list(config.weight_decays)
     sweep = fit_linear_probes(train[0], train[1], n_classes, wds, config, device)
     val_correct = sweep.correct(val[0], val[1])
-    best = select_weight_decay(val_correct, wds)
     val_acc = val_correct / max(1, len(val[1]))
-    weight_decay = float(wds[best])
-    logger.info("chose weight decay %.3g (val top-1 %.4f)", weight_decay, val_acc[best])
-
-    final = fit_linear_probes(trainval[0], trainval[1], n_classes, [weight_decay], config, device)
+    passed_over: list[float] = []
+    final = None
+    for best in weight_decay_order(val_correct, wds):
+        if sweep.diverged[best]:
+            continue
+        weight_decay = float(wds[best])
+        logger.info("chose weight decay %.3g (val top-1 %.4f)", weight_decay, val_acc[best])
+        final = fit_linear_probes(trainval[0], trainval[1], n_classes, [weight_decay], config, device)
+        if not final.diverged[0]:
+            break
+        logger.warning("the refit on train800val200 at weight decay %.3g diverged; trying the next one",
+                       weight_decay)
+        passed_over.append(weight_decay)
+        final = None
+    if final is None:
+        raise RuntimeError(f"every weight decay of the grid diverged ({len(wds)} tried); "
+                           "the features may contain non-finite values")
     test_top1 = float(final.accuracy(test[0], test[1])[0])
     return {
         "test_top1": test_top1,
         "val_top1_best": float(val_acc[best]),
         "weight_decay": weight_decay,
         "val_top1_per_wd": [float(a) for a in val_acc],
+        "refit_diverged": passed_over,
     }

@@ -48,6 +48,7 @@ def probe_vtab_task(train: Split, val: Split, test: Split, n_classes: int, confi
         "val_top1": result["val_top1_best"],
         "weight_decay": result["weight_decay"],
         "val_top1_per_wd": result["val_top1_per_wd"],
+        "refit_diverged": result["refit_diverged"],
         "weight_decays": [float(w) for w in config.weight_decays],
         "n_train": int(len(train[1])),
         "n_val": int(len(val[1])),

@@ -331,18 +331,23 @@ def test_several_archives_and_a_plain_file_unpack_into_one_folder(tmp_path):
 
 
 def test_fetch_file_checks_md5_and_records_sha256(tmp_path):
-    source = tmp_path / "mirror" / "noise.tar"
-    source.parent.mkdir()
-    source.write_bytes(b"not really a tar")
-    dest = tmp_path / "downloads" / "noise.tar"
-    with pytest.raises(DownloadError, match="md5 mismatch"):
-        fetch_file({"url": source.as_uri(), "md5": "0" * 32}, dest)
-    assert not dest.exists() and dest.with_name("noise.tar.quarantine").exists()
     import hashlib
 
-    good = hashlib.md5(source.read_bytes()).hexdigest()
-    fetch_file({"url": source.as_uri(), "md5": good}, dest)
-    assert dest.read_bytes() == source.read_bytes() and dest.with_name("noise.tar.sha256").is_file()
+    source = tmp_path / "mirror" / "noise.tar"
+    source.parent.mkdir()
+    content = b"the real noise.tar"
+    recipe = {"url": source.as_uri(), "md5": hashlib.md5(content).hexdigest()}
+    dest = tmp_path / "downloads" / "noise.tar"
+    source.write_bytes(b"a corrupted copy")  # the first download is bad
+    with pytest.raises(DownloadError, match="md5 mismatch"):
+        fetch_file(recipe, dest)
+    assert not dest.exists() and dest.with_name("noise.tar.quarantine").exists()
+    # The bad copy's sha256 is not kept as the reference a later download is held to.
+    assert not dest.with_name("noise.tar.sha256").exists()
+    source.write_bytes(content)  # the mirror is fixed
+    fetch_file(recipe, dest)
+    assert dest.read_bytes() == content
+    assert dest.with_name("noise.tar.sha256").read_text().split()[0] == hashlib.sha256(content).hexdigest()
 
 
 def test_catalogue_download_recipes():
@@ -355,6 +360,14 @@ def test_catalogue_download_recipes():
     assert hard.download["huggingface"]["revision"] == "e292574214aa16ede29857c613a50a12f60b8eb1"
     sketch = resolve_dataset("s", {"kind": "imagenet_sketch", "source": "download", "url": "https://example.org/x?id=1"})
     assert sketch.archive_path.name == "ImageNet-Sketch.zip"
+    # A study url: is saved under its path's last part, never with the query string.
+    vtab = {"kind": "vtab", "source": "download"}
+    assert resolve_dataset("v", {**vtab, "url": "https://h.org/d/vtab-1k.zip?download=true"}).archive_path.name \
+        == "vtab-1k.zip"
+    assert resolve_dataset("v", {**vtab, "url": "https://drive.google.com/uc?id=1yZ&confirm=t"}).archive_path.name \
+        == "v.download"
+    assert resolve_dataset("v", {**vtab, "url": "https://h.org/uc?id=1", "filename": "vtab-1k.zip"}
+                           ).archive_path.name == "vtab-1k.zip"
     with pytest.raises(DatasetError, match="several files"):
         resolve_dataset("c", {"kind": "imagenet_c", "source": "download", "url": "https://example.org/c.tar"})
 

@@ -88,9 +88,31 @@ def test_choice_depends_on_val_never_on_test() -> None:
     assert third["val_top1_best"] == 1.0
 
 
-def test_ties_go_to_the_larger_weight_decay() -> None:
-    assert select_weight_decay(np.array([5, 9, 9, 2]), [1e-3, 1e-2, 1e-1, 1.0]) == 2
-    assert select_weight_decay(np.array([9, 5, 9]), [1.0, 1e-1, 1e-2]) == 0
+def test_ties_go_to_the_smaller_weight_decay() -> None:
+    assert select_weight_decay(np.array([5, 9, 9, 2]), [1e-3, 1e-2, 1e-1, 1.0]) == 1
+    assert select_weight_decay(np.array([9, 5, 9]), [1.0, 1e-1, 1e-2]) == 2
+
+
+def test_a_diverging_refit_falls_back_to_the_next_weight_decay(monkeypatch) -> None:
+    import beyond_imagenet.probes as probes
+
+    train, val, trainval, test, _ = task(seed=5, n_classes=4, dim=8, sep=3.0, sizes=(200, 50, 200))
+    config = ProbeConfig(weight_decays=SMALL_GRID)
+    reference = select_and_evaluate(train, val, trainval, test, 4, config)
+    real_fit = probes.fit_linear_probes
+
+    def refit_blows_up_at_the_chosen_wd(features, labels, n_classes, wds, cfg, device="cpu"):
+        fitted = real_fit(features, labels, n_classes, wds, cfg, device)
+        if len(wds) == 1 and wds[0] == reference["weight_decay"]:
+            return probes.ProbeSet(torch.full_like(fitted.weight, float("nan")), fitted.bias,
+                                   fitted.weight_decays, fitted.n_classes, fitted.normalize)
+        return fitted
+
+    monkeypatch.setattr(probes, "fit_linear_probes", refit_blows_up_at_the_chosen_wd)
+    result = select_and_evaluate(train, val, trainval, test, 4, config)
+    assert result["refit_diverged"] == [reference["weight_decay"]]
+    assert result["weight_decay"] != reference["weight_decay"]
+    assert result["test_top1"] > 0.5  # scored with the fallback probe, not as a diverged 0
 
 
 def test_agrees_with_sklearn_logistic_regression() -> None:
@@ -140,7 +162,9 @@ def test_deterministic_on_cpu() -> None:
     )
     a = fit_linear_probes(train[0], train[1], 4, SMALL_GRID, config)
     b = fit_linear_probes(train[0], train[1], 4, SMALL_GRID, config)
-    assert torch.equal(a.weight, b.weight) and torch.equal(a.bias, b.bias)
+    # Bitwise, NaN included (SMALL_GRID's largest weight decay diverges).
+    assert torch.allclose(a.weight, b.weight, rtol=0, atol=0, equal_nan=True)
+    assert torch.allclose(a.bias, b.bias, rtol=0, atol=0, equal_nan=True)
     # A different seed changes init and shuffle, hence the weights.
     c = fit_linear_probes(train[0], train[1], 4, SMALL_GRID, ProbeConfig(weight_decays=SMALL_GRID, seed=1))
     assert not torch.equal(a.weight, c.weight)
@@ -174,3 +198,13 @@ def test_divergent_members_are_never_correct() -> None:
     assert list(sweep.diverged) == [False, True]
     assert (sweep.predict(train[0])[1] == -1).all()
     assert sweep.accuracy(train[0], train[1])[1] == 0.0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_sweep_agrees_with_the_cpu_sweep() -> None:
+    train, val, trainval, test, _ = task(seed=10, n_classes=5, dim=32, sep=2.5)
+    config = ProbeConfig(weight_decays=SMALL_GRID)
+    cpu = select_and_evaluate(train, val, trainval, test, 5, config, "cpu")
+    gpu = select_and_evaluate(train, val, trainval, test, 5, config, "cuda")
+    assert gpu["weight_decay"] == cpu["weight_decay"]
+    assert abs(gpu["test_top1"] - cpu["test_top1"]) <= 0.01

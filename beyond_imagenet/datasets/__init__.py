@@ -34,6 +34,16 @@ def load_plugins() -> None:
         importlib.import_module(module)
 
 
+def url_filename(url: str, dataset: str) -> str:
+    """The file name a download is saved under: the last part of the URL's path, without its query
+    (``.../vtab-1k.zip?download=true`` -> ``vtab-1k.zip``); ``<dataset>.download`` if the path has none
+    (a Google Drive ``uc?id=...`` link: give ``filename:`` in the study then)."""
+    from urllib.parse import unquote, urlsplit
+
+    name = Path(unquote(urlsplit(url).path)).name
+    return name if name and name not in ("uc", "download") else f"{dataset}.download"
+
+
 class DatasetError(RuntimeError):
     """A dataset is missing, malformed or inconsistent; the message says what to do."""
 
@@ -87,7 +97,7 @@ class DatasetSpec:
         if self.source != "download" or not self.download or "huggingface" in self.download:
             return []
         files = self.download.get("files") or [self.download]
-        return [{**f, "filename": f.get("filename") or Path(f["url"]).name} for f in files]
+        return [{**f, "filename": f.get("filename") or url_filename(f["url"], self.name)} for f in files]
 
     def download_file(self, filename: str) -> dict[str, Any]:
         for recipe in self.download_files:
@@ -135,6 +145,8 @@ def resolve_dataset(name: str, entry: dict[str, Any], resources_dir: str = "reso
             raise DatasetError(f"datasets.{name}.url: kind {kind!r} is made of several files; a single `url:` "
                                "cannot replace them (use source: manual with a root instead)")
         download = {**(download or {}), "url": entry["url"]}
+        if entry.get("filename"):
+            download["filename"] = entry["filename"]
         if entry.get("sha256") and entry["sha256"] != download.get("sha256"):
             # Another file than the catalogue's (a subset, a repack): its own checksum vouches for
             # it, and the catalogue's size and image count describe a different file.

@@ -45,13 +45,17 @@ def fetch_file(recipe: dict[str, Any], dest: str | os.PathLike) -> Path:
     """Download one recipe file to ``dest`` (resumable, verified); return ``dest``."""
     dest = Path(dest)
     sha256 = recipe.get("sha256")
-    download(recipe["url"], dest, sha256=sha256, size=recipe.get("size"),
-             record_checksum=None if sha256 else dest.with_name(dest.name + ".sha256"))
+    record = None if sha256 else dest.with_name(dest.name + ".sha256")
+    download(recipe["url"], dest, sha256=sha256, size=recipe.get("size"), record_checksum=record)
     if recipe.get("md5"):
         found = md5_file(dest)
         if found != recipe["md5"].lower():
             quarantine = dest.with_name(dest.name + ".quarantine")
             os.replace(dest, quarantine)
+            # The sha256 just recorded is that of the bad copy: a good download must not be held
+            # to it.
+            if record is not None:
+                record.unlink(missing_ok=True)
             raise DownloadError(
                 f"md5 mismatch for {recipe['url']}: expected {recipe['md5']}, got {found}. The file was moved "
                 f"to {quarantine}; delete it and retry, or check the mirror."
