@@ -11,6 +11,8 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
+# The paper authors' per-image 16-class cue-conflict decisions (tests/data/README.md).
+DECISIONS = REPO / "tests" / "data" / "cue-conflict-decisions"
 
 
 def run_snakemake(configfile, workdir, targets=(), dryrun=False, cores=2, forcerun=()):

@@ -448,10 +448,9 @@ def test_figures_draw_published_numbers_beside_paper_models(tmp_path):
 
 
 # ------------------------------------------------------------- agreement with the references
-DECISIONS = Path(__file__).resolve().parents[2] / "shared" / "data" / "cue-conflict-decisions"
+from conftest import DECISIONS  # noqa: E402
 
 
-@pytest.mark.skipif(not DECISIONS.is_dir(), reason=f"shared cue-conflict decisions not found at {DECISIONS}")
 @pytest.mark.parametrize(("stem", "bias"), [("deit3-21k", 0.3986), ("convnext-base-21k", 0.3330),
                                             ("vit-clip", 0.4647), ("convnext-clip", 0.4241)])
 def test_shape_bias_rows_reproduce_the_authors_decisions(stem, bias):
@@ -461,7 +460,7 @@ def test_shape_bias_rows_reproduce_the_authors_decisions(stem, bias):
 
     from beyond_imagenet.metrics.shape_bias import CATEGORY_INDICES
 
-    df = pd.read_csv(DECISIONS / f"cue-conflict_{stem}_session-1.csv")
+    df = pd.read_csv(DECISIONS / f"cue-conflict_{stem}_session-1.csv.gz")
     logits = np.zeros((len(df), 1000), dtype=np.float32)
     for i, decision in enumerate(df["object_response"]):
         logits[i, CATEGORY_INDICES[decision][0]] = 30.0

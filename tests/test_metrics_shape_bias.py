@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -16,10 +15,7 @@ from beyond_imagenet.metrics.shape_bias import (
     shape_bias,
 )
 
-DECISIONS = Path(__file__).resolve().parents[2] / "shared" / "data" / "cue-conflict-decisions"
-needs_decisions = pytest.mark.skipif(
-    not DECISIONS.is_dir(), reason=f"shared cue-conflict decisions not found at {DECISIONS}"
-)
+from conftest import DECISIONS
 
 # (file stem, shape bias, 16-class accuracy in %) from spec paper-results.md §11.4-§11.5.
 REFERENCE = [
@@ -90,10 +86,9 @@ def test_hand_computed_case() -> None:
     assert out["per_category"] == pytest.approx({"cat": 0.5, "dog": 1.0})
 
 
-@needs_decisions
 @pytest.mark.parametrize(("stem", "bias", "acc16"), REFERENCE)
 def test_reproduces_authors_decisions(stem: str, bias: float, acc16: float) -> None:
-    df = pd.read_csv(DECISIONS / f"cue-conflict_{stem}_session-1.csv")
+    df = pd.read_csv(DECISIONS / f"cue-conflict_{stem}_session-1.csv.gz")
     out = shape_bias(df["object_response"].to_numpy(), df["imagename"].tolist())
     # Four-decimal references are exact recomputations. Three-decimal ones were rounded twice
     # (convnext-base: 0.30349 → 0.3035 → 0.304), hence a tolerance slightly above half a unit.
@@ -107,10 +102,11 @@ def test_reproduces_authors_decisions(stem: str, bias: float, acc16: float) -> N
     assert shapes == df["category"].tolist()
 
 
-@needs_decisions
 def test_humans_are_shape_biased() -> None:
     """Human-session names carry a prefix; the parser must cope (published range 0.92-0.99)."""
-    for path in sorted(DECISIONS.glob("cue-conflict_subject-*_session_1.csv")):
+    paths = sorted(DECISIONS.glob("cue-conflict_subject-*_session_1.csv.gz"))
+    assert len(paths) == 10
+    for path in paths:
         df = pd.read_csv(path)
         out = shape_bias(df["object_response"].to_numpy(), df["imagename"].tolist())
         assert 0.915 <= out["shape_bias"] <= 0.99, path.name
