@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from beyond_imagenet.paper_results import paper_key_for
+
 log = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -64,7 +66,10 @@ class ModelSpec:
             family=entry.get("family") or _guess_family(entry["name"]),
             paradigm=paradigm,
             label=entry.get("label") or name,
-            paper_key=entry.get("paper_key"),
+            # The published numbers are drawn beside a model that *is* a paper model, whatever the
+            # study calls it; `paper_key:` names one explicitly (e.g. for a re-hosted copy).
+            paper_key=entry.get("paper_key") or paper_key_for(entry["source"], entry["name"],
+                                                              entry.get("pretrained", True), entry.get("checkpoint")),
         )
 
     @property

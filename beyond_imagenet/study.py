@@ -37,6 +37,13 @@ EVALUATION_CLASS_SPACES = {
 }
 
 
+# Evaluations that join on something only one kind has: ImageNet-X on the val file names.
+EVALUATION_KINDS = {"imagenet_x": {"imagenet_val"}}
+# Robustness has one bar per benchmark, named after the dataset kind (the scorers of
+# imagenet_evals.py); imagenet_c_all is ImageNet-C with the 4 extra corruptions, the same benchmark.
+ROBUSTNESS_BENCHMARK_OF_KIND = {"imagenet_c_all": "imagenet_c"}
+
+
 class ConfigError(ValueError):
     """The study config is invalid; the message names every offending key."""
 
@@ -98,12 +105,31 @@ def validate_config(config: dict[str, Any], schema_path: str | os.PathLike = SCH
         if clashes:
             problems.append(f"  datasets.{name}: its task splits {clashes} clash with datasets of the same name")
         for evaluation, body in config["evaluations"].items():
+            if name not in body.get("datasets", []):
+                continue
             spaces = EVALUATION_CLASS_SPACES.get(evaluation)
-            if spaces and name in body.get("datasets", []) and spec.class_space not in spaces:
+            if spaces and spec.class_space not in spaces:
                 problems.append(
                     f"  evaluations.{evaluation}.datasets: {name!r} ({spec.kind}, {spec.class_space}) "
                     f"cannot be used for {evaluation}; it needs one of {sorted(spaces)}"
                 )
+            kinds = EVALUATION_KINDS.get(evaluation)
+            if kinds and spec.kind not in kinds:
+                problems.append(
+                    f"  evaluations.{evaluation}.datasets: {name!r} is a {spec.kind} dataset; {evaluation} "
+                    f"needs one of the kinds {sorted(kinds)}"
+                )
+    by_benchmark: dict[str, list[str]] = {}
+    for name in config["evaluations"].get("robustness", {}).get("datasets", []):
+        if name in config["datasets"]:
+            kind = config["datasets"][name]["kind"]
+            by_benchmark.setdefault(ROBUSTNESS_BENCHMARK_OF_KIND.get(kind, kind), []).append(name)
+    for benchmark, same in by_benchmark.items():
+        if len(same) > 1:
+            problems.append(
+                f"  evaluations.robustness.datasets: {same} are all benchmark {benchmark!r}; the table and the "
+                "7-set average have one value per benchmark, so list one of them"
+            )
     for name, entry in config["models"].items():
         if entry["source"] == "open_clip" and entry.get("pretrained", True) is True and not entry.get("checkpoint"):
             problems.append(

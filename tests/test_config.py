@@ -41,6 +41,11 @@ def test_default_and_paper_configs_are_valid_and_get_defaults():
         (lambda c: c["models"]["vit_clip"].update(checkpoint="/nonexistent.pt"), "models.vit_clip.checkpoint"),
         (lambda c: c["evaluations"]["accuracy"].update(datasets=["imagenet_r"]),
          "'imagenet_r' (imagenet_r, imagenet_r) cannot be used for accuracy"),
+        (lambda c: c["evaluations"]["imagenet_x"].update(datasets=["imagenet_v2"]),
+         "evaluations.imagenet_x.datasets: 'imagenet_v2' is a imagenet_v2 dataset"),
+        (lambda c: (c["datasets"].update(c_all={"kind": "imagenet_c_all", "source": "generate"}),
+                    c["evaluations"]["robustness"]["datasets"].append("c_all")),
+         "['imagenet_c', 'c_all'] are all benchmark 'imagenet_c'"),
     ],
 )
 def test_bad_config_names_the_key(mutate, key):

@@ -437,14 +437,37 @@ def test_figures_draw_published_numbers_beside_paper_models(tmp_path):
         tables[name] = read_table(tmp_path / f"{name}.csv")
         assert isinstance(tables[name], pd.DataFrame)
     paths = lambda stem: [tmp_path / f"{stem}.png", tmp_path / f"{stem}.pdf"]  # noqa: E731
-    plot_robustness(tables["robustness"], paths("robustness"), paper=paper["robustness"])
-    plot_imagenet_x(tables["imagenet_x"], "imagenet_val", paths("imagenet_x"), paper=paper["imagenet_x"])
-    plot_shape_bias(tables["shape_bias"], "cue", paths("shape_bias"), paper=paper["shape_bias"])
-    plot_pug(tables["pug"], "pug", paths("pug"), paper=paper["pug"])
-    plot_pug(tables["pug"], "pug", paths("pug_no_paper"))
-    for stem in ("robustness", "imagenet_x", "shape_bias", "pug", "pug_no_paper"):
+    figures = {
+        "robustness": plot_robustness(tables["robustness"], paths("robustness"), paper=paper["robustness"]),
+        "imagenet_x": plot_imagenet_x(tables["imagenet_x"], "imagenet_val", paths("imagenet_x"),
+                                      paper=paper["imagenet_x"]),
+        "shape_bias": plot_shape_bias(tables["shape_bias"], "cue", paths("shape_bias"), paper=paper["shape_bias"]),
+        "pug": plot_pug(tables["pug"], "pug", paths("pug"), paper=paper["pug"]),
+        "pug_no_paper": plot_pug(tables["pug"], "pug", paths("pug_no_paper")),
+    }
+    for stem in figures:
         for path in paths(stem):
             assert path.stat().st_size > 1000
+
+    def published_lines(ax):
+        return [line for line in ax.get_lines() if "published" in str(line.get_label())]
+
+    # ImageNet-X: a supervised and a CLIP panel; the paper model (supervised) carries the published
+    # ratios, the CLIP panel holds the other model's bars and nothing published.
+    supervised, clip = figures["imagenet_x"].axes
+    assert (supervised.get_title(), clip.get_title()) == ("Supervised", "CLIP")
+    assert len(published_lines(supervised)) == 1 and not published_lines(clip)
+    assert [t.get_text() for t in clip.get_legend().get_texts()] == ["mine"]
+    # One published series in each other figure with paper numbers (the paper model only) ...
+    for stem in ("robustness", "pug"):
+        (ax,) = figures[stem].axes
+        assert len(published_lines(ax)) == 1, stem
+    # ... the shape-bias line is the authors' decisions through the spec formula (0.3986).
+    (ax,) = figures["shape_bias"].axes
+    (line,) = [line for line in ax.get_lines() if str(line.get_label()).strip().startswith("published")]
+    assert line.get_xdata()[0] == pytest.approx(paper["shape_bias"]["raw_csv"]["vit_sup"])
+    # ... and none without paper numbers.
+    assert not published_lines(figures["pug_no_paper"].axes[0])
 
 
 # ------------------------------------------------------------- agreement with the references
@@ -542,3 +565,18 @@ def test_hugging_face_shards_become_images_and_labels_json(tmp_path, monkeypatch
     assert imagenet_hard_label_sets(spec.root) == {"images/00000.png": [7, 9], "images/00001.png": [3]}
     with pytest.raises(DatasetError, match="expected 5"):
         unpack_dataset(dataclasses.replace(spec, expected_images=5), [], tmp_path / "other")
+
+
+def test_shape_bias_averages_probabilities_not_logits():
+    """bear (4 indices) logits [10, 0, 0, 0] against knife (1 index) logit 6: the mean logit prefers
+    knife (2.5 < 6), the mean probability bear ((e^10 + 3) / 4 > e^6). The spec averages softmax
+    probabilities, so the decision is bear = the shape of ``bear1-knife2.png``."""
+    from beyond_imagenet.metrics.shape_bias import CATEGORY_INDICES
+
+    logits = np.zeros((1, 1000), dtype=np.float32)
+    logits[0, CATEGORY_INDICES["bear"][0]] = 10.0
+    logits[0, CATEGORY_INDICES["knife"][0]] = 6.0
+    assert len(CATEGORY_INDICES["bear"]) == 4 and len(CATEGORY_INDICES["knife"]) == 1
+    rows = shape_bias_rows(_outputs(logits, np.zeros(1, int), ["bear/bear1-knife2.png"]))
+    overall = {r["metric"]: r["value"] for r in rows if r["category"] == ""}
+    assert overall["shape_fraction"] == 1.0 and overall["texture_fraction"] == 0.0

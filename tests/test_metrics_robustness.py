@@ -144,3 +144,19 @@ def test_imagenet_c_validation() -> None:
         imagenet_c_summary(acc)
     with pytest.raises(ValueError, match="fraction"):
         imagenet_c_summary(_constant_c(50.0))
+
+
+def test_real_labels_other_than_the_published_file_are_refused(tmp_path, monkeypatch):
+    import json
+
+    import beyond_imagenet.metrics.robustness as robustness
+
+    tampered = tmp_path / "imagenet_real_labels.json"
+    tampered.write_text(json.dumps([[0]] * 50_000))  # right length, wrong labels
+    monkeypatch.setattr(robustness, "package_data_path", lambda *parts: tampered)
+    robustness._real_label_table.cache_clear()
+    try:
+        with pytest.raises(RuntimeError, match="not that of the published real.json"):
+            robustness.real_labels()
+    finally:
+        robustness._real_label_table.cache_clear()

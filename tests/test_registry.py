@@ -221,3 +221,20 @@ def test_native_protocol_uses_the_weights_own_data_config():
     # timm's pretrained config for this model: bicubic, crop_pct 0.9, mean/std 0.5 (not ImageNet's).
     assert record["protocol"] == "native" and record["interpolation"] == "bicubic"
     assert record["crop_pct"] == pytest.approx(0.9) and tuple(record["mean"]) == (0.5, 0.5, 0.5)
+
+
+def test_paper_models_are_recognised_by_their_weights():
+    from beyond_imagenet.models import ModelSpec
+
+    def key(**entry):
+        return ModelSpec.from_config("mine", entry).paper_key
+
+    assert key(source="timm", name="deit3_base_patch16_224", pretrained="fb_in22k_ft_in1k") == "vit_sup"
+    assert key(source="timm", name="convnext_base", pretrained="fb_in22k_ft_in1k") == "convnext_sup"
+    assert key(source="open_clip", name="ViT-B-16", pretrained="laion400m_e31") == "vit_clip"
+    assert key(source="open_clip", name="convnext_base", pretrained="laion400m_s13b_b51k") == "convnext_clip"
+    # Other weights of the same architecture are not the paper's model ...
+    assert key(source="timm", name="convnext_base", pretrained="fb_in1k") is None
+    assert key(source="open_clip", name="ViT-B-16", pretrained=False) is None
+    # ... unless the study says so.
+    assert key(source="timm", name="convnext_base", pretrained=False, paper_key="convnext_sup") == "convnext_sup"

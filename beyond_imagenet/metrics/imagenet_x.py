@@ -49,6 +49,11 @@ FACTORS: tuple[str, ...] = (
 )
 
 
+#: Rows of the package's annotation files (spec datasets.md §3): a different count means another
+#: release or a damaged install, whose error ratios would not be comparable.
+ANNOTATED_IMAGES = {("val", True): 46_110, ("val", False): 48_868, ("train", False): 11_233}
+
+
 @lru_cache(maxsize=4)
 def _annotations(which_factor: str, partition: str, filter_prototypes: bool) -> pd.DataFrame:
     import imagenet_x
@@ -60,6 +65,13 @@ def _annotations(which_factor: str, partition: str, filter_prototypes: bool) -> 
     )
     if not ann["file_name"].is_unique:
         raise RuntimeError("ImageNet-X annotations list some file more than once")
+    expected = ANNOTATED_IMAGES.get((partition, filter_prototypes))
+    if expected is not None and len(ann) != expected:
+        raise RuntimeError(
+            f"ImageNet-X {partition} annotations ({which_factor}, prototypes "
+            f"{'removed' if filter_prototypes else 'kept'}) have {len(ann)} rows, expected {expected} "
+            "(imagenet-x 0.0.7, spec datasets.md §3); reinstall the pinned imagenet-x"
+        )
     table = ann.set_index("file_name")[["class", *FACTORS]].astype(np.int64)
     return table
 

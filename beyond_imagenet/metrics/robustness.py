@@ -5,6 +5,7 @@ Definitions follow spec evaluations.md §1 and §6. All accuracies and errors ar
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from functools import lru_cache
@@ -117,6 +118,11 @@ def multilabel_top1(
     return MultilabelResult(accuracy=hits / used, n=used)
 
 
+#: sha256 of google-research/reassessed-imagenet's real.json (spec datasets.md §1), which timm and
+#: imagenet-x ship byte-identical.
+REAL_LABELS_SHA256 = "d83e9bff374c631aae8439eb064c7019acc56e1b3bc3f56b8380c2a710b0220b"
+
+
 @lru_cache(maxsize=None)
 def _real_label_table() -> dict[str, tuple[int, ...]]:
     # timm and imagenet-x ship byte-identical copies of real.json (spec datasets.md §2); prefer
@@ -125,10 +131,14 @@ def _real_label_table() -> dict[str, tuple[int, ...]]:
         path = package_data_path("timm", "data", "_info", "imagenet_real_labels.json")
     except (ModuleNotFoundError, FileNotFoundError):
         path = package_data_path("imagenet_x", "annotations", "imagenet_real_labels.jsonl")
-    text = path.read_text(encoding="utf-8")
-    lists = json.loads(text)
-    if len(lists) != 50_000:
-        raise RuntimeError(f"ReaL labels: expected 50,000 entries, got {len(lists)}")
+    data = path.read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != REAL_LABELS_SHA256:
+        raise RuntimeError(
+            f"ReaL labels: {path} has sha256 {digest}, not that of the published real.json "
+            f"({REAL_LABELS_SHA256}); reinstall the package it came from (pip install --force-reinstall timm)"
+        )
+    lists = json.loads(data.decode("utf-8"))
     return {f"ILSVRC2012_val_{i + 1:08d}.JPEG": tuple(v) for i, v in enumerate(lists)}
 
 
