@@ -213,6 +213,21 @@ class SameImages(torch.utils.data.Dataset):
         return {name: transform(image) for name, transform in self.transforms.items()}
 
 
+def cka_sample(samples: Sequence, n_images: int, batch_size: int, seed: int = 0) -> tuple[list, int]:
+    """``(images, dropped)``: a seeded random draw of ``min(n_images, len(samples))`` images in
+    random order, cut to whole batches of ``batch_size`` (``dropped`` = how many that cut).
+
+    Random order matters: the average of per-batch unbiased HSICs estimates the population HSIC
+    only when each batch is a random sample. Manifests are sorted by class, so consecutive images
+    share classes and sequential batches would inflate CKA (tests/test_cka_pass.py shows it).
+    Every model sees this same list, so cross-model CKA compares the same images in the same
+    batches."""
+    wanted = min(int(n_images), len(samples))
+    n_batches, dropped = batch_plan(wanted, batch_size)
+    order = np.random.default_rng(seed).permutation(len(samples))[: n_batches * batch_size]
+    return [samples[i] for i in order], dropped
+
+
 def batch_plan(n_images: int, batch_size: int) -> tuple[int, int]:
     """(number of full batches, images dropped): the last incomplete batch is not used."""
     if batch_size < 4:
@@ -259,6 +274,35 @@ def read_cka(path: str | os.PathLike) -> tuple[list[CkaMatrix], dict[str, Any]]:
             out.append(CkaMatrix(str(g.attrs["model_a"]), str(g.attrs["model_b"]), str(g.attrs["kind"]),
                                  json.loads(g.attrs["layers_a"]), json.loads(g.attrs["layers_b"]), g["cka"][()]))
     return out, attrs
+
+
+def cka_summary_rows(matrices: Sequence[CkaMatrix], model_columns: Mapping[str, Mapping[str, Any]],
+                     dataset: str) -> list[dict[str, Any]]:
+    """Tidy numbers from the CKA matrices, one row per (model, partner, metric):
+
+    * within-model (partner = the model): ``mean_layer_similarity``, the mean off-diagonal CKA
+      (how alike its layers are), and ``first_last``, CKA between the first and last hooked layer;
+    * cross-model: ``last_layer``, CKA between the two models' last hooked layers, written for
+      both models of the pair.
+    """
+    rows = []
+
+    def row(model: str, partner: str, kind: str, metric: str, value: float) -> dict[str, Any]:
+        return {**model_columns[model], "dataset": dataset, "partner": partner,
+                "partner_label": model_columns[partner].get("label", partner), "kind": kind,
+                "metric": metric, "value": float(value)}
+
+    for m in matrices:
+        cka = np.asarray(m.cka, dtype=float)
+        if m.kind == "within":
+            off = cka[~np.eye(cka.shape[0], dtype=bool)]
+            rows.append(row(m.model_a, m.model_a, "within", "mean_layer_similarity",
+                            off.mean() if off.size else np.nan))
+            rows.append(row(m.model_a, m.model_a, "within", "first_last", cka[0, -1]))
+        else:
+            rows.append(row(m.model_a, m.model_b, "cross", "last_layer", cka[-1, -1]))
+            rows.append(row(m.model_b, m.model_a, "cross", "last_layer", cka[-1, -1]))
+    return rows
 
 
 def iterate_batches(loader: Iterable[Any], progress_every: int = 10) -> Iterator[Any]:

@@ -111,19 +111,20 @@ def parse_variant(name: str) -> tuple[str, float | int]:
 
 
 def is_standard(kind: str, value: float, paradigm: str, protocol: str = "paper") -> bool:
-    """Whether this variant is the standard evaluation, so its outputs can be reused.
+    """Whether this variant *is* the standard evaluation, pixel for pixel, so its outputs are reused.
 
-    Scale 1 (Resize(R) -> CenterCrop(224)), resolution 224 (supervised Resize(256) ->
-    CenterCrop(224); CLIP Resize(224, bicubic) -> CenterCrop(224)) and shift 0 take the same
-    window as the ``paper`` preprocessing protocol for both paradigms. Shift 0 is equal up to
-    resampling order (window crop then resize instead of resize then crop, < 1 px of window
-    rounding), which is the spec's intent: v = 0 is the baseline of the shift curve.
+    Scale 1 (Resize(R) -> CenterCrop(224)) and resolution 224 (supervised Resize(256) ->
+    CenterCrop(224); CLIP Resize(224, bicubic) -> CenterCrop(224)) are the ``paper`` protocol's
+    own transforms for both paradigms. Shift 0 is not: its window is cut in original-image
+    coordinates and then resized (spec §8), which differs from resize-then-crop by resampling order
+    and up to a pixel of window rounding. It is extracted like the other shifts, so the whole
+    shift curve comes from one pipeline and v = 0 is its exact baseline.
     Under the ``native`` protocol (each model's own crop_pct/interpolation) nothing is standard.
     """
     _check_paradigm(paradigm)
     if kind not in STANDARD_VALUES:
         raise ValueError(f"unknown variant kind {kind!r}")
-    return protocol == "paper" and float(value) == float(STANDARD_VALUES[kind])
+    return protocol == "paper" and kind != "shift" and float(value) == float(STANDARD_VALUES[kind])
 
 
 # --- transforms -------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from beyond_imagenet.invariance import STANDARD_VALUES
 from beyond_imagenet.metrics.invariance import invariance_metrics
 from beyond_imagenet.variants import Variant
 
@@ -57,12 +58,14 @@ def invariance_rows(outputs: Mapping[Variant, Mapping[str, Any]], subset: Sequen
         for metric in ("top1", "true_class_prob"):
             rows.append({**head, "metric": metric, "value": scores[metric]})
         rows.append({**head, "metric": "n_images", "value": len(ids)})
-        per_kind.setdefault(variant.kind, []).append((scores["top1"], is_standard))
+        baseline = float(variant.value) == float(STANDARD_VALUES[variant.kind])
+        per_kind.setdefault(variant.kind, []).append((scores["top1"], baseline))
     for kind, scored in per_kind.items():
-        # retained_top1: mean top-1 of the non-standard levels over the standard top-1 (NaN
-        # without a standard level in the list, or when the standard top-1 is 0).
-        standard = [top1 for top1, is_std in scored if is_std]
-        others = [top1 for top1, is_std in scored if not is_std]
+        # retained_top1: mean top-1 of the other levels over the baseline level's top-1 (scale 1,
+        # shift 0, resolution 224; reused from the standard extraction or, for shift 0, extracted).
+        # NaN without a baseline level in the list, or when its top-1 is 0.
+        standard = [top1 for top1, is_base in scored if is_base]
+        others = [top1 for top1, is_base in scored if not is_base]
         retained = float(np.mean(others) / standard[0]) if standard and standard[0] > 0 and others else float("nan")
         head = {**base, "transform": kind, "level": "", "variant": f"{kind}-summary", "standard": ""}
         rows.append({**head, "metric": "mean_top1", "value": float(np.mean([t for t, _ in scored]))})

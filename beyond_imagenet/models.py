@@ -178,7 +178,7 @@ class TimmSource:
         return timm.is_model(arch)
 
     @staticmethod
-    def build(spec: ModelSpec, protocol: str, image_size: int | None = None, presized: bool = False,
+    def build(spec: ModelSpec, protocol: str, image_size: int | None = None, input_transform: str = "protocol",
               **_: Any) -> LoadedModel:
         import timm
         from timm.data import create_transform, resolve_model_data_config
@@ -212,17 +212,30 @@ class TimmSource:
                           mean=IMAGENET_MEAN, std=IMAGENET_STD, crop_mode="center")
         else:
             params = resolve_model_data_config(model)
-        if presized:
-            # Sets already at the input size (ImageNet-C, cue-conflict: 224 px): normalise only, since
-            # Resize(256) + CenterCrop(224) would crop away their borders (spec pitfalls 2).
-            from torchvision import transforms
-
-            transform = transforms.Compose([transforms.ToTensor(),
-                                            transforms.Normalize(mean=params["mean"], std=params["std"])])
-            params = {**params, "presized": True}
-        else:
+        if input_transform == "protocol":
             transform = create_transform(**params, is_training=False)
+        else:
+            transform = _dataset_transform(input_transform, params["mean"], params["std"])
+            params = {**params, "input_transform": input_transform}
         return LoadedModel(spec, _TimmNet(model), transform, _transform_record(transform, protocol=protocol, **params))
+
+
+#: Per-dataset transforms for supervised models that replace the protocol's resize and crop
+#: (``Study.input_transform``); CLIP models always keep their own transform.
+INPUT_TRANSFORMS = ("protocol", "normalize_only", "center_crop_256_resize_224")
+
+
+def _dataset_transform(name: str, mean, std) -> Callable:
+    """``normalize_only``: sets already at the input size (ImageNet-C, cue-conflict: 224 px), which
+    Resize(256) + CenterCrop(224) would crop (spec pitfalls 2). ``center_crop_256_resize_224``: the
+    paper code's PUG-ImageNet transform (spec §3), CenterCrop(256) -> Resize((224, 224)) bilinear."""
+    from torchvision import transforms as T
+
+    if name not in INPUT_TRANSFORMS[1:]:
+        raise ModelError(f"unknown input transform {name!r}; known: {INPUT_TRANSFORMS}")
+    geometry = [] if name == "normalize_only" else [
+        T.CenterCrop(256), T.Resize((224, 224), interpolation=T.InterpolationMode.BILINEAR)]
+    return T.Compose([*geometry, T.ToTensor(), T.Normalize(mean=mean, std=std)])
 
 
 # ------------------------------------------------------------------------------------ open_clip
@@ -309,6 +322,17 @@ class OpenClipSource:
         return arch.startswith(("hf-hub:", "local-dir:")) or arch in OpenClipSource.architectures()
 
     @staticmethod
+    def image_size(arch: str) -> int | None:
+        """The input size the architecture's config builds (None if only known online)."""
+        import open_clip
+
+        _register_bundled_open_clip_configs()
+        size = (open_clip.get_model_config(arch) or {}).get("vision_cfg", {}).get("image_size")
+        if isinstance(size, (list, tuple)):
+            return int(size[0]) if len(set(size)) == 1 else None
+        return int(size) if size else None
+
+    @staticmethod
     def build(spec: ModelSpec, protocol: str, head: torch.Tensor | None = None,
               logit_scale: float = 100.0, image_size: int | None = None, **_: Any) -> LoadedModel:
         if head is None:
@@ -354,12 +378,14 @@ def unknown_architecture_message(source: str, arch: str) -> str | None:
 
 
 def build_model(spec: ModelSpec, protocol: str = "paper", head: torch.Tensor | None = None,
-                logit_scale: float = 100.0, image_size: int | None = None, presized: bool = False) -> LoadedModel:
+                logit_scale: float = 100.0, image_size: int | None = None,
+                input_transform: str = "protocol") -> LoadedModel:
     """``image_size``: build for another input resolution (invariance variants, spec §8).
-    ``presized``: the images are already at the input size; supervised models then only normalise
-    (CLIP models keep their own transform, whose resize and crop are no-ops at 224 px)."""
+    ``input_transform``: one of ``INPUT_TRANSFORMS``; other than ``protocol``, supervised models
+    take the dataset's own resize/crop (CLIP models keep their own transform, whose resize and crop
+    are no-ops on 224-px sets)."""
     loaded = SOURCES[spec.source].build(spec, protocol, head=head, logit_scale=logit_scale, image_size=image_size,
-                                        presized=presized)
+                                        input_transform=input_transform)
     log.info("built %s (%s %s, %s)", spec.name, spec.source, spec.arch, spec.weights_tag)
     return loaded
 

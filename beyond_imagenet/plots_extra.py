@@ -118,12 +118,21 @@ def plot_cka(matrices: Sequence[Any], kind: str, labels: Mapping[str, str], data
 
 
 # ------------------------------------------------------------------------------------- profile
+def _direction(value) -> bool | None:
+    """higher_is_better as read back from CSV: True, False, or None for an empty cell."""
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return None
+    if isinstance(value, str):
+        return {"true": True, "false": False}.get(value.strip().lower())
+    return bool(value)
+
+
 def plot_profile(profile: pd.DataFrame, paths: Sequence, title: str = "Model profile") -> None:
     """Every model (rows) across every evaluation headline (columns) on one page.
 
     Cell colour: how good the model is on that headline relative to the others (green = best,
-    red = worst; grey = no spread or missing); cell text: the value. Column names carry ↑ / ↓
-    for higher / lower is better.
+    red = worst; grey = no spread, missing, or no better direction); cell text: the value.
+    Column names carry ↑ / ↓ for higher / lower is better.
     """
     import textwrap
 
@@ -149,7 +158,8 @@ def plot_profile(profile: pd.DataFrame, paths: Sequence, title: str = "Model pro
             text = "–" if pd.isna(v) else f"{v:.3g}"
             ax.text(j, i, text, ha="center", va="center", fontsize=7)
     ax.set_xticks(range(len(headlines)))
-    ax.set_xticklabels([textwrap.fill(f"{h} {'↑' if better[h] else '↓'}", 18) for h in headlines],
+    arrows = {True: " ↑", False: " ↓"}
+    ax.set_xticklabels([textwrap.fill(f"{h}{arrows.get(_direction(better[h]), '')}", 18) for h in headlines],
                        fontsize=6.5, rotation=0)
     ax.xaxis.tick_top()
     ax.set_yticks(range(len(models)))

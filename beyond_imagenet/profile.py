@@ -31,12 +31,13 @@ class Headline:
     an empty cell. ``by``: grouping columns giving one headline each (e.g. the dataset); those the
     table lacks are ignored. ``name``: display name, formatted with the ``by`` values.
     ``scale``: factor for display (1 = as stored). After selection each model must have exactly
-    one row per ``by`` group.
+    one row per ``by`` group. ``higher_is_better`` None: a property with no better direction
+    (e.g. how alike a model's layers are), shown but neither ranked nor coloured.
     """
 
     table: str
     select: Mapping[str, str | tuple[str, ...]]
-    higher_is_better: bool
+    higher_is_better: bool | None
     name: str
     by: tuple[str, ...] = ("dataset",)
     scale: float = 1.0
@@ -56,16 +57,20 @@ HEADLINES: dict[str, tuple[Headline, ...]] = {
                      scale=100),),
     "transfer": (Headline("transfer", {"task": "mean", "group": "all", "metric": "test_top1"}, True,
                           "VTAB linear probe mean top-1 % ({dataset})", scale=100),),
-    "invariance": (Headline("invariance", {"metric": "mean_top1"}, True,
-                            "{transform} invariance: mean top-1 % ({dataset})", by=("dataset", "transform"),
+    # Top-1 kept under the transform: mean over the non-baseline levels / the baseline's top-1.
+    "invariance": (Headline("invariance", {"metric": "retained_top1"}, True,
+                            "{transform}: % of top-1 retained ({dataset})", by=("dataset", "transform"),
                             scale=100),),
+    "cka": (Headline("cka", {"metric": "mean_layer_similarity", "kind": "within"}, None,
+                     "mean layer-to-layer CKA ({dataset})"),),
 }
 
 
 def profile_tables(evaluations: Sequence[str]) -> dict[str, str]:
     """Metric tables the profile reads for a study's evaluations: evaluation -> table name.
 
-    Evaluations without a registered headline (e.g. CKA, a matrix rather than a number) are left out.
+    Evaluations without a registered headline are left out (CKA's is read from ``cka.csv``, the
+    tidy summary of its matrices).
     """
     out = {}
     for evaluation in evaluations:
@@ -138,7 +143,12 @@ def build_profile(tables: Mapping[str, pd.DataFrame], models: Sequence[str] | No
     ranks, scores = [], []
     for _, group in frame.groupby("headline", sort=False):
         values = group["value"].astype(float)
-        signed = values if group["higher_is_better"].iloc[0] else -values
+        direction = group["higher_is_better"].iloc[0]
+        if direction is None or pd.isna(direction):
+            ranks.append(values * np.nan)
+            scores.append(values * np.nan)
+            continue
+        signed = values if direction else -values
         ranks.append(signed.rank(ascending=False, method="min"))
         low, high = signed.min(), signed.max()
         scores.append((signed - low) / (high - low) if high > low else signed * np.nan)

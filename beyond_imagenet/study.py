@@ -139,6 +139,15 @@ def validate_config(config: dict[str, Any], schema_path: str | os.PathLike = SCH
         unknown = unknown_architecture_message(entry["source"], entry["name"])
         if unknown:
             problems.append(f"  models.{name}.name: {unknown}")
+        if "invariance" in config["evaluations"] and entry["source"] == "open_clip" and not unknown:
+            from beyond_imagenet.models import OpenClipSource
+
+            size = OpenClipSource.image_size(entry["name"])
+            if size not in (None, 224):
+                problems.append(
+                    f"  models.{name}.name: {entry['name']} is built at {size} px; the invariance variants "
+                    "(spec section 8) are defined for 224-px CLIP models (leave it out of the invariance study)"
+                )
         if entry.get("checkpoint") and not Path(entry["checkpoint"]).is_file():
             problems.append(f"  models.{name}.checkpoint: file {entry['checkpoint']} does not exist")
     if problems:
@@ -242,14 +251,17 @@ class Study:
 
         return [v.name for v in study_variants(self.evaluations.get("invariance", {}))]
 
-    def is_standard_variant(self, model: str, variant: str) -> bool:
+    def is_standard_variant(self, model: str, variant: str, dataset: str) -> bool:
+        """Whether the variant's transform is the one the standard extraction of ``dataset`` used
+        (not for sets whose supervised transform is their own, e.g. ImageNet-C's normalise-only)."""
         from beyond_imagenet.variants import Variant
 
-        return Variant.parse(variant).is_standard(self.models[model].paradigm, self.config["preprocessing"])
+        return (Variant.parse(variant).is_standard(self.models[model].paradigm, self.config["preprocessing"])
+                and self.input_transform(dataset) == "protocol")
 
     def variant_output(self, model: str, dataset: str, variant: str) -> str:
         """Where a variant's outputs are read from: the standard extraction if it is the standard one."""
-        if self.is_standard_variant(model, variant):
+        if self.is_standard_variant(model, variant, dataset):
             return self.output(model, dataset)
         return self.output(model, dataset, variant)
 
@@ -283,18 +295,24 @@ class Study:
         """What an output file must record to be reused for (model, dataset, variant)."""
         spec = self.datasets[dataset]
         return {**self.model_identity(model), "dataset": dataset, "dataset_kind": spec.kind,
-                "class_space": spec.class_space, "variant": variant or "", "presized": self.presized(dataset),
+                "class_space": spec.class_space, "variant": variant or "",
+                "input_transform": self.input_transform(dataset),
                 "manifest_fingerprint": manifest["fingerprint"], "n_manifest": manifest["n_images"]}
 
-    def presized(self, dataset: str) -> bool:
-        """Whether supervised models take this set's images as they are (normalise only).
+    def input_transform(self, dataset: str) -> str:
+        """How supervised models resize and crop this set's images (``models.INPUT_TRANSFORMS``).
 
-        True for kinds the catalogue marks ``presized`` (ImageNet-C, cue-conflict: 224 px already),
-        unless the robustness evaluation re-crops them for parity with the paper's code
-        (``imagenet_c_recrop``)."""
+        ``normalize_only`` for kinds the catalogue marks ``presized`` (ImageNet-C, cue-conflict:
+        224 px already), unless the robustness evaluation re-crops them for parity with the paper's
+        code (``imagenet_c_recrop``); ``center_crop_256_resize_224`` for the PUG sets when
+        ``evaluations.pug.transform`` is ``paper``; else ``protocol`` (the study's preprocessing)."""
         from beyond_imagenet.datasets import load_catalog
 
-        if not load_catalog()[self.datasets[dataset].kind].get("presized", False):
-            return False
         robustness = self.evaluations.get("robustness", {})
-        return not (robustness.get("imagenet_c_recrop", False) and dataset in robustness.get("datasets", []))
+        pug = self.evaluations.get("pug", {})
+        if load_catalog()[self.datasets[dataset].kind].get("presized", False):
+            recrop = robustness.get("imagenet_c_recrop", False) and dataset in robustness.get("datasets", [])
+            return "protocol" if recrop else "normalize_only"
+        if pug.get("transform") == "paper" and dataset in pug.get("datasets", []):
+            return "center_crop_256_resize_224"
+        return "protocol"

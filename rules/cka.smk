@@ -21,6 +21,20 @@ rule compute_cka:
         "../scripts/compute_cka.py"
 
 
+rule compute_cka_summary:
+    input:
+        [f"{RESULTS}/metrics/cka_{d}.h5" for d in STUDY.evaluation_datasets("cka")],
+    output:
+        report(f"{RESULTS}/metrics/cka.csv", category="Representation similarity",
+               caption="../report/cka_summary.rst"),
+    log:
+        f"{RESULTS}/logs/compute_cka_summary.log",
+    conda:
+        "../envs/analysis.yaml"
+    script:
+        "../scripts/compute_cka_summary.py"
+
+
 rule plot_cka:
     input:
         f"{RESULTS}/metrics/cka_{{dataset}}.h5",
@@ -40,6 +54,7 @@ rule plot_cka:
 
 if "cka" in STUDY.evaluations:
     register_targets(
+        STUDY.metric("cka"),
         *(f"{RESULTS}/metrics/cka_{d}.h5" for d in STUDY.evaluation_datasets("cka")),
         *(
             STUDY.figure(f"cka_{kind}_{d}", ext)

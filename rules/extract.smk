@@ -25,7 +25,7 @@ rule extract_outputs:
     params:
         model=model_params,
         preprocessing=config["preprocessing"],
-        presized=lambda w: STUDY.presized(w.dataset),
+        input_transform=lambda w: STUDY.input_transform(w.dataset),
         features_dtype=config["extraction"]["features_dtype"],
         on_bad_image=config["extraction"]["on_bad_image"],
     log:

@@ -10,7 +10,7 @@ rule compute_profile:
     input:
         **{evaluation: STUDY.metric(table) for evaluation, table in PROFILE_TABLES.items()},
     output:
-        f"{RESULTS}/metrics/profile.csv",
+        report(f"{RESULTS}/metrics/profile.csv", category="Model profile", caption="../report/profile_table.rst"),
     log:
         f"{RESULTS}/logs/compute_profile.log",
     conda:

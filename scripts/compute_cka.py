@@ -4,13 +4,12 @@ import logging
 
 import torch
 
-from beyond_imagenet.cka import (IMAGE_TOWERS, HookedModel, SameImages, batch_plan, cka_pass, iterate_batches,
+from beyond_imagenet.cka import (IMAGE_TOWERS, HookedModel, SameImages, cka_pass, cka_sample, iterate_batches,
                                  select_layers, write_cka)
 from beyond_imagenet.datasets.manifest import load_manifest
 from beyond_imagenet.devices import lease_device
 from beyond_imagenet.heads import read_head
 from beyond_imagenet.models import build_model
-from beyond_imagenet.variants import spread_subset
 from beyond_imagenet.workflow import setup
 
 study = setup(snakemake)
@@ -18,12 +17,11 @@ dataset = snakemake.wildcards.dataset
 section = study.evaluations["cka"]
 settings = study.config["extraction"]
 manifest = load_manifest(snakemake.input.manifest)
-samples = spread_subset(manifest["samples"], section["n_images"])
-n_batches, dropped = batch_plan(len(samples), section["batch_size"])
+samples, dropped = cka_sample(manifest["samples"], section["n_images"], section["batch_size"], section["seed"])
+n_batches = len(samples) // section["batch_size"]
 if dropped:
-    logging.warning("CKA on %s: the last %d of %d images do not fill a batch of %d and are dropped",
-                    dataset, dropped, len(samples), section["batch_size"])
-samples = samples[: n_batches * section["batch_size"]]
+    logging.warning("CKA on %s: %d of the %d drawn images do not fill a batch of %d and are dropped",
+                    dataset, dropped, len(samples) + dropped, section["batch_size"])
 pairs = study.cka_pairs()
 used = list(dict.fromkeys(m for pair in pairs for m in pair))
 
@@ -45,6 +43,7 @@ with lease_device(settings["device"], settings["lock_dir"] or None) as device:
     results = cka_pass(models, iterate_batches(loader), pairs, device)
 attrs = {"dataset": dataset, "manifest_fingerprint": manifest["fingerprint"], "n_images": len(samples),
          "n_dropped": dropped, "batch_size": section["batch_size"], "n_batches": n_batches,
+         "sample_seed": section["seed"], "sample_order": "seeded random draw (cka_sample)",
          "layers": section["layers"], "hsic": "unbiased, averaged over minibatches", "models": identities,
          "versions": study.versions()}
 write_cka(snakemake.output[0], results, {m: h.layer_names for m, h in models.items()}, attrs)

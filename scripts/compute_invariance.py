@@ -17,7 +17,7 @@ for dataset in study.evaluation_datasets("invariance"):
     for model in study.models:
         outputs = {}
         for name in study.invariance_variants():
-            if study.is_standard_variant(model, name):
+            if study.is_standard_variant(model, name, dataset):
                 out = read_outputs(study.output(model, dataset), study.expected_attrs(model, dataset, manifest))
             else:
                 out = read_outputs(study.output(model, dataset, name), study.variant_attrs(model, dataset, manifest, name))

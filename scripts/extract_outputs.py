@@ -12,7 +12,7 @@ manifest = load_manifest(snakemake.input.manifest)
 attrs = study.expected_attrs(model, dataset, manifest)
 head = read_head(snakemake.input.head, study.model_identity(model)) if snakemake.input.get("head") else None
 loaded = build_model(study.models[model], study.config["preprocessing"], head=head,
-                     logit_scale=study.config["zero_shot"]["logit_scale"], presized=attrs["presized"])
+                     logit_scale=study.config["zero_shot"]["logit_scale"], input_transform=attrs["input_transform"])
 attrs.update(preprocessing=loaded.preprocessing, versions=study.versions())
 with lease_device(settings["device"], settings["lock_dir"] or None) as device:
     extract(loaded.network, loaded.transform, manifest["root"], manifest["samples"], snakemake.output[0], attrs,

@@ -11,7 +11,7 @@ from beyond_imagenet.workflow import setup
 
 study = setup(snakemake)
 model, dataset, name = snakemake.wildcards.model, snakemake.wildcards.dataset, snakemake.wildcards.variant
-if study.is_standard_variant(model, name):
+if study.is_standard_variant(model, name, dataset):
     raise RuntimeError(f"{name} is the standard evaluation for {model}; read {study.output(model, dataset)} instead")
 settings = study.config["extraction"]
 manifest = load_manifest(snakemake.input.manifest)

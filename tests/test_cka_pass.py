@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from beyond_imagenet.cka import (IMAGE_TOWERS, GramRecorder, HookedModel, LayerSelectionError, batch_plan, cka_pass,
-                                 model_pairs, read_cka, select_layers, write_cka)
+                                 cka_sample, model_pairs, read_cka, select_layers, write_cka)
 from beyond_imagenet.metrics.similarity import MinibatchCKA, linear_cka
 from beyond_imagenet.models import ModelSpec, build_model
 from conftest import default_config
@@ -154,6 +154,46 @@ def test_model_pairs():
     assert len(model_pairs(models, "both")) == 8
 
 
+def test_cka_sample_is_a_seeded_random_draw_in_whole_batches():
+    samples = [(f"c{k // 20:02d}/img{k}", k // 20) for k in range(200)]  # sorted by class, as manifests
+    drawn, dropped = cka_sample(samples, 70, 16)
+    assert (len(drawn), dropped) == (64, 6)
+    assert len(set(drawn)) == 64 and set(drawn) <= set(samples)
+    assert drawn == cka_sample(samples, 70, 16)[0]  # deterministic under its seed
+    assert drawn != cka_sample(samples, 70, 16, seed=1)[0]
+    # Each batch mixes classes (sequential batches of this list would hold one or two classes).
+    assert all(len({label for _, label in drawn[i:i + 16]}) >= 5 for i in range(0, 64, 16))
+    everything, _ = cka_sample(samples, 10_000, 8)
+    assert len(everything) == len(samples) and set(everything) == set(samples)
+
+
+def test_minibatch_cka_needs_random_batches_on_class_sorted_data():
+    """Why cka_sample shuffles: on data sorted by class, sequential minibatches estimate CKA within
+    blocks of related classes, far from the full-batch value; random batches land near it."""
+    g = torch.Generator().manual_seed(0)
+    n_classes, per = 1000, 2
+    n = n_classes * per
+    cls = torch.arange(n_classes).repeat_interleave(per)
+    # Neighbouring classes are related (as neighbouring wnids are): 20 super-classes of 50.
+    means = torch.randn(20, 64, generator=g).repeat_interleave(50, 0) + 0.5 * torch.randn(n_classes, 64, generator=g)
+    z = means[cls] + 0.7 * torch.randn(n, 64, generator=g)
+    x = (z @ torch.randn(64, 128, generator=g) + 0.5 * torch.randn(n, 128, generator=g)).double()
+    y = (torch.tanh(z @ torch.randn(64, 96, generator=g)) + 0.5 * torch.randn(n, 96, generator=g)).double()
+    full = linear_cka(x, y)
+    samples = list(range(n))
+
+    def minibatch(order, batch=64):
+        acc = MinibatchCKA()
+        for i in range(0, len(order) - batch + 1, batch):
+            idx = torch.as_tensor(order[i:i + batch])
+            acc.update([x[idx]], [y[idx]])
+        return float(acc.compute()[0, 0])
+
+    shuffled, _ = cka_sample(samples, n, 64)
+    assert abs(minibatch(shuffled) - full) < 0.03
+    assert abs(minibatch(samples) - full) > 0.08
+
+
 def test_batch_plan_drops_the_incomplete_batch():
     assert batch_plan(70, 32) == (2, 6)
     assert batch_plan(64, 16) == (4, 0)
@@ -218,3 +258,18 @@ def test_memory_does_not_grow_with_the_number_of_images(tmp_path):
     *_, leaky_small = _peak_mb(tmp_path, 64, leak=True)
     *_, leaky_large = _peak_mb(tmp_path, 512, leak=True)
     assert leaky_large - leaky_small > 150, "the probe cannot see stored activations; the check above means nothing"
+
+
+def test_cka_summary_rows_by_hand():
+    from beyond_imagenet.cka import CkaMatrix, cka_summary_rows
+
+    columns = {"a": {"model": "a", "label": "A"}, "b": {"model": "b", "label": "B"}}
+    within = CkaMatrix("a", "a", "within", ["l0", "l1", "l2"], ["l0", "l1", "l2"],
+                       np.array([[1.0, 0.8, 0.2], [0.8, 1.0, 0.5], [0.2, 0.5, 1.0]]))
+    cross = CkaMatrix("a", "b", "cross", ["l0", "l1"], ["m0", "m1"], np.array([[0.9, 0.1], [0.3, 0.7]]))
+    rows = cka_summary_rows([within, cross], columns, "val")
+    got = {(r["model"], r["partner"], r["metric"]): r["value"] for r in rows}
+    assert got == {("a", "a", "mean_layer_similarity"): pytest.approx((0.8 + 0.2 + 0.5) * 2 / 6),
+                   ("a", "a", "first_last"): 0.2,
+                   ("a", "b", "last_layer"): 0.7, ("b", "a", "last_layer"): 0.7}
+    assert {r["dataset"] for r in rows} == {"val"} and rows[-1]["partner_label"] == "A"

@@ -379,23 +379,56 @@ def test_presized_sets_are_only_normalised_for_supervised_models():
 
     spec = ModelSpec.from_config("m", {"source": "timm", "name": "vit_tiny_patch16_224", "pretrained": False})
     image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (224, 224, 3), dtype=np.uint8))
-    presized = build_model(spec, "paper", presized=True)
+    presized = build_model(spec, "paper", input_transform="normalize_only")
     x = presized.transform(image)
     expected = (np.asarray(image, dtype=np.float32).transpose(2, 0, 1) / 255 - np.reshape(IMAGENET_MEAN, (3, 1, 1))) \
         / np.reshape(IMAGENET_STD, (3, 1, 1))
     np.testing.assert_allclose(x.numpy(), expected, rtol=1e-5, atol=1e-5)
-    assert presized.preprocessing["presized"] is True
+    assert presized.preprocessing["input_transform"] == "normalize_only"
     recropped = build_model(spec, "paper").transform(image)  # Resize(256) + CenterCrop(224): different pixels
     assert recropped.shape == x.shape and not np.allclose(recropped.numpy(), x.numpy())
 
     config = load_config(Path(__file__).resolve().parents[1] / "config.yaml")
     study = Study(config)
-    assert study.presized("imagenet_c") and study.presized("cue_conflict") and not study.presized("imagenet_val")
+    assert [study.input_transform(d) for d in ("imagenet_c", "cue_conflict", "imagenet_val", "pug_imagenet")] \
+        == ["normalize_only", "normalize_only", "protocol", "protocol"]
     manifest = {"fingerprint": "f", "n_images": 1}
-    assert study.expected_attrs("vit_sup", "imagenet_c", manifest)["presized"] is True
-    assert study.expected_attrs("vit_sup", "imagenet_val", manifest)["presized"] is False
+    assert study.expected_attrs("vit_sup", "imagenet_c", manifest)["input_transform"] == "normalize_only"
+    assert study.expected_attrs("vit_sup", "imagenet_val", manifest)["input_transform"] == "protocol"
     config["evaluations"]["robustness"]["imagenet_c_recrop"] = True  # parity with the paper's code
-    assert not Study(config).presized("imagenet_c") and Study(config).presized("cue_conflict")
+    recrop = Study(config)
+    assert recrop.input_transform("imagenet_c") == "protocol"
+    assert recrop.input_transform("cue_conflict") == "normalize_only"
+
+
+def test_pug_paper_transform_center_crops_256_then_resizes_for_supervised_models():
+    """Spec §3: the paper code's PUG transform, CenterCrop(256) -> Resize((224, 224)), on request."""
+    from beyond_imagenet.models import ModelSpec, build_model
+    from beyond_imagenet.study import Study, load_config
+
+    spec = ModelSpec.from_config("m", {"source": "timm", "name": "vit_tiny_patch16_224", "pretrained": False})
+    # A 512-px PUG-like image: a white 256-px centre square on black. The paper transform keeps just
+    # that square (all white after the resize); the protocol's Resize(256) -> CenterCrop(224) keeps
+    # the black border around it.
+    pixels = np.zeros((512, 512, 3), dtype=np.uint8)
+    pixels[128:384, 128:384] = 255
+    image = Image.fromarray(pixels)
+    paper = build_model(spec, "paper", input_transform="center_crop_256_resize_224")
+    x = paper.transform(image)
+    assert tuple(x.shape) == (3, 224, 224)
+    white = (1 - np.reshape((0.485, 0.456, 0.406), (3, 1, 1))) / np.reshape((0.229, 0.224, 0.225), (3, 1, 1))
+    np.testing.assert_allclose(x.numpy(), np.broadcast_to(white, (3, 224, 224)), rtol=1e-5, atol=1e-5)
+    protocol = build_model(spec, "paper").transform(image)
+    assert protocol.numpy().min() < -1.5  # black border in view
+
+    config = load_config(Path(__file__).resolve().parents[1] / "config.yaml")
+    assert Study(config).input_transform("pug_imagenet") == "protocol"
+    config["evaluations"]["pug"]["transform"] = "paper"
+    study = Study(config)
+    assert study.input_transform("pug_imagenet") == "center_crop_256_resize_224"
+    assert study.input_transform("imagenet_val") == "protocol"
+    assert load_config(Path(__file__).resolve().parents[1] / "studies" / "paper.yaml")["evaluations"]["pug"][
+        "transform"] == "paper"
 
 
 # ------------------------------------------------------------------------------------ figures

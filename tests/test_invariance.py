@@ -70,7 +70,8 @@ def test_parse_variant_rejects(bad: str) -> None:
 def test_is_standard() -> None:
     for paradigm in ("supervised", "clip"):
         standard = [(k, v) for k, vs in VARIANTS.items() for v in vs if is_standard(k, v, paradigm)]
-        assert standard == [("scale", 1), ("shift", 0), ("resolution", 224)]
+        # Shift 0 crops in original coordinates, then resizes: its own pipeline, extracted.
+        assert standard == [("scale", 1), ("resolution", 224)]
         assert not is_standard("scale", 1, paradigm, protocol="native")
     with pytest.raises(ValueError):
         is_standard("scale", 1, "selfsup")

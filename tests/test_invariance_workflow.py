@@ -60,13 +60,16 @@ def test_study_variants_and_standard_reuse():
     for model in study.models:
         for name in names:
             path = study.variant_output(model, "imagenet_val", name)
-            if name in ("scale-1", "shift-0", "res-224"):
+            if name in ("scale-1", "res-224"):
                 assert path == study.output(model, "imagenet_val")
             else:
                 assert path.endswith(f"imagenet_val@{name}.h5")
     native = copy.deepcopy(_config())
     native["preprocessing"] = "native"
-    assert not any(Study(native).is_standard_variant("vit_sup", n) for n in names)
+    assert not any(Study(native).is_standard_variant("vit_sup", n, "imagenet_val") for n in names)
+    # ImageNet-C's standard extraction is normalise-only for supervised models: no variant is it.
+    assert not study.is_standard_variant("vit_sup", "scale-1", "imagenet_c")
+    assert study.is_standard_variant("vit_sup", "scale-1", "imagenet_val")
 
 
 def _image(path, w=300, h=200):
@@ -117,6 +120,14 @@ def test_invariance_rows_cut_the_standard_outputs_to_the_variant_images():
     assert summary["mean_top1"] == pytest.approx(0.5)
     assert summary["retained_top1"] == pytest.approx(0.25)  # mean(0.5, 0) / 1.0
     assert table.loc[table["variant"] == "scale-1", "standard"].all()
+    # Shift 0 is extracted (not the standard file) and is still the baseline of the shift levels.
+    shift0 = _out(["a", "c"], eye[[0, 2]], [0, 2], "shift-0")
+    shift30 = _out(["a", "c"], eye[[0, 1]], [0, 2], "shift-30")
+    table = pd.DataFrame(invariance_rows({Variant("shift", 0): shift0, Variant("shift", 30): shift30}, ["a", "c"],
+                                         None, {"model": "m"}))
+    assert not table.loc[table["variant"] == "shift-0", "standard"].any()
+    summary = table[table["variant"] == "shift-summary"].set_index("metric")["value"]
+    assert summary["retained_top1"] == pytest.approx(0.5)  # 0.5 / 1.0
     with pytest.raises(ValueError, match="missing"):
         restrict(scale2, ["a", "b"])
 
@@ -143,7 +154,7 @@ def test_dry_run_has_no_job_for_standard_variants(tmp_path):
     config = default_config()
     config["evaluations"] = {"invariance": {"datasets": ["imagenet_val"]}}
     jobs = run_snakemake(write_config(tmp_path / "c.yaml", config), tmp_path, dryrun=True)
-    assert jobs["extract_variant_outputs"] == 4 * 12  # 15 variants, 3 of them the standard evaluation
+    assert jobs["extract_variant_outputs"] == 4 * 13  # 15 variants, scale 1 and res 224 the standard evaluation
     assert jobs["compute_invariance"] == 1 and jobs["plot_invariance"] == 2
 
 
@@ -152,8 +163,8 @@ def test_invariance_cka_profile_end_to_end(tmp_path):
     config = _tiny(default_config())
     run_snakemake(write_config(tmp_path / "tiny.yaml", config), tmp_path)
     results = tmp_path / "results"
-    # 2 models x 3 non-standard variants; the standard levels have no file of their own.
-    assert len(list((results / "outputs").glob("*/imagenet_val@*.h5"))) == 2 * 3
+    # 2 models x 4 non-standard variants (shift 0 included); scale 1 and res 224 have no file.
+    assert len(list((results / "outputs").glob("*/imagenet_val@*.h5"))) == 2 * 4
     table = pd.read_csv(results / "metrics" / "invariance.csv", keep_default_na=False, na_values=[""])
     assert set(table["variant"]) >= {"scale-1", "scale-2", "shift-0", "shift-30", "res-112", "res-224"}
     assert set(table.loc[table["metric"] == "n_images", "value"]) == {6}
@@ -163,6 +174,7 @@ def test_invariance_cka_profile_end_to_end(tmp_path):
         assert f.attrs["variant"] == "res-112" and f.attrs["n_images"] == 6 and f.attrs["max_images"] == 6
         assert "CenterCrop(size=(112, 112))" in f.attrs["preprocessing"]
     assert not (results / "outputs" / "vit_sup" / "imagenet_val@scale-1.h5").exists()
+    assert (results / "outputs" / "vit_sup" / "imagenet_val@shift-0.h5").exists()
     for name in ("invariance_top1_imagenet_val", "invariance_true_class_prob_imagenet_val", "cka_within_imagenet_val",
                  "cka_cross_imagenet_val", "profile"):
         for ext in ("png", "pdf"):
@@ -174,5 +186,10 @@ def test_invariance_cka_profile_end_to_end(tmp_path):
         assert f["vit_sup__convnet_clip"]["cka"].shape == (12, 4)
         assert f.attrs["n_images"] == 8 and f.attrs["n_batches"] == 2
     profile = pd.read_csv(results / "metrics" / "profile.csv")
-    assert set(profile["evaluation"]) == {"accuracy", "invariance"}
-    assert len(profile) == 2 * (1 + 3)
+    assert set(profile["evaluation"]) == {"accuracy", "invariance", "cka"}
+    assert len(profile) == 2 * (1 + 3 + 1)
+    summary = pd.read_csv(results / "metrics" / "cka.csv")
+    within = summary[(summary["kind"] == "within") & (summary["metric"] == "first_last")].set_index("model")
+    with h5py.File(results / "metrics" / "cka_imagenet_val.h5", "r") as f:
+        assert f.attrs["sample_seed"] == 0
+        assert within.loc["vit_sup", "value"] == pytest.approx(float(f["vit_sup__vit_sup"]["cka"][0, -1]))

@@ -54,9 +54,21 @@ def _tables(tmp_path) -> dict[str, pd.DataFrame]:
         "invariance": _rows({m: [row for k in ("scale", "shift") for row in (
                                  {"dataset": "imagenet_val", "transform": k, "level": "", "variant": f"{k}-summary",
                                   "metric": "mean_top1", "value": v},
+                                 {"dataset": "imagenet_val", "transform": k, "level": "", "variant": f"{k}-summary",
+                                  "metric": "retained_top1", "value": v + 0.2},
                                  {"dataset": "imagenet_val", "transform": k, "level": 2, "variant": f"{k}-2",
                                   "metric": "top1", "value": v})]
                              for m, v in (("cs", 0.7), ("vc", 0.5))}),
+        # cka.csv rows as cka_summary_rows writes them (a within pair per model, one cross pair).
+        "cka": [{**a, "dataset": "imagenet_val", "partner": b["model"], "partner_label": b["label"], "kind": kind,
+                 "metric": metric, "value": value}
+                for a, b, kind, metric, value in (
+                    (MODELS[0], MODELS[0], "within", "mean_layer_similarity", 0.6),
+                    (MODELS[0], MODELS[0], "within", "first_last", 0.2),
+                    (MODELS[1], MODELS[1], "within", "mean_layer_similarity", 0.8),
+                    (MODELS[1], MODELS[1], "within", "first_last", 0.4),
+                    (MODELS[0], MODELS[1], "cross", "last_layer", 0.5),
+                    (MODELS[1], MODELS[0], "cross", "last_layer", 0.5))],
     }
     out = {}
     for name, rows in tables.items():
@@ -77,8 +89,9 @@ def test_every_registered_evaluation_gives_its_headline(tmp_path):
     assert got[("shape_bias", "shape bias (cue_conflict)", "vc")] == pytest.approx(0.46)
     assert got[("pug", "PUG mean top-1 % (pug)", "cs")] == pytest.approx(32.0)
     assert got[("transfer", "VTAB linear probe mean top-1 % (vtab)", "vc")] == pytest.approx(74.0)
-    assert got[("invariance", "shift invariance: mean top-1 % (imagenet_val)", "cs")] == pytest.approx(70.0)
-    assert len(profile) == 2 * 9  # one row per model and headline (invariance: one per transform)
+    assert got[("invariance", "shift: % of top-1 retained (imagenet_val)", "cs")] == pytest.approx(90.0)
+    assert got[("cka", "mean layer-to-layer CKA (imagenet_val)", "vc")] == pytest.approx(0.8)
+    assert len(profile) == 2 * 10  # one row per model and headline (invariance: one per transform)
     ordered = build_profile(tables, models=["vc", "cs"])
     assert list(ordered["model"][:4]) == ["vc", "cs", "vc", "cs"]  # study order within each headline
     assert list(dict.fromkeys(ordered["headline"])) == list(dict.fromkeys(profile["headline"]))
@@ -92,11 +105,15 @@ def test_rank_and_score_follow_the_direction(tmp_path):
     assert profile.loc[("ECE (imagenet_val)", "cs"), "rank"] == 1 and profile.loc[("ECE (imagenet_val)", "cs"), "score"] == 1
     assert profile.loc[("ImageNet-X mean error ratio (imagenet_val)", "vc"), "rank"] == 1
     assert profile.loc[("ECE (imagenet_val)", "vc"), "score"] == 0
+    # No better direction (how alike a model's layers are): shown, neither ranked nor scored.
+    cka = profile.loc["mean layer-to-layer CKA (imagenet_val)"]
+    assert cka["rank"].isna().all() and cka["score"].isna().all()
 
 
 def test_only_the_studys_evaluations_and_ties():
-    assert profile_tables(["calibration", "cka", "invariance"]) == {"calibration": "calibration",
+    assert profile_tables(["calibration", "cka", "invariance"]) == {"calibration": "calibration", "cka": "cka",
                                                                     "invariance": "invariance"}
+    assert profile_tables(["calibration"]) == {"calibration": "calibration"}
     table = pd.DataFrame([{**m, "dataset": "d", "metric": "top1", "value": 0.5} for m in MODELS])
     profile = build_profile({"accuracy": table})
     assert list(profile["rank"]) == [1, 1] and profile["score"].isna().all()
