@@ -44,8 +44,9 @@ class BadImagesError(RuntimeError):
         lines = "\n".join(f"  {root}/{sid}: {reason}" for sid, reason in bad)
         super().__init__(
             f"{len(bad)} image(s) could not be read, nothing was written:\n{lines}\n"
-            "Replace or remove these files (then the dataset's manifest is rebuilt), or set "
-            "extraction.on_bad_image: skip to record them as skipped."
+            "Replace or remove these files and rerun (a manual dataset folder is listed again "
+            "automatically; for a folder the workflow generated or unpacked, add --forcerun "
+            "build_manifest), or set extraction.on_bad_image: skip to record them as skipped."
         )
 
 
@@ -187,6 +188,11 @@ def extract(
 ) -> Path:
     """Run ``network`` (returning ``(logits, features)``) over ``samples`` and write ``out_path``."""
     out_path = Path(out_path)
+    # How the numbers were computed is part of the file and of the checkpoint key: a job killed on
+    # a GPU (bf16 autocast) and resumed on the CPU (float32) starts over instead of mixing shards.
+    attrs = {**attrs, "batch_size": int(batch_size), "device_type": device.type,
+             "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+             "autocast": "bfloat16 (classifier in float32)" if device.type == "cuda" else "none"}
     ids = [sid for sid, _ in samples]
     labels = np.asarray([label for _, label in samples], dtype=np.int64)
     n = len(ids)

@@ -150,16 +150,46 @@ def _transform_record(transform: Callable, **params: Any) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------------------- timm
+def _fp32(device_type: str):
+    """Autocast off: the classifier runs in float32 even inside a bf16 forward pass, since bf16
+    logits (steps of 0.125 between 16 and 32) would shift softmax ratios and so the ECE."""
+    return torch.autocast(device_type, enabled=False)
+
+
 class _TimmNet(nn.Module):
     def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model
+        # timm's forward_head(pre_logits=True) is the classifier's input for its models; where a
+        # model's head does more than that (checked once here), its own forward_head gives logits.
+        self.classifier = model.get_classifier() if _classifier_takes_pre_logits(model) else None
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         tokens = self.model.forward_features(x)
         features = self.model.forward_head(tokens, pre_logits=True)
-        logits = self.model.forward_head(tokens)
+        if self.classifier is None:
+            return self.model.forward_head(tokens), features
+        with _fp32(x.device.type):
+            logits = self.classifier(features.float())
         return logits, features
+
+
+def _classifier_takes_pre_logits(model: nn.Module) -> bool:
+    classifier = model.get_classifier()
+    if not isinstance(classifier, nn.Linear):
+        return False
+    img_size = getattr(getattr(model, "patch_embed", None), "img_size", None)  # after a resolution change
+    size = img_size[-1] if img_size else getattr(model, "pretrained_cfg", {}).get("input_size", (3, 224, 224))[-1]
+    x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0))
+    try:
+        with torch.no_grad():
+            tokens = model.forward_features(x)
+            return torch.allclose(classifier(model.forward_head(tokens, pre_logits=True)),
+                                  model.forward_head(tokens), rtol=1e-4, atol=1e-5)
+    except Exception as err:  # an unusual model: keep its own forward_head
+        log.warning("cannot check the classifier of %s (%s); its logits follow the forward pass's precision",
+                    type(model).__name__, err)
+        return False
 
 
 class TimmSource:
@@ -257,7 +287,8 @@ class _ClipNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         features = self.model.encode_image(x)
-        logits = self.logit_scale * F.normalize(features.float(), dim=-1) @ self.head
+        with _fp32(x.device.type):
+            logits = self.logit_scale * F.normalize(features.float(), dim=-1) @ self.head
         return logits, features
 
 
@@ -394,12 +425,16 @@ def build_zero_shot_head(spec: ModelSpec, n_templates: int | str, device: torch.
     return SOURCES[spec.source].build_head(spec, n_templates, device)
 
 
-def weights_record(spec: ModelSpec) -> dict[str, Any]:
-    """Identity of the weights for cache keys; a checkpoint is keyed by its content."""
-    record = {"source": spec.source, "arch": spec.arch, "weights": spec.weights_tag}
-    if spec.checkpoint:
-        record["checkpoint_sha256"] = file_sha256(spec.checkpoint)
-    return record
+@functools.lru_cache(maxsize=64)
+def _checkpoint_sha256(path: str, size: int, mtime_ns: int) -> str:
+    return file_sha256(path)
+
+
+def checkpoint_sha256(path: str | Path) -> str:
+    """sha256 of a checkpoint file, hashed once per (path, size, mtime) in a process: the content,
+    not the name, keys the cache, so replacing the weights under the same name is noticed."""
+    stat = Path(path).stat()
+    return _checkpoint_sha256(str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
 
 
 def describe(spec: ModelSpec) -> str:

@@ -95,6 +95,9 @@ def validate_config(config: dict[str, Any], schema_path: str | os.PathLike = SCH
                 )
     resources = config.get("resources_dir", "resources")
     for name, entry in config["datasets"].items():
+        if entry.get("root") and entry.get("archive"):
+            problems.append(f"  datasets.{name}: give `root:` (a folder in the layout) or `archive:` (to be "
+                            "reorganised by the workflow), not both")
         try:
             spec = resolve_dataset(name, entry, resources)
             # A vtab entry also stands for one dataset per (task, split), named <name>-<task>-<split>.
@@ -224,7 +227,7 @@ class Study:
         from importlib.metadata import PackageNotFoundError, version
 
         out = {}
-        for package in ("torch", "timm", "open_clip_torch", "numpy", "h5py", "pillow"):
+        for package in ("torch", "torchvision", "timm", "open_clip_torch", "numpy", "h5py", "pillow"):
             try:
                 out[package] = version(package)
             except PackageNotFoundError:
@@ -236,12 +239,23 @@ class Study:
 
     # -------------------------------------------------------------------------- cache keys
     def model_identity(self, model: str) -> dict[str, Any]:
+        """What a model's outputs depend on: part of every cache key and recorded in every output."""
+        identity = {**self.head_identity(model), "protocol": self.config["preprocessing"]}
+        if self.models[model].needs_zero_shot_head:
+            identity["logit_scale"] = float(self.config["zero_shot"]["logit_scale"])
+        return identity
+
+    def head_identity(self, model: str) -> dict[str, Any]:
+        """What a zero-shot head depends on: the weights and the templates (not the protocol or the
+        logit scale, which act on the image side)."""
+        from beyond_imagenet.models import checkpoint_sha256
+
         spec = self.models[model]
-        identity = {"model": model, "model_source": spec.source, "model_arch": spec.arch,
-                    "weights": spec.weights_tag, "protocol": self.config["preprocessing"]}
+        identity = {"model": model, "model_source": spec.source, "model_arch": spec.arch, "weights": spec.weights_tag}
+        if spec.checkpoint:
+            identity["checkpoint_sha256"] = checkpoint_sha256(spec.checkpoint)
         if spec.needs_zero_shot_head:
-            zs = self.config["zero_shot"]
-            identity.update(zero_shot_templates=str(zs["templates"]), logit_scale=float(zs["logit_scale"]))
+            identity["zero_shot_templates"] = str(self.config["zero_shot"]["templates"])
         return identity
 
     # ------------------------------------------------------------ invariance (spec §8)

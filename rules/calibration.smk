@@ -8,6 +8,8 @@ rule compute_accuracy:
         manifests=manifests_for("accuracy"),
     output:
         f"{RESULTS}/metrics/accuracy.csv",
+    params:
+        models=MODEL_COLUMNS,
     log:
         f"{RESULTS}/logs/compute_accuracy.log",
     conda:
@@ -23,6 +25,7 @@ rule compute_calibration:
     output:
         f"{RESULTS}/metrics/calibration.csv",
     params:
+        models=MODEL_COLUMNS,
         n_bins=config["evaluations"].get("calibration", {}).get("n_bins", 15),
     log:
         f"{RESULTS}/logs/compute_calibration.log",

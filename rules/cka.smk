@@ -6,6 +6,7 @@ rule compute_cka:
     input:
         manifest=f"{RESULTS}/manifests/{{dataset}}.json",
         heads=[STUDY.head(m) for m, spec in STUDY.models.items() if spec.needs_zero_shot_head],
+        weights=[spec.checkpoint for spec in STUDY.models.values() if spec.checkpoint],
     output:
         f"{RESULTS}/metrics/cka_{{dataset}}.h5",
     params:
@@ -27,6 +28,8 @@ rule compute_cka_summary:
     output:
         report(f"{RESULTS}/metrics/cka.csv", category="Representation similarity",
                caption="../report/cka_summary.rst"),
+    params:
+        models=MODEL_COLUMNS,
     log:
         f"{RESULTS}/logs/compute_cka_summary.log",
     conda:

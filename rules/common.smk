@@ -30,6 +30,15 @@ def dataset_folder(wildcards):
     return []
 
 
+def manual_folder_signature(dataset, folder=None):
+    """For a manual folder (no workflow input tracks it), its listing digest: a changed folder
+    rebuilds the manifest. ``folder``: the part of it the manifest reads (a VTAB task)."""
+    from beyond_imagenet.datasets.manifest import folder_signature
+
+    spec = STUDY.datasets[dataset]
+    return folder_signature(folder or spec.root) if spec.source == "manual" and not spec.archive else ""
+
+
 def dataset_archive(wildcards):
     """The downloaded (or manual) files a dataset folder is unpacked from; several for e.g. ImageNet-C."""
     return [str(p) for p in STUDY.datasets[wildcards.dataset].archive_paths]
@@ -42,8 +51,29 @@ def head_input(wildcards):
 
 
 def model_params(wildcards):
-    """Everything that changes a model's outputs; a change reruns its extraction jobs."""
-    return STUDY.model_identity(wildcards.model) | {"entry": config["models"][wildcards.model]}
+    """Everything that changes a model's outputs (source, architecture, weights incl. a checkpoint's
+    sha256, protocol, zero-shot settings): a change reruns its extraction jobs, a new label does not."""
+    return STUDY.model_identity(wildcards.model)
+
+
+def head_params(wildcards):
+    return STUDY.head_identity(wildcards.model)
+
+
+def variant_model_params(wildcards):
+    """A variant's transform also depends on the paradigm (R = 256 supervised, 224 CLIP)."""
+    return model_params(wildcards) | {"paradigm": STUDY.models[wildcards.model].paradigm}
+
+
+def checkpoint_input(wildcards):
+    """A local checkpoint is an input of every job that loads the model: replacing it reruns them."""
+    path = STUDY.models[wildcards.model].checkpoint
+    return [path] if path else []
+
+
+# What every metric table carries per model (label, family, paradigm, paper_key) and its row
+# order: a params of each compute rule, so relabelling a model redraws tables and figures only.
+MODEL_COLUMNS = {m: STUDY.model_columns(m) for m in STUDY.models}
 
 
 def outputs_for(evaluation):

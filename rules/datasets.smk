@@ -47,6 +47,7 @@ rule build_manifest:
         f"{RESULTS}/manifests/{{dataset}}.json",
     params:
         entry=lambda w: config["datasets"][w.dataset],
+        listing=lambda w: manual_folder_signature(w.dataset),
     log:
         f"{RESULTS}/logs/build_manifest/{{dataset}}.log",
     conda:

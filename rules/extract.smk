@@ -2,10 +2,12 @@
 
 
 rule build_zero_shot_head:
+    input:
+        checkpoint_input,
     output:
         f"{RESULTS}/heads/{{model}}.h5",
     params:
-        model=model_params,
+        model=head_params,
     log:
         f"{RESULTS}/logs/build_zero_shot_head/{{model}}.log",
     conda:
@@ -20,6 +22,7 @@ rule extract_outputs:
     input:
         manifest=f"{RESULTS}/manifests/{{dataset}}.json",
         head=head_input,
+        weights=checkpoint_input,
     output:
         f"{RESULTS}/outputs/{{model}}/{{dataset}}.h5",
     params:
@@ -42,10 +45,11 @@ rule extract_variant_outputs:
     input:
         manifest=f"{RESULTS}/manifests/{{dataset}}.json",
         head=head_input,
+        weights=checkpoint_input,
     output:
         f"{RESULTS}/outputs/{{model}}/{{dataset}}@{{variant}}.h5",
     params:
-        model=model_params,
+        model=variant_model_params,
         preprocessing=config["preprocessing"],
         max_images=lambda w: config["evaluations"].get("invariance", {}).get("max_images"),
         features_dtype=config["extraction"]["features_dtype"],

@@ -8,6 +8,8 @@ rule compute_imagenet_x:
         manifests=manifests_for("imagenet_x"),
     output:
         f"{RESULTS}/metrics/imagenet_x.csv",
+    params:
+        models=MODEL_COLUMNS,
     log:
         f"{RESULTS}/logs/compute_imagenet_x.log",
     conda:

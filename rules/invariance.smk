@@ -10,6 +10,7 @@ rule compute_invariance:
     output:
         f"{RESULTS}/metrics/invariance.csv",
     params:
+        models=MODEL_COLUMNS,
         section=config["evaluations"].get("invariance", {}),
     log:
         f"{RESULTS}/logs/compute_invariance.log",

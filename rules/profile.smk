@@ -11,6 +11,8 @@ rule compute_profile:
         **{evaluation: STUDY.metric(table) for evaluation, table in PROFILE_TABLES.items()},
     output:
         report(f"{RESULTS}/metrics/profile.csv", category="Model profile", caption="../report/profile_table.rst"),
+    params:
+        models=MODEL_COLUMNS,
     log:
         f"{RESULTS}/logs/compute_profile.log",
     conda:

@@ -9,6 +9,7 @@ rule compute_pug:
     output:
         f"{RESULTS}/metrics/pug.csv",
     params:
+        models=MODEL_COLUMNS,
         settings=config["evaluations"].get("pug", {}),
     log:
         f"{RESULTS}/logs/compute_pug.log",

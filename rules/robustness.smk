@@ -9,6 +9,7 @@ rule compute_robustness:
     output:
         f"{RESULTS}/metrics/robustness.csv",
     params:
+        models=MODEL_COLUMNS,
         settings=config["evaluations"].get("robustness", {}),
     log:
         f"{RESULTS}/logs/compute_robustness.log",

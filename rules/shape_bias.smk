@@ -8,6 +8,8 @@ rule compute_shape_bias:
         manifests=manifests_for("shape_bias"),
     output:
         f"{RESULTS}/metrics/shape_bias.csv",
+    params:
+        models=MODEL_COLUMNS,
     log:
         f"{RESULTS}/logs/compute_shape_bias.log",
     conda:

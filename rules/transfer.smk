@@ -12,6 +12,7 @@ rule build_vtab_manifest:
         f"{RESULTS}/manifests/{{dataset}}.json",
     params:
         entry=vtab_split_params,
+        listing=lambda w: manual_folder_signature(VTAB_SPLITS[w.dataset].parent, VTAB_SPLITS[w.dataset].task_dir),
     log:
         f"{RESULTS}/logs/build_manifest/{{dataset}}.log",
     wildcard_constraints:
@@ -52,6 +53,8 @@ rule compute_transfer:
         transfer_probes(),
     output:
         f"{RESULTS}/metrics/transfer.csv",
+    params:
+        models=MODEL_COLUMNS,
     log:
         f"{RESULTS}/logs/compute_transfer.log",
     conda:

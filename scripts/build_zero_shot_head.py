@@ -11,5 +11,5 @@ settings = study.config["extraction"]
 templates = study.config["zero_shot"]["templates"]
 with lease_device(settings["device"], settings["lock_dir"] or None) as device:
     head = build_zero_shot_head(study.models[model], templates, device)
-write_head(snakemake.output[0], head, {**study.model_identity(model)})
+write_head(snakemake.output[0], head, study.head_identity(model))
 logging.getLogger("build_zero_shot_head").info("zero-shot head %s: %s", model, tuple(head.shape))

@@ -28,7 +28,7 @@ used = list(dict.fromkeys(m for pair in pairs for m in pair))
 models, transforms, identities = {}, {}, {}
 for name in used:
     spec = study.models[name]
-    head = read_head(study.head(name), study.model_identity(name)) if spec.needs_zero_shot_head else None
+    head = read_head(study.head(name), study.head_identity(name)) if spec.needs_zero_shot_head else None
     loaded = build_model(spec, study.config["preprocessing"], head=head, logit_scale=study.config["zero_shot"]["logit_scale"])
     layers = select_layers(IMAGE_TOWERS[spec.source](loaded.network), spec.family, section["layers"])
     logging.info("%s: %d layers (%s ... %s)", name, len(layers), layers[0][0], layers[-1][0])

@@ -10,7 +10,7 @@ model, dataset = snakemake.wildcards.model, snakemake.wildcards.dataset
 settings = study.config["extraction"]
 manifest = load_manifest(snakemake.input.manifest)
 attrs = study.expected_attrs(model, dataset, manifest)
-head = read_head(snakemake.input.head, study.model_identity(model)) if snakemake.input.get("head") else None
+head = read_head(snakemake.input.head, study.head_identity(model)) if snakemake.input.get("head") else None
 loaded = build_model(study.models[model], study.config["preprocessing"], head=head,
                      logit_scale=study.config["zero_shot"]["logit_scale"], input_transform=attrs["input_transform"])
 attrs.update(preprocessing=loaded.preprocessing, versions=study.versions())

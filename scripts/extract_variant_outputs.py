@@ -18,7 +18,7 @@ manifest = load_manifest(snakemake.input.manifest)
 samples = spread_subset(manifest["samples"], snakemake.params.max_images)
 logging.info("%s on %d of %d images of %s", name, len(samples), manifest["n_images"], dataset)
 attrs = study.variant_attrs(model, dataset, manifest, name)
-head = read_head(snakemake.input.head, study.model_identity(model)) if snakemake.input.get("head") else None
+head = read_head(snakemake.input.head, study.head_identity(model)) if snakemake.input.get("head") else None
 loaded = build_variant_model(study.models[model], Variant.parse(name), study.config["preprocessing"], head=head,
                              logit_scale=study.config["zero_shot"]["logit_scale"])
 attrs.update(preprocessing=loaded.preprocessing, versions=study.versions())

@@ -41,6 +41,8 @@ def test_default_and_paper_configs_are_valid_and_get_defaults():
         (lambda c: c["models"]["vit_clip"].update(checkpoint="/nonexistent.pt"), "models.vit_clip.checkpoint"),
         (lambda c: c["evaluations"]["accuracy"].update(datasets=["imagenet_r"]),
          "'imagenet_r' (imagenet_r, imagenet_r) cannot be used for accuracy"),
+        (lambda c: c["datasets"]["imagenet_val"].update(source="manual", root="/x", archive="/y.tar"),
+         "datasets.imagenet_val: give `root:`"),
         (lambda c: c["models"]["vit_clip"].update(name="ViT-L-14-336"),
          "models.vit_clip.name: ViT-L-14-336 is built at 336 px"),
         (lambda c: c["evaluations"]["imagenet_x"].update(datasets=["imagenet_v2"]),

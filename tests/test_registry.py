@@ -63,6 +63,34 @@ def test_checkpoint_loaded_with_weights_only(tmp_path):
     assert loaded.spec.weights_tag == "checkpoint:ckpt.pth"
 
 
+def test_replacing_a_checkpoint_under_the_same_name_makes_its_outputs_stale(tmp_path):
+    """The cache key of a checkpoint model is the file's content, not its name."""
+    import time
+
+    import yaml
+
+    from beyond_imagenet.extract import StaleOutputError, check_attrs
+    from beyond_imagenet.heads import write_head
+    from beyond_imagenet.study import Study, validate_config
+    from conftest import default_config
+
+    path = tmp_path / "finetuned.pth"
+    torch.save(build_model(spec(source="timm", name="convnext_atto", seed=1)).network.model.state_dict(), path)
+    config = default_config()
+    config["models"]["convnet_sup"]["checkpoint"] = str(path)
+    study = Study(validate_config(yaml.safe_load(yaml.safe_dump(config))))
+    before = study.model_identity("convnet_sup")
+    assert len(before["checkpoint_sha256"]) == 64
+    write_head(tmp_path / "old.h5", torch.zeros(1), before)  # any file recording the old identity
+    time.sleep(0.01)
+    torch.save(build_model(spec(source="timm", name="convnext_atto", seed=2)).network.model.state_dict(), path)
+    after = Study(validate_config(yaml.safe_load(yaml.safe_dump(config)))).model_identity("convnet_sup")
+    assert after["weights"] == before["weights"] == "checkpoint:finetuned.pth"
+    assert after["checkpoint_sha256"] != before["checkpoint_sha256"]
+    with pytest.raises(StaleOutputError, match="checkpoint_sha256"):
+        check_attrs(tmp_path / "old.h5", after)
+
+
 class Payload:
     def __reduce__(self):
         return (print, ("code ran",))
@@ -238,3 +266,19 @@ def test_paper_models_are_recognised_by_their_weights():
     assert key(source="open_clip", name="ViT-B-16", pretrained=False) is None
     # ... unless the study says so.
     assert key(source="timm", name="convnext_base", pretrained=False, paper_key="convnext_sup") == "convnext_sup"
+
+
+def test_imagenet_val_files_in_the_wrong_class_folder_are_named(tmp_path):
+    ds = resolve_dataset("val", {"kind": "imagenet_val", "source": "generate", "num_classes": 3,
+                                 "images_per_class": 2}, str(tmp_path))
+    generate(ds, ds.dataset_dir)
+    assert len(build_manifest(ds)["samples"]) == 6
+    first, second = sorted(p for p in ds.root.iterdir())[:2]
+    moved = sorted(first.iterdir())[0]
+    moved.rename(second / moved.name)  # a reorganisation that put a file in the wrong class
+    (second / "ILSVRC2012_val_99999999.JPEG").write_bytes(b"")
+    with pytest.raises(DatasetError) as err:
+        build_manifest(ds)
+    text = str(err.value)
+    assert f"{second.name}/{moved.name}: belongs in {first.name}/" in text
+    assert "ILSVRC2012_val_99999999.JPEG: not an ImageNet val file name" in text and "2 file(s)" in text

@@ -70,6 +70,16 @@ def test_changing_bins_reruns_only_calibration(default_study, tmp_path):
                          "plot_profile", "all"}
 
 
+def test_relabelling_a_model_redraws_tables_and_figures_only(default_study, tmp_path):
+    workdir, _ = default_study
+    config = default_config()
+    config["models"]["vit_sup"]["label"] = "my ViT"
+    jobs = run_snakemake(write_config(tmp_path / "label.yaml", config), workdir, dryrun=True)
+    assert "compute_calibration" in jobs and "plot_reliability" in jobs and "compute_profile" in jobs
+    assert not {"extract_outputs", "extract_variant_outputs", "build_zero_shot_head", "probe_transfer",
+                "compute_cka"} & set(jobs)
+
+
 def test_single_figure_target(default_study):
     workdir, _ = default_study
     target = "results/figures/reliability_imagenet_r.png"  # relative to the working directory
@@ -92,3 +102,35 @@ def test_report_contains_the_figures(default_study):
     names = zipfile.ZipFile(report).namelist()
     assert any(n.endswith("reliability_imagenet_val.png") for n in names)
     assert any(n.endswith("confidence_imagenet_r.png") for n in names)
+
+
+def test_a_changed_manual_folder_rebuilds_its_manifest(tiny_config, tmp_path):
+    """Snakemake tracks no input for a folder the user provides: its listing is a params value.
+    A manual cue-conflict folder (all 1,280 names, tiny images: the manifest only lists them)."""
+    import json
+    import time
+
+    from PIL import Image
+
+    from beyond_imagenet.metrics.shape_bias import CATEGORIES
+
+    root = tmp_path / "cue-conflict"
+    for k, shape in enumerate(CATEGORIES):
+        (root / shape).mkdir(parents=True)
+        for i in range(80):
+            texture = CATEGORIES[(k + i) % len(CATEGORIES)]
+            Image.new("RGB", (4, 4)).save(root / shape / f"{shape}{i + 1}-{texture}{i % 10 + 1}.png")
+    config = copy.deepcopy(tiny_config)
+    config["datasets"]["cue_conflict"] = {"kind": "cue_conflict", "source": "manual", "root": str(root)}
+    configfile = write_config(tmp_path / "manual.yaml", config)
+    manifest = "results/manifests/cue_conflict.json"
+    workdir = tmp_path / "run"
+    assert run_snakemake(configfile, workdir, targets=[manifest]) == {"build_manifest": 1}
+    assert run_snakemake(configfile, workdir, targets=[manifest], dryrun=True) == {}  # unchanged: nothing
+    time.sleep(0.01)
+    old = sorted((root / "dog").iterdir())[0]
+    new = old.with_name("dog81-" + old.name.split("-", 1)[1])  # a file replaced by another
+    old.rename(new)
+    assert run_snakemake(configfile, workdir, targets=[manifest]) == {"build_manifest": 1}
+    samples = [s for s, _ in json.loads((workdir / manifest).read_text())["samples"]]
+    assert len(samples) == 1280 and f"dog/{new.name}" in samples and f"dog/{old.name}" not in samples

@@ -27,22 +27,30 @@ def reorganise_val_tar(archive: str | Path, out: str | Path, subdir: str = "val"
     tmp = out.with_name(f".{out.name}.tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
-    n = 0
-    with tarfile.open(archive) as tar:
-        for member in tar:
-            name = Path(member.name).name
-            if not member.isfile():
-                continue
-            if name not in label_of or "/" in member.name.strip("./"):
-                raise DatasetError(f"{archive}: unexpected member {member.name!r}; is this ILSVRC2012_img_val.tar?")
-            target = tmp / subdir / wnids[label_of[name]] / name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with tar.extractfile(member) as src, open(target, "wb") as dst:
-                shutil.copyfileobj(src, dst)
-            n += 1
-    if n != len(label_of):
-        shutil.rmtree(tmp)
-        raise DatasetError(f"{archive}: {n} val images found, expected {len(label_of)}")
+    seen: set[str] = set()
+    try:
+        with tarfile.open(archive) as tar:
+            for member in tar:
+                name = Path(member.name).name
+                if not member.isfile():
+                    continue
+                if name not in label_of or "/" in member.name.strip("./"):
+                    raise DatasetError(f"{archive}: unexpected member {member.name!r}; is this ILSVRC2012_img_val.tar?")
+                if name in seen:
+                    raise DatasetError(f"{archive}: member {member.name!r} appears twice; is the archive damaged?")
+                seen.add(name)
+                target = tmp / subdir / wnids[label_of[name]] / name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with tar.extractfile(member) as src, open(target, "wb") as dst:
+                    shutil.copyfileobj(src, dst)
+        n = len(seen)
+        if n != len(label_of):
+            missing = sorted(set(label_of) - seen)
+            raise DatasetError(f"{archive}: {n} val images found, expected {len(label_of)} "
+                               f"(missing e.g. {', '.join(missing[:3])}); download it again")
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # a 6.7 GB half-copy is not left behind
+        raise
     if out.exists():
         shutil.rmtree(out)
     tmp.rename(out)

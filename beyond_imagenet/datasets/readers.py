@@ -81,6 +81,34 @@ def read_wnid_folders(root: Path, class_space: str) -> list[Sample]:
     return samples
 
 
+@register_reader("imagenet_val_folders")
+def read_imagenet_val_folders(root: Path, class_space: str) -> list[Sample]:
+    """ImageNet val in wnid folders, each file checked against its true class: the original file
+    names carry the label (imagenet-x's ``filename_label.csv``), so a file in the wrong folder -- a
+    broken reorganisation -- would silently score as a mistake. Every misplaced or unknown file is
+    named."""
+    from beyond_imagenet.datasets.generate import imagenet_val_file_names
+
+    samples = read_wnid_folders(root, class_space)
+    label_of = {name: label for label, names in imagenet_val_file_names().items() for name in names}
+    wnids = class_space_wnids(class_space)
+    wrong = []
+    for sid, label in samples:
+        name = sid.rsplit("/", 1)[-1]
+        if name not in label_of:
+            wrong.append(f"{sid}: not an ImageNet val file name")
+        elif label_of[name] != label:
+            wrong.append(f"{sid}: belongs in {wnids[label_of[name]]}/")
+    if wrong:
+        shown = "\n  ".join(wrong[:20]) + (f"\n  ... and {len(wrong) - 20} more" if len(wrong) > 20 else "")
+        raise DatasetError(
+            f"{root}: {len(wrong)} file(s) are not where the ImageNet val labels put them:\n  {shown}\n"
+            "Reorganise the folder from the original ILSVRC2012_img_val.tar (set `archive:` and the "
+            "workflow does it), or move the files as listed."
+        )
+    return samples
+
+
 def read_samples(reader: str, root: Path, class_space: str) -> list[Sample]:
     from beyond_imagenet.datasets import load_plugins
 
