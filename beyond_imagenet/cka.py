@@ -192,7 +192,10 @@ def cka_pass(models: Mapping[str, HookedModel], batches: Iterable[Any], pairs: S
 
 # ------------------------------------------------------------------------------- data and file
 class SameImages(torch.utils.data.Dataset):
-    """Each image decoded once and passed through every model's own transform."""
+    """Each image decoded once and passed through every model's own transform.
+
+    Items are ``(images by model, index, error)``; an unreadable image gives ``(None, index,
+    reason)`` so that the pass can name every bad file (or skip them), as the extraction does."""
 
     def __init__(self, root: str | os.PathLike, ids: Sequence[str], transforms: Mapping[str, Callable]):
         self.root = Path(root)
@@ -202,15 +205,35 @@ class SameImages(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.ids)
 
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+    def __getitem__(self, index: int):
         from beyond_imagenet.extract import load_rgb
 
-        path = self.root / self.ids[index]
         try:
-            image = load_rgb(path)
-        except Exception as err:
-            raise RuntimeError(f"cannot read {path} for CKA: {type(err).__name__}: {err}") from err
-        return {name: transform(image) for name, transform in self.transforms.items()}
+            image = load_rgb(self.root / self.ids[index])
+            return {name: transform(image) for name, transform in self.transforms.items()}, index, ""
+        except Exception as err:  # any decode/transform failure is reported per file
+            return None, index, f"{type(err).__name__}: {err}"
+
+
+def collate_same_images(items):
+    """``(images by model stacked over the readable items, [(index, reason) of the others])``."""
+    good = [images for images, _, _ in items if images is not None]
+    bad = [(index, reason) for images, index, reason in items if images is None]
+    stacked = {name: torch.stack([g[name] for g in good]) for name in good[0]} if good else {}
+    return stacked, bad
+
+
+def readable_batches(loader: Iterable[Any], bad: list[tuple[int, str]], min_batch: int = 4) -> Iterator[Any]:
+    """The batches of a :class:`SameImages` loader without their unreadable images (collected into
+    ``bad``); a batch left with fewer than ``min_batch`` images (the unbiased HSIC's minimum) is
+    dropped whole, for every model alike."""
+    for images, failed in loader:
+        bad.extend(failed)
+        n = next(iter(images.values())).shape[0] if images else 0
+        if n >= min_batch:
+            yield images
+        elif failed:
+            log.warning("a CKA batch kept %d readable image(s), fewer than %d: left out", n, min_batch)
 
 
 def cka_sample(samples: Sequence, n_images: int, batch_size: int, seed: int = 0) -> tuple[list, int]:

@@ -32,6 +32,24 @@ def _device_key(index: int) -> str:
     return str(uuid) if uuid is not None else f"index-{index}"
 
 
+def _shared_folder(folder: Path) -> None:
+    """The lock folder, writable by every user (sticky, like /tmp): the leases of all users' jobs on
+    a machine must meet in one place, or two users' jobs would share a GPU."""
+    if not folder.is_dir():
+        folder.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(PermissionError):
+            folder.chmod(0o1777)
+
+
+def _shared_lock_file(path: Path):
+    """Open (creating it readable and writable by all) a lock file another user may have made."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    with contextlib.suppress(PermissionError):
+        if os.fstat(fd).st_uid == os.getuid():
+            os.fchmod(fd, 0o666)  # the umask narrowed it
+    return os.fdopen(fd, "a+")
+
+
 @contextlib.contextmanager
 def lease_device(requested: str = "auto", lock_dir: str | os.PathLike | None = None,
                  poll_seconds: float = 5.0) -> Iterator[torch.device]:
@@ -47,11 +65,11 @@ def lease_device(requested: str = "auto", lock_dir: str | os.PathLike | None = N
     if not torch.cuda.is_available():
         raise RuntimeError("extraction.device is 'cuda' but no CUDA device is visible to this job")
     folder = Path(lock_dir) if lock_dir else default_lock_dir()
-    folder.mkdir(parents=True, exist_ok=True)
+    _shared_folder(folder)
     waited = False
     while True:
         for index in range(torch.cuda.device_count()):
-            handle = open(folder / f"gpu-{_device_key(index)}.lock", "a+")
+            handle = _shared_lock_file(folder / f"gpu-{_device_key(index)}.lock")
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:

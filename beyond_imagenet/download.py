@@ -42,6 +42,7 @@ from typing import Any, BinaryIO
 from tqdm import tqdm
 
 from beyond_imagenet import faults
+from beyond_imagenet.io import remove_leftovers
 
 __all__ = ["COMPLETE_MARKER", "DownloadError", "download", "safe_extract", "sha256_file"]
 
@@ -50,7 +51,7 @@ log = logging.getLogger(__name__)
 CHUNK_SIZE = 1 << 20
 COMPLETE_MARKER = ".complete"
 USER_AGENT = "beyond-imagenet-downloader/0.1 (Python urllib)"
-_HTML_PREFIXES = (b"<!doctype html", b"<html")
+_HTML_MARKERS = (b"<!doctype html", b"<html", b"<head", b"<body")
 _HTML_CONTENT_TYPES = ("text/html", "application/xhtml+xml")
 _MAX_BACKOFF_S = 60.0
 _MAX_SYMLINK_HOPS = 40
@@ -118,7 +119,11 @@ def _sibling(path: pathlib.Path, suffix: str) -> pathlib.Path:
 
 
 def _looks_like_html(head: bytes) -> bool:
-    return head[:1024].lstrip(b"\xef\xbb\xbf \t\r\n").lower().startswith(_HTML_PREFIXES)
+    """A web page served in place of a file: it starts with markup (a comment, <?xml, <head> ...)
+    and has an HTML tag in its first KB. No archive starts with '<' (tar starts with a member
+    name, gzip/zip with magic bytes), so an archive holding an HTML file is not mistaken for one."""
+    start = head[:1024].lstrip(b"\xef\xbb\xbf \t\r\n").lower()
+    return start.startswith(b"<") and any(marker in start for marker in _HTML_MARKERS)
 
 
 def _html_error(url: str, dest: pathlib.Path, part: pathlib.Path, kept_partial: bool) -> DownloadError:
@@ -576,13 +581,8 @@ def _archive_kind(archive: pathlib.Path) -> str:
 
 
 def _remove_stale_tmp(target: pathlib.Path) -> None:
-    """Remove ``<target>.tmp-<pid>`` leftovers of killed extractions (one extractor per target)."""
-    if not target.parent.is_dir():
-        return
-    for p in target.parent.glob(f"{glob.escape(target.name)}.tmp-*"):
-        if p.name.rsplit("-", 1)[-1].isdigit() and p.is_dir() and not p.is_symlink():
-            log.warning("removing %s left by an interrupted extraction", p)
-            shutil.rmtree(p)
+    """Remove ``<target>.tmp-<pid>`` leftovers of killed extractions."""
+    remove_leftovers(target.parent, f"{glob.escape(target.name)}.tmp-*")
 
 
 @contextlib.contextmanager

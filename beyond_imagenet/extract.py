@@ -12,6 +12,8 @@ the error names every one of them, and with ``on_bad_image='error'`` nothing is 
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import logging
@@ -201,8 +203,49 @@ def extract(
     parts = out_path.parent / f".{out_path.name}.parts"
     run_key = hashlib.sha256(
         json.dumps({"attrs": attrs, "batch_size": batch_size, "shard_rows": shard_rows,
-                    "features_dtype": features_dtype}, sort_keys=True, default=str).encode()
+                    "features_dtype": features_dtype, "ids": hashlib.sha256("\n".join(ids).encode()).hexdigest()},
+                   sort_keys=True, default=str).encode()
     ).hexdigest()
+    with _sole_writer(parts, out_path):
+        return _extract(network, transform, root, ids, labels, out_path, parts, attrs, run_key, device=device,
+                        batch_size=batch_size, num_workers=num_workers, shard_rows=shard_rows, n_shards=n_shards,
+                        features_dtype=features_dtype, on_bad_image=on_bad_image, progress=progress)
+
+
+@contextlib.contextmanager
+def _sole_writer(parts: Path, out_path: Path):
+    """Hold an exclusive lock on the output's checkpoint folder while writing it.
+
+    One Snakemake job writes each output, but a job outlives a Snakemake killed on its own (kill -9
+    of the snakemake PID only): the rerun's job would then share the checkpoint shards with the
+    orphan. It fails at once instead, naming the process to wait for or kill."""
+    parts.mkdir(parents=True, exist_ok=True)
+    handle = open(parts / "writer.lock", "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "unknown"
+        handle.close()
+        raise RuntimeError(
+            f"{out_path} is being written by another process (pid {holder}), e.g. a job left running by a "
+            f"Snakemake that was killed on its own. Wait for it to finish or kill it (kill {holder}), then rerun."
+        ) from None
+    try:
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        yield
+    finally:
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()
+
+
+def _extract(network, transform, root, ids, labels, out_path: Path, parts: Path, attrs, run_key: str, *, device,
+             batch_size: int, num_workers: int, shard_rows: int, n_shards: int, features_dtype: str,
+             on_bad_image: str, progress: bool) -> Path:
+    n = len(ids)
     done = _resume_point(parts, run_key, n_shards)
     if done:
         log.info("resuming %s after %d of %d checkpoint shards", out_path, done, n_shards)
@@ -242,11 +285,12 @@ def extract(
 
 def _resume_point(parts: Path, run_key: str, n_shards: int) -> int:
     key_file = parts / "run-key"
-    if parts.exists() and (not key_file.exists() or key_file.read_text() != run_key):
-        log.info("discarding checkpoint shards of a different run in %s", parts)
-        shutil.rmtree(parts)
-    parts.mkdir(parents=True, exist_ok=True)
-    if not key_file.exists():
+    if not key_file.exists() or key_file.read_text() != run_key:
+        stale = sorted(parts.glob("shard-*.npz"))
+        if stale:
+            log.info("discarding %d checkpoint shards of a different run in %s", len(stale), parts)
+        for path in stale:  # the folder itself stays: it holds this writer's lock
+            path.unlink()
         key_file.write_text(run_key)
     done = 0
     while done < n_shards and _shard_path(parts, done).exists():

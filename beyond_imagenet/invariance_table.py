@@ -58,6 +58,7 @@ def invariance_rows(outputs: Mapping[Variant, Mapping[str, Any]], subset: Sequen
         for metric in ("top1", "true_class_prob"):
             rows.append({**head, "metric": metric, "value": scores[metric]})
         rows.append({**head, "metric": "n_images", "value": len(ids)})
+        rows.append({**head, "metric": "n_skipped", "value": int(out["attrs"].get("n_skipped", 0))})
         baseline = float(variant.value) == float(STANDARD_VALUES[variant.kind])
         per_kind.setdefault(variant.kind, []).append((scores["top1"], baseline))
     for kind, scored in per_kind.items():

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import logging
 import os
+import re
+import shutil
 from pathlib import Path
 
 from beyond_imagenet import faults
@@ -18,17 +21,43 @@ def tmp_name(path: str | os.PathLike) -> Path:
     return path.with_name(f".{path.name}.tmp-{os.getpid()}")
 
 
-def remove_stale_tmp(path: str | os.PathLike) -> None:
-    """Delete temporary files a killed writer left next to ``path`` (SIGKILL skips ``finally``).
+log = logging.getLogger(__name__)
 
-    Every output has one writer at a time (one Snakemake job), so any ``.<name>.tmp-<pid>`` found
-    before writing is a leftover; for a multi-GB HDF5 file it would otherwise stay forever.
-    """
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # an earlier attempt of this very process: a leftover
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's live process
+    return True
+
+
+def remove_leftovers(folder: str | os.PathLike, pattern: str) -> None:
+    """Delete ``<...>.tmp-<pid>...`` files and folders matching ``pattern`` in ``folder`` that a
+    killed writer left (SIGKILL skips ``finally``): a multi-GB HDF5 file or a half-unpacked
+    ImageNet-C would otherwise stay forever. Those of a live process (another writer) are kept."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return
+    for old in folder.glob(pattern):
+        found = re.search(r"\.tmp-(\d+)", old.name)
+        if not found or old.is_symlink() or _alive(int(found.group(1))):
+            continue
+        log.warning("removing %s, left by an interrupted writer", old)
+        if old.is_dir():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            old.unlink(missing_ok=True)
+
+
+def remove_stale_tmp(path: str | os.PathLike) -> None:
+    """Leftover ``.<name>.tmp-<pid>`` files of ``path`` (see :func:`remove_leftovers`)."""
     path = Path(path)
-    if path.parent.is_dir():
-        for old in path.parent.glob(f".{glob.escape(path.name)}.tmp-*"):
-            if old.is_file() and not old.is_symlink():
-                old.unlink(missing_ok=True)
+    remove_leftovers(path.parent, f".{glob.escape(path.name)}.tmp-*")
 
 
 @contextlib.contextmanager

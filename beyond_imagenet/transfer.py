@@ -21,7 +21,7 @@ from beyond_imagenet.probes import ProbeConfig, Split, select_and_evaluate
 log = logging.getLogger(__name__)
 
 #: Metrics of one probe, as written per task in transfer.csv.
-TASK_METRICS = ("test_top1", "val_top1", "weight_decay", "n_train", "n_val", "n_test")
+TASK_METRICS = ("test_top1", "val_top1", "weight_decay", "n_train", "n_val", "n_test", "n_skipped")
 
 
 def probe_config(settings: Mapping[str, Any]) -> ProbeConfig:
@@ -77,7 +77,7 @@ def transfer_rows(results: Iterable[Mapping[str, Any]], model_columns: Mapping[s
             task = TASKS[r["task"]]
             for metric in TASK_METRICS:
                 rows.append({**base, "task": task.folder, "task_label": task.label, "group": task.group,
-                             "metric": metric, "value": r[metric]})
+                             "metric": metric, "value": r.get(metric, 0) if metric == "n_skipped" else r[metric]})
         for group in (*GROUPS, "all"):
             members = [r for r in ordered if group == "all" or TASKS[r["task"]].group == group]
             if not members:

@@ -64,3 +64,23 @@ rule extract_variant_outputs:
         gpu=GPU_SLOTS,
     script:
         "../scripts/extract_variant_outputs.py"
+
+
+# Every image an extraction skipped (extraction.on_bad_image: skip), one row each, across the study;
+# the evaluation tables carry the counts (metric n_skipped).
+rule list_skipped_images:
+    input:
+        sorted(set(STUDY.extraction_targets()) | set(STUDY.invariance_inputs())),
+    output:
+        report(f"{RESULTS}/metrics/skipped.csv", category="Extraction", caption="../report/skipped.rst"),
+    params:
+        models=MODEL_COLUMNS,
+    log:
+        f"{RESULTS}/logs/list_skipped_images.log",
+    conda:
+        "../envs/analysis.yaml"
+    script:
+        "../scripts/list_skipped_images.py"
+
+
+register_targets(STUDY.metric("skipped"))

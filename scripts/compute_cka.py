@@ -4,8 +4,9 @@ import logging
 
 import torch
 
-from beyond_imagenet.cka import (IMAGE_TOWERS, HookedModel, SameImages, cka_pass, cka_sample, iterate_batches,
-                                 select_layers, write_cka)
+from beyond_imagenet.cka import (IMAGE_TOWERS, HookedModel, SameImages, cka_pass, cka_sample, collate_same_images,
+                                 iterate_batches, readable_batches, select_layers, write_cka)
+from beyond_imagenet.extract import BadImagesError
 from beyond_imagenet.datasets.manifest import load_manifest
 from beyond_imagenet.devices import lease_device
 from beyond_imagenet.heads import read_head
@@ -38,12 +39,19 @@ for name in used:
 
 loader = torch.utils.data.DataLoader(
     SameImages(manifest["root"], [sid for sid, _ in samples], transforms), batch_size=section["batch_size"],
-    shuffle=False, drop_last=True, num_workers=settings["num_workers"])
+    shuffle=False, drop_last=True, num_workers=settings["num_workers"], collate_fn=collate_same_images)
+bad = []
 with lease_device(settings["device"], settings["lock_dir"] or None) as device:
-    results = cka_pass(models, iterate_batches(loader), pairs, device)
+    results = cka_pass(models, iterate_batches(readable_batches(loader, bad)), pairs, device)
+ids = [sid for sid, _ in samples]
+if bad and settings["on_bad_image"] == "error":  # every bad file named, nothing written
+    raise BadImagesError(manifest["root"], [(ids[i], reason) for i, reason in sorted(bad)])
+if bad:
+    logging.warning("CKA on %s: %d unreadable image(s) skipped", dataset, len(bad))
 attrs = {"dataset": dataset, "manifest_fingerprint": manifest["fingerprint"], "n_images": len(samples),
          "n_dropped": dropped, "batch_size": section["batch_size"], "n_batches": n_batches,
          "sample_seed": section["seed"], "sample_order": "seeded random draw (cka_sample)",
+         "n_skipped": len(bad), "skipped_ids": [ids[i] for i, _ in sorted(bad)],
          "layers": section["layers"], "hsic": "unbiased, averaged over minibatches", "models": identities,
          "versions": study.versions()}
 write_cka(snakemake.output[0], results, {m: h.layer_names for m, h in models.items()}, attrs)

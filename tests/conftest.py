@@ -67,6 +67,14 @@ def default_study(tmp_path_factory):
     return workdir, jobs
 
 
+@pytest.fixture(scope="session")
+def default_study_again(tmp_path_factory):
+    """A second, independent run of the default study (for the determinism check)."""
+    workdir = tmp_path_factory.mktemp("default_study_again")
+    run_snakemake(REPO / "config.yaml", workdir)
+    return workdir
+
+
 def write_config(path: Path, config: dict) -> Path:
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path

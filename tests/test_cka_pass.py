@@ -273,3 +273,26 @@ def test_cka_summary_rows_by_hand():
                    ("a", "a", "first_last"): 0.2,
                    ("a", "b", "last_layer"): 0.7, ("b", "a", "last_layer"): 0.7}
     assert {r["dataset"] for r in rows} == {"val"} and rows[-1]["partner_label"] == "A"
+
+
+def test_unreadable_images_are_collected_and_left_out_for_every_model(tmp_path):
+    from PIL import Image
+
+    from beyond_imagenet.cka import SameImages, collate_same_images, readable_batches
+
+    ids = []
+    for i in range(10):
+        path = tmp_path / f"img{i}.png"
+        if i in (5, 7):
+            path.write_bytes(b"not a png")
+        else:
+            Image.new("RGB", (8, 8), (i * 20, 0, 0)).save(path)
+        ids.append(path.name)
+    to_tensor = lambda image: torch.from_numpy(np.asarray(image, dtype=np.float32))  # noqa: E731
+    dataset = SameImages(tmp_path, ids, {"a": to_tensor, "b": to_tensor})
+    loader = torch.utils.data.DataLoader(dataset, batch_size=5, collate_fn=collate_same_images)
+    bad = []
+    batches = list(readable_batches(loader, bad))
+    # Batch 1 (images 0-4) is whole; batch 2 keeps 3 of 5, too few for the unbiased HSIC: left out.
+    assert len(batches) == 1 and set(batches[0]) == {"a", "b"} and batches[0]["a"].shape[0] == 5
+    assert [i for i, _ in bad] == [5, 7] and all("Error" in reason for _, reason in bad)

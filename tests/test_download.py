@@ -249,8 +249,10 @@ def test_size_reported_by_server_differs(server: ServerState, tmp_path: Path) ->
         # Body does not start like HTML: only the Content-Type gives it away.
         Route(b"Quota exceeded. <a href='/login'>Sign in</a>", content_type="text/html; charset=utf-8"),
         Route(b"\n  <!DOCTYPE html><html>Sign in to continue</html>"),  # mislabelled as a binary
+        Route(b"<!-- served by a proxy --><head><title>Error</title></head><body>quota</body>"),
+        Route(b'<?xml version="1.0"?>\n<html xmlns="http://www.w3.org/1999/xhtml">denied</html>'),
     ],
-    ids=["content-type", "sniffed"],
+    ids=["content-type", "sniffed", "comment-first", "xhtml"],
 )
 def test_html_page_instead_of_archive(server: ServerState, tmp_path: Path, route: Route) -> None:
     server.routes["/drive.zip"] = route
@@ -473,3 +475,18 @@ def test_truncated_archive(tmp_path: Path) -> None:
     with pytest.raises(DownloadError, match="truncated or corrupt"):
         safe_extract(tgz, tmp_path / "t")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.tgz"]
+
+
+def test_an_archive_holding_an_html_file_is_not_taken_for_a_web_page(server: ServerState, tmp_path: Path) -> None:
+    import io
+    import tarfile
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        page = b"<html><head></head><body>the dataset's own index page</body></html>"
+        info = tarfile.TarInfo("index.html")
+        info.size = len(page)
+        tar.addfile(info, io.BytesIO(page))
+    server.routes["/site.tar"] = Route(buf.getvalue())
+    dest = download(server.url("/site.tar"), tmp_path / "site.tar", **FAST)
+    assert dest.read_bytes() == buf.getvalue()

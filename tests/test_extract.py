@@ -95,6 +95,52 @@ def test_checkpoint_of_another_run_is_discarded(tmp_path):
     assert net.calls == 10
 
 
+@pytest.mark.parametrize("change", ["attrs", "images"])
+def test_checkpoint_of_another_model_or_image_list_is_discarded(tmp_path, change):
+    samples = make_images(tmp_path / "data")
+    out = tmp_path / "b" / "toy.h5"
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "data", samples, out, net=TinyNet(fail_after_batches=3))
+    net = TinyNet()
+    if change == "attrs":  # another model (or weights, preprocessing...) recorded for the same file
+        extract(net, TRANSFORM, tmp_path / "data", samples, out, {"model": "other", "dataset": "toy"},
+                batch_size=4, num_workers=0, shard_size=8, progress=False)
+        assert net.calls == 5  # all 20 images again, none from the other model's shards
+    else:  # the same settings on another image list (first image swapped with the last)
+        run(tmp_path / "data", [samples[-1], *samples[1:-1], samples[0]], out, net=net)
+        assert net.calls == 5
+        assert list(read_outputs(out)["ids"])[0] == samples[-1][0]
+
+
+def test_a_second_writer_of_the_same_output_is_refused(tmp_path):
+    """A job left running (Snakemake killed on its own) holds its output's lock: a second job for the
+    same file fails at once, naming the process, and does not touch the first one's shards."""
+    import subprocess
+    import sys
+
+    samples = make_images(tmp_path / "data", n=4)
+    out = tmp_path / "b" / "toy.h5"
+    parts = tmp_path / "b" / ".toy.h5.parts"
+    parts.mkdir(parents=True)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl, os, sys, time\n"
+         f"f = open({str(parts / 'writer.lock')!r}, 'a+'); fcntl.flock(f, fcntl.LOCK_EX)\n"
+         "f.write(str(os.getpid())); f.flush(); print('locked', flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        (parts / "shard-000000.npz").write_bytes(b"the other writer's shard")
+        with pytest.raises(RuntimeError, match=f"being written by another process \\(pid {holder.pid}\\)"):
+            run(tmp_path / "data", samples, out)
+        assert (parts / "shard-000000.npz").read_bytes() == b"the other writer's shard"
+        assert not out.exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    run(tmp_path / "data", samples, out)  # once it is gone, the output is written
+    assert out.exists() and not parts.exists()
+
+
 def write_bad_files(root):
     good = io.BytesIO()
     Image.fromarray(np.zeros((30, 30, 3), np.uint8) + 100).save(good, format="JPEG")

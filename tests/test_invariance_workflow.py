@@ -134,21 +134,6 @@ def test_invariance_rows_cut_the_standard_outputs_to_the_variant_images():
 
 # --- through Snakemake ---------------------------------------------------------------------------
 
-def _tiny(config: dict) -> dict:
-    config["models"] = {k: v for k, v in config["models"].items() if k in ("vit_sup", "convnet_clip")}
-    config["zero_shot"]["templates"] = 1
-    config["datasets"] = {"imagenet_val": {**config["datasets"]["imagenet_val"], "num_classes": 8,
-                                           "images_per_class": 1}}
-    config["evaluations"] = {
-        "accuracy": {"datasets": ["imagenet_val"]},
-        "invariance": {"datasets": ["imagenet_val"], "scale": [1, 2], "shift": [0, 30], "resolution": [112, 224],
-                       "max_images": 6},
-        # ViT-sup vs ConvNet-CLIP differ on both axes: only cross_pairs=all compares them.
-        "cka": {"datasets": ["imagenet_val"], "n_images": 8, "batch_size": 4, "layers": "stages", "cross_pairs": "all"},
-    }
-    return config
-
-
 @pytest.mark.workflow
 def test_dry_run_has_no_job_for_standard_variants(tmp_path):
     config = default_config()
@@ -159,37 +144,42 @@ def test_dry_run_has_no_job_for_standard_variants(tmp_path):
 
 
 @pytest.mark.workflow
-def test_invariance_cka_profile_end_to_end(tmp_path):
-    config = _tiny(default_config())
-    run_snakemake(write_config(tmp_path / "tiny.yaml", config), tmp_path)
-    results = tmp_path / "results"
-    # 2 models x 4 non-standard variants (shift 0 included); scale 1 and res 224 have no file.
-    assert len(list((results / "outputs").glob("*/imagenet_val@*.h5"))) == 2 * 4
+def test_invariance_cka_profile_end_to_end(default_study):
+    """The default study (its session-wide run): scale [1, 2], shift [0, 50], resolution [112, 224]
+    on 16 images; CKA of every block on 64 images in batches of 16; the profile."""
+    workdir, _ = default_study
+    results = workdir / "results"
+    models = list(default_config()["models"])
+    # 4 models x 4 non-standard variants (shift 0 included); scale 1 and res 224 have no file.
+    variant_files = sorted(p.relative_to(results / "outputs").as_posix()
+                           for p in (results / "outputs").glob("*/imagenet_val@*.h5"))
+    assert variant_files == sorted(f"{m}/imagenet_val@{v}.h5" for m in models
+                                   for v in ("scale-2", "shift-0", "shift-50", "res-112"))
     table = pd.read_csv(results / "metrics" / "invariance.csv", keep_default_na=False, na_values=[""])
-    assert set(table["variant"]) >= {"scale-1", "scale-2", "shift-0", "shift-30", "res-112", "res-224"}
-    assert set(table.loc[table["metric"] == "n_images", "value"]) == {6}
+    assert set(table["variant"]) >= {"scale-1", "scale-2", "shift-0", "shift-50", "res-112", "res-224"}
+    assert set(table.loc[table["metric"] == "n_images", "value"]) == {16}
     # A variant file records its variant and transform; the standard level was read from the
-    # standard outputs (8 images), cut to the same 6.
+    # standard outputs (200 images), cut to the same 16.
     with h5py.File(results / "outputs" / "vit_sup" / "imagenet_val@res-112.h5", "r") as f:
-        assert f.attrs["variant"] == "res-112" and f.attrs["n_images"] == 6 and f.attrs["max_images"] == 6
+        assert f.attrs["variant"] == "res-112" and f.attrs["n_images"] == 16 and f.attrs["max_images"] == 16
         assert "CenterCrop(size=(112, 112))" in f.attrs["preprocessing"]
-    assert not (results / "outputs" / "vit_sup" / "imagenet_val@scale-1.h5").exists()
-    assert (results / "outputs" / "vit_sup" / "imagenet_val@shift-0.h5").exists()
     for name in ("invariance_top1_imagenet_val", "invariance_true_class_prob_imagenet_val", "cka_within_imagenet_val",
                  "cka_cross_imagenet_val", "profile"):
         for ext in ("png", "pdf"):
             assert (results / "figures" / f"{name}.{ext}").stat().st_size > 1000, name
     with h5py.File(results / "metrics" / "cka_imagenet_val.h5", "r") as f:
-        assert set(f) == {"vit_sup__vit_sup", "convnet_clip__convnet_clip", "vit_sup__convnet_clip"}
+        # Within each model, and across the paper's two axes (ConvNet vs ViT, supervised vs CLIP).
+        assert set(f) == {f"{m}__{m}" for m in models} | {"convnet_sup__vit_sup", "convnet_clip__vit_clip",
+                                                          "convnet_sup__convnet_clip", "vit_sup__vit_clip"}
         within = f["vit_sup__vit_sup"]["cka"][()]
         assert within.shape == (12, 12) and np.allclose(np.diag(within), 1.0)
-        assert f["vit_sup__convnet_clip"]["cka"].shape == (12, 4)
-        assert f.attrs["n_images"] == 8 and f.attrs["n_batches"] == 2
+        assert f["vit_sup__vit_clip"]["cka"].shape[0] == 12
+        assert f.attrs["n_images"] == 64 and f.attrs["n_batches"] == 4 and f.attrs["sample_seed"] == 0
+        first_last = float(f["vit_sup__vit_sup"]["cka"][0, -1])
     profile = pd.read_csv(results / "metrics" / "profile.csv")
-    assert set(profile["evaluation"]) == {"accuracy", "invariance", "cka"}
-    assert len(profile) == 2 * (1 + 3 + 1)
+    assert {"accuracy", "invariance", "cka", "calibration", "transfer"} <= set(profile["evaluation"])
+    for headline, rows in profile.groupby("headline", sort=False):
+        assert list(rows["model"]) == models, headline  # every model in every column, in study order
     summary = pd.read_csv(results / "metrics" / "cka.csv")
     within = summary[(summary["kind"] == "within") & (summary["metric"] == "first_last")].set_index("model")
-    with h5py.File(results / "metrics" / "cka_imagenet_val.h5", "r") as f:
-        assert f.attrs["sample_seed"] == 0
-        assert within.loc["vit_sup", "value"] == pytest.approx(float(f["vit_sup__vit_sup"]["cka"][0, -1]))
+    assert within.loc["vit_sup", "value"] == pytest.approx(first_last)

@@ -282,3 +282,14 @@ def test_imagenet_val_files_in_the_wrong_class_folder_are_named(tmp_path):
     text = str(err.value)
     assert f"{second.name}/{moved.name}: belongs in {first.name}/" in text
     assert "ILSVRC2012_val_99999999.JPEG: not an ImageNet val file name" in text and "2 file(s)" in text
+
+
+def test_class_folders_with_sub_folders_are_refused_not_silently_skipped(tmp_path):
+    ds = resolve_dataset("r", {"kind": "imagenet_r", "source": "generate", "num_classes": 2,
+                               "images_per_class": 1}, str(tmp_path))
+    generate(ds, ds.dataset_dir)
+    first = sorted(ds.root.iterdir())[0]
+    (first / "more").mkdir()
+    (first / "more" / "art_9.jpg").write_bytes(b"x")
+    with pytest.raises(DatasetError, match=f"{first.name}/more/"):
+        build_manifest(ds)

@@ -20,6 +20,8 @@ import pytest
 import snakemake.shell  # noqa: F401
 from PIL import Image
 
+from beyond_imagenet.classes import wnid_to_index
+from beyond_imagenet.datasets.generate import imagenet_val_file_names
 from conftest import write_config
 from test_reliability_workflow import api_run, leftovers
 
@@ -42,26 +44,35 @@ def inject(folder) -> tuple[list[str], list[str]]:
     rgb = rng.integers(0, 256, size=(40, 50, 3), dtype=np.uint8)
     good = _jpeg(rgb)
     a, b = sorted(p.name for p in folder.iterdir())[:2]
+    # Real val file names of each folder's class that the generator did not use (the reader checks
+    # every file's name against its folder's class), so the files reach the decoder.
+    index = wnid_to_index()
+    used: set[str] = set()
+
+    def spare(wnid):
+        name = next(n for n in imagenet_val_file_names()[index[wnid]]
+                    if not (folder / wnid / n).exists() and n not in used)
+        used.add(name)
+        return f"{wnid}/{name}"
+
     bad = {
-        f"{a}/ILSVRC2012_val_corrupt.JPEG": b"\xff\xd8\xff\xe0" + bytes(rng.integers(0, 256, 2000, dtype=np.uint8)),
-        f"{a}/ILSVRC2012_val_truncated.JPEG": good[: len(good) // 2],
-        f"{b}/ILSVRC2012_val_empty.JPEG": b"",
-        f"{b}/notes.txt": b"not an image, a note someone left in the class folder\n",
+        spare(a): b"\xff\xd8\xff\xe0" + bytes(rng.integers(0, 256, 2000, dtype=np.uint8)),  # corrupt
+        spare(a): good[: len(good) // 2],  # truncated
+        spare(b): b"",  # zero bytes
+        spare(b): b"not an image, a note someone saved over an image\n",  # not an image
     }
     for name, data in bad.items():
         (folder / name).write_bytes(data)
     odd = {
-        f"{a}/gray.JPEG": lambda p: Image.fromarray(rgb[..., 0], mode="L").save(p, format="JPEG"),
-        f"{a}/cmyk.JPEG": lambda p: Image.fromarray(rgb).convert("CMYK").save(p, format="JPEG"),
-        f"{b}/rgba.png": lambda p: Image.fromarray(np.dstack([rgb, rgb[..., :1]])).save(p),
-        f"{b}/deep16.png": lambda p: Image.fromarray((rgb[..., 0].astype(np.uint16) * 257)).save(p),
+        spare(a): lambda p: Image.fromarray(rgb[..., 0], mode="L").save(p, format="JPEG"),  # grayscale
+        spare(a): lambda p: Image.fromarray(rgb).convert("CMYK").save(p, format="JPEG"),  # CMYK
+        spare(b): lambda p: Image.fromarray(np.dstack([rgb, rgb[..., :1]])).save(p, format="PNG"),  # RGBA
+        spare(b): lambda p: Image.fromarray((rgb[..., 0].astype(np.uint16) * 257)).save(p, format="PNG"),  # 16 bit
     }
     for name, save in odd.items():
         save(folder / name)
-    with Image.open(folder / f"{b}/deep16.png") as image:
-        assert image.mode.startswith("I")  # really a 16-bit file
-    with Image.open(folder / f"{a}/cmyk.JPEG") as image:
-        assert image.mode == "CMYK"
+    modes = [Image.open(folder / name).mode for name in odd]
+    assert modes[1] == "CMYK" and modes[2] == "RGBA" and modes[3].startswith("I")  # really those files
     return sorted(bad), sorted(odd)
 
 
@@ -109,7 +120,7 @@ def test_bad_files_in_a_generated_dataset(tiny_config, tmp_path, capfd):
     assert leftovers(work) == []
 
     # 3. on_bad_image: skip: the run completes, the skipped files are recorded and counted.
-    api_run(lenient, work, TABLES)
+    api_run(lenient, work, [*TABLES, "results/metrics/skipped.csv"])
     with h5py.File(work / OUTPUT, "r") as f:
         assert sorted(x.decode() for x in f["skipped_ids"][()]) == bad
         reasons = [x.decode() for x in f["skipped_reasons"][()]]
@@ -122,4 +133,6 @@ def test_bad_files_in_a_generated_dataset(tiny_config, tmp_path, capfd):
         values = frame.set_index("metric")["value"]
         assert values["n_skipped"] == len(bad), table
         assert values["n_images"] == n_good + len(odd), table
+    skipped = pd.read_csv(work / "results/metrics/skipped.csv")
+    assert sorted(skipped["id"]) == bad and set(skipped["model"]) == {"vit_sup"} and skipped["reason"].all()
     assert leftovers(work) == []

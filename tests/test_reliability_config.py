@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 from beyond_imagenet.datasets import load_catalog, resolve_dataset
-from conftest import run_snakemake, write_config
+from conftest import default_config, run_snakemake, write_config
 
 pytestmark = pytest.mark.workflow
 
@@ -59,3 +59,33 @@ def test_a_study_url_with_its_own_sha256_is_another_file():
                                    "sha256": "ab" * 32})
     assert subset.download == {"url": "file:///m/imagenet-r.tar", "sha256": "ab" * 32}
     assert subset.expected_images is None
+
+
+@pytest.mark.parametrize("change, key", [
+    (lambda c, m: c["models"]["vit_sup"].update(seed=1), "weights"),
+    (lambda c, m: c["models"]["vit_sup"].update(name="vit_small_patch16_224"), "model_arch"),
+    (lambda c, m: c.update(preprocessing="native"), "protocol"),
+    (lambda c, m: m.update(n_images=m["n_images"] + 1), "n_manifest"),
+    (lambda c, m: m.update(fingerprint="another image list"), "manifest_fingerprint"),
+    (lambda c, m: c["evaluations"]["robustness"].update(imagenet_c_recrop=True), "input_transform"),
+])
+def test_an_output_made_for_other_weights_preprocessing_or_images_is_refused(tmp_path, change, key):
+    """What the metrics check before using a cached output (Study.expected_attrs): each part of the
+    identity, changed alone, makes the file stale, and the error names that key."""
+    import copy
+
+    import torch
+
+    from beyond_imagenet.extract import StaleOutputError, check_attrs
+    from beyond_imagenet.heads import write_head
+    from beyond_imagenet.study import Study, validate_config
+
+    config = validate_config(default_config())
+    manifest = {"fingerprint": "f" * 64, "n_images": 75}
+    path = tmp_path / "imagenet_c.h5"
+    write_head(path, torch.zeros(1), Study(config).expected_attrs("vit_sup", "imagenet_c", manifest))
+    check_attrs(path, Study(config).expected_attrs("vit_sup", "imagenet_c", manifest))  # the same study: reused
+    other, other_manifest = copy.deepcopy(config), dict(manifest)
+    change(other, other_manifest)
+    with pytest.raises(StaleOutputError, match=f"{key}: file has"):
+        check_attrs(path, Study(validate_config(other)).expected_attrs("vit_sup", "imagenet_c", other_manifest))

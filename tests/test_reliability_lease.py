@@ -124,3 +124,22 @@ def test_cpu_when_no_gpu_is_visible(tmp_path):
     with lease_device("auto", tmp_path / "locks") as device:
         assert device.type == "cpu"
     assert not (tmp_path / "locks").exists()
+
+
+def test_lock_folder_and_files_are_shared_by_all_users(tmp_path):
+    """Another user's job must be able to take (and respect) a lease: the folder is sticky and
+    world-writable, each lock file readable and writable by all, whatever the umask."""
+    import stat
+
+    from beyond_imagenet.devices import _shared_folder, _shared_lock_file
+
+    old = os.umask(0o077)
+    try:
+        folder = tmp_path / "locks"
+        _shared_folder(folder)
+        handle = _shared_lock_file(folder / "gpu-x.lock")
+        handle.close()
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o1777
+    assert stat.S_IMODE((folder / "gpu-x.lock").stat().st_mode) == 0o666

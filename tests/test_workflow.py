@@ -134,3 +134,21 @@ def test_a_changed_manual_folder_rebuilds_its_manifest(tiny_config, tmp_path):
     assert run_snakemake(configfile, workdir, targets=[manifest]) == {"build_manifest": 1}
     samples = [s for s, _ in json.loads((workdir / manifest).read_text())["samples"]]
     assert len(samples) == 1280 and f"dog/{new.name}" in samples and f"dog/{old.name}" not in samples
+
+
+def test_two_runs_of_the_default_study_are_byte_identical(default_study, default_study_again):
+    """Determinism on CPU: every metric table, probe result, cached output, head and figure of two
+    independent runs (fresh generated data, fresh extraction) is the same file, byte for byte."""
+    first, _ = default_study
+
+    def products(workdir):
+        results = workdir / "results"
+        return {p.relative_to(results).as_posix(): p.read_bytes()
+                for folder in ("metrics", "probes", "outputs", "heads", "figures")
+                for p in sorted((results / folder).rglob("*")) if p.is_file()}
+
+    a, b = products(first), products(default_study_again)
+    assert sorted(a) == sorted(b)
+    assert {name.split("/")[0] for name in a} == {"metrics", "probes", "outputs", "heads", "figures"}
+    assert len([n for n in a if n.startswith("metrics/") and n.endswith(".csv")]) >= 10
+    assert [name for name in a if a[name] != b[name]] == []

@@ -18,6 +18,7 @@ verifies each LFS file's sha256) and writes images plus a ``labels.json``.
 from __future__ import annotations
 
 import fnmatch
+import glob
 import hashlib
 import io
 import json
@@ -29,6 +30,7 @@ from typing import Any
 
 from beyond_imagenet.datasets import DatasetError, DatasetSpec
 from beyond_imagenet.download import COMPLETE_MARKER, DownloadError, download, safe_extract
+from beyond_imagenet.io import remove_leftovers
 
 log = logging.getLogger(__name__)
 
@@ -88,8 +90,7 @@ def unpack_dataset(spec: DatasetSpec, archives: list[str | os.PathLike], out: st
     if len(archives) == 1 and recipes[0].get("extract", True):
         return safe_extract(archives[0], out)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
+    remove_leftovers(out.parent, f".{glob.escape(out.name)}.tmp-*")  # of a killed earlier unpack
     try:
         for k, (archive, recipe) in enumerate(zip(archives, recipes, strict=True)):
             if recipe.get("extract", True):
@@ -153,8 +154,7 @@ def fetch_huggingface_parquet(recipe: dict[str, Any], root: str | os.PathLike,
     if not shards:
         raise DatasetError(f"{repo}@{revision}: no file matches {recipe['files']!r}")
     tmp = root.with_name(f".{root.name}.tmp-{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
+    remove_leftovers(root.parent, f".{glob.escape(root.name)}.tmp-*")
     entries = []
     try:
         for shard in shards:

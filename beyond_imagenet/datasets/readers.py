@@ -66,16 +66,23 @@ def read_wnid_folders(root: Path, class_space: str) -> list[Sample]:
         folders = _visible(e for e in it if e.is_dir())
     unexpected = [e.name for e in folders if e.name not in index]
     if unexpected:
-        shown = ", ".join(unexpected[:10]) + (" ..." if len(unexpected) > 10 else "")
         raise DatasetError(
-            f"{root}: {len(unexpected)} folder(s) are not classes of the {class_space} space: {shown}. "
-            "Remove them or point the dataset at the right folder."
+            f"{root}: {len(unexpected)} folder(s) are not classes of the {class_space} space: "
+            f"{', '.join(unexpected)}. Remove them or point the dataset at the right folder."
         )
     samples: list[Sample] = []
+    nested: list[str] = []
     for folder in folders:
         with os.scandir(folder.path) as it:
-            for f in _visible(e for e in it if e.is_file()):
-                samples.append((f"{folder.name}/{f.name}", index[folder.name]))
+            entries = _visible(it)
+        nested += [f"{folder.name}/{e.name}/" for e in entries if e.is_dir()]
+        samples += [(f"{folder.name}/{e.name}", index[folder.name]) for e in entries if e.is_file()]
+    if nested:
+        # Images one level too deep would be silently left out of the set.
+        raise DatasetError(
+            f"{root}: class folders hold {len(nested)} sub-folder(s), which the layout does not have: "
+            f"{', '.join(nested)}. Move their images up into the class folder, or remove them."
+        )
     if not samples:
         raise DatasetError(f"{root}: no image files found in any class folder")
     return samples

@@ -1,0 +1,19 @@
+# Images left out of any extraction of the study (on_bad_image: skip) -> results/metrics/skipped.csv.
+import pandas as pd
+
+from beyond_imagenet.extract import read_outputs
+from beyond_imagenet.io import atomic_path
+from beyond_imagenet.workflow import setup
+
+study = setup(snakemake)
+COLUMNS = ["model", "label", "family", "paradigm", "paper_key", "dataset", "variant", "id", "reason"]
+rows = []
+for path in snakemake.input:
+    out = read_outputs(path, fields=("skipped_ids", "skipped_reasons"))
+    model = out["attrs"]["model"]
+    for sid, reason in zip(out["skipped_ids"], out["skipped_reasons"]):
+        reason = reason.decode() if isinstance(reason, bytes) else str(reason)
+        rows.append({**study.model_columns(model), "dataset": out["attrs"]["dataset"],
+                     "variant": out["attrs"].get("variant", ""), "id": sid, "reason": reason})
+with atomic_path(snakemake.output[0]) as tmp:
+    pd.DataFrame(rows, columns=COLUMNS).to_csv(tmp, index=False)  # the header even when nothing was skipped
