@@ -262,13 +262,19 @@ def batch_plan(n_images: int, batch_size: int) -> tuple[int, int]:
 
 
 def write_cka(path: str | os.PathLike, results: Mapping[tuple[str, str], MinibatchCKA],
-              layer_names: Mapping[str, Sequence[str]], attrs: Mapping[str, Any]) -> None:
-    """One HDF5 file: group ``<a>__<b>`` per pair with dataset ``cka`` (n_layers_a, n_layers_b)."""
+              layer_names: Mapping[str, Sequence[str]], attrs: Mapping[str, Any], ids: Sequence[str] = (),
+              skipped_ids: Sequence[str] = ()) -> None:
+    """One HDF5 file: group ``<a>__<b>`` per pair with dataset ``cka`` (n_layers_a, n_layers_b);
+    datasets ``ids`` (the images, in batch order) and ``skipped_ids`` (unreadable, left out)."""
+    string = h5py.string_dtype("utf-8")
     with atomic_path(path) as tmp:
         with h5py.File(tmp, "w", track_order=True) as f:
             for key in sorted(attrs):
                 value = attrs[key]
                 f.attrs[key] = json.dumps(value, sort_keys=True) if isinstance(value, (dict, list, tuple)) else value
+            for name, values in (("ids", ids), ("skipped_ids", skipped_ids)):
+                f.create_dataset(name, data=np.asarray(list(values), dtype=object), dtype=string,
+                                 shape=(len(values),), track_times=False)
             for (a, b), acc in results.items():
                 group = f.create_group(f"{a}__{b}", track_order=True)
                 group.create_dataset("cka", data=acc.compute(), track_times=False)
@@ -294,6 +300,8 @@ def read_cka(path: str | os.PathLike) -> tuple[list[CkaMatrix], dict[str, Any]]:
         attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
         for name in f:
             g = f[name]
+            if not isinstance(g, h5py.Group):  # ids, skipped_ids
+                continue
             out.append(CkaMatrix(str(g.attrs["model_a"]), str(g.attrs["model_b"]), str(g.attrs["kind"]),
                                  json.loads(g.attrs["layers_a"]), json.loads(g.attrs["layers_b"]), g["cka"][()]))
     return out, attrs

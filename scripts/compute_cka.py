@@ -51,7 +51,8 @@ if bad:
 attrs = {"dataset": dataset, "manifest_fingerprint": manifest["fingerprint"], "n_images": len(samples),
          "n_dropped": dropped, "batch_size": section["batch_size"], "n_batches": n_batches,
          "sample_seed": section["seed"], "sample_order": "seeded random draw (cka_sample)",
-         "n_skipped": len(bad), "skipped_ids": [ids[i] for i, _ in sorted(bad)],
+         "n_skipped": len(bad),
          "layers": section["layers"], "hsic": "unbiased, averaged over minibatches", "models": identities,
          "versions": study.versions()}
-write_cka(snakemake.output[0], results, {m: h.layer_names for m, h in models.items()}, attrs)
+write_cka(snakemake.output[0], results, {m: h.layer_names for m, h in models.items()}, attrs, ids=ids,
+          skipped_ids=[ids[i] for i, _ in sorted(bad)])

@@ -170,7 +170,9 @@ def test_invariance_cka_profile_end_to_end(default_study):
     with h5py.File(results / "metrics" / "cka_imagenet_val.h5", "r") as f:
         # Within each model, and across the paper's two axes (ConvNet vs ViT, supervised vs CLIP).
         assert set(f) == {f"{m}__{m}" for m in models} | {"convnet_sup__vit_sup", "convnet_clip__vit_clip",
-                                                          "convnet_sup__convnet_clip", "vit_sup__vit_clip"}
+                                                          "convnet_sup__convnet_clip", "vit_sup__vit_clip",
+                                                          "ids", "skipped_ids"}
+        assert len(f["ids"]) == 64 and len(set(f["ids"][()])) == 64 and len(f["skipped_ids"]) == 0
         within = f["vit_sup__vit_sup"]["cka"][()]
         assert within.shape == (12, 12) and np.allclose(np.diag(within), 1.0)
         assert f["vit_sup__vit_clip"]["cka"].shape[0] == 12
