@@ -490,3 +490,25 @@ def test_an_archive_holding_an_html_file_is_not_taken_for_a_web_page(server: Ser
     server.routes["/site.tar"] = Route(buf.getvalue())
     dest = download(server.url("/site.tar"), tmp_path / "site.tar", **FAST)
     assert dest.read_bytes() == buf.getvalue()
+
+
+def test_mirrors_are_tried_in_order_after_a_failure(server: ServerState, tmp_path: Path) -> None:
+    """A recipe's mirrors serve the same file (same checksum): the first source answers with a web
+    page, the second with a corrupt copy (quarantined), the third with the file."""
+    from beyond_imagenet.datasets.fetch import fetch_file
+
+    server.routes["/quota.zip"] = Route(b"<html><body>Quota exceeded</body></html>", content_type="text/html")
+    server.routes["/corrupt.zip"] = Route(PAYLOAD[:-1] + b"x")
+    server.routes["/good.zip"] = Route(PAYLOAD)
+    recipe = {"url": server.url("/quota.zip"), "mirrors": [server.url("/corrupt.zip"), server.url("/good.zip")],
+              "sha256": PAYLOAD_SHA, "size": len(PAYLOAD)}
+    dest = fetch_file(recipe, tmp_path / "set.zip", **FAST)
+    assert dest.read_bytes() == PAYLOAD
+    assert [len(server.seen(p)) > 0 for p in ("/quota.zip", "/corrupt.zip", "/good.zip")] == [True] * 3
+    # All sources failing: one error naming each of them.
+    recipe["mirrors"] = [server.url("/corrupt.zip")]
+    with pytest.raises(DownloadError) as err:
+        fetch_file(recipe, tmp_path / "other.zip", **FAST)
+    assert "every source of other.zip failed" in str(err.value)
+    assert server.url("/quota.zip") in str(err.value) and server.url("/corrupt.zip") in str(err.value)
+    assert not (tmp_path / "other.zip").exists()

@@ -360,6 +360,10 @@ def test_catalogue_download_recipes():
     assert hard.download["huggingface"]["revision"] == "e292574214aa16ede29857c613a50a12f60b8eb1"
     sketch = resolve_dataset("s", {"kind": "imagenet_sketch", "source": "download", "url": "https://example.org/x?id=1"})
     assert sketch.archive_path.name == "ImageNet-Sketch.zip"
+    assert "mirrors" not in sketch.download  # a study's own url: replaces the catalogue's sources
+    default = resolve_dataset("s", {"kind": "imagenet_sketch", "source": "download"}).download_files[0]
+    assert default["url"].startswith("https://huggingface.co/") and "1Mj0i5HBthqH1p_yeXzsg22gZduvgoNeA" in \
+        default["mirrors"][0]
     # A study url: is saved under its path's last part, never with the query string.
     vtab = {"kind": "vtab", "source": "download"}
     assert resolve_dataset("v", {**vtab, "url": "https://h.org/d/vtab-1k.zip?download=true"}).archive_path.name \

@@ -145,6 +145,7 @@ def resolve_dataset(name: str, entry: dict[str, Any], resources_dir: str = "reso
             raise DatasetError(f"datasets.{name}.url: kind {kind!r} is made of several files; a single `url:` "
                                "cannot replace them (use source: manual with a root instead)")
         download = {**(download or {}), "url": entry["url"]}
+        download.pop("mirrors", None)  # the study's own source replaces the catalogue's
         if entry.get("filename"):
             download["filename"] = entry["filename"]
         if entry.get("sha256") and entry["sha256"] != download.get("sha256"):

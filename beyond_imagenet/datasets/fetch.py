@@ -43,12 +43,27 @@ def md5_file(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
-def fetch_file(recipe: dict[str, Any], dest: str | os.PathLike) -> Path:
-    """Download one recipe file to ``dest`` (resumable, verified); return ``dest``."""
+def fetch_file(recipe: dict[str, Any], dest: str | os.PathLike, **options: Any) -> Path:
+    """Download one recipe file to ``dest`` (resumable, verified); return ``dest``.
+
+    ``url`` first, then each of ``mirrors`` (the same file: the same checksum applies) when the
+    one before fails (host down, an HTML page instead of the file, a corrupt copy)."""
     dest = Path(dest)
     sha256 = recipe.get("sha256")
     record = None if sha256 else dest.with_name(dest.name + ".sha256")
-    download(recipe["url"], dest, sha256=sha256, size=recipe.get("size"), record_checksum=record)
+    failures = []
+    for url in [recipe["url"], *recipe.get("mirrors", [])]:
+        try:
+            download(url, dest, sha256=sha256, size=recipe.get("size"), record_checksum=record, **options)
+            break
+        except DownloadError as err:
+            failures.append(f"{url}: {err}")
+            log.warning("download from %s failed (%s)%s", url, err, "; trying the next mirror"
+                        if len(failures) <= len(recipe.get("mirrors", [])) else "")
+    else:
+        if len(failures) == 1:
+            raise DownloadError(failures[0].split(": ", 1)[1])
+        raise DownloadError(f"every source of {dest.name} failed:\n  " + "\n  ".join(failures))
     if recipe.get("md5"):
         found = md5_file(dest)
         if found != recipe["md5"].lower():
