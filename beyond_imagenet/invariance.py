@@ -306,13 +306,18 @@ def resize_vit_pos_embed(model: torch.nn.Module, new_size: int | Sequence[int]) 
     with its defaults (bicubic, antialias=True, prefix/class tokens untouched) and updates the
     patch embed's expected size, the same resampling timm applies when loading a checkpoint at
     another ``img_size`` and open_clip applies in ``resize_pos_embed``; we use it when present.
-    Models without absolute position embeddings (ConvNets) are returned unchanged: they run at
-    any resolution. Modifies ``model`` in place and returns it.
+    Models without absolute position embeddings are resized with their own ``set_input_size`` if
+    they have one (Swin), else returned unchanged (ConvNets run at any resolution). Modifies
+    ``model`` in place and returns it.
     """
     hw = _as_hw(new_size)
     if getattr(model, "pos_embed", None) is None:
-        logger.info("%s has no absolute position embedding; nothing to resample for %s",
-                    type(model).__name__, hw)
+        if hasattr(model, "set_input_size"):  # e.g. Swin: window and relative-position tables
+            model.set_input_size(img_size=hw)
+            logger.info("Resized %s to input %s (set_input_size)", type(model).__name__, hw)
+        else:
+            logger.info("%s has no absolute position embedding; nothing to resample for %s",
+                        type(model).__name__, hw)
         return model
     if hasattr(model, "set_input_size"):
         model.set_input_size(img_size=hw)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import timm
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -288,3 +289,12 @@ def test_open_clip_resamples_pos_embed_when_loading(tiny_clip: str, tmp_path) ->
     torch.testing.assert_close(model.visual.conv1.weight, src.visual.conv1.weight)
     with torch.no_grad():
         assert model.encode_image(torch.randn(1, 3, 112, 112)).shape == (1, 32)
+
+
+def test_a_model_without_pos_embed_but_with_set_input_size_is_resized() -> None:
+    """Swin has no absolute position embedding, but fixed windows: its own set_input_size adapts them."""
+    model = timm.create_model("swin_tiny_patch4_window7_224", pretrained=False, depths=(1, 1, 1, 1),
+                              embed_dim=24, num_heads=(1, 1, 1, 1)).eval()
+    resize_vit_pos_embed(model, 448)
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 448, 448)).shape == (1, 1000)
