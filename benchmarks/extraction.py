@@ -196,17 +196,16 @@ def passes(results_dir: str) -> dict:
     as extra passes over images the standard extraction already ran."""
     import h5py
 
-    def text(values):
-        return [x.decode() if isinstance(x, bytes) else x for x in values]
+    from beyond_imagenet.extract import read_outputs
 
     total, unique = 0, set()
     files = sorted(Path(results_dir).glob("**/outputs/*/*.h5"))
     for path in files:
-        with h5py.File(path, "r") as f:
-            attrs = f.attrs
-            key = (str(attrs.get("model")), str(attrs.get("weights")), str(attrs.get("protocol")),
-                   str(attrs.get("manifest_fingerprint")), str(attrs.get("variant", "")))
-            ids = text(f["ids"][()]) + text(f["skipped_ids"][()])
+        out = read_outputs(path, fields=("ids", "skipped_ids"))
+        attrs = out["attrs"]
+        key = (str(attrs.get("model")), str(attrs.get("weights")), str(attrs.get("protocol")),
+               str(attrs.get("manifest_fingerprint")), str(attrs.get("variant", "")))
+        ids = [*out["ids"], *out["skipped_ids"]]
         total += len(ids)
         unique.update((key, i) for i in ids)
     ratio = total / max(len(unique), 1)
@@ -214,7 +213,7 @@ def passes(results_dir: str) -> dict:
     for path in sorted(Path(results_dir).glob("**/metrics/cka_*.h5")):
         with h5py.File(path, "r") as f:
             models = json.loads(f.attrs["models"])
-            ids = text(f["ids"][()]) if "ids" in f else []
+            ids = [x.decode() if isinstance(x, bytes) else x for x in f["ids"][()]] if "ids" in f else []
             fingerprint = str(f.attrs.get("manifest_fingerprint"))
         for identity in models.values():
             key = (str(identity["model"]), str(identity["weights"]), str(identity["protocol"]), fingerprint, "")

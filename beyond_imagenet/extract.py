@@ -404,7 +404,7 @@ def read_outputs(path: str | os.PathLike, expected: dict[str, Any] | None = None
     with h5py.File(path, "r") as f:
         for name in fields:
             data = f[name][()]
-            if name.endswith("ids"):
+            if h5py.check_string_dtype(f[name].dtype):  # ids, skipped_ids, skipped_reasons
                 data = np.asarray([x.decode() if isinstance(x, bytes) else x for x in data], dtype=object)
             out[name] = data
     return out

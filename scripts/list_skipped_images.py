@@ -12,7 +12,6 @@ for path in snakemake.input:
     out = read_outputs(path, fields=("skipped_ids", "skipped_reasons"))
     model = out["attrs"]["model"]
     for sid, reason in zip(out["skipped_ids"], out["skipped_reasons"]):
-        reason = reason.decode() if isinstance(reason, bytes) else str(reason)
         rows.append({**study.model_columns(model), "dataset": out["attrs"]["dataset"],
                      "variant": out["attrs"].get("variant", ""), "id": sid, "reason": reason})
 with atomic_path(snakemake.output[0]) as tmp:

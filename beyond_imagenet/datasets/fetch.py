@@ -51,19 +51,21 @@ def fetch_file(recipe: dict[str, Any], dest: str | os.PathLike, **options: Any) 
     dest = Path(dest)
     sha256 = recipe.get("sha256")
     record = None if sha256 else dest.with_name(dest.name + ".sha256")
-    failures = []
-    for url in [recipe["url"], *recipe.get("mirrors", [])]:
+    sources = [recipe["url"], *recipe.get("mirrors", [])]
+    failures: list[tuple[str, DownloadError]] = []
+    for url in sources:
         try:
             download(url, dest, sha256=sha256, size=recipe.get("size"), record_checksum=record, **options)
             break
         except DownloadError as err:
-            failures.append(f"{url}: {err}")
-            log.warning("download from %s failed (%s)%s", url, err, "; trying the next mirror"
-                        if len(failures) <= len(recipe.get("mirrors", [])) else "")
+            failures.append((url, err))
+            if len(failures) < len(sources):
+                log.warning("download from %s failed (%s); trying the next mirror", url, err)
     else:
         if len(failures) == 1:
-            raise DownloadError(failures[0].split(": ", 1)[1])
-        raise DownloadError(f"every source of {dest.name} failed:\n  " + "\n  ".join(failures))
+            raise failures[0][1]
+        raise DownloadError(f"every source of {dest.name} failed:\n  "
+                            + "\n  ".join(f"{url}: {err}" for url, err in failures))
     if recipe.get("md5"):
         found = md5_file(dest)
         if found != recipe["md5"].lower():
