@@ -6,15 +6,26 @@ import os
 
 from snakemake.exceptions import WorkflowError
 
-from beyond_imagenet.study import ConfigError, Study, validate_config
+from beyond_imagenet.study import ConfigError, Study, check_config_files, validate_config
 
 # config.yaml is the default study; a --configfile on the command line replaces it entirely
 # (Snakemake would otherwise merge the two, mixing the default study's models into another).
 if not workflow.overwrite_configfiles:
+    if os.path.exists("config.yaml"):
+        # Read strictly first: Snakemake's loader names no line for a syntax error.
+        try:
+            check_config_files(["config.yaml"])
+        except ConfigError as err:
+            raise WorkflowError(f"invalid study config: {err}")
 
     configfile: "config.yaml"
 
 
+try:
+    # A key given twice (two `vit_sup:` entries, a repeated block) is kept once by YAML, silently.
+    check_config_files(workflow.configfiles)
+except ConfigError as err:
+    raise WorkflowError(f"invalid study config: {err}")
 try:
     validate_config(config, workflow.source_path("schemas/config.schema.yaml"))
 except ConfigError as err:

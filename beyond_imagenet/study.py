@@ -158,9 +158,59 @@ def validate_config(config: dict[str, Any], schema_path: str | os.PathLike = SCH
     return config
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """``yaml.safe_load`` that refuses a key given twice in one mapping (PyYAML keeps the last)."""
+
+
+def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False):
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:  # the keys written here; what a merge key (<<:) brings may be overridden
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            continue
+        key = loader.construct_object(key_node, deep=True)
+        line = key_node.start_mark.line + 1
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r}: first on line {seen[key]}, again on line {line} "
+                "(YAML keeps only the last one; remove or rename one of them)", key_node.start_mark)
+        seen[key] = line
+    return loader.construct_mapping(node, deep=deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
+    """Parse a study YAML strictly: a syntax error or a duplicate key raises ConfigError naming the
+    file and the line(s). Snakemake's own loader keeps the last of two equal keys silently."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            config = yaml.load(f, Loader=_StrictLoader)
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        where = f"{path}, line {mark.line + 1}, column {mark.column + 1}" if mark else str(path)
+        problem = " ".join(p for p in (err.context, err.problem) if p)
+        raise ConfigError(f"{where}: {problem}") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not UTF-8 text ({err})") from None
+    if config is None:
+        return {}
+    if not isinstance(config, dict):
+        raise ConfigError(f"{path}: a study config is a mapping of keys (models:, datasets:, evaluations:), "
+                          f"not a {type(config).__name__}")
+    return config
+
+
+def check_config_files(paths) -> None:
+    """Re-read every config file of a run strictly (duplicate keys, syntax): see read_config_file."""
+    for path in paths:
+        read_config_file(path)
+
+
 def load_config(path: str | os.PathLike) -> dict[str, Any]:
-    with open(path) as f:
-        config = yaml.safe_load(f) or {}
+    config = read_config_file(path)
     try:
         return validate_config(config)
     except ConfigError as err:
@@ -330,3 +380,24 @@ class Study:
         if pug.get("transform") == "paper" and dataset in pug.get("datasets", []):
             return "center_crop_256_resize_224"
         return "protocol"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m beyond_imagenet.study FILE...``: check study files (syntax with file and line,
+    duplicate keys, schema) without starting Snakemake."""
+    import sys
+
+    paths = sys.argv[1:] if argv is None else argv
+    failed = 0
+    for path in paths:
+        try:
+            load_config(path)
+            print(f"{path}: ok")
+        except (ConfigError, OSError) as err:
+            print(err, file=sys.stderr)
+            failed += 1
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
