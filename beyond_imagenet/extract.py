@@ -56,9 +56,27 @@ class StaleOutputError(RuntimeError):
     """An output file was made for another model, weights, preprocessing or image list."""
 
 
+# Transforms resize the short side to a fixed size (256 px, up to 3 x 256 for the scale variants),
+# so the long side grows with the aspect ratio: a 1 x 4,000 px PNG of 101 bytes would become
+# 256 x 1,024,000 px (about 1 GB). Real photographs, panoramas included, stay far below this.
+MAX_ASPECT_RATIO = 100
+
+
 def load_rgb(path: str | os.PathLike) -> Image.Image:
-    """Decode fully (truncation raises) and convert odd-but-valid modes to 8-bit RGB."""
+    """Decode fully (truncation raises) and convert odd-but-valid modes to 8-bit RGB.
+
+    Refused (a bad image, named by the caller): a symlink that leads nowhere, and an image whose
+    sides differ more than ``MAX_ASPECT_RATIO`` times (checked on the header, before decoding), as
+    resizing its short side would cost memory without bound."""
+    if os.path.islink(path) and not os.path.exists(path):
+        raise FileNotFoundError(f"a symlink that leads nowhere (dangling or a loop): -> {os.readlink(path)}")
     with Image.open(path) as image:
+        width, height = image.size
+        if min(width, height) < 1 or max(width, height) > MAX_ASPECT_RATIO * min(width, height):
+            raise ValueError(
+                f"image is {width} x {height} px, more than {MAX_ASPECT_RATIO}:1; resizing its short side "
+                "would need memory without bound, so it is refused"
+            )
         image.load()
         if image.mode in ("I;16", "I;16B", "I;16L", "I"):
             # 16-bit (or 32-bit integer) grayscale: PIL's convert("RGB") would clip at 255;

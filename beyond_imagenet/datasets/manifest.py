@@ -21,21 +21,30 @@ log = logging.getLogger(__name__)
 
 
 def fingerprint(root: Path, samples: list[tuple[str, int]]) -> str:
-    """sha256 over (id, label, file size): changes when files are added, removed, relabelled or resized."""
+    """sha256 over (id, label, file size): changes when files are added, removed, relabelled or resized.
+    A file that cannot be stat'ed (a dangling symlink: a bad image, reported at extraction) counts as -1."""
     h = hashlib.sha256()
     for sid, label in samples:
-        h.update(f"{sid}\t{label}\t{os.stat(root / sid).st_size}\n".encode())
+        try:
+            size = os.stat(root / sid).st_size
+        except OSError:
+            size = -1
+        h.update(f"{sid}\t{label}\t{size}\n".encode())
     return h.hexdigest()
 
 
 def folder_signature(root: str | os.PathLike) -> str:
-    """A cheap digest of a folder's listing: the modification time of the folder and of every
-    folder below it. Adding, removing or renaming a file changes its folder's mtime, so this
-    changes too; it costs one stat per folder (1,001 for ImageNet val), not one per file.
+    """A digest of a folder's contents as seen by stat: the name, size and modification time of
+    every file (symlinks followed) and the modification time of every folder below ``root``.
+    Adding, removing or renaming a file changes it, and so does overwriting a file in place
+    (``cp good.JPEG bad.JPEG`` changes its mtime). One stat per file: the entries come from
+    ``os.scandir`` (50,000 files for ImageNet val take well under a second).
 
     A params value of the manifest rule of *manual* datasets, so a manifest is rebuilt when the
     user's folder changes (Snakemake tracks no input there). Folders the workflow writes itself
-    are tracked as its outputs instead."""
+    are tracked as its outputs instead. It never raises: what cannot be read (an unreadable folder,
+    a dangling symlink, a symlink loop) enters the digest as its error, and the manifest step that
+    this reruns names it."""
     root = Path(root)
     if not root.is_dir():
         return "missing"
@@ -43,9 +52,26 @@ def folder_signature(root: str | os.PathLike) -> str:
     stack = [root]
     while stack:
         folder = stack.pop()
-        h.update(f"{folder.relative_to(root)}\t{folder.stat().st_mtime_ns}\n".encode())
-        with os.scandir(folder) as it:
-            stack.extend(sorted((Path(e.path) for e in it if e.is_dir(follow_symlinks=False)), reverse=True))
+        name = os.fsencode(folder.relative_to(root))
+        try:
+            h.update(b"D\t%s\t%d\n" % (name, folder.stat().st_mtime_ns))
+            with os.scandir(folder) as it:
+                entries = sorted(it, key=lambda e: os.fsencode(e.name))
+        except OSError as err:
+            h.update(b"E\t%s\t%s\n" % (name, type(err).__name__.encode()))
+            continue
+        below = []
+        for entry in entries:
+            rel = os.fsencode(folder.relative_to(root) / entry.name)
+            if entry.is_dir(follow_symlinks=False):
+                below.append(Path(entry.path))
+                continue
+            try:
+                st = entry.stat()  # follows a symlink: a changed target counts
+                h.update(b"F\t%s\t%d\t%d\n" % (rel, st.st_size, st.st_mtime_ns))
+            except OSError as err:
+                h.update(b"E\t%s\t%s\n" % (rel, type(err).__name__.encode()))
+        stack.extend(reversed(below))
     return h.hexdigest()
 
 

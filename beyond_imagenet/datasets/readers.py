@@ -55,28 +55,76 @@ def _visible(entries):
     return sorted((e for e in entries if not e.name.startswith(".")), key=lambda e: e.name)
 
 
+def _list(folder: str | os.PathLike, what: str) -> list[os.DirEntry]:
+    """The visible entries of ``folder``; an unreadable folder or a symlink loop is named."""
+    try:
+        with os.scandir(folder) as it:
+            return _visible(it)
+    except OSError as err:
+        raise DatasetError(
+            f"{what} {folder} cannot be listed ({err.strerror or err}). Check that it exists, is a folder "
+            "you may read (e.g. chmod -R u+rX), and is not a symlink loop, then rerun."
+        ) from None
+
+
+def _bad_names(folder: str, entries: list[os.DirEntry]) -> list[str]:
+    """Entries whose name is not valid UTF-8 (ids are stored as UTF-8 in manifests and outputs)."""
+    bad = []
+    for e in entries:
+        try:
+            e.name.encode("utf-8")
+        except UnicodeEncodeError:
+            bad.append(f"{folder}/{_printable(e.name)}")
+    return bad
+
+
+def _is_dir(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_dir()
+    except OSError:
+        return False
+
+
 @register_reader("wnid_folders")
 def read_wnid_folders(root: Path, class_space: str) -> list[Sample]:
-    """``root/<wnid>/<file>``: every file in a class folder is a sample (bad files fail at decode)."""
+    """``root/<wnid>/<file>``: every file in a class folder is a sample (bad files fail at decode).
+
+    A symlink in a class folder is a sample even when it points nowhere (dangling, or a loop): it
+    is a bad image like an undecodable file, named at extraction and refused or skipped per
+    ``extraction.on_bad_image``, never dropped silently."""
     root = Path(root)
     if not root.is_dir():
         raise DatasetError(f"dataset folder {root} does not exist or is not a directory")
     index = {w: i for i, w in enumerate(class_space_wnids(class_space))}
-    with os.scandir(root) as it:
-        folders = _visible(e for e in it if e.is_dir())
+    top = _list(root, "dataset folder")
+    folders = [e for e in top if _is_dir(e)]
+    broken = [e.name for e in top if e.is_symlink() and not _is_dir(e) and e.name in index]
+    if broken:
+        raise DatasetError(
+            f"{root}: class folder(s) {', '.join(broken)} are symlinks that lead nowhere (dangling or a "
+            "loop). Point them at the class folders or remove them."
+        )
     unexpected = [e.name for e in folders if e.name not in index]
     if unexpected:
         raise DatasetError(
             f"{root}: {len(unexpected)} folder(s) are not classes of the {class_space} space: "
-            f"{', '.join(unexpected)}. Remove them or point the dataset at the right folder."
+            f"{', '.join(_printable(n) for n in unexpected)}. Remove them or point the dataset at the right folder."
         )
     samples: list[Sample] = []
     nested: list[str] = []
+    undecodable: list[str] = []
     for folder in folders:
-        with os.scandir(folder.path) as it:
-            entries = _visible(it)
-        nested += [f"{folder.name}/{e.name}/" for e in entries if e.is_dir()]
-        samples += [(f"{folder.name}/{e.name}", index[folder.name]) for e in entries if e.is_file()]
+        entries = _list(folder.path, "class folder")
+        undecodable += _bad_names(f"{root}/{folder.name}", entries)
+        nested += [f"{folder.name}/{e.name}/" for e in entries if _is_dir(e)]
+        samples += [(f"{folder.name}/{e.name}", index[folder.name]) for e in entries
+                    if e.is_symlink() and not _is_dir(e) or e.is_file(follow_symlinks=False)]
+    if undecodable:
+        raise DatasetError(
+            f"{root}: {len(undecodable)} file name(s) are not valid UTF-8 (shown with \\x escapes):\n  "
+            + "\n  ".join(undecodable[:20]) + (f"\n  ... and {len(undecodable) - 20} more" if len(undecodable) > 20 else "")
+            + "\nRename them (e.g. with `convmv` or `mv`), then rerun."
+        )
     if nested:
         # Images one level too deep would be silently left out of the set.
         raise DatasetError(
@@ -86,6 +134,11 @@ def read_wnid_folders(root: Path, class_space: str) -> list[Sample]:
     if not samples:
         raise DatasetError(f"{root}: no image files found in any class folder")
     return samples
+
+
+def _printable(name: str) -> str:
+    """A file name as text, undecodable bytes as \\x escapes."""
+    return os.fsencode(name).decode("utf-8", "backslashreplace")
 
 
 @register_reader("imagenet_val_folders")
