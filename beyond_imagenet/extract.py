@@ -13,6 +13,7 @@ the error names every one of them, and with ``on_bad_image='error'`` nothing is 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
@@ -54,6 +55,32 @@ class BadImagesError(RuntimeError):
 
 class StaleOutputError(RuntimeError):
     """An output file was made for another model, weights, preprocessing or image list."""
+
+
+class CorruptOutputError(StaleOutputError):
+    """An output file cannot be read (truncated) or its arrays no longer match their checksums."""
+
+
+class DiskFullError(OSError):
+    """No space left while writing an extraction file; says what was kept and how to resume."""
+
+
+_DISK_FULL = {errno.ENOSPC, errno.EDQUOT}
+
+
+def _is_disk_full(err: BaseException) -> bool:
+    # h5py reports HDF5's write failures as OSError/RuntimeError with the errno in the text only.
+    return getattr(err, "errno", None) in _DISK_FULL or "No space left on device" in str(err) \
+        or "Disk quota exceeded" in str(err)
+
+
+def _disk_full(path: Path, err: BaseException, resume: str) -> DiskFullError:
+    return DiskFullError(
+        errno.ENOSPC,
+        f"No space left on device while writing {path} ({type(err).__name__}: {err}). Nothing half-written "
+        f"was kept: the partial file was removed. Free space on {path.parent} (df -h {path.parent}) and rerun "
+        f"the same command: {resume}",
+    )
 
 
 # Transforms resize the short side to a fixed size (256 px, up to 3 x 256 for the scale variants),
@@ -147,10 +174,44 @@ def _shard_path(parts: Path, k: int) -> Path:
     return parts / f"shard-{k:06d}.npz"
 
 
+def _fsync_folder(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _save_shard(path: Path, **arrays: np.ndarray) -> None:
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
+    """Write a checkpoint shard durably: the file's data reaches the disk before its rename, and
+    the rename before the next shard (after a power loss a shard is whole or absent)."""
+    try:
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as f:
+                np.savez(f, **arrays)
+                f.flush()
+                os.fsync(f.fileno())
+        _fsync_folder(path.parent)
+    except OSError as err:
+        if _is_disk_full(err):
+            raise _disk_full(path, err, f"the extraction resumes after the {int(path.stem.split('-')[1])} "
+                                        "checkpoint shard(s) already written next to it.") from None
+        raise
+
+
+def _shard_ok(path: Path, rows: int) -> str:
+    """Empty if the shard at ``path`` is whole and holds ``rows`` images; else what is wrong."""
+    try:
+        with np.load(path) as z:
+            arrays = {k: z[k] for k in ("logits", "features", "index", "bad_index", "bad_reason")}  # CRC-checked
+    except Exception as err:  # zipfile.BadZipFile, EOFError, KeyError, ValueError, OSError
+        return f"{type(err).__name__}: {err}"
+    n_good, n_bad = len(arrays["index"]), len(arrays["bad_index"])
+    if n_good + n_bad != rows or len(arrays["bad_reason"]) != n_bad:
+        return f"holds {n_good} + {n_bad} images, expected {rows}"
+    if n_good and (len(arrays["logits"]) != n_good or len(arrays["features"]) != n_good):
+        return "its arrays have different lengths"
+    return ""
 
 
 class _Forward:
@@ -264,7 +325,7 @@ def _extract(network, transform, root, ids, labels, out_path: Path, parts: Path,
              batch_size: int, num_workers: int, shard_rows: int, n_shards: int, features_dtype: str,
              on_bad_image: str, progress: bool) -> Path:
     n = len(ids)
-    done = _resume_point(parts, run_key, n_shards)
+    done = _resume_point(parts, run_key, n_shards, shard_rows, n)
     if done:
         log.info("resuming %s after %d of %d checkpoint shards", out_path, done, n_shards)
 
@@ -301,7 +362,9 @@ def _extract(network, transform, root, ids, labels, out_path: Path, parts: Path,
     return _assemble(parts, n_shards, out_path, ids, labels, attrs, on_bad_image, root)
 
 
-def _resume_point(parts: Path, run_key: str, n_shards: int) -> int:
+def _resume_point(parts: Path, run_key: str, n_shards: int, shard_rows: int, n: int) -> int:
+    """How many checkpoint shards of this run can be reused: those of another run are deleted, and
+    so is the first damaged one and everything after it."""
     key_file = parts / "run-key"
     if not key_file.exists() or key_file.read_text() != run_key:
         stale = sorted(parts.glob("shard-*.npz"))
@@ -312,6 +375,17 @@ def _resume_point(parts: Path, run_key: str, n_shards: int) -> int:
         key_file.write_text(run_key)
     done = 0
     while done < n_shards and _shard_path(parts, done).exists():
+        rows = shard_rows if done < n_shards - 1 else n - done * shard_rows
+        problem = _shard_ok(_shard_path(parts, done), rows)
+        if problem:
+            # An empty or truncated shard (a power loss before it reached the disk, a copy): it and
+            # every later one are recomputed.
+            later = sorted(p for p in parts.glob("shard-*.npz") if p.name >= _shard_path(parts, done).name)
+            log.warning("checkpoint shard %s is damaged (%s); recomputing from it (%d shard(s) discarded)",
+                        _shard_path(parts, done), problem, len(later))
+            for path in later:
+                path.unlink()
+            break
         done += 1
     return done
 
@@ -345,8 +419,54 @@ def _assemble(parts: Path, n_shards: int, out_path: Path, ids: list[str], labels
     if n_good == 0:
         shutil.rmtree(parts)
         raise BadImagesError(str(root), [(ids[i], reason) for i, reason in bad] or [("(none)", "dataset is empty")])
+    try:
+        _write_output(parts, shards, out_path, ids, labels, attrs, bad, n_good, n_classes, dim, fdtype)
+    except (OSError, RuntimeError) as err:
+        if _is_disk_full(err):
+            raise _disk_full(out_path, err, "the checkpoint shards are kept, so only this file is assembled "
+                                            "again (no forward pass).") from None
+        raise
+    shutil.rmtree(parts)
+    if bad:
+        log.warning("%d unreadable image(s) skipped and recorded in %s", len(bad), out_path)
+    log.info("wrote %s (%d images)", out_path, n_good)
+    return out_path
+
+
+def _digest(name: str, data) -> str:
+    """sha256 of an array as a reader gets it back (dtype, shape, C-order bytes; strings as UTF-8)."""
+    h = hashlib.sha256()
+    if isinstance(data, np.ndarray) and data.dtype != object:
+        data = np.ascontiguousarray(data)
+        h.update(f"{name}|{data.dtype.str}|{data.shape}|".encode())
+        h.update(memoryview(data).cast("B"))
+    else:
+        h.update(f"{name}|str|{len(data)}|".encode())
+        for x in data:
+            b = x if isinstance(x, bytes) else str(x).encode("utf-8")
+            h.update(b"%d:%s" % (len(b), b))
+    return h.hexdigest()
+
+
+class _RowDigest:
+    """_digest of a 2-D array fed in row blocks (the shards), without holding the whole array."""
+
+    def __init__(self, name: str, dtype, shape):
+        self.h = hashlib.sha256(f"{name}|{np.dtype(dtype).str}|{tuple(shape)}|".encode())
+        self.dtype = dtype
+
+    def update(self, block: np.ndarray) -> None:
+        self.h.update(memoryview(np.ascontiguousarray(block, dtype=self.dtype)).cast("B"))
+
+    def hexdigest(self) -> str:
+        return self.h.hexdigest()
+
+
+def _write_output(parts, shards, out_path: Path, ids, labels, attrs, bad, n_good, n_classes, dim, fdtype) -> None:
     string = h5py.string_dtype("utf-8")
     with atomic_path(out_path) as tmp:
+        digests = {"logits": _RowDigest("logits", np.float32, (n_good, n_classes)),
+                   "features": _RowDigest("features", fdtype, (n_good, dim))}
         with h5py.File(tmp, "w") as f:
             d_logits = f.create_dataset("logits", (n_good, n_classes), dtype=np.float32, track_times=False)
             d_feats = f.create_dataset("features", (n_good, dim), dtype=fdtype, track_times=False)
@@ -358,25 +478,32 @@ def _assemble(parts: Path, n_shards: int, out_path: Path, ids: list[str], labels
                     if k:
                         d_logits[row : row + k] = z["logits"]
                         d_feats[row : row + k] = z["features"]
+                        digests["logits"].update(z["logits"])
+                        digests["features"].update(z["features"])
                         keep[z["index"]] = True
                     row += k
-            f.create_dataset("labels", data=labels[keep], track_times=False)
-            f.create_dataset("ids", data=np.asarray([s for s, k in zip(ids, keep) if k], dtype=object),
-                             dtype=string, track_times=False)
             bad_sorted = sorted(bad)
-            f.create_dataset("skipped_ids", data=np.asarray([ids[i] for i, _ in bad_sorted], dtype=object),
-                             dtype=string, shape=(len(bad_sorted),), track_times=False)
-            f.create_dataset("skipped_reasons", data=np.asarray([r for _, r in bad_sorted], dtype=object),
-                             dtype=string, shape=(len(bad_sorted),), track_times=False)
+            rest = {
+                "labels": labels[keep],
+                "ids": np.asarray([s for s, k in zip(ids, keep) if k], dtype=object),
+                "skipped_ids": np.asarray([ids[i] for i, _ in bad_sorted], dtype=object),
+                "skipped_reasons": np.asarray([r for _, r in bad_sorted], dtype=object),
+            }
+            for name, data in rest.items():
+                if data.dtype == object:
+                    f.create_dataset(name, data=data, dtype=string, shape=(len(data),), track_times=False)
+                else:
+                    f.create_dataset(name, data=data, track_times=False)
+            checksums = {name: d.hexdigest() for name, d in digests.items()}
+            checksums.update({name: _digest(name, f[name][()]) for name in rest})
             full = {**attrs, "format_version": FORMAT_VERSION, "n_images": int(n_good),
-                    "n_skipped": len(bad_sorted), "features_dtype": np.dtype(fdtype).name}
+                    "n_skipped": len(bad_sorted), "features_dtype": np.dtype(fdtype).name,
+                    "sha256": checksums}
             for key in sorted(full):
                 f.attrs[key] = _attr_value(full[key])
-    shutil.rmtree(parts)
-    if bad:
-        log.warning("%d unreadable image(s) skipped and recorded in %s", len(bad), out_path)
-    log.info("wrote %s (%d images)", out_path, n_good)
-    return out_path
+        with open(tmp, "rb") as f:  # on disk before the rename: after a power loss, whole or absent
+            os.fsync(f.fileno())
+    _fsync_folder(out_path.parent)
 
 
 def _attr_value(value: Any):
@@ -388,9 +515,28 @@ def _attr_value(value: Any):
 
 
 # ------------------------------------------------------------------------------------- reading
+def _corrupt(path, why: str) -> CorruptOutputError:
+    """Remove a damaged cached output (so the next run recomputes it) and say so."""
+    path = Path(path)
+    removed = False
+    with contextlib.suppress(OSError):
+        path.unlink()
+        removed = True
+    what = ("It was removed: run the same snakemake command again and it is recomputed (Snakemake "
+            "re-extracts a missing output)." if removed else
+            f"Remove it (rm {path}) and rerun the workflow to recompute it.")
+    return CorruptOutputError(f"{path} is damaged and was not used: {why}. {what}")
+
+
 def read_attrs(path: str | os.PathLike) -> dict[str, Any]:
-    with h5py.File(path, "r") as f:
-        return {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
+    try:
+        with h5py.File(path, "r") as f:
+            return {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
+    except OSError as err:
+        if not Path(path).is_file():
+            raise
+        # A truncated copy, a disk error, a file cut by a full disk outside this workflow.
+        raise _corrupt(path, f"HDF5 cannot read it ({err})") from None
 
 
 def check_attrs(path: str | os.PathLike, expected: dict[str, Any]) -> dict[str, Any]:
@@ -419,10 +565,23 @@ def read_outputs(path: str | os.PathLike, expected: dict[str, Any] | None = None
     """Load an output file (read-only), checking its recorded identity first."""
     attrs = check_attrs(path, expected) if expected else read_attrs(path)
     out: dict[str, Any] = {"attrs": attrs}
-    with h5py.File(path, "r") as f:
-        for name in fields:
-            data = f[name][()]
-            if h5py.check_string_dtype(f[name].dtype):  # ids, skipped_ids, skipped_reasons
-                data = np.asarray([x.decode() if isinstance(x, bytes) else x for x in data], dtype=object)
-            out[name] = data
+    # Outputs written since checksums were recorded carry the sha256 of every array: a file
+    # changed in place (bit rot, a bad copy) is refused instead of changing the metrics.
+    checksums = json.loads(attrs["sha256"]) if attrs.get("sha256") else {}
+    try:
+        with h5py.File(path, "r") as f:
+            for name in fields:
+                if name not in f:
+                    raise KeyError(f"it has no {name!r} array")
+                data = f[name][()]
+                if name in checksums and _digest(name, data) != checksums[name]:
+                    raise ValueError(f"its {name!r} array does not match the sha256 recorded when it was written "
+                                     "(changed after it was written: bit rot, a bad copy, an edit)")
+                if h5py.check_string_dtype(f[name].dtype):  # ids, skipped_ids, skipped_reasons
+                    data = np.asarray([x.decode() if isinstance(x, bytes) else x for x in data], dtype=object)
+                out[name] = data
+    except (KeyError, ValueError) as err:
+        raise _corrupt(path, str(err).strip("'\"")) from None
+    except OSError as err:
+        raise _corrupt(path, f"HDF5 cannot read it ({err})") from None
     return out
