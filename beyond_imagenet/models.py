@@ -145,6 +145,35 @@ def _load_checkpoint(network: nn.Module, spec: ModelSpec) -> None:
         )
 
 
+def _is_fetch_error(err: BaseException) -> bool:
+    """A download failure: huggingface_hub's (LocalEntryNotFoundError when offline, HTTP errors),
+    urllib's and socket errors are OSErrors; newer huggingface_hub HTTP errors may not be. open_clip
+    re-raises them as a RuntimeError ("Failed to download weights ..."): the chain is followed."""
+    try:
+        from huggingface_hub.errors import HfHubHTTPError
+    except ImportError:  # pragma: no cover
+        HfHubHTTPError = OSError
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, (OSError, HfHubHTTPError)):
+            return True
+        err = err.__cause__ or err.__context__
+    return False
+
+
+def weights_unavailable(spec: ModelSpec, weights: str, err: BaseException) -> ModelError:
+    """The pretrained weights could not be fetched (no network, a hub outage, a proxy): name the
+    model entry and the offline alternatives instead of a huggingface_hub traceback."""
+    return ModelError(
+        f"models.{spec.name}: the pretrained weights {weights} could not be fetched "
+        f"({type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else 'no detail'}). "
+        "Without network access: give the weights as a file with `checkpoint: /path/to/weights.pth` (a state "
+        "dict saved where the hub can be reached), fill the Hugging Face cache there and copy it here "
+        "(HF_HOME, then HF_HUB_OFFLINE=1), or set `pretrained: false` for random weights."
+    )
+
+
 def _transform_record(transform: Callable, **params: Any) -> dict[str, Any]:
     return {"transform": repr(transform), **params}
 
@@ -220,7 +249,9 @@ class TimmSource:
         torch.manual_seed(spec.seed)
         try:
             model = timm.create_model(arch, pretrained=pretrained)
-        except RuntimeError as err:
+        except Exception as err:
+            if pretrained and _is_fetch_error(err):
+                raise weights_unavailable(spec, f"timm {arch}", err) from None
             raise ModelError(f"models.{spec.name}: timm cannot create {arch!r}: {err}") from err
         if spec.checkpoint:
             _load_checkpoint(model, spec)
@@ -309,7 +340,9 @@ def _create_open_clip(spec: ModelSpec, image_size: int | None = None):
     torch.manual_seed(spec.seed)
     try:
         model, _, preprocess = open_clip.create_model_and_transforms(spec.arch, pretrained=tag)
-    except RuntimeError as err:
+    except Exception as err:
+        if tag is not None and _is_fetch_error(err):
+            raise weights_unavailable(spec, f"open_clip {spec.arch} {tag}", err) from None
         raise ModelError(f"models.{spec.name}: open_clip cannot create {spec.arch!r} ({tag}): {err}") from err
     if spec.checkpoint:
         _load_checkpoint(model, spec)
@@ -330,7 +363,12 @@ def _open_clip_at_resolution(spec: ModelSpec, tag: str | None, image_size: int):
     from beyond_imagenet.invariance import create_open_clip_at_resolution
 
     if tag is not None:
-        return create_open_clip_at_resolution(spec.arch, tag, image_size)
+        try:
+            return create_open_clip_at_resolution(spec.arch, tag, image_size)
+        except Exception as err:
+            if _is_fetch_error(err):
+                raise weights_unavailable(spec, f"open_clip {spec.arch} {tag}", err) from None
+            raise
     base, _, _ = _create_open_clip(spec)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "weights.pt"
@@ -406,6 +444,53 @@ def unknown_architecture_message(source: str, arch: str) -> str | None:
     close = difflib.get_close_matches(arch, adapter.architectures(), n=3, cutoff=0.6)
     hint = f"; did you mean {', '.join(close)}?" if close else ""
     return f"{source} has no architecture {arch!r}{hint}"
+
+
+def _pretrained_tags(source: str, arch: str) -> list[str] | None:
+    """The pretrained tags the library knows offline for ``arch``; None where it cannot say (a
+    Hugging Face hub or local architecture, a timm name that already carries a tag)."""
+    if source == "timm":
+        import timm
+
+        if "." in arch or arch.startswith(("hf-hub:", "hf_hub:", "local-dir:")):
+            return None
+        return [name.split(".", 1)[1] for name in timm.list_pretrained(f"{arch}.*") if name.split(".", 1)[0] == arch]
+    if source == "open_clip":
+        import open_clip
+
+        if arch.startswith(("hf-hub:", "local-dir:")):
+            return None
+        _register_bundled_open_clip_configs()
+        return list(open_clip.list_pretrained_tags_by_model(arch))
+    return None
+
+
+def unknown_pretrained_message(source: str, arch: str, pretrained: bool | str) -> str | None:
+    """None if the library has the weights ``pretrained`` names for ``arch`` (checked offline in its
+    registry, as architectures are); else a message with the closest tags. A tag that is a local
+    file is open_clip's own way to load weights and is accepted."""
+    import difflib
+    import os
+
+    if pretrained is False:
+        return None
+    if source == "open_clip" and isinstance(pretrained, str) and os.path.isfile(pretrained):
+        return None
+    tags = _pretrained_tags(source, arch)
+    if tags is None:
+        return None
+    if pretrained is True:
+        if source == "timm" and not tags:
+            return (f"timm has no pretrained weights for {arch!r} (timm would silently use random ones): set "
+                    "`pretrained: false` (random, seeded), or `checkpoint:` with your weights")
+        return None  # open_clip without a tag is refused with the list of tags elsewhere
+    if pretrained in tags:
+        return None
+    close = difflib.get_close_matches(pretrained, tags, n=3, cutoff=0.5)
+    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    shown = ", ".join(tags[:12]) + (f", ... ({len(tags)} in all)" if len(tags) > 12 else "")
+    known = f" Known tags: {shown}." if tags else f" {source} has no pretrained weights for {arch!r}."
+    return f"{source} has no pretrained tag {pretrained!r} for {arch!r}{hint}{known}"
 
 
 def build_model(spec: ModelSpec, protocol: str = "paper", head: torch.Tensor | None = None,

@@ -17,7 +17,7 @@ import yaml
 
 from beyond_imagenet.datasets import DatasetError, DatasetSpec, resolve_dataset
 from beyond_imagenet.datasets.vtab import expand_dataset
-from beyond_imagenet.models import ModelError, ModelSpec, unknown_architecture_message
+from beyond_imagenet.models import ModelError, ModelSpec, unknown_architecture_message, unknown_pretrained_message
 
 SCHEMA_PATH = Path(__file__).resolve().parents[1] / "schemas" / "config.schema.yaml"
 
@@ -142,6 +142,10 @@ def validate_config(config: dict[str, Any], schema_path: str | os.PathLike = SCH
         unknown = unknown_architecture_message(entry["source"], entry["name"])
         if unknown:
             problems.append(f"  models.{name}.name: {unknown}")
+        elif not entry.get("checkpoint"):  # with a checkpoint, `pretrained` is not used
+            tag = unknown_pretrained_message(entry["source"], entry["name"], entry.get("pretrained", True))
+            if tag:
+                problems.append(f"  models.{name}.pretrained: {tag}")
         if "invariance" in config["evaluations"] and entry["source"] == "open_clip" and not unknown:
             from beyond_imagenet.models import OpenClipSource
 
