@@ -227,6 +227,7 @@ class _State:
 
     hasher: Any = field(default_factory=hashlib.sha256)
     nbytes: int = 0
+    length_known: bool = True  # the last response said how long the file is
 
     def update(self, chunk: bytes) -> None:
         self.hasher.update(chunk)
@@ -283,6 +284,7 @@ def _fetch_once(
         if offset == 0 and _looks_like_html(chunk):
             raise _html_error(url, dest, part, kept_partial=False)
         total = resp.total if resp.total is not None else (offset + resp.length if resp.length is not None else None)
+        state.length_known = total is not None
         if size is not None and total is not None and total != size:
             raise DownloadError(
                 f"{url} reports {total} bytes but {size} were expected; the host may serve a different "
@@ -303,6 +305,56 @@ def _fetch_once(
         if total is not None and state.nbytes < total:
             raise _TransientError(f"connection closed at byte {state.nbytes} of {total}")
         return True
+
+
+class _NotComplete(_TransientError):
+    """A download whose length nobody stated ended where its own format says it is not complete."""
+
+
+def integrity_problem(path: str | os.PathLike[str]) -> str | None:
+    """Why the file at ``path`` is not complete by its own structure, or None if it is (or its
+    format carries no such check). What a download has to go by when the server sent no length and
+    no checksum is published: a connection cut early looks like a normal end of the body.
+
+    gzip / bz2 / xz (a compressed tar too): the whole stream is decompressed, which checks its end
+    marker and, for gzip and xz, the CRC and length of the data; zip: every member's CRC; tar: every
+    header and that the last member's data is all there; JSON: that it parses."""
+    import bz2
+    import gzip
+    import json
+    import lzma
+
+    path = pathlib.Path(path)
+    size = path.stat().st_size
+    if size == 0:
+        return "it is empty"
+    with open(path, "rb") as f:
+        head = f.read(6)
+    streams = {b"\x1f\x8b": gzip.open, b"BZh": bz2.open, b"\xfd7zXZ": lzma.open}
+    try:
+        for magic, opener in streams.items():
+            if head.startswith(magic):
+                with opener(path, "rb") as stream:
+                    while stream.read(CHUNK_SIZE):
+                        pass
+                return None
+        if head[:4] in (b"PK\x03\x04", b"PK\x05\x06"):
+            with zipfile.ZipFile(path) as zf:
+                bad = zf.testzip()
+            return f"zip member {bad!r} is damaged" if bad else None
+        if tarfile.is_tarfile(path):
+            end = 0
+            with tarfile.open(path, "r:") as tar:
+                for member in tar:
+                    end = max(end, member.offset_data + (member.size if member.isreg() else 0))
+            return f"its last member needs {end} bytes, the file has {size}" if end > size else None
+        if head[:1] in (b"{", b"["):
+            with open(path, encoding="utf-8") as f:
+                json.load(f)
+            return None
+    except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError, ValueError, lzma.LZMAError) as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return None
 
 
 def _drop_empty(part: pathlib.Path) -> None:
@@ -414,9 +466,24 @@ def download(
             before = state.nbytes
             try:
                 if _fetch_once(url, dest, part, state, size, timeout, bar):
+                    if expected_sha is None and size is None and not state.length_known:
+                        # Nothing says how long the file is: a connection cut early would pass for
+                        # its end, and its sha256 would be recorded. The file's own structure decides.
+                        problem = integrity_problem(part) if part.exists() else "nothing was received"
+                        if problem:
+                            raise _NotComplete(f"{url} sent no length, and the {state.nbytes} bytes received are "
+                                               f"not a complete file ({problem})")
                     break
             except _TransientError as exc:
                 failures = 0 if state.nbytes > before else failures + 1
+                if failures > retries and isinstance(exc, _NotComplete):
+                    if part.exists():
+                        _quarantine(part, quarantine)
+                    raise DownloadError(
+                        f"{exc}; it is not trusted: no checksum was recorded and it was moved to {quarantine}. The "
+                        "connection was probably cut early. Retry later, or use a mirror (`url:`) or a copy "
+                        f"downloaded by other means at {dest}."
+                    ) from None
                 if failures > retries:
                     kept = f" The partial download is kept at {part}; re-run to resume." if part.exists() else ""
                     raise DownloadError(

@@ -45,6 +45,7 @@ class Route:
     always_drop: bool = False  # drop on every request
     reset: bool = False  # drop with a TCP RST instead of a clean close
     ignore_range: bool = False  # answer 200 with the whole body even to Range requests
+    no_length: bool = False  # send no Content-Length (HTTP/1.0: the body ends when the connection closes)
     served: int = 0
 
 
@@ -97,7 +98,8 @@ class Handler(BaseHTTPRequestHandler):
         payload = body[start:]
         self.send_response(status)
         self.send_header("Content-Type", route.content_type)
-        self.send_header("Content-Length", str(len(payload)))
+        if not route.no_length:
+            self.send_header("Content-Length", str(len(payload)))
         if status == 206:
             self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
         self.end_headers()
@@ -512,3 +514,86 @@ def test_mirrors_are_tried_in_order_after_a_failure(server: ServerState, tmp_pat
     assert "every source of other.zip failed" in str(err.value)
     assert server.url("/quota.zip") in str(err.value) and server.url("/corrupt.zip") in str(err.value)
     assert not (tmp_path / "other.zip").exists()
+
+
+# --------------------------------------------------------------------------------------------
+# No length, no published checksum (issue 15)
+# --------------------------------------------------------------------------------------------
+
+
+def _tarball(tmp_path: Path, mode: str = "w:gz") -> bytes:
+    return make_tar(tmp_path / "src.tar", [(tinfo("pkg/big.bin"), PAYLOAD), (tinfo("pkg/x.txt"), b"x")], mode).read_bytes()
+
+
+@pytest.mark.parametrize("mode", ["w:gz", "w"])
+def test_a_lengthless_download_cut_early_is_resumed_not_recorded(server: ServerState, tmp_path: Path, mode) -> None:
+    """Guards: a server that sends no length and cuts off early looked like a finished download,
+    and the sha256 of the cut file was recorded. The archive's own structure (gzip end marker and
+    CRC; tar member sizes) shows it is incomplete, so the download resumes and the good file's
+    checksum is the one recorded."""
+    body = _tarball(tmp_path, mode)
+    server.routes["/pug.tar"] = Route(body, no_length=True, drop_after=len(body) // 3)
+    dest, record = tmp_path / "dl" / "pug.tar", tmp_path / "dl" / "pug.tar.sha256"
+    download(server.url("/pug.tar"), dest, record_checksum=record, **FAST)
+    assert dest.read_bytes() == body
+    assert record.read_text().split()[0] == hashlib.sha256(body).hexdigest()
+    assert server.seen("/pug.tar") == [None, f"bytes={len(body) // 3}-"]
+
+
+def test_a_lengthless_download_that_stays_cut_is_refused(server: ServerState, tmp_path: Path) -> None:
+    """A server that always sends the same cut body (no length, no Range support): not trusted,
+    no checksum recorded, the bytes quarantined, one message saying so."""
+    body = _tarball(tmp_path)
+    server.routes["/cut.tar.gz"] = Route(body, no_length=True, always_drop=True, drop_after=len(body) // 2,
+                                         ignore_range=True)
+    dest, record = tmp_path / "dl" / "cut.tar.gz", tmp_path / "dl" / "cut.tar.gz.sha256"
+    with pytest.raises(DownloadError, match=r"sent no length, and the \d+ bytes received are not a complete file") as err:
+        download(server.url("/cut.tar.gz"), dest, record_checksum=record, retries=1, **FAST)
+    assert "no checksum was recorded" in str(err.value)
+    assert not dest.exists() and not record.exists() and (tmp_path / "dl" / "cut.tar.gz.quarantine").exists()
+
+
+def test_a_lengthless_complete_download_is_accepted(server: ServerState, tmp_path: Path) -> None:
+    body = _tarball(tmp_path)
+    server.routes["/ok.tgz"] = Route(body, no_length=True)
+    dest = tmp_path / "ok.tgz"
+    download(server.url("/ok.tgz"), dest, record_checksum=tmp_path / "ok.sha256", **FAST)
+    assert dest.read_bytes() == body and len(server.seen("/ok.tgz")) == 1
+
+
+@pytest.mark.parametrize("cut, problem", [
+    (lambda b: b[: len(b) // 2], True), (lambda b: b[:-4], True), (lambda b: b, False)])
+def test_integrity_problem_of_a_cut_gzip_zip_and_json(tmp_path: Path, cut, problem) -> None:
+    """Cut anywhere (even in the gzip trailer), each format's own check sees it."""
+    files = {"a.tgz": _tarball(tmp_path), "a.zip": make_zip(tmp_path / "z.zip", {"x": PAYLOAD}).read_bytes(),
+             "a.json": b'{"0": [1, 2, 3], "1": [4, 5, 6]}'}
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(cut(data))
+        assert (dl.integrity_problem(tmp_path / name) is not None) == problem, name
+
+
+def test_a_recorded_checksum_is_dropped_when_the_file_fails_to_unpack(server: ServerState, tmp_path: Path) -> None:
+    """Guards: after a bad (cut) copy had its sha256 recorded and failed to unpack, every later good
+    download was quarantined against the bad record. The record goes with the file, and the rerun
+    downloads and unpacks the good one."""
+    from beyond_imagenet.datasets import resolve_dataset
+    from beyond_imagenet.datasets.fetch import fetch_file, unpack_dataset
+
+    body = _tarball(tmp_path)
+    server.routes["/cue.tar.gz"] = Route(body)
+    downloads = tmp_path / "downloads"
+    archive, record = downloads / "cue.tar.gz", downloads / "cue.tar.gz.sha256"
+    downloads.mkdir()
+    archive.write_bytes(body[: len(body) // 2])  # a bad copy whose sha256 was recorded at first download
+    record.write_text(f"{hashlib.sha256(archive.read_bytes()).hexdigest()}  cue.tar.gz\n")
+    spec = resolve_dataset("cue", {"kind": "cue_conflict", "source": "download", "url": server.url("/cue.tar.gz")},
+                           str(tmp_path / "res"))
+    out = tmp_path / "res" / "datasets" / "cue"
+    with pytest.raises(DownloadError) as err:
+        unpack_dataset(spec, [archive], out)
+    assert "truncated or corrupt" in str(err.value) and f"that record ({record}) was dropped" in str(err.value)
+    assert not record.exists() and not archive.exists() and not out.exists()
+    fetch_file({"url": server.url("/cue.tar.gz")}, archive, **FAST)  # the rerun: a good copy is accepted
+    assert record.read_text().split()[0] == hashlib.sha256(body).hexdigest()
+    unpack_dataset(spec, [archive], out)
+    assert (out / "pkg" / "big.bin").read_bytes() == PAYLOAD

@@ -17,6 +17,7 @@ verifies each LFS file's sha256) and writes images plus a ``labels.json``.
 
 from __future__ import annotations
 
+import errno
 import fnmatch
 import glob
 import hashlib
@@ -97,6 +98,28 @@ def _move_into(src: Path, dst: Path) -> None:
             os.replace(child, target)
 
 
+def _extract(archive: Path, target: Path) -> Path:
+    """safe_extract, and if the archive turns out corrupt or truncated, forget the checksum that
+    was recorded for it at first download: that record is of the bad copy, and every good
+    download after it would be quarantined against it. The archive is moved aside with it, so the
+    next run downloads it again (a full disk keeps both: the archive is not at fault)."""
+    try:
+        return safe_extract(archive, target)
+    except DownloadError as err:
+        record = archive.with_name(archive.name + ".sha256")
+        cause = err.__cause__
+        if not record.exists() or (isinstance(cause, OSError) and cause.errno in (errno.ENOSPC, errno.EDQUOT)):
+            raise
+        quarantine = archive.with_name(archive.name + ".quarantine")
+        os.replace(archive, quarantine)
+        record.unlink()
+        raise DownloadError(
+            f"{err}\nIts sha256 was only recorded at its first download (no checksum is published), so that "
+            f"record ({record}) was dropped with it and the file was moved to {quarantine}: rerun and it is "
+            "downloaded again."
+        ) from None
+
+
 def unpack_dataset(spec: DatasetSpec, archives: list[str | os.PathLike], out: str | os.PathLike) -> Path:
     """Build ``out`` from the downloaded files of ``spec`` (or from its Hugging Face recipe)."""
     out = Path(out)
@@ -105,14 +128,14 @@ def unpack_dataset(spec: DatasetSpec, archives: list[str | os.PathLike], out: st
         return fetch_huggingface_parquet(spec.download["huggingface"], out / spec.subdir, spec.expected_images)
     recipes = spec.download_files if spec.source == "download" else [{"filename": a.name} for a in archives]
     if len(archives) == 1 and recipes[0].get("extract", True):
-        return safe_extract(archives[0], out)
+        return _extract(archives[0], out)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     remove_leftovers(out.parent, f".{glob.escape(out.name)}.tmp-*")  # of a killed earlier unpack
     try:
         for k, (archive, recipe) in enumerate(zip(archives, recipes, strict=True)):
             if recipe.get("extract", True):
                 part = tmp.with_name(f"{tmp.name}-part{k}")
-                safe_extract(archive, part)
+                _extract(archive, part)
                 _move_into(part, tmp)
                 shutil.rmtree(part)
             else:
