@@ -141,3 +141,18 @@ def test_ordinary_and_wide_images_still_load(tmp_path):
     array = np.random.default_rng(0).integers(0, 255, size=(20, 20 * MAX_ASPECT_RATIO, 3), dtype=np.uint8)
     Image.fromarray(array).save(tmp_path / "wide.png")
     assert np.array_equal(np.asarray(load_rgb(tmp_path / "wide.png")), array)
+
+
+def test_other_folder_readers_keep_dangling_symlinks_and_name_bad_names(tmp_path):
+    """ImageNet-V2's class-index folders go through the same listing: a dangling symlink is a
+    (bad) sample, a non-UTF-8 name is named."""
+    from beyond_imagenet.datasets.imagenet_variants import read_class_index_folders
+
+    for k in range(2):
+        (tmp_path / str(k)).mkdir()
+        Image.new("RGB", (8, 8)).save(tmp_path / str(k) / "a.jpeg")
+    (tmp_path / "1" / "gone.jpeg").symlink_to(tmp_path / "nowhere.jpeg")
+    assert ("1/gone.jpeg", 1) in read_class_index_folders(tmp_path, "imagenet1k")
+    (tmp_path / "0" / os.fsdecode(b"\xff.jpeg")).write_bytes(b"x")
+    with pytest.raises(DatasetError, match=r"\\xff\.jpeg"):
+        read_class_index_folders(tmp_path, "imagenet1k")

@@ -38,7 +38,7 @@ from beyond_imagenet.datasets.generate import (
     random_image,
     register_generator,
 )
-from beyond_imagenet.datasets.readers import Sample, _visible, class_space_wnids, register_reader
+from beyond_imagenet.datasets.readers import Sample, class_space_wnids, register_reader, sample_files, sub_folders
 from beyond_imagenet.metrics.pug import PUG_SUBSETS
 from beyond_imagenet.metrics.robustness import IMAGENET_C_CORRUPTIONS, IMAGENET_C_EXTRA, IMAGENET_C_SEVERITIES
 from beyond_imagenet.metrics.shape_bias import CATEGORIES, parse_cue_conflict_name
@@ -53,13 +53,12 @@ def _require_dir(root: Path) -> None:
 
 
 def _dirs(path: Path) -> list[os.DirEntry]:
-    with os.scandir(path) as it:
-        return _visible(e for e in it if e.is_dir())
+    return sub_folders(path)
 
 
 def _files(path: str | Path) -> list[os.DirEntry]:
-    with os.scandir(path) as it:
-        return _visible(e for e in it if e.is_file())
+    """Files of a class folder, as readers.sample_files: dangling symlinks are (bad) samples."""
+    return sample_files(path)
 
 
 def _shown(names: list[str]) -> str:

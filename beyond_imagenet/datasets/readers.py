@@ -85,6 +85,34 @@ def _is_dir(entry: os.DirEntry) -> bool:
         return False
 
 
+def _is_sample(entry: os.DirEntry) -> bool:
+    """A file, or a symlink that is not a folder (a dangling one too: a bad image, not dropped)."""
+    return entry.is_symlink() and not _is_dir(entry) or entry.is_file(follow_symlinks=False)
+
+
+def _utf8_error(folder: str, names: list[str]) -> DatasetError:
+    return DatasetError(
+        f"{folder}: {len(names)} file name(s) are not valid UTF-8 (shown with \\x escapes):\n  "
+        + "\n  ".join(names[:20]) + (f"\n  ... and {len(names) - 20} more" if len(names) > 20 else "")
+        + "\nRename them (e.g. with `convmv` or `mv`), then rerun."
+    )
+
+
+def sub_folders(path: str | os.PathLike) -> list[os.DirEntry]:
+    """The visible sub-folders of ``path`` (symlinks to folders included), sorted by name."""
+    return [e for e in _list(path, "folder") if _is_dir(e)]
+
+
+def sample_files(path: str | os.PathLike) -> list[os.DirEntry]:
+    """The visible files of a class folder, sorted by name, symlinks that lead nowhere included
+    (see read_wnid_folders); a name that is not UTF-8 or an unreadable folder is named."""
+    entries = _list(path, "folder")
+    bad = _bad_names(str(path), entries)
+    if bad:
+        raise _utf8_error(str(path), bad)
+    return [e for e in entries if _is_sample(e)]
+
+
 @register_reader("wnid_folders")
 def read_wnid_folders(root: Path, class_space: str) -> list[Sample]:
     """``root/<wnid>/<file>``: every file in a class folder is a sample (bad files fail at decode).
@@ -117,14 +145,9 @@ def read_wnid_folders(root: Path, class_space: str) -> list[Sample]:
         entries = _list(folder.path, "class folder")
         undecodable += _bad_names(f"{root}/{folder.name}", entries)
         nested += [f"{folder.name}/{e.name}/" for e in entries if _is_dir(e)]
-        samples += [(f"{folder.name}/{e.name}", index[folder.name]) for e in entries
-                    if e.is_symlink() and not _is_dir(e) or e.is_file(follow_symlinks=False)]
+        samples += [(f"{folder.name}/{e.name}", index[folder.name]) for e in entries if _is_sample(e)]
     if undecodable:
-        raise DatasetError(
-            f"{root}: {len(undecodable)} file name(s) are not valid UTF-8 (shown with \\x escapes):\n  "
-            + "\n  ".join(undecodable[:20]) + (f"\n  ... and {len(undecodable) - 20} more" if len(undecodable) > 20 else "")
-            + "\nRename them (e.g. with `convmv` or `mv`), then rerun."
-        )
+        raise _utf8_error(str(root), undecodable)
     if nested:
         # Images one level too deep would be silently left out of the set.
         raise DatasetError(
