@@ -210,7 +210,8 @@ def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
 def check_config_files(paths) -> None:
     """Re-read every config file of a run strictly (duplicate keys, syntax): see read_config_file."""
     for path in paths:
-        read_config_file(path)
+        if os.path.isfile(path):  # Snakemake has read it already; one gone since is its business
+            read_config_file(path)
 
 
 def load_config(path: str | os.PathLike) -> dict[str, Any]:

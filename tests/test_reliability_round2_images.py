@@ -18,7 +18,7 @@ from beyond_imagenet.datasets import DatasetError
 from beyond_imagenet.datasets.manifest import folder_signature
 from beyond_imagenet.datasets.readers import read_wnid_folders
 from beyond_imagenet.extract import MAX_ASPECT_RATIO, BadImagesError, load_rgb, read_outputs
-from test_extract import TinyNet, make_images, run
+from test_extract import make_images, run
 
 A, B = "n01440764", "n01443537"
 

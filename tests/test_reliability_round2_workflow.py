@@ -6,7 +6,6 @@ from __future__ import annotations
 import copy
 import shutil
 
-import h5py
 import pytest
 import snakemake.shell  # noqa: F401
 from PIL import Image
