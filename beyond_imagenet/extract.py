@@ -515,13 +515,14 @@ def _attr_value(value: Any):
 
 
 # ------------------------------------------------------------------------------------- reading
-def _corrupt(path, why: str) -> CorruptOutputError:
+def _corrupt(path, why: str, remove: bool = True) -> CorruptOutputError:
     """Remove a damaged cached output (so the next run recomputes it) and say so."""
     path = Path(path)
     removed = False
-    with contextlib.suppress(OSError):
-        path.unlink()
-        removed = True
+    if remove:
+        with contextlib.suppress(OSError):
+            path.unlink()
+            removed = True
     what = ("It was removed: run the same snakemake command again and it is recomputed (Snakemake "
             "re-extracts a missing output)." if removed else
             f"Remove it (rm {path}) and rerun the workflow to recompute it.")
@@ -571,8 +572,8 @@ def read_outputs(path: str | os.PathLike, expected: dict[str, Any] | None = None
     try:
         with h5py.File(path, "r") as f:
             for name in fields:
-                if name not in f:
-                    raise KeyError(f"it has no {name!r} array")
+                if name not in f:  # not removed: the caller may have asked for the wrong array
+                    raise _corrupt(path, f"it has no {name!r} array (it has {', '.join(sorted(f))})", remove=False)
                 data = f[name][()]
                 if name in checksums and _digest(name, data) != checksums[name]:
                     raise ValueError(f"its {name!r} array does not match the sha256 recorded when it was written "
@@ -580,8 +581,8 @@ def read_outputs(path: str | os.PathLike, expected: dict[str, Any] | None = None
                 if h5py.check_string_dtype(f[name].dtype):  # ids, skipped_ids, skipped_reasons
                     data = np.asarray([x.decode() if isinstance(x, bytes) else x for x in data], dtype=object)
                 out[name] = data
-    except (KeyError, ValueError) as err:
-        raise _corrupt(path, str(err).strip("'\"")) from None
+    except ValueError as err:
+        raise _corrupt(path, str(err)) from None
     except OSError as err:
         raise _corrupt(path, f"HDF5 cannot read it ({err})") from None
     return out
