@@ -325,7 +325,9 @@ class Study:
         return {**self.model_identity(model), "dataset": dataset, "dataset_kind": spec.kind,
                 "class_space": spec.class_space, "variant": variant or "",
                 "input_transform": self.input_transform(dataset),
-                "manifest_fingerprint": manifest["fingerprint"], "n_manifest": manifest["n_images"]}
+                "manifest_fingerprint": manifest["fingerprint"], "n_manifest": manifest["n_images"],
+                # a seeded slice of the dataset (datasets.<name>.subset), "" for all of it
+                "subset": manifest.get("subset", "")}
 
     def input_transform(self, dataset: str) -> str:
         """How supervised models resize and crop this set's images (``models.INPUT_TRANSFORMS``).

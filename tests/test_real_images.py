@@ -3,6 +3,7 @@ labelled foolbox photographs, the image_folder kind, and generated sets made of 
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import h5py
@@ -58,6 +59,43 @@ def test_image_folder_refuses_bad_folders(tmp_path):
 def test_image_folder_needs_a_root():
     with pytest.raises(DatasetError, match="root"):
         resolve_dataset("mine", {"kind": "image_folder", "source": "generate"})
+
+
+# -------------------------------------------------------------------------------- subsets
+def test_subset_is_seeded_and_per_class(tmp_path):
+    """Guards the subset option: a seeded slice, per class or a number of images, recorded in the
+    manifest; another seed draws another slice; the same seed the same one."""
+    root = photo_folder(tmp_path / "mine")
+
+    def manifest(subset):
+        entry = {"kind": "image_folder", "source": "manual", "root": str(root), "subset": subset}
+        return build_manifest(resolve_dataset("mine", entry))
+
+    one = manifest({"per_class": 1, "seed": 0})
+    assert one["n_images"] == len(photo_labels()) and one["n_images_full"] == 20
+    assert sorted(label for _, label in one["samples"]) == photo_labels()
+    assert json.loads(one["subset"]) == {"per_class": 1, "seed": 0}
+    ten = manifest({"images": 10, "seed": 1})
+    assert ten["n_images"] == 10 and ten["samples"] == manifest({"images": 10, "seed": 1})["samples"]
+    assert ten["samples"] != manifest({"images": 10, "seed": 2})["samples"]
+    assert ten["fingerprint"] != manifest({"images": 10, "seed": 2})["fingerprint"]
+
+
+def test_subset_of_an_incomplete_manual_folder_is_still_refused(tmp_path):
+    """A full manual folder keeps the strict count check: a subset does not excuse missing files."""
+    root = photo_folder(tmp_path / "r")
+    entry = {"kind": "imagenet_sketch", "source": "manual", "root": str(root), "subset": {"images": 5}}
+    with pytest.raises(DatasetError, match="expected 50889"):
+        build_manifest(resolve_dataset("sketch", entry))
+
+
+def test_subset_needs_exactly_one_size():
+    from beyond_imagenet.study import ConfigError, validate_config
+
+    config = default_config()
+    config["datasets"]["imagenet_val"]["subset"] = {"images": 5, "per_class": 1}
+    with pytest.raises(ConfigError, match="datasets.imagenet_val.subset"):
+        validate_config(config)
 
 
 # --------------------------------------------------------------------------- generated sets
@@ -122,9 +160,11 @@ def test_real_model_through_the_workflow_on_the_20_photographs(tmp_path):
         "study": "photos", "zero_shot": {"templates": 1},
         "extraction": {"batch_size": 8, "num_workers": 0, "shard_size": 8, "device": "cpu"},
         "models": {"effnet_lite0": model_entry},
-        "datasets": {"photos": {"kind": "image_folder", "source": "manual", "root": str(root)}},
+        "datasets": {"photos": {"kind": "image_folder", "source": "manual", "root": str(root)},
+                     "photos_slice": {"kind": "image_folder", "source": "manual", "root": str(root),
+                                      "subset": {"images": 7, "seed": 3}}},
         "evaluations": {
-            "accuracy": {"datasets": ["photos"]},
+            "accuracy": {"datasets": ["photos", "photos_slice"]},
             "calibration": {"datasets": ["photos"]},
             "robustness": {"datasets": ["photos"]},
             "invariance": {"datasets": ["photos"], "scale": [1, 2], "shift": [0, 50], "resolution": [224],
@@ -151,7 +191,12 @@ def test_real_model_through_the_workflow_on_the_20_photographs(tmp_path):
     assert (logits.argmax(1) == labels).mean() >= 0.85
 
     accuracy = pd.read_csv(results / "metrics" / "accuracy.csv")
-    top1 = accuracy[(accuracy["metric"] == "top1")]["value"].item()
+    top1 = accuracy[(accuracy["metric"] == "top1") & (accuracy["dataset"] == "photos")]["value"].item()
     assert top1 == pytest.approx((logits.argmax(1) == labels).mean())
+    # The subset study: 7 of the 20 images, the slice recorded in the output, the same logits.
+    with h5py.File(results / "outputs" / "effnet_lite0" / "photos_slice.h5", "r") as f:
+        assert json.loads(f.attrs["subset"]) == {"images": 7, "seed": 3} and len(f["logits"]) == 7
+        slice_ids = [i.decode() if isinstance(i, bytes) else i for i in f["ids"][()]]
+        np.testing.assert_allclose(f["logits"][()], logits[[ids.index(i) for i in slice_ids]], atol=1e-4)
     for table in ("calibration", "robustness", "invariance", "cka", "profile"):
         assert len(pd.read_csv(results / "metrics" / f"{table}.csv")) > 0, table

@@ -51,7 +51,7 @@ def test_default_study_end_to_end(default_study):
     assert set(accuracy["model"]) == models
     assert set(calibration["model"]) == models and set(calibration["dataset"]) == {"imagenet_val", "imagenet_r"}
     ece = calibration[calibration["metric"] == "ece"]["value"]
-    assert len(ece) == 8 and ece.between(0, 1).all()
+    assert len(ece) == 2 * len(models) and ece.between(0, 1).all()
     for kind in ("reliability", "confidence"):
         for dataset in ("imagenet_val", "imagenet_r"):
             for ext in ("png", "pdf"):
