@@ -274,19 +274,25 @@ def _square(rng: np.random.Generator, label: int, size: int = 224, j: int = 0) -
 
 
 def corrupt(image: Image.Image, corruption: str, severity: int, seed: int) -> Image.Image:
-    """ImageNet-C's own corruption functions (the imagecorruptions package, maintained fork), seeded
-    (they draw from numpy's global generator)."""
+    """ImageNet-C's own corruption function ``corruption`` (the imagecorruptions package, maintained
+    fork) at ``severity``, reproducible under ``seed``."""
     try:
+        import inspect
+
         from imagecorruptions import corrupt as corrupt_array
+        from imagecorruptions.corruptions import __dict__ as functions
     except ImportError as err:
         raise DatasetError(
             f"generating ImageNet-C needs the imagecorruptions package ({err}); install the pinned "
             "environment (make setup: requirements.lock, then requirements-nodeps.txt)") from None
+    # Most draw from numpy's global generator; impulse noise (skimage) and glass blur (numba) take
+    # their own seed, without which they are not reproducible.
+    extra = {"seed": seed} if "seed" in inspect.signature(functions[corruption]).parameters else {}
     state = np.random.get_state()
     np.random.seed(seed)
     try:
         return Image.fromarray(np.uint8(corrupt_array(np.asarray(image), corruption_name=corruption,
-                                                      severity=severity)))
+                                                      severity=severity, **extra)))
     finally:
         np.random.set_state(state)
 
