@@ -147,7 +147,7 @@ def test_dry_run_has_no_job_for_standard_variants(tmp_path):
 
 @pytest.mark.workflow
 def test_invariance_cka_profile_end_to_end(default_study):
-    """The default study (its session-wide run): scale [1, 2], shift [0, 50], resolution [112, 224]
+    """The default study (its session-wide run): scale [1, 3], shift [0, 150], resolution [112, 224]
     on 16 images; CKA of every block on 32 images in batches of 16; the profile."""
     workdir, _ = default_study
     results = workdir / "results"
@@ -157,11 +157,11 @@ def test_invariance_cka_profile_end_to_end(default_study):
     variant_files = sorted(p.relative_to(results / "outputs").as_posix()
                            for p in (results / "outputs").glob("*/imagenet_val@*.h5"))
     assert variant_files == sorted([f"{m}/imagenet_val@{v}.h5" for m in models if m != "effnet_lite0"
-                                    for v in ("scale-2", "shift-0", "shift-50", "res-112")]
+                                    for v in ("scale-3", "shift-0", "shift-150", "res-112")]
                                    + [f"effnet_lite0/imagenet_val@{v}.h5" for v in
-                                      ("scale-1", "scale-2", "shift-0", "shift-50", "res-112", "res-224")])
+                                      ("scale-1", "scale-3", "shift-0", "shift-150", "res-112", "res-224")])
     table = pd.read_csv(results / "metrics" / "invariance.csv", keep_default_na=False, na_values=[""])
-    assert set(table["variant"]) >= {"scale-1", "scale-2", "shift-0", "shift-50", "res-112", "res-224"}
+    assert set(table["variant"]) >= {"scale-1", "scale-3", "shift-0", "shift-150", "res-112", "res-224"}
     assert set(table.loc[table["metric"] == "n_images", "value"]) == {16}
     # A variant file records its variant and transform; the standard level was read from the
     # standard outputs (38 images), cut to the same 16.
