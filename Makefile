@@ -6,15 +6,17 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 LOCK ?= requirements.lock
 CORES ?= 2
-STAMP := $(VENV)/.installed-$(shell cat $(LOCK) pyproject.toml | cksum | cut -d' ' -f1)
+NODEPS ?= requirements-nodeps.txt
+STAMP := $(VENV)/.installed-$(shell cat $(LOCK) $(NODEPS) pyproject.toml | cksum | cut -d' ' -f1)
 
 .PHONY: setup demo test report bench clean
 
-$(STAMP): $(LOCK) pyproject.toml
+$(STAMP): $(LOCK) $(NODEPS) pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# The regular PyPI torch build (CUDA); it runs on CPU too. Pinned: see requirements.txt.
 	$(BIN)/python -m pip install --quiet -r $(LOCK)
+	$(BIN)/python -m pip install --quiet --no-deps -r $(NODEPS)
 	$(BIN)/python -m pip install --quiet --no-deps -e .
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)

@@ -49,12 +49,14 @@ LAYER_SELECTORS: dict[str, dict[str, tuple[str, ...]]] = {
     "blocks": {
         "vit": _VIT_BLOCKS,
         "convnet": (r"^stages\.\d+\.blocks\.\d+$", r"^trunk\.stages\.\d+\.blocks\.\d+$",
-                    r"^layer\d\.\d+$", r"^trunk\.layer\d\.\d+$"),
+                    r"^layer\d\.\d+$", r"^trunk\.layer\d\.\d+$",
+                    r"^blocks\.\d+\.\d+$"),  # timm EfficientNet / MobileNet blocks
     },
     # every stage output (a plain ViT has no stages: each block is one)
     "stages": {
         "vit": _VIT_BLOCKS,
-        "convnet": (r"^stages\.\d+$", r"^trunk\.stages\.\d+$", r"^layer\d$", r"^trunk\.layer\d$"),
+        "convnet": (r"^stages\.\d+$", r"^trunk\.stages\.\d+$", r"^layer\d$", r"^trunk\.layer\d$",
+                    r"^blocks\.\d+$"),
     },
 }
 

@@ -57,7 +57,7 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------- robustness
-@robustness_scorer("imagenet_val", "imagenet_v2", "imagenet_a", "imagenet_r", "imagenet_sketch")
+@robustness_scorer("imagenet_val", "imagenet_v2", "imagenet_a", "imagenet_r", "imagenet_sketch", "image_folder")
 def score_top1(out: dict[str, Any], *, kind: str, class_space: str, real: bool = False, **_: Any) -> list[Row]:
     """Top-1, with logits masked to the set's classes for the 200-class sets (A, R)."""
     rows = [_row(kind, "top1", top1(out["logits"], out["labels"], class_space_mask(class_space))),

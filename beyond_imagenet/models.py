@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from beyond_imagenet.checkpoints import resolve_checkpoint_path
 from beyond_imagenet.paper_results import paper_key_for
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,8 @@ class ModelSpec:
     paradigm: str = "supervised"
     label: str = ""
     paper_key: str | None = None
+    checkpoint_format: str = "auto"
+    preprocessing: str | None = None  # None = the study's protocol
 
     @classmethod
     def from_config(cls, name: str, entry: dict[str, Any]) -> "ModelSpec":
@@ -62,6 +65,8 @@ class ModelSpec:
             arch=entry["name"],
             pretrained=entry.get("pretrained", True),
             checkpoint=entry.get("checkpoint"),
+            checkpoint_format=entry.get("checkpoint_format", "auto"),
+            preprocessing=entry.get("preprocessing"),
             seed=entry.get("seed", 0),
             family=entry.get("family") or _guess_family(entry["name"]),
             paradigm=paradigm,
@@ -71,6 +76,11 @@ class ModelSpec:
             paper_key=entry.get("paper_key") or paper_key_for(entry["source"], entry["name"],
                                                               entry.get("pretrained", True), entry.get("checkpoint")),
         )
+
+    @property
+    def checkpoint_path(self) -> Path | None:
+        """The checkpoint file on this machine (a ``pkg://`` reference resolved here), or None."""
+        return resolve_checkpoint_path(self.checkpoint) if self.checkpoint else None
 
     @property
     def weights_tag(self) -> str:
@@ -108,23 +118,14 @@ class LoadedModel:
 
 
 def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
-    """Load a checkpoint safely (no pickled code); accepts a bare state dict or {'state_dict'|'model': ...}."""
-    path = Path(path)
-    if not path.is_file():
-        raise ModelError(f"checkpoint {path} does not exist")
+    """Load a checkpoint safely (no pickled code): the tensors of a bare state dict or of a wrapped
+    training file (``{'state_dict'|'model'|...: ...}``, ``module.`` prefixes removed)."""
+    from beyond_imagenet.checkpoints import CheckpointError, _require_tensors, read_checkpoint, unwrap
+
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # pickle errors name the offending global; pass them on
-        raise ModelError(
-            f"checkpoint {path} cannot be loaded with torch.load(weights_only=True): {err}. "
-            "Save only the state dict (torch.save(model.state_dict(), path))."
-        ) from err
-    for key in ("state_dict", "model", "module"):
-        if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
-            obj = obj[key]
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ModelError(f"checkpoint {path} does not hold a state dict of tensors")
-    return obj
+        return _require_tensors(unwrap(read_checkpoint(path)), Path(path))
+    except CheckpointError as err:
+        raise ModelError(str(err)) from err
 
 
 def file_sha256(path: str | Path) -> str:
@@ -136,13 +137,15 @@ def file_sha256(path: str | Path) -> str:
 
 
 def _load_checkpoint(network: nn.Module, spec: ModelSpec) -> None:
-    state = load_state_dict_file(spec.checkpoint)
-    missing, unexpected = network.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise ModelError(
-            f"models.{spec.name}.checkpoint {spec.checkpoint} does not match {spec.source} model {spec.arch}: "
-            f"missing keys {missing[:5]}, unexpected keys {unexpected[:5]}"
-        )
+    """The checkpoint through its format (``checkpoint_format``, beyond_imagenet/checkpoints.py)."""
+    from beyond_imagenet.checkpoints import CheckpointError, load_checkpoint_into
+
+    try:
+        used = load_checkpoint_into(network, spec.checkpoint_path, spec.arch, spec.checkpoint_format,
+                                    where=f"models.{spec.name}.checkpoint")
+    except CheckpointError as err:
+        raise ModelError(f"models.{spec.name}: {err}" if not str(err).startswith("models.") else str(err)) from err
+    log.info("loaded %s for %s as checkpoint_format %s", spec.checkpoint, spec.name, used)
 
 
 def _is_fetch_error(err: BaseException) -> bool:
@@ -500,6 +503,7 @@ def build_model(spec: ModelSpec, protocol: str = "paper", head: torch.Tensor | N
     ``input_transform``: one of ``INPUT_TRANSFORMS``; other than ``protocol``, supervised models
     take the dataset's own resize/crop (CLIP models keep their own transform, whose resize and crop
     are no-ops on 224-px sets)."""
+    protocol = spec.preprocessing or protocol  # a model's own `preprocessing:` overrides the study's
     loaded = SOURCES[spec.source].build(spec, protocol, head=head, logit_scale=logit_scale, image_size=image_size,
                                         input_transform=input_transform)
     log.info("built %s (%s %s, %s)", spec.name, spec.source, spec.arch, spec.weights_tag)

@@ -155,8 +155,16 @@ def validate_config(config: dict[str, Any], schema_path: str | os.PathLike = SCH
                     f"  models.{name}.name: {entry['name']} is built at {size} px; the invariance variants "
                     "(spec section 8) are defined for 224-px CLIP models (leave it out of the invariance study)"
                 )
-        if entry.get("checkpoint") and not Path(entry["checkpoint"]).is_file():
-            problems.append(f"  models.{name}.checkpoint: file {entry['checkpoint']} does not exist")
+        if entry.get("checkpoint"):
+            from beyond_imagenet.checkpoints import CheckpointError, resolve_checkpoint_path
+
+            try:
+                path = resolve_checkpoint_path(entry["checkpoint"])
+            except CheckpointError as err:
+                problems.append(f"  models.{name}.checkpoint: {err}")
+            else:
+                if not path.is_file():
+                    problems.append(f"  models.{name}.checkpoint: file {path} does not exist")
     if problems:
         raise ConfigError("invalid study config:\n" + "\n".join(problems))
     return config
@@ -295,10 +303,14 @@ class Study:
     # -------------------------------------------------------------------------- cache keys
     def model_identity(self, model: str) -> dict[str, Any]:
         """What a model's outputs depend on: part of every cache key and recorded in every output."""
-        identity = {**self.head_identity(model), "protocol": self.config["preprocessing"]}
+        identity = {**self.head_identity(model), "protocol": self.model_protocol(model)}
         if self.models[model].needs_zero_shot_head:
             identity["logit_scale"] = float(self.config["zero_shot"]["logit_scale"])
         return identity
+
+    def model_protocol(self, model: str) -> str:
+        """The preprocessing protocol of a model: its own ``preprocessing:``, else the study's."""
+        return self.models[model].preprocessing or self.config["preprocessing"]
 
     def head_identity(self, model: str) -> dict[str, Any]:
         """What a zero-shot head depends on: the weights and the templates (not the protocol or the
@@ -308,7 +320,9 @@ class Study:
         spec = self.models[model]
         identity = {"model": model, "model_source": spec.source, "model_arch": spec.arch, "weights": spec.weights_tag}
         if spec.checkpoint:
-            identity["checkpoint_sha256"] = checkpoint_sha256(spec.checkpoint)
+            identity["checkpoint_sha256"] = checkpoint_sha256(spec.checkpoint_path)
+            if spec.checkpoint_format != "auto":
+                identity["checkpoint_format"] = spec.checkpoint_format
         if spec.needs_zero_shot_head:
             identity["zero_shot_templates"] = str(self.config["zero_shot"]["templates"])
         return identity
@@ -325,7 +339,7 @@ class Study:
         (not for sets whose supervised transform is their own, e.g. ImageNet-C's normalise-only)."""
         from beyond_imagenet.variants import Variant
 
-        return (Variant.parse(variant).is_standard(self.models[model].paradigm, self.config["preprocessing"])
+        return (Variant.parse(variant).is_standard(self.models[model].paradigm, self.model_protocol(model))
                 and self.input_transform(dataset) == "protocol")
 
     def variant_output(self, model: str, dataset: str, variant: str) -> str:
@@ -366,7 +380,9 @@ class Study:
         return {**self.model_identity(model), "dataset": dataset, "dataset_kind": spec.kind,
                 "class_space": spec.class_space, "variant": variant or "",
                 "input_transform": self.input_transform(dataset),
-                "manifest_fingerprint": manifest["fingerprint"], "n_manifest": manifest["n_images"]}
+                "manifest_fingerprint": manifest["fingerprint"], "n_manifest": manifest["n_images"],
+                # a seeded slice of the dataset (datasets.<name>.subset), "" for all of it
+                "subset": manifest.get("subset", "")}
 
     def input_transform(self, dataset: str) -> str:
         """How supervised models resize and crop this set's images (``models.INPUT_TRANSFORMS``).

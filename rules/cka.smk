@@ -6,7 +6,7 @@ rule compute_cka:
     input:
         manifest=f"{RESULTS}/manifests/{{dataset}}.json",
         heads=[STUDY.head(m) for m, spec in STUDY.models.items() if spec.needs_zero_shot_head],
-        weights=[spec.checkpoint for spec in STUDY.models.values() if spec.checkpoint],
+        weights=[str(spec.checkpoint_path) for spec in STUDY.models.values() if spec.checkpoint],
     output:
         f"{RESULTS}/metrics/cka_{{dataset}}.h5",
     params:

@@ -67,8 +67,8 @@ def variant_model_params(wildcards):
 
 def checkpoint_input(wildcards):
     """A local checkpoint is an input of every job that loads the model: replacing it reruns them."""
-    path = STUDY.models[wildcards.model].checkpoint
-    return [path] if path else []
+    path = STUDY.models[wildcards.model].checkpoint_path
+    return [str(path)] if path else []
 
 
 # What every metric table carries per model (label, family, paradigm, paper_key) and its row

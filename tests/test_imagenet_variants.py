@@ -29,7 +29,7 @@ from beyond_imagenet.metrics.shape_bias import CATEGORIES
 # kind -> (generator settings, expected image count)
 GENERATED = {
     "imagenet_v2": (dict(num_classes=10, images_per_class=2), 20),
-    "imagenet_a": (dict(num_classes=10, images_per_class=2), 20),
+    "imagenet_a": (dict(num_classes=10, images_per_class=2), 10),  # 5 of its 200 classes are photographed
     "imagenet_sketch": (dict(num_classes=10, images_per_class=2), 20),
     "imagenet_c": (dict(num_classes=2, images_per_class=1), 150),
     "imagenet_c_all": (dict(num_classes=1, images_per_class=1), 95),

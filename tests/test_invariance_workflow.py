@@ -139,27 +139,32 @@ def test_dry_run_has_no_job_for_standard_variants(tmp_path):
     config = default_config()
     config["evaluations"] = {"invariance": {"datasets": ["imagenet_val"]}}
     jobs = run_snakemake(write_config(tmp_path / "c.yaml", config), tmp_path, dryrun=True)
-    assert jobs["extract_variant_outputs"] == 4 * 13  # 15 variants, scale 1 and res 224 the standard evaluation
+    # 15 variants; for the 4 paper-protocol models scale 1 and res 224 are the standard evaluation,
+    # the native-protocol EfficientNet-Lite0 has no standard level.
+    assert jobs["extract_variant_outputs"] == 4 * 13 + 15
     assert jobs["compute_invariance"] == 1 and jobs["plot_invariance"] == 2
 
 
 @pytest.mark.workflow
 def test_invariance_cka_profile_end_to_end(default_study):
-    """The default study (its session-wide run): scale [1, 2], shift [0, 50], resolution [112, 224]
-    on 16 images; CKA of every block on 64 images in batches of 16; the profile."""
+    """The default study (its session-wide run): scale [1, 3], shift [0, 150], resolution [112, 224]
+    on 16 images; CKA of every block on 32 images in batches of 16; the profile."""
     workdir, _ = default_study
     results = workdir / "results"
     models = list(default_config()["models"])
-    # 4 models x 4 non-standard variants (shift 0 included); scale 1 and res 224 have no file.
+    # 4 paper-protocol models x 4 non-standard variants (shift 0 included); scale 1 and res 224
+    # have no file. The native-protocol EfficientNet-Lite0 has all 6.
     variant_files = sorted(p.relative_to(results / "outputs").as_posix()
                            for p in (results / "outputs").glob("*/imagenet_val@*.h5"))
-    assert variant_files == sorted(f"{m}/imagenet_val@{v}.h5" for m in models
-                                   for v in ("scale-2", "shift-0", "shift-50", "res-112"))
+    assert variant_files == sorted([f"{m}/imagenet_val@{v}.h5" for m in models if m != "effnet_lite0"
+                                    for v in ("scale-3", "shift-0", "shift-150", "res-112")]
+                                   + [f"effnet_lite0/imagenet_val@{v}.h5" for v in
+                                      ("scale-1", "scale-3", "shift-0", "shift-150", "res-112", "res-224")])
     table = pd.read_csv(results / "metrics" / "invariance.csv", keep_default_na=False, na_values=[""])
-    assert set(table["variant"]) >= {"scale-1", "scale-2", "shift-0", "shift-50", "res-112", "res-224"}
+    assert set(table["variant"]) >= {"scale-1", "scale-3", "shift-0", "shift-150", "res-112", "res-224"}
     assert set(table.loc[table["metric"] == "n_images", "value"]) == {16}
     # A variant file records its variant and transform; the standard level was read from the
-    # standard outputs (200 images), cut to the same 16.
+    # standard outputs (38 images), cut to the same 16.
     with h5py.File(results / "outputs" / "vit_sup" / "imagenet_val@res-112.h5", "r") as f:
         assert f.attrs["variant"] == "res-112" and f.attrs["n_images"] == 16 and f.attrs["max_images"] == 16
         assert "CenterCrop(size=(112, 112))" in f.attrs["preprocessing"]
@@ -171,12 +176,13 @@ def test_invariance_cka_profile_end_to_end(default_study):
         # Within each model, and across the paper's two axes (ConvNet vs ViT, supervised vs CLIP).
         assert set(f) == {f"{m}__{m}" for m in models} | {"convnet_sup__vit_sup", "convnet_clip__vit_clip",
                                                           "convnet_sup__convnet_clip", "vit_sup__vit_clip",
+                                                          "vit_sup__effnet_lite0", "convnet_clip__effnet_lite0",
                                                           "ids", "skipped_ids"}
-        assert len(f["ids"]) == 64 and len(set(f["ids"][()])) == 64 and len(f["skipped_ids"]) == 0
+        assert len(f["ids"]) == 32 and len(set(f["ids"][()])) == 32 and len(f["skipped_ids"]) == 0
         within = f["vit_sup__vit_sup"]["cka"][()]
         assert within.shape == (12, 12) and np.allclose(np.diag(within), 1.0)
         assert f["vit_sup__vit_clip"]["cka"].shape[0] == 12
-        assert f.attrs["n_images"] == 64 and f.attrs["n_batches"] == 4 and f.attrs["sample_seed"] == 0
+        assert f.attrs["n_images"] == 32 and f.attrs["n_batches"] == 2 and f.attrs["sample_seed"] == 0
         first_last = float(f["vit_sup__vit_sup"]["cka"][0, -1])
     profile = pd.read_csv(results / "metrics" / "profile.csv")
     assert {"accuracy", "invariance", "cka", "calibration", "transfer"} <= set(profile["evaluation"])

@@ -51,7 +51,7 @@ def test_default_study_end_to_end(default_study):
     assert set(accuracy["model"]) == models
     assert set(calibration["model"]) == models and set(calibration["dataset"]) == {"imagenet_val", "imagenet_r"}
     ece = calibration[calibration["metric"] == "ece"]["value"]
-    assert len(ece) == 8 and ece.between(0, 1).all()
+    assert len(ece) == 2 * len(models) and ece.between(0, 1).all()
     for kind in ("reliability", "confidence"):
         for dataset in ("imagenet_val", "imagenet_r"):
             for ext in ("png", "pdf"):
@@ -173,3 +173,26 @@ def test_slurm_profile_sends_every_gpu_rule_to_a_gpu():
     on_gpu = {rule for rule, res in profile["set-resources"].items() if res.get("gpu") == 1}
     assert gpu_rules and gpu_rules == on_gpu
     assert set(profile["set-resources"]) <= rules and set(profile["set-threads"]) <= rules
+
+
+def test_default_study_real_model_behaves_like_a_real_one(default_study):
+    """Issue 11: the default study's real model (EfficientNet-Lite0, real weights) on the real
+    photographs is far above chance, loses accuracy with ImageNet-C severity and probability of the
+    true class at the larger scale and shift, and its reliability diagram has bars in more than one
+    bin; the random models say so in their labels (figures and profile are drawn from them)."""
+    workdir, _ = default_study
+    metrics = workdir / "results" / "metrics"
+    read = lambda name: pd.read_csv(metrics / f"{name}.csv", keep_default_na=False, na_values=[""])  # noqa: E731
+    accuracy = read("accuracy").query("model == 'effnet_lite0' and metric == 'top1'")
+    assert accuracy["value"].item() > 0.5  # chance is 0.001
+    robustness = read("robustness").query("model == 'effnet_lite0' and benchmark == 'imagenet_c' and metric == 'top1'")
+    by_severity = robustness.dropna(subset=["severity"]).groupby("severity")["value"].mean()
+    assert by_severity[5] < by_severity[1]
+    invariance = read("invariance").query("model == 'effnet_lite0' and metric == 'true_class_prob'").set_index("variant")
+    assert invariance.loc["scale-3", "value"] < invariance.loc["scale-1", "value"]
+    assert invariance.loc["shift-150", "value"] < invariance.loc["shift-0", "value"]
+    bins = read("calibration").query("model == 'effnet_lite0' and dataset == 'imagenet_val' and metric == 'bin_count'")
+    assert (bins["value"] > 0).sum() >= 2
+    labels = dict(zip(accuracy["model"], accuracy["label"])) | dict(
+        zip(read("accuracy")["model"], read("accuracy")["label"]))
+    assert all(("random weights" in label) == (model != "effnet_lite0") for model, label in labels.items())

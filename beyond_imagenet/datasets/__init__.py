@@ -73,6 +73,9 @@ class DatasetSpec:
     seed: int
     resources_dir: str
     manual_text: str
+    # A seeded slice of the dataset (``subset: {images: N}`` or ``{per_class: K}``, ``seed``), as
+    # sorted (key, value) pairs; None = every image. Drawn by datasets/manifest.py.
+    subset: tuple[tuple[str, int], ...] | None = None
 
     @property
     def dataset_dir(self) -> Path:
@@ -160,6 +163,9 @@ def resolve_dataset(name: str, entry: dict[str, Any], resources_dir: str = "reso
             f"datasets.{name}: kind {kind!r} has no download recipe; use source: manual with a root, "
             "or give `url:` (and `sha256:`)"
         )
+    if info.get("requires_root") and (source != "manual" or not entry.get("root")):
+        raise DatasetError(f"datasets.{name}: kind {kind!r} is a folder of your own: give `source: manual` and "
+                           "`root:` (the folder holding the class folders)")
     if source == "generate" and not info.get("generator"):
         raise DatasetError(f"datasets.{name}: kind {kind!r} has no generator for source: generate")
     return DatasetSpec(
@@ -179,4 +185,5 @@ def resolve_dataset(name: str, entry: dict[str, Any], resources_dir: str = "reso
         seed=entry.get("seed", 0),
         resources_dir=resources_dir,
         manual_text=info.get("manual", ""),
+        subset=tuple(sorted(entry["subset"].items())) if entry.get("subset") else None,
     )

@@ -2,8 +2,9 @@
 
 The same readers serve generated and real data, so the default study exercises the real code
 paths: wnid folders, original ImageNet val file names (joined later with ImageNet-X / ReaL),
-ImageNet-R rendition names. Image content is random but deterministic (seeded), with varied sizes
-so that resizing and cropping are exercised.
+ImageNet-R rendition names. Images are real labelled photographs (datasets/photos.py): a set draws
+its classes from the photographed ones, each image keeps its true label, and seeded augmented copies
+fill the requested counts. ``random_image`` remains for sets whose classes are not ImageNet's (VTAB).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from PIL import Image
 
 from beyond_imagenet import classes
 from beyond_imagenet.datasets import DatasetSpec
+from beyond_imagenet.datasets.photos import photo
 
 log = logging.getLogger(__name__)
 
@@ -38,9 +40,13 @@ def register_generator(name: str):
 
 
 def _pick_classes(wnids: tuple[str, ...], num_classes: int | None) -> list[str]:
-    if not num_classes or num_classes >= len(wnids):
-        return list(wnids)
-    return [wnids[i] for i in np.linspace(0, len(wnids) - 1, num_classes).round().astype(int)]
+    """Up to ``num_classes`` of the space's classes that have a labelled photograph (all of those if
+    unset); a generated set shows only real photographs under their true class."""
+    from beyond_imagenet.datasets.photos import pick_photo_classes
+
+    index = classes.wnid_to_index()
+    picked = set(pick_photo_classes([index[w] for w in wnids], num_classes, "generated dataset"))
+    return [w for w in wnids if index[w] in picked]
 
 
 def random_image(rng: np.random.Generator, label: int) -> Image.Image:
@@ -71,8 +77,8 @@ def generate_imagenet_val(spec: DatasetSpec, out: Path, rng: np.random.Generator
     for wnid in _pick_classes(classes.imagenet_wnids(), spec.num_classes):
         folder = out / spec.subdir / wnid
         folder.mkdir(parents=True, exist_ok=True)
-        for file_name in names[index[wnid]][: spec.images_per_class]:
-            random_image(rng, index[wnid]).save(folder / file_name, format="JPEG", quality=90)
+        for j, file_name in enumerate(names[index[wnid]][: spec.images_per_class]):
+            photo(index[wnid], j, rng).save(folder / file_name, format="JPEG", quality=90)
             n += 1
     return n
 
@@ -86,7 +92,7 @@ def generate_imagenet_r(spec: DatasetSpec, out: Path, rng: np.random.Generator) 
         folder.mkdir(parents=True, exist_ok=True)
         for j in range(spec.images_per_class):
             rendition = IMAGENET_R_RENDITIONS[(index[wnid] + j) % len(IMAGENET_R_RENDITIONS)]
-            random_image(rng, index[wnid]).save(folder / f"{rendition}_{j}.jpg", format="JPEG", quality=90)
+            photo(index[wnid], j, rng).save(folder / f"{rendition}_{j}.jpg", format="JPEG", quality=90)
             n += 1
     return n
 

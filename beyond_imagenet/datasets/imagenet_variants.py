@@ -38,6 +38,7 @@ from beyond_imagenet.datasets.generate import (
     random_image,
     register_generator,
 )
+from beyond_imagenet.datasets.photos import photo, pick_photo_classes
 from beyond_imagenet.datasets.readers import Sample, class_space_wnids, register_reader, sample_files, sub_folders
 from beyond_imagenet.metrics.pug import PUG_SUBSETS
 from beyond_imagenet.metrics.robustness import IMAGENET_C_CORRUPTIONS, IMAGENET_C_EXTRA, IMAGENET_C_SEVERITIES
@@ -263,20 +264,47 @@ def _save(image: Image.Image, path: Path, **kwargs) -> None:
     image.save(path, **kwargs)
 
 
-def _square(rng: np.random.Generator, label: int, size: int = 224) -> Image.Image:
-    return random_image(rng, label).resize((size, size), Image.BILINEAR)
+def _square(rng: np.random.Generator, label: int, size: int = 224, j: int = 0) -> Image.Image:
+    """A photograph of class ``label`` as ImageNet-C's files are made: Resize(256) -> CenterCrop(224)."""
+    from torchvision.transforms import functional as TF
+
+    image = TF.resize(photo(label, j, rng), int(size * 256 / 224), interpolation=TF.InterpolationMode.BILINEAR)
+    return TF.center_crop(image, [size, size])
+
+
+def corrupt(image: Image.Image, corruption: str, severity: int, seed: int) -> Image.Image:
+    """ImageNet-C's own corruption function ``corruption`` (the imagecorruptions package, maintained
+    fork) at ``severity``, reproducible under ``seed``."""
+    try:
+        import inspect
+
+        from imagecorruptions import corrupt as corrupt_array
+        from imagecorruptions.corruptions import __dict__ as functions
+    except ImportError as err:
+        raise DatasetError(
+            f"generating ImageNet-C needs the imagecorruptions package ({err}); install the pinned "
+            "environment (make setup: requirements.lock, then requirements-nodeps.txt)") from None
+    # Most draw from numpy's global generator; impulse noise (skimage) and glass blur (numba) take
+    # their own seed, without which they are not reproducible.
+    extra = {"seed": seed} if "seed" in inspect.signature(functions[corruption]).parameters else {}
+    state = np.random.get_state()
+    np.random.seed(seed)
+    try:
+        return Image.fromarray(np.uint8(corrupt_array(np.asarray(image), corruption_name=corruption,
+                                                      severity=severity, **extra)))
+    finally:
+        np.random.set_state(state)
 
 
 @register_generator("imagenet_v2")
 def generate_imagenet_v2(spec: DatasetSpec, out: Path, rng: np.random.Generator) -> int:
     """Class-index folders whose string order differs from their numeric order (0, 1, 3, 9, 20, ...)."""
-    count = spec.num_classes or 1000
-    picked = np.unique(np.geomspace(1, 1000, count).round().astype(int) - 1)
+    picked = pick_photo_classes(list(range(1000)), spec.num_classes, f"datasets.{spec.name}")
     n = 0
-    for label in picked.tolist():
+    for label in picked:
         for j in range(spec.images_per_class):
             name = hashlib.sha1(f"{label}-{j}".encode()).hexdigest()
-            _save(random_image(rng, label), out / spec.subdir / str(label) / f"{name}.jpeg", format="JPEG", quality=90)
+            _save(photo(label, j, rng), out / spec.subdir / str(label) / f"{name}.jpeg", format="JPEG", quality=90)
             n += 1
     return n
 
@@ -290,7 +318,7 @@ def _wnid_generator(names):
         for wnid in _pick_classes(class_space_wnids(spec.class_space), spec.num_classes):
             for j in range(spec.images_per_class):
                 path = out / spec.subdir / wnid / names(wnid, index[wnid], j)
-                _save(random_image(rng, index[wnid]), path, format="JPEG", quality=90)
+                _save(photo(index[wnid], j, rng), path, format="JPEG", quality=90)
                 n += 1
         return n
 
@@ -314,18 +342,22 @@ generate_imagenet_sketch = register_generator("imagenet_sketch")(
 
 @register_generator("imagenet_c")
 def generate_imagenet_c(spec: DatasetSpec, out: Path, rng: np.random.Generator) -> int:
-    """The same 224-px val files under every corruption x severity (15 x 5, or 19 x 5 for _all)."""
+    """The same 224-px val photographs under every corruption x severity (15 x 5, or 19 x 5 for _all),
+    each corrupted by ImageNet-C's own function at that severity."""
     names = imagenet_val_file_names()
     index = classes.wnid_to_index()
     files = [(wnid, name) for wnid in _pick_classes(classes.imagenet_wnids(), spec.num_classes)
              for name in names[index[wnid]][: spec.images_per_class]]
     corruptions = (*IMAGENET_C_CORRUPTIONS, *(IMAGENET_C_EXTRA if spec.reader == "imagenet_c_all" else ()))
+    clean = {(wnid, name): _square(rng, index[wnid], j=j) for wnid in dict.fromkeys(w for w, _ in files)
+             for j, name in enumerate(n for w, n in files if w == wnid)}
     n = 0
     for corruption in corruptions:
         for severity in IMAGENET_C_SEVERITIES:
             for wnid, name in files:
                 path = out / spec.subdir / corruption / str(severity) / wnid / name
-                _save(_square(rng, index[wnid]), path, format="JPEG", quality=85)
+                image = corrupt(clean[(wnid, name)], corruption, severity, int(rng.integers(2**31)))
+                _save(image, path, format="JPEG", quality=85)
                 n += 1
     return n
 
@@ -334,13 +366,18 @@ def generate_imagenet_c(spec: DatasetSpec, out: Path, rng: np.random.Generator) 
 def generate_imagenet_hard(spec: DatasetSpec, out: Path, rng: np.random.Generator) -> int:
     """Images plus labels.json, as the download step writes them; some images get several labels."""
     root = out / spec.subdir
-    count = (spec.num_classes or 10) * spec.images_per_class
+    picked = pick_photo_classes(list(range(1000)), spec.num_classes or 10, f"datasets.{spec.name}")
     entries = []
-    for i in range(count):
-        labels = sorted({int(v) for v in rng.integers(0, 1000, 1 + i % 3)})
-        file = f"images/{i:05d}.png"
-        _save(random_image(rng, labels[0]), root / file, format="PNG")
-        entries.append({"file": file, "labels": labels, "origin": "synthetic", "english_label": []})
+    count = 0
+    for true in picked:
+        for j in range(spec.images_per_class):
+            i = count
+            # some images get further valid labels, as in ImageNet-Hard; the photograph's own first
+            labels = [true, *sorted({int(v) for v in rng.integers(0, 1000, i % 3)} - {true})]
+            file = f"images/{i:05d}.png"
+            _save(photo(true, j, rng), root / file, format="PNG")
+            entries.append({"file": file, "labels": labels, "origin": "photograph", "english_label": []})
+            count += 1
     (root / HARD_LABELS_FILE).write_text(json.dumps({"source": "generated", "images": entries}, indent=1))
     return count
 
@@ -380,6 +417,6 @@ def generate_cue_conflict(spec: DatasetSpec, out: Path, rng: np.random.Generator
         for j in range(spec.images_per_class):
             texture = shape if (j == 0 and s % 4 == 0) else CATEGORIES[(s + 1 + 3 * j) % len(CATEGORIES)]
             path = out / spec.subdir / shape / f"{shape}{j + 1}-{texture}{(s + j) % 10 + 1}.png"
-            _save(_square(rng, s), path, format="PNG")
+            _save(random_image(rng, s).resize((224, 224), Image.BILINEAR), path, format="PNG")
             n += 1
     return n

@@ -84,6 +84,11 @@ def build_manifest(spec: DatasetSpec) -> dict[str, Any]:
             f"datasets.{spec.name}: {root} holds {len(samples)} files, expected {spec.expected_images} "
             f"for {spec.kind}. The copy is incomplete or has extra files.\n{spec.instructions()}"
         )
+    n_full = len(samples)
+    subset = dict(spec.subset) if spec.subset else None
+    if subset:
+        samples = draw_subset(samples, subset)
+        log.info("%s: subset %s: %d of %d samples", spec.name, subset, len(samples), n_full)
     log.info("%s: %d samples under %s", spec.name, len(samples), root)
     return {
         "dataset": spec.name,
@@ -91,9 +96,33 @@ def build_manifest(spec: DatasetSpec) -> dict[str, Any]:
         "class_space": spec.class_space,
         "root": str(root.resolve()),
         "n_images": len(samples),
+        "n_images_full": n_full,
+        "subset": json.dumps(subset, sort_keys=True) if subset else "",
         "fingerprint": fingerprint(root, samples),
         "samples": samples,
     }
+
+
+def draw_subset(samples: list[tuple[str, int]], subset: dict[str, int]) -> list[tuple[str, int]]:
+    """A seeded slice of the (full, strictly checked) sample list, in the list's own order:
+    ``images: N`` = N samples drawn uniformly without replacement; ``per_class: K`` = K of each
+    class (all of a class with fewer). ``seed`` (default 0) picks the draw."""
+    import numpy as np
+
+    rng = np.random.default_rng(subset.get("seed", 0))
+    if "images" in subset:
+        n = min(int(subset["images"]), len(samples))
+        keep = set(rng.choice(len(samples), size=n, replace=False).tolist())
+    else:
+        by_class: dict[int, list[int]] = {}
+        for i, (_, label) in enumerate(samples):
+            by_class.setdefault(label, []).append(i)
+        keep = set()
+        for label in sorted(by_class):
+            members = by_class[label]
+            k = min(int(subset["per_class"]), len(members))
+            keep.update(np.asarray(members)[rng.choice(len(members), size=k, replace=False)].tolist())
+    return [s for i, s in enumerate(samples) if i in keep]
 
 
 def write_manifest(manifest: dict[str, Any], path: str | os.PathLike) -> None:

@@ -199,3 +199,53 @@ def read_samples(reader: str, root: Path, class_space: str) -> list[Sample]:
     if reader not in READERS:
         raise DatasetError(f"unknown reader {reader!r}; registered: {', '.join(sorted(READERS))}")
     return READERS[reader](Path(root), class_space)
+
+
+@register_reader("image_folder")
+def read_image_folder(root: Path, class_space: str) -> list[Sample]:
+    """Your own labelled images: ``root/<class>/<file>``, each class folder named by its WordNet id
+    (``n01440764``) or its ImageNet-1k index (``0`` ... ``999``, zero-padding allowed); any number of
+    images and classes. Labels are ImageNet-1k indices whichever naming a folder uses."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"dataset folder {root} does not exist or is not a directory")
+    wnids = class_space_wnids(class_space)
+    index = {w: i for i, w in enumerate(wnids)}
+    folders = sub_folders(root)
+    labels, bad = {}, []
+    for folder in folders:
+        name = folder.name
+        if name in index:
+            labels[name] = index[name]
+        elif name.isdigit() and int(name) < len(wnids):
+            labels[name] = int(name)
+        else:
+            bad.append(_printable(name))
+    if bad:
+        raise DatasetError(
+            f"{root}: {len(bad)} folder(s) are neither WordNet ids of the {class_space} classes nor class "
+            f"indices 0..{len(wnids) - 1}: {', '.join(bad[:20])}. Name each class folder by its wnid "
+            "(n01440764) or its ImageNet-1k index (0), or remove the folder."
+        )
+    twice = sorted({f"{wnids[l]} / {l}" for l in labels.values() if list(labels.values()).count(l) > 1})
+    if twice:
+        raise DatasetError(f"{root}: classes with two folders (wnid and index): {', '.join(twice)}; merge them")
+    samples: list[Sample] = []
+    nested: list[str] = []
+    undecodable: list[str] = []
+    for folder in sorted(folders, key=lambda e: labels[e.name]):
+        entries = _list(folder.path, "class folder")
+        undecodable += _bad_names(f"{root}/{folder.name}", entries)
+        nested += [f"{folder.name}/{e.name}/" for e in entries if _is_dir(e)]
+        # Dangling symlinks are samples (bad images, named at extraction), as in read_wnid_folders.
+        samples += [(f"{folder.name}/{e.name}", labels[folder.name]) for e in entries if _is_sample(e)]
+    if undecodable:
+        raise _utf8_error(str(root), undecodable)
+    if nested:
+        raise DatasetError(
+            f"{root}: class folders hold {len(nested)} sub-folder(s): {', '.join(nested[:20])}. Move their "
+            "images up into the class folder, or remove them."
+        )
+    if not samples:
+        raise DatasetError(f"{root}: no image files found in any class folder")
+    return samples
