@@ -55,6 +55,7 @@ include: "rules/profile.smk"
 
 onstart:
     check_manual_datasets()
+    check_slurm_jobs()
 
 
 rule all:
