@@ -225,7 +225,11 @@ class Cluster:
         if self.linked_conf and SYSTEM_CONF.is_symlink() and Path(os.readlink(SYSTEM_CONF)) == self.dir / "slurm.conf":
             SYSTEM_CONF.unlink()
         self.linked_conf = False
-        shutil.rmtree(self.dir, ignore_errors=True)
+        for _ in range(10):  # a daemon's last files may still be landing
+            shutil.rmtree(self.dir, ignore_errors=True)
+            if not self.dir.exists():
+                break
+            time.sleep(0.5)
 
     def slurmstepd_pids(self) -> list[int]:
         """slurmstepd processes that belong to this cluster (their command line names our spool dir)."""
