@@ -215,6 +215,7 @@ def accounting(cluster) -> dict[str, tuple[str, str]]:
 
 
 @pytest.mark.workflow
+@pytest.mark.slurm
 def test_cpu_study_on_slurm_equals_a_local_run(cluster, tmp_path):
     """SLURM_COMMAND runs the CPU-pinned cut-down study: every job is an sbatch job that SLURM
     accounted as COMPLETED, none asked for a GPU (the study pins extraction to the CPU), small jobs
@@ -240,6 +241,7 @@ def test_cpu_study_on_slurm_equals_a_local_run(cluster, tmp_path):
 
 
 @pytest.mark.workflow
+@pytest.mark.slurm
 def test_gpu_study_asks_slurm_for_a_gpu_per_model_job(cluster, tmp_path):
     """With extraction.device: auto the zero-shot head job is an `sbatch --gpus=1` job (the fake GPU
     is counted by SLURM: ReqTRES gres/gpu=1); its dataset-free target needs no other job."""
@@ -251,6 +253,7 @@ def test_gpu_study_asks_slurm_for_a_gpu_per_model_job(cluster, tmp_path):
 
 
 @pytest.mark.workflow
+@pytest.mark.slurm
 def test_job_no_node_can_run_stops_before_any_submission(cluster, tmp_path):
     """Asking for more CPUs than the node has (4 > 2) stops the run at once, naming the rules and the
     variables to adapt, instead of leaving jobs pending for ever (Reason=PartitionConfig)."""
