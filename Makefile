@@ -29,7 +29,7 @@ demo: setup
 	@echo "Figures: results/figures/  Tables: results/metrics/  Report: results/report.html"
 
 test: setup
-	$(BIN)/python -m pytest -q -p no:cacheprovider
+	$(BIN)/python -m pytest -q -rs -p no:cacheprovider
 
 report: setup
 	$(BIN)/snakemake --report results/report.html

@@ -66,6 +66,7 @@ include: "rules/profile.smk"
 
 onstart:
     check_manual_datasets()
+    check_slurm_jobs()
 
 
 rule all:

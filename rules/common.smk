@@ -20,6 +20,16 @@ def check_manual_datasets():
         raise WorkflowError("missing manual dataset(s); no job was started:\n\n" + "\n\n".join(problems))
 
 
+def check_slurm_jobs():
+    """Under the SLURM executor, before any job is submitted: every job fits a node of its partition."""
+    from beyond_imagenet.slurm import check_workflow
+
+    try:
+        check_workflow(workflow)
+    except RuntimeError as err:
+        raise WorkflowError(str(err))
+
+
 def dataset_folder(wildcards):
     """What the manifest of a dataset depends on: the generated or unpacked folder (none if manual)."""
     spec = STUDY.datasets[wildcards.dataset]

@@ -154,27 +154,6 @@ def test_two_runs_of_the_default_study_are_byte_identical(default_study, default
     assert [name for name in a if a[name] != b[name]] == []
 
 
-def test_slurm_profile_sends_every_gpu_rule_to_a_gpu():
-    """Every rule that declares the gpu resource gets `gpu: 1` (the plugin's --gpus=1) in the SLURM
-    profile, and the profile names no rule that does not exist."""
-    import re
-
-    import yaml
-
-    rules, gpu_rules = set(), set()
-    for path in (REPO / "rules").glob("*.smk"):
-        for block in re.split(r"^rule ", path.read_text(), flags=re.M)[1:]:
-            name = block.split(":", 1)[0].strip()
-            rules.add(name)
-            if re.search(r"^\s+gpu=", block, flags=re.M):
-                gpu_rules.add(name)
-    profile = yaml.safe_load((REPO / "profiles" / "slurm" / "config.yaml").read_text())
-    assert profile["executor"] == "slurm"
-    on_gpu = {rule for rule, res in profile["set-resources"].items() if res.get("gpu") == 1}
-    assert gpu_rules and gpu_rules == on_gpu
-    assert set(profile["set-resources"]) <= rules and set(profile["set-threads"]) <= rules
-
-
 def test_default_study_real_model_behaves_like_a_real_one(default_study):
     """Issue 11: the default study's real model (EfficientNet-Lite0, real weights) on the real
     photographs is far above chance, loses accuracy with ImageNet-C severity and probability of the
