@@ -4,7 +4,8 @@ For each ``--rev`` a fresh ``git worktree`` of that revision is made in a tempor
 same config (``--config``, default: that revision's own ``config.yaml``) is run there from scratch
 with ``snakemake --cores N``; then it prints every wall time, the ratio of each to the first, and
 whether every ``results/metrics/*.csv`` is byte-identical to the first revision's. It also prints
-where the time went: the summed wall time of the jobs of each rule, from Snakemake's log.
+where the time went: the summed wall time of the jobs of each rule, from Snakemake's log, and (for
+revisions whose extraction jobs log a ``job timing`` line) total job wall time / forward passes.
 
     python benchmarks/study_walltime.py --rev main --rev perf-fusion            # 2 cores, default study
     python benchmarks/study_walltime.py --rev A --rev B --config my.yaml --cores 2 --keep
@@ -75,8 +76,13 @@ def run_rev(rev: str, config: Path | None, cores: int, workdir: Path, python: Pa
         sys.stderr.write(proc.stderr[-4000:])
         raise SystemExit(f"{rev}: snakemake failed (rc {proc.returncode}); log in {workdir / (tree.name + '.log')}")
     metrics = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted((tree / "results" / "metrics").glob("*.csv"))}
-    return {"rev": rev, "commit": commit, "wall_s": wall, "tree": str(tree), "metrics": metrics,
-            "rules": rule_times(proc.stdout + proc.stderr)}
+    run = {"rev": rev, "commit": commit, "wall_s": wall, "tree": str(tree), "metrics": metrics,
+           "rules": rule_times(proc.stdout + proc.stderr)}
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from extraction import job_figures  # the study-level job wall / forward ratio (this checkout's code)
+
+    run["jobs"] = job_figures(tree / "results", proc.stdout + proc.stderr)
+    return run
 
 
 def main() -> None:

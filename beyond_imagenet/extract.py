@@ -196,7 +196,8 @@ def extract(
     ``reuse``: keep the extraction key next to the file (``<out_path>.key``) and return an existing
     ``out_path`` whose key is this call's (same attrs, images, batch size, device, dtype and
     bad-image policy) without computing it again. ``timings``: filled with the wall-clock time of
-    the first batch (``first_batch``, time.time()) and the seconds spent in forward passes."""
+    the first batch (``first_batch``, time.time()), the seconds spent in forward passes
+    (``forward_s``) and in the first one (``first_forward_s``: where ``torch.compile`` compiles)."""
     out_path = Path(out_path)
     # How the numbers were computed is part of the file and of the checkpoint key: a job killed on
     # a GPU (bf16 autocast) and resumed on the CPU (float32) starts over instead of mixing shards.
@@ -289,6 +290,7 @@ def _extract(network, transform, root, ids, labels, out_path: Path, parts: Path,
             if images is not None:
                 t0 = time.perf_counter()
                 logits, features = forward(images)  # returns host arrays: the device is done
+                timings.setdefault("first_forward_s", time.perf_counter() - t0)  # incl. a lazy torch.compile
                 timings["forward_s"] += time.perf_counter() - t0
                 buffer["logits"].append(logits)
                 buffer["features"].append(features.astype(features_dtype))

@@ -53,8 +53,9 @@ def enable_compile_cache(folder: str | os.PathLike) -> Path:
     return folder
 
 
-def place(extracted: str | os.PathLike, output: str | os.PathLike) -> None:
-    """Make ``output`` the file ``extracted`` (a hard link; a copy across file systems), atomically."""
+def place(extracted: str | os.PathLike, output: str | os.PathLike, log_path: str | os.PathLike | None = None) -> None:
+    """Make ``output`` the file ``extracted`` (a hard link; a copy across file systems), atomically;
+    say so in ``log_path``."""
     extracted, output = Path(extracted), Path(output)
     if not extracted.is_file():
         raise FileNotFoundError(
@@ -68,6 +69,12 @@ def place(extracted: str | os.PathLike, output: str | os.PathLike) -> None:
             if err.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
                 raise
             shutil.copyfile(extracted, tmp)
+            how = "copy of"
+        else:
+            how = "hard link to"
+    if log_path:
+        Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(log_path).write_text(f"{output}: {how} {extracted}\n")
 
 
 def run_group(study, model: str, group: str, head_path: str | None, marker: str | os.PathLike) -> dict[str, Any]:
@@ -95,6 +102,7 @@ def run_group(study, model: str, group: str, head_path: str | None, marker: str 
     built: dict[str, Any] = {}  # standard transforms share one network per input transform
     timing = {"items": len(items), "forward_s": 0.0, "computed": 0, "reused": 0}
     written = []
+    versions = study.versions()
     with lease_device(settings["device"], settings["lock_dir"] or None) as device:
         for dataset, variant in items:
             manifest = load_manifest(study.manifest(dataset))
@@ -112,7 +120,7 @@ def run_group(study, model: str, group: str, head_path: str | None, marker: str 
                 attrs = study.variant_attrs(model, dataset, manifest, variant)
                 loaded = _maybe_compile(build_variant_model(spec, Variant.parse(variant), protocol, head=head,
                                                             logit_scale=logit_scale), settings)
-            attrs.update(preprocessing=loaded.preprocessing, versions=study.versions())
+            attrs.update(preprocessing=loaded.preprocessing, versions=versions)
             if settings.get("compile"):
                 attrs["compiled"] = "torch.compile (inductor)"
             out = study.extracted(model, dataset, variant)

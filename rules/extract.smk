@@ -57,13 +57,15 @@ rule link_output:
         group_marker_of_output,
     output:
         f"{RESULTS}/outputs/{{model}}/{{item}}.h5",
+    log:
+        f"{RESULTS}/logs/link_output/{{model}}/{{item}}.log",
     wildcard_constraints:
         item=r"[A-Za-z0-9][A-Za-z0-9_-]*(@(scale|shift|res)-[0-9][0-9.]*)?",
     localrule: True
     run:
         from beyond_imagenet.extraction_jobs import place
 
-        place(STUDY.extracted(wildcards.model, *split_item(wildcards.item)), output[0])
+        place(STUDY.extracted(wildcards.model, *split_item(wildcards.item)), output[0], log[0])
 
 
 # Every image an extraction skipped (extraction.on_bad_image: skip), one row each, across the study;

@@ -212,7 +212,7 @@ def test_download_unpack_manifest_extraction_from_a_local_archive(rel, baseline)
     workdir = baseline["workdir"]
     ran = {p.relative_to(workdir / "results/logs").parts[0].removesuffix(".log") for p in (workdir / "results/logs").rglob("*.log")}
     assert ran == {"download_dataset", "unpack_dataset", "build_manifest", "build_zero_shot_head",
-                   "extract_outputs", "compute_calibration"}
+                   "extract_outputs", "link_output", "compute_calibration"}
     # The archive was verified and unpacked as it is, with the completion marker.
     assert (workdir / "resources/downloads/imagenet_r/imagenet-r.tar").read_bytes() == rel["tar"].read_bytes()
     unpacked = unpacked_files(workdir / "resources/datasets/imagenet_r")
