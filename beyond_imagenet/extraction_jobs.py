@@ -2,8 +2,8 @@
 compilation) is paid once for every output of the group.
 
 Each output is still written on its own by :func:`beyond_imagenet.extract.extract` (own checkpoint
-shards, own atomic rename), under ``results/extracted/<model>/``; the ``link_output`` rule then
-hard-links it to ``results/outputs/<model>/``, where every reader finds it. Snakemake deletes a
+shards, own atomic rename), under ``results/extracted/<model>/``; the ``link_output`` rule (a
+shell ``ln``) then hard-links it to ``results/outputs/<model>/``, where every reader finds it. Snakemake deletes a
 job's outputs before rerunning it, but only the group's marker is the job's output: the extracted
 files survive, and a rerun of the group (one of its datasets changed, or a killed job) reuses each
 file whose extraction key still matches and recomputes only the others.
@@ -12,16 +12,14 @@ file whose extraction key still matches and recomputes only the others.
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import logging
 import os
-import shutil
 import time
 from pathlib import Path
 from typing import Any
 
-from beyond_imagenet.io import atomic_path, atomic_write_text
+from beyond_imagenet.io import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -51,30 +49,6 @@ def enable_compile_cache(folder: str | os.PathLike) -> Path:
 
     inductor_config.fx_graph_cache = True
     return folder
-
-
-def place(extracted: str | os.PathLike, output: str | os.PathLike, log_path: str | os.PathLike | None = None) -> None:
-    """Make ``output`` the file ``extracted`` (a hard link; a copy across file systems), atomically;
-    say so in ``log_path``."""
-    extracted, output = Path(extracted), Path(output)
-    if not extracted.is_file():
-        raise FileNotFoundError(
-            f"{extracted} does not exist, so {output} cannot be made from it; its extraction job's marker "
-            f"is newer than the file. Delete the marker ({extracted.parent}/*.group.json) and rerun."
-        )
-    with atomic_path(output) as tmp:
-        try:
-            os.link(extracted, tmp)
-        except OSError as err:
-            if err.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
-                raise
-            shutil.copyfile(extracted, tmp)
-            how = "copy of"
-        else:
-            how = "hard link to"
-    if log_path:
-        Path(log_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(log_path).write_text(f"{output}: {how} {extracted}\n")
 
 
 def run_group(study, model: str, group: str, head_path: str | None, marker: str | os.PathLike) -> dict[str, Any]:

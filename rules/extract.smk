@@ -50,22 +50,35 @@ rule extract_outputs:
         "../scripts/extract_outputs.py"
 
 
-# A hard link (no copy, no Python start-up: it runs inside Snakemake) from the group's extracted
-# file to the output every evaluation reads; it reruns whenever its group's job has run.
+# A hard link (no copy) from the group's extracted file to the output every evaluation reads; it
+# reruns whenever its group's job has run. A shell job: Snakemake runs it as one `ln`, whereas a
+# `run:` job is spawned as a whole Snakemake process (seconds of start-up per file).
 rule link_output:
     input:
         group_marker_of_output,
     output:
         f"{RESULTS}/outputs/{{model}}/{{item}}.h5",
+    params:
+        extracted=lambda w: STUDY.extracted(w.model, *split_item(w.item)),
     log:
         f"{RESULTS}/logs/link_output/{{model}}/{{item}}.log",
     wildcard_constraints:
         item=r"[A-Za-z0-9][A-Za-z0-9_-]*(@(scale|shift|res)-[0-9][0-9.]*)?",
     localrule: True
-    run:
-        from beyond_imagenet.extraction_jobs import place
-
-        place(STUDY.extracted(wildcards.model, *split_item(wildcards.item)), output[0], log[0])
+    conda:
+        "../envs/analysis.yaml"
+    shell:
+        """
+        if [ ! -f {params.extracted:q} ]; then
+            echo "{params.extracted} does not exist, so {output} cannot be made from it; its extraction" \
+                 "job's marker {input} is newer than the file. Delete the marker and rerun." | tee {log:q} >&2
+            exit 1
+        fi
+        tmp={output:q}.tmp-$$
+        if ln -f {params.extracted:q} "$tmp" 2>/dev/null; then how="hard link to"; else cp {params.extracted:q} "$tmp"; how="copy of"; fi
+        mv -f "$tmp" {output:q}
+        echo "{output}: $how {params.extracted}" > {log:q}
+        """
 
 
 # Every image an extraction skipped (extraction.on_bad_image: skip), one row each, across the study;

@@ -11,7 +11,6 @@ import os
 import h5py
 import pytest
 
-from beyond_imagenet.extraction_jobs import place
 from beyond_imagenet.study import ConfigError, Study, validate_config
 from conftest import REPO, default_config, run_snakemake, write_config
 from test_extract import TinyNet, make_images, run
@@ -94,19 +93,6 @@ def test_extract_reuses_a_file_only_under_the_same_key(tmp_path):
     policy: dict = {}
     run(tmp_path / "data", samples[:6], out, reuse=True, timings=policy, on_bad_image="skip")
     assert "first_batch" in policy
-
-
-def test_place_links_and_names_a_missing_file(tmp_path):
-    src = tmp_path / "extracted" / "m" / "d.h5"
-    src.parent.mkdir(parents=True)
-    src.write_bytes(b"data")
-    dst = tmp_path / "outputs" / "m" / "d.h5"
-    place(src, dst)
-    assert dst.read_bytes() == b"data" and os.stat(dst).st_ino == os.stat(src).st_ino
-    dst.unlink()
-    src.unlink()
-    with pytest.raises(FileNotFoundError, match="d.h5 does not exist.*Delete the marker"):
-        place(src, dst)
 
 
 # ------------------------------------------------------------------------------ end to end
