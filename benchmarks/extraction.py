@@ -9,12 +9,21 @@ Figures (issue: performance):
               pass on all cores, the workers competing with it (what a CPU-only run gets).
   memory      peak RSS of an extraction over 1,000 vs 8,000 images (growth must be < 10 %).
   passes      forward passes in a study's outputs / unique (model, images, variant) = 1.00.
+  fixed cost  one extraction job in its own process, as the workflow runs it: process start to first
+              batch (imports, model build, device lease, loader start, compilation with --compile),
+              the forward passes, and teardown (last output written to process exit). With
+              --compile it runs twice on one inductor cache folder: the second job loads what the
+              first compiled (extraction.compile caches under resources/torch_compile_cache).
+  jobs        study level, from a finished run: total wall time of all its jobs (Snakemake's log)
+              over the time the extraction jobs spent in forward passes (their `job timing` lines).
 
 Examples:
   python benchmarks/extraction.py --device cpu                       # small CPU form
   python benchmarks/extraction.py --device cuda --models vit_base_patch16_224 convnext_base \
       --images 20000 --batch-size 256 --workers 14 --json gpu.json    # on a GPU machine
   python benchmarks/extraction.py --passes results                    # forward-pass economy only
+  python benchmarks/extraction.py --fixed-cost --device cpu [--compile]  # one job's start-up and teardown
+  python benchmarks/extraction.py --jobs results                      # after `snakemake --cores 2`
 """
 
 from __future__ import annotations
@@ -228,6 +237,95 @@ def passes(results_dir: str) -> dict:
             "cka_passes": cka_passes, "cka_repeated_passes": cka_repeats}
 
 
+def _fixed_cost_child(args) -> None:
+    """One extraction job's work, as scripts/extract_outputs.py does it: imports, build, lease, extract."""
+    from beyond_imagenet import extraction_jobs  # noqa: F401  (the job's imports)
+    from beyond_imagenet.devices import lease_device
+    from beyond_imagenet.workflow import setup  # noqa: F401
+
+    if args.compile:
+        extraction_jobs.enable_compile_cache(args.compile_cache)
+    data = Path(args.data_dir)
+    samples = make_jpegs(data, args.images)
+    spec = ModelSpec.from_config(args.models[0], {"source": "timm", "name": args.models[0], "pretrained": False})
+    loaded = build_model(spec, "paper")
+    if args.compile:
+        loaded.network = torch.compile(loaded.network)
+    timings: dict = {}
+    with lease_device(args.device) as device, tempfile.TemporaryDirectory() as tmp:
+        extract(loaded.network, loaded.transform, data, samples, Path(tmp) / "out.h5", {"model": spec.name},
+                device=device, batch_size=args.batch_size, num_workers=args.workers, progress=False, timings=timings)
+    timings["end"] = time.time()
+    print(json.dumps(timings))
+
+
+def fixed_cost(args) -> dict:
+    """Time one extraction job in a fresh process (twice on one compile cache with --compile)."""
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        make_jpegs(Path(tmp) / "jpegs", args.images)  # written before the clock starts
+        for run in range(2 if args.compile else 1):
+            cmd = [sys.executable, __file__, "--fixed-cost-child", "--device", args.device, "--models", args.models[0],
+                   "--images", str(args.images), "--batch-size", str(args.batch_size), "--workers", str(args.workers),
+                   "--data-dir", str(Path(tmp) / "jpegs"), "--compile-cache", str(Path(tmp) / "inductor")]
+            if args.compile:
+                cmd.append("--compile")
+            launch = time.time()
+            out = subprocess.run(cmd, check=True, capture_output=True, text=True)
+            exited = time.time()
+            t = json.loads(out.stdout.strip().splitlines()[-1])
+            row = {"model": args.models[0], "device": args.device, "images": args.images, "batch_size": args.batch_size,
+                   "compile": bool(args.compile), "compile_cache": ("cold" if run == 0 else "warm") if args.compile else "",
+                   "start_to_first_batch_s": round(t["first_batch"] - launch, 3),
+                   "forward_s": round(t["forward_s"], 3), "first_forward_s": round(t["first_forward_s"], 3),
+                   "teardown_s": round(exited - t["end"], 3),
+                   "job_s": round(exited - launch, 3)}
+            print(f"[fixed cost] {row['model']} on {args.device}{' compiled, ' + row['compile_cache'] + ' cache' if args.compile else ''}: "
+                  f"start to first batch {row['start_to_first_batch_s']:.2f} s, forward passes {row['forward_s']:.2f} s "
+                  f"({args.images} images; first pass {row['first_forward_s']:.2f} s), teardown {row['teardown_s']:.2f} s, job {row['job_s']:.2f} s")
+            rows.append(row)
+    return {"runs": rows}
+
+
+def _snakemake_log(results_dir: Path) -> Path | None:
+    logs = sorted((results_dir.resolve().parent / ".snakemake" / "log").glob("*.snakemake.log"))
+    return logs[-1] if logs else None
+
+
+def job_figures(results_dir: str | Path, log_text: str | None = None) -> dict:
+    """Total job wall time of a run (Snakemake's log) / time its extraction jobs spent in forward
+    passes, and each extraction job's fixed cost, from their ``job timing`` log lines."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from study_walltime import rule_times
+
+    results_dir = Path(results_dir)
+    if log_text is None:
+        path = _snakemake_log(results_dir)
+        log_text = path.read_text() if path else ""
+    rules = rule_times(log_text)
+    total_jobs = sum(s for _, s in rules.values())
+    timings = []
+    for path in sorted((results_dir / "logs" / "extract_outputs").glob("*/*.log")):
+        for line in path.read_text().splitlines():
+            if "job timing " in line:
+                timings.append(json.loads(line.split("job timing ", 1)[1]))
+    forward = sum(t["forward_s"] for t in timings)
+    computed = [t for t in timings if "start_to_first_batch_s" in t]
+    figures = {"jobs": sum(n for n, _ in rules.values()), "total_job_wall_s": round(total_jobs, 1),
+               "extraction_jobs": len(timings), "extraction_job_wall_s": round(sum(t["job_s"] for t in timings), 1),
+               "forward_s": round(forward, 1),
+               "job_wall_over_forward": round(total_jobs / forward, 1) if forward else None,
+               "median_start_to_first_batch_s": round(float(np.median([t["start_to_first_batch_s"] for t in computed])), 2)
+               if computed else None,
+               "median_teardown_s": round(float(np.median([t["teardown_s"] for t in timings if "teardown_s" in t])), 2)
+               if timings else None}
+    print(f"[jobs] {figures['jobs']} jobs, {figures['total_job_wall_s']} s summed job wall time; "
+          f"{figures['extraction_jobs']} extraction jobs ({figures['extraction_job_wall_s']} s) spent "
+          f"{figures['forward_s']} s in forward passes: job wall / forward = {figures['job_wall_over_forward']}; "
+          f"median start to first batch {figures['median_start_to_first_batch_s']} s")
+    return figures
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
@@ -245,14 +343,30 @@ def main() -> None:
     parser.add_argument("--passes", metavar="RESULTS_DIR", help="only count forward passes in a study's outputs")
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--json", default="benchmarks/extraction.json")
+    parser.add_argument("--fixed-cost", action="store_true", help="only time one extraction job's start-up and teardown")
+    parser.add_argument("--jobs", metavar="RESULTS_DIR", help="only the study-level job wall / forward ratio of a run")
     parser.add_argument("--memory-child", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--fixed-cost-child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--compile-cache", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_child:
         _memory_child(args.memory_child, args.workers)
         return
+    if args.fixed_cost_child:
+        _fixed_cost_child(args)
+        return
     report: dict = {}
-    if args.passes:
-        report["passes"] = passes(args.passes)
+    if args.passes or args.jobs:
+        if args.passes:
+            report["passes"] = passes(args.passes)
+        if args.jobs:
+            report["jobs"] = job_figures(args.jobs)
+    elif args.fixed_cost:
+        cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
+        args.models = args.models or (["vit_base_patch16_224"] if cuda else ["convnext_atto"])
+        args.images = args.images or (2048 if cuda else 64)
+        args.batch_size = args.batch_size or (256 if cuda else 32)
+        report["fixed_cost"] = fixed_cost(args)
     else:
         cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
         args.models = args.models or (["vit_base_patch16_224", "convnext_base"] if cuda else ["convnext_atto"])

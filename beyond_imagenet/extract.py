@@ -21,6 +21,7 @@ import logging
 import math
 import os
 import shutil
+import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -266,8 +267,16 @@ def extract(
     features_dtype: str = "float16",
     on_bad_image: str = "error",
     progress: bool = True,
+    reuse: bool = False,
+    timings: dict[str, float] | None = None,
 ) -> Path:
-    """Run ``network`` (returning ``(logits, features)``) over ``samples`` and write ``out_path``."""
+    """Run ``network`` (returning ``(logits, features)``) over ``samples`` and write ``out_path``.
+
+    ``reuse``: keep the extraction key next to the file (``<out_path>.key``) and return an existing
+    ``out_path`` whose key is this call's (same attrs, images, batch size, device, dtype and
+    bad-image policy) without computing it again. ``timings``: filled with the wall-clock time of
+    the first batch (``first_batch``, time.time()), the seconds spent in forward passes
+    (``forward_s``) and in the first one (``first_forward_s``: where ``torch.compile`` compiles)."""
     out_path = Path(out_path)
     # How the numbers were computed is part of the file and of the checkpoint key: a job killed on
     # a GPU (bf16 autocast) and resumed on the CPU (float32) starts over instead of mixing shards.
@@ -285,10 +294,22 @@ def extract(
                     "features_dtype": features_dtype, "ids": hashlib.sha256("\n".join(ids).encode()).hexdigest()},
                    sort_keys=True, default=str).encode()
     ).hexdigest()
+    reuse_key = hashlib.sha256(f"{run_key}\non_bad_image={on_bad_image}\n".encode()).hexdigest()
+    key_file = out_path.with_name(out_path.name + ".key")
+    if reuse and out_path.is_file() and key_file.is_file() and key_file.read_text() == reuse_key:
+        log.info("reusing %s: made by the same extraction (key %s)", out_path, reuse_key[:16])
+        return out_path
     with _sole_writer(parts, out_path):
-        return _extract(network, transform, root, ids, labels, out_path, parts, attrs, run_key, device=device,
-                        batch_size=batch_size, num_workers=num_workers, shard_rows=shard_rows, n_shards=n_shards,
-                        features_dtype=features_dtype, on_bad_image=on_bad_image, progress=progress)
+        if reuse:
+            key_file.unlink(missing_ok=True)  # no key while the file is being replaced
+        written = _extract(network, transform, root, ids, labels, out_path, parts, attrs, run_key, device=device,
+                           batch_size=batch_size, num_workers=num_workers, shard_rows=shard_rows, n_shards=n_shards,
+                           features_dtype=features_dtype, on_bad_image=on_bad_image, progress=progress,
+                           timings=timings if timings is not None else {})
+        if reuse:
+            with atomic_path(key_file) as tmp:
+                Path(tmp).write_text(reuse_key)
+        return written
 
 
 @contextlib.contextmanager
@@ -323,7 +344,7 @@ def _sole_writer(parts: Path, out_path: Path):
 
 def _extract(network, transform, root, ids, labels, out_path: Path, parts: Path, attrs, run_key: str, *, device,
              batch_size: int, num_workers: int, shard_rows: int, n_shards: int, features_dtype: str,
-             on_bad_image: str, progress: bool) -> Path:
+             on_bad_image: str, progress: bool, timings: dict[str, float]) -> Path:
     n = len(ids)
     done = _resume_point(parts, run_key, n_shards, shard_rows, n)
     if done:
@@ -342,9 +363,14 @@ def _extract(network, transform, root, ids, labels, out_path: Path, parts: Path,
         buffer: dict[str, list] = {"logits": [], "features": [], "index": [], "bad": []}
         shard = done
         bar = tqdm(total=n, initial=start, unit="img", desc=out_path.stem, disable=not progress, mininterval=5)
+        timings.setdefault("forward_s", 0.0)
         for images, good_idx, bad in loader:
+            timings.setdefault("first_batch", time.time())
             if images is not None:
-                logits, features = forward(images)
+                t0 = time.perf_counter()
+                logits, features = forward(images)  # returns host arrays: the device is done
+                timings.setdefault("first_forward_s", time.perf_counter() - t0)  # incl. a lazy torch.compile
+                timings["forward_s"] += time.perf_counter() - t0
                 buffer["logits"].append(logits)
                 buffer["features"].append(features.astype(features_dtype))
                 buffer["index"].extend(good_idx)

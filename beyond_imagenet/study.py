@@ -165,6 +165,7 @@ def validate_config(config: dict[str, Any], schema_path: str | os.PathLike = SCH
             else:
                 if not path.is_file():
                     problems.append(f"  models.{name}.checkpoint: file {path} does not exist")
+    problems += _group_problems(config)
     if problems:
         raise ConfigError("invalid study config:\n" + "\n".join(problems))
     return config
@@ -222,6 +223,23 @@ def check_config_files(paths) -> None:
             read_config_file(path)
 
 
+def _group_problems(config: dict[str, Any]) -> list[str]:
+    """``extraction.groups``: known datasets, each in one group, names that are not dataset names."""
+    problems, seen = [], {}
+    for group, names in config["extraction"].get("groups", {}).items():
+        if group in config["datasets"] or group == "all":
+            problems.append(f"  extraction.groups.{group}: a group may not be named like a dataset or 'all'")
+        for name in names:
+            if name not in config["datasets"]:
+                problems.append(f"  extraction.groups.{group}: unknown dataset {name!r}; defined under datasets: "
+                                f"{', '.join(config['datasets'])}")
+            elif name in seen:
+                problems.append(f"  extraction.groups.{group}: {name!r} is already in group {seen[name]!r}; "
+                                "a dataset is extracted by one job")
+            seen.setdefault(name, group)
+    return problems
+
+
 def load_config(path: str | os.PathLike) -> dict[str, Any]:
     config = read_config_file(path)
     try:
@@ -244,6 +262,7 @@ class Study:
             # A vtab entry adds one dataset per extracted (task, split): datasets/vtab.py.
             self.datasets.update(expand_dataset(resolve_dataset(n, e, self.resources), e))
         self.evaluations: dict[str, dict[str, Any]] = config["evaluations"]
+        self._plans: dict[str, dict[str, list[tuple[str, str | None]]]] = {}
 
     # ------------------------------------------------------------------------------- paths
     def output(self, model: str, dataset: str, variant: str | None = None) -> str:
@@ -278,6 +297,49 @@ class Study:
         pairs = {(m, x) for ev in self.evaluations for d in self.evaluation_datasets(ev)
                  for x in self.extraction_datasets(d) for m in self.models}
         return sorted(self.output(m, d) for m, d in pairs)
+
+    # ------------------------------------------------------ extraction jobs (groups)
+    def extracted(self, model: str, dataset: str, variant: str | None = None) -> str:
+        """Where an extraction job writes an output; ``output()`` is a hard link to it, made by the
+        ``link_output`` rule. This copy survives Snakemake deleting a rerun job's outputs, so a
+        rerun of a group reuses every file whose extraction key still matches."""
+        suffix = f"@{variant}" if variant else ""
+        return str(self.results / "extracted" / model / f"{dataset}{suffix}.h5")
+
+    def group_marker(self, model: str, group: str) -> str:
+        """The output of the extraction job of (model, group): the list of what it wrote."""
+        return str(self.results / "extracted" / model / f"{group}.group.json")
+
+    def extraction_plan(self, model: str) -> dict[str, list[tuple[str, str | None]]]:
+        """Group name -> the (extraction dataset, variant or None) one job of ``model`` writes.
+
+        ``extraction.group``: ``dataset`` = a group per study dataset (named after it; a vtab
+        dataset's task splits together) and one per invariance dataset for its variants
+        (``<dataset>@variants``); ``model`` = everything in group ``all``. ``extraction.groups``
+        names groups of datasets explicitly (their standard outputs)."""
+        if model in self._plans:
+            return self._plans[model]
+        settings = self.config["extraction"]
+        explicit = {d: g for g, names in settings.get("groups", {}).items() for d in names}
+        by_model = settings.get("group", "dataset") == "model"
+        used = [d for d in self.config["datasets"] if any(d in self.evaluation_datasets(ev) for ev in self.evaluations)]
+        plan: dict[str, list[tuple[str, str | None]]] = {}
+        for d in used:
+            group = explicit.get(d) or ("all" if by_model else d)
+            plan.setdefault(group, []).extend((x, None) for x in self.extraction_datasets(d))
+        for d in self.evaluation_datasets("invariance"):
+            variants = [v for v in self.invariance_variants() if not self.is_standard_variant(model, v, d)]
+            if variants:
+                plan.setdefault("all" if by_model else f"{d}@variants", []).extend((d, v) for v in variants)
+        self._plans[model] = plan
+        return plan
+
+    def group_of(self, model: str, dataset: str, variant: str | None = None) -> str | None:
+        """The extraction group that writes (model, dataset, variant), or None if no job does."""
+        for group, items in self.extraction_plan(model).items():
+            if (dataset, variant or None) in items:
+                return group
+        return None
 
     def model_columns(self, model: str) -> dict[str, str]:
         """Grouping columns every metric row carries, so figures need only the tables."""

@@ -70,9 +70,49 @@ def head_params(wildcards):
     return STUDY.head_identity(wildcards.model)
 
 
-def variant_model_params(wildcards):
-    """A variant's transform also depends on the paradigm (R = 256 supervised, 224 CLIP)."""
-    return model_params(wildcards) | {"paradigm": STUDY.models[wildcards.model].paradigm}
+def _group_items(wildcards):
+    plan = STUDY.extraction_plan(wildcards.model)
+    if wildcards.group not in plan:
+        raise WorkflowError(f"model {wildcards.model} has no extraction group {wildcards.group!r}; "
+                            f"its groups: {', '.join(sorted(plan))}")
+    return plan[wildcards.group]
+
+
+def group_manifests(wildcards):
+    """The manifests of every dataset an extraction group reads."""
+    return sorted({STUDY.manifest(d) for d, _ in _group_items(wildcards)})
+
+
+def group_item_params(wildcards):
+    """What changes each output of a group besides the model: the dataset's input transform, and
+    for a variant the paradigm (R = 256 supervised, 224 CLIP) and the image subset."""
+    paradigm = STUDY.models[wildcards.model].paradigm
+    max_images = config["evaluations"].get("invariance", {}).get("max_images")
+    return {
+        (f"{d}@{v}" if v else d): ({"paradigm": paradigm, "max_images": max_images} if v
+                                   else {"input_transform": STUDY.input_transform(d)})
+        for d, v in _group_items(wildcards)
+    }
+
+
+def split_item(item):
+    """``<dataset>`` or ``<dataset>@<variant>`` -> (dataset, variant or None)."""
+    dataset, _, variant = item.partition("@")
+    return dataset, variant or None
+
+
+def group_marker_of_output(wildcards):
+    """The marker of the extraction job that writes outputs/<model>/<item>.h5."""
+    if wildcards.model not in STUDY.models:
+        raise WorkflowError(f"{wildcards.model} is not a model of this study ({', '.join(STUDY.models)})")
+    dataset, variant = split_item(wildcards.item)
+    group = STUDY.group_of(wildcards.model, dataset, variant)
+    if group is None:
+        hint = (f"; it is the standard evaluation: read {STUDY.output(wildcards.model, dataset)}"
+                if variant and dataset in STUDY.datasets and STUDY.is_standard_variant(wildcards.model, variant, dataset)
+                else "")
+        raise WorkflowError(f"no extraction of this study writes {wildcards.item} for {wildcards.model}{hint}")
+    return STUDY.group_marker(wildcards.model, group)
 
 
 def checkpoint_input(wildcards):

@@ -1,4 +1,4 @@
-# One forward pass per (model, dataset): logits + features + labels + ids in one HDF5 file.
+# One forward pass per (model, dataset[, variant]): logits + features + labels + ids in one HDF5 file.
 
 
 rule build_zero_shot_head:
@@ -18,21 +18,30 @@ rule build_zero_shot_head:
         "../scripts/build_zero_shot_head.py"
 
 
+# One job per (model, extraction group) writes every output of the group under
+# results/extracted/<model>/ (each file atomic and resumable on its own) and then its marker; one
+# local link_output job per file hard-links it into results/outputs/<model>/, where readers find it.
+# Groups: extraction.group / extraction.groups (Study.extraction_plan). A rerun of a group reuses
+# every extracted file whose extraction key still matches (only the marker is a job output, so
+# Snakemake's deleting a rerun job's outputs leaves them alone).
 rule extract_outputs:
     input:
-        manifest=f"{RESULTS}/manifests/{{dataset}}.json",
+        manifests=group_manifests,
         head=head_input,
         weights=checkpoint_input,
     output:
-        f"{RESULTS}/outputs/{{model}}/{{dataset}}.h5",
+        f"{RESULTS}/extracted/{{model}}/{{group}}.group.json",
     params:
         model=model_params,
         preprocessing=config["preprocessing"],
-        input_transform=lambda w: STUDY.input_transform(w.dataset),
+        outputs=group_item_params,
         features_dtype=config["extraction"]["features_dtype"],
         on_bad_image=config["extraction"]["on_bad_image"],
+        compile=config["extraction"]["compile"],
     log:
-        f"{RESULTS}/logs/extract_outputs/{{model}}/{{dataset}}.log",
+        f"{RESULTS}/logs/extract_outputs/{{model}}/{{group}}.log",
+    wildcard_constraints:
+        group=r"[A-Za-z0-9][A-Za-z0-9_-]*(@variants)?",
     conda:
         "../envs/torch.yaml"
     resources:
@@ -41,29 +50,35 @@ rule extract_outputs:
         "../scripts/extract_outputs.py"
 
 
-rule extract_variant_outputs:
+# A hard link (no copy) from the group's extracted file to the output every evaluation reads; it
+# reruns whenever its group's job has run. A shell job: Snakemake runs it as one `ln`, whereas a
+# `run:` job is spawned as a whole Snakemake process (seconds of start-up per file).
+rule link_output:
     input:
-        manifest=f"{RESULTS}/manifests/{{dataset}}.json",
-        head=head_input,
-        weights=checkpoint_input,
+        group_marker_of_output,
     output:
-        f"{RESULTS}/outputs/{{model}}/{{dataset}}@{{variant}}.h5",
+        f"{RESULTS}/outputs/{{model}}/{{item}}.h5",
     params:
-        model=variant_model_params,
-        preprocessing=config["preprocessing"],
-        max_images=lambda w: config["evaluations"].get("invariance", {}).get("max_images"),
-        features_dtype=config["extraction"]["features_dtype"],
-        on_bad_image=config["extraction"]["on_bad_image"],
+        extracted=lambda w: STUDY.extracted(w.model, *split_item(w.item)),
     log:
-        f"{RESULTS}/logs/extract_variant_outputs/{{model}}/{{dataset}}@{{variant}}.log",
+        f"{RESULTS}/logs/link_output/{{model}}/{{item}}.log",
     wildcard_constraints:
-        variant=r"(scale|shift|res)-[0-9][0-9.]*",
+        item=r"[A-Za-z0-9][A-Za-z0-9_-]*(@(scale|shift|res)-[0-9][0-9.]*)?",
+    localrule: True
     conda:
-        "../envs/torch.yaml"
-    resources:
-        gpu=GPU_SLOTS,
-    script:
-        "../scripts/extract_variant_outputs.py"
+        "../envs/analysis.yaml"
+    shell:
+        """
+        if [ ! -f {params.extracted:q} ]; then
+            echo "{params.extracted} does not exist, so {output} cannot be made from it; its extraction" \
+                 "job's marker {input} is newer than the file. Delete the marker and rerun." | tee {log:q} >&2
+            exit 1
+        fi
+        tmp={output:q}.tmp-$$
+        if ln -f {params.extracted:q} "$tmp" 2>/dev/null; then how="hard link to"; else cp {params.extracted:q} "$tmp"; how="copy of"; fi
+        mv -f "$tmp" {output:q}
+        echo "{output}: $how {params.extracted}" > {log:q}
+        """
 
 
 # Every image an extraction skipped (extraction.on_bad_image: skip), one row each, across the study;

@@ -139,9 +139,10 @@ def test_dry_run_has_no_job_for_standard_variants(tmp_path):
     config = default_config()
     config["evaluations"] = {"invariance": {"datasets": ["imagenet_val"]}}
     jobs = run_snakemake(write_config(tmp_path / "c.yaml", config), tmp_path, dryrun=True)
-    # 15 variants; for the 4 paper-protocol models scale 1 and res 224 are the standard evaluation,
-    # the native-protocol EfficientNet-Lite0 has no standard level.
-    assert jobs["extract_variant_outputs"] == 4 * 13 + 15
+    # 15 variants; for the 4 paper-protocol models scale 1 and res 224 are the standard evaluation
+    # (13 variant files + the standard one per model), the native-protocol EfficientNet-Lite0 has no
+    # standard level (15 + 1); all written by one extraction job per model (extraction.group: model)
+    assert jobs["link_output"] == 4 * (13 + 1) + (15 + 1) and jobs["extract_outputs"] == 5
     assert jobs["compute_invariance"] == 1 and jobs["plot_invariance"] == 2
 
 

@@ -88,7 +88,8 @@ def rel_config(url: str, sha256: str) -> dict:
     config = default_config()
     config["models"] = {k: v for k, v in config["models"].items() if k in ("vit_sup", "vit_clip")}
     config["zero_shot"]["templates"] = 1
-    config["extraction"].update(batch_size=1, shard_size=1, num_workers=1)
+    # group: dataset = one extraction job per (model, dataset), logged as extract_outputs/<model>/<dataset>.log
+    config["extraction"].update(batch_size=1, shard_size=1, num_workers=1, group="dataset")
     config["datasets"] = {"imagenet_r": {"kind": "imagenet_r", "source": "download", "url": url, "sha256": sha256}}
     config["evaluations"] = {"calibration": {"datasets": ["imagenet_r"], "n_bins": 15}}
     return config
@@ -211,7 +212,7 @@ def test_download_unpack_manifest_extraction_from_a_local_archive(rel, baseline)
     workdir = baseline["workdir"]
     ran = {p.relative_to(workdir / "results/logs").parts[0].removesuffix(".log") for p in (workdir / "results/logs").rglob("*.log")}
     assert ran == {"download_dataset", "unpack_dataset", "build_manifest", "build_zero_shot_head",
-                   "extract_outputs", "compute_calibration"}
+                   "extract_outputs", "link_output", "compute_calibration"}
     # The archive was verified and unpacked as it is, with the completion marker.
     assert (workdir / "resources/downloads/imagenet_r/imagenet-r.tar").read_bytes() == rel["tar"].read_bytes()
     unpacked = unpacked_files(workdir / "resources/datasets/imagenet_r")
@@ -240,8 +241,9 @@ def test_concurrent_extraction_jobs_write_only_their_own_outputs(baseline):
             assert (f.attrs["model"], f.attrs["dataset"]) == (path.parent.name, path.stem)
             assert f["logits"].shape == (N_IMAGES, 1000) and int(f.attrs["n_skipped"]) == 0
         log = (workdir / "results/logs/extract_outputs" / path.parent.name / f"{path.stem}.log").read_text()
-        written = set(re.findall(r"results/outputs/[^\s:]+", log))
-        assert written == {str(path.relative_to(workdir))}, log
+        written = set(re.findall(r"results/extracted/[^\s:]+", log))
+        assert written == {f"results/extracted/{path.parent.name}/{path.name}"}, log
+        assert path.samefile(workdir / "results/extracted" / path.parent.name / path.name)  # a hard link
     assert outputs[0].read_bytes() != outputs[1].read_bytes()
     assert leftovers(workdir) == []
 
@@ -287,7 +289,7 @@ def test_kill_during_extraction_keeps_checkpoint_shards(rel, chain):
     assert list((workdir / "resources/datasets").iterdir()) == [workdir / "resources/datasets/imagenet_r"]
     # The extraction that reached the fault point died after its second checkpoint shard, the other
     # (they run in parallel: CPU jobs take no GPU slot) somewhere before; no output file exists.
-    parts = sorted((workdir / "results/outputs").glob("*/.imagenet_r.h5.parts"))
+    parts = sorted((workdir / "results/extracted").glob("*/.imagenet_r.h5.parts"))
     killed = [p for p in parts if (p / "shard-000001.npz").exists()]
     assert killed, parts
     assert sorted(p.name for p in killed[0].glob("shard-*.npz")) == ["shard-000000.npz", "shard-000001.npz"]
@@ -305,7 +307,7 @@ def test_kill_while_writing_the_metric_table_leaves_no_table(rel, chain):
     model = chain["killed_model"]
     log = (workdir / f"results/logs/extract_outputs/{model}/imagenet_r.log").read_text()
     assert f"after 2 of {N_IMAGES} checkpoint shards" in log, log
-    assert not list((workdir / "results/outputs").glob("*/.*.parts"))
+    assert not list((workdir / "results/extracted").glob("*/.*.parts"))
     # The table was complete under its temporary name, but never appeared under the real one.
     assert not (workdir / TABLE).exists()
     (tmp,) = (workdir / "results/metrics").glob(".calibration.csv.tmp-*")

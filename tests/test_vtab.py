@@ -242,13 +242,16 @@ def test_figure_with_paper_numbers(tmp_path) -> None:
 
 
 def test_default_study_extracts_each_task_split_once(tmp_path) -> None:
-    """One extract_outputs job per (model, task, split in train800 / val200 / test); no train800val200."""
+    """One output per (model, task, split in train800 / val200 / test), no train800val200, all of a
+    model's splits written by one extract_outputs job (extraction.group: dataset)."""
     from snakemake.api import SnakemakeApi
     from snakemake.settings.types import (ConfigSettings, DAGSettings, OutputSettings, Quietness,
                                           ResourceSettings, StorageSettings)
     import os
 
-    config = write_config(tmp_path / "config.yaml", default_config())
+    base = default_config()
+    base["extraction"]["group"] = "dataset"
+    config = write_config(tmp_path / "config.yaml", base)
     cwd = os.getcwd()
     try:
         with SnakemakeApi(OutputSettings(quiet={Quietness.PROGRESS, Quietness.RULES})) as api:
@@ -262,7 +265,9 @@ def test_default_study_extracts_each_task_split_once(tmp_path) -> None:
             jobs = list(dag_api.workflow_api._workflow.dag.needrun_jobs())
     finally:
         os.chdir(cwd)
-    extracted = Counter((j.wildcards["model"], j.wildcards["dataset"]) for j in jobs if j.rule.name == "extract_outputs")
+    extracted = Counter((j.wildcards["model"], j.wildcards["item"]) for j in jobs if j.rule.name == "link_output")
+    groups = Counter((j.wildcards["model"], j.wildcards["group"]) for j in jobs if j.rule.name == "extract_outputs")
+    assert groups == {(m, "vtab"): 1 for m in base["models"]}
     study = Study(validate_config(default_config()))
     tasks = study.datasets["vtab"].tasks
     assert {TASKS[t].group for t in tasks} == {"natural", "specialized", "structured"}

@@ -56,8 +56,9 @@ def test_default_study_end_to_end(default_study):
         for dataset in ("imagenet_val", "imagenet_r"):
             for ext in ("png", "pdf"):
                 assert (results / "figures" / f"{kind}_{dataset}.{ext}").stat().st_size > 1000
-    standard = [p for p in (results / "outputs").glob("*/*.h5") if "@" not in p.name]
-    assert jobs["extract_outputs"] == len(standard) > 0
+    # extraction.group: model: one extraction job per model writes all its outputs (issue 14)
+    assert jobs["extract_outputs"] == len(models)
+    assert jobs["link_output"] == len(list((results / "outputs").glob("*/*.h5"))) > len(models)
 
 
 def test_changing_bins_reruns_only_calibration(default_study, tmp_path):
@@ -76,7 +77,7 @@ def test_relabelling_a_model_redraws_tables_and_figures_only(default_study, tmp_
     config["models"]["vit_sup"]["label"] = "my ViT"
     jobs = run_snakemake(write_config(tmp_path / "label.yaml", config), workdir, dryrun=True)
     assert "compute_calibration" in jobs and "plot_reliability" in jobs and "compute_profile" in jobs
-    assert not {"extract_outputs", "extract_variant_outputs", "build_zero_shot_head", "probe_transfer",
+    assert not {"extract_outputs", "link_output", "build_zero_shot_head", "probe_transfer",
                 "compute_cka"} & set(jobs)
 
 

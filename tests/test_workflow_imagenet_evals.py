@@ -43,9 +43,9 @@ def planned_jobs(configfile, workdir) -> list[tuple[str, dict]]:
 
 
 def extraction_counts(jobs) -> Counter:
-    """Forward passes per (model, dataset, variant), standard ("") and variant extractions alike."""
-    return Counter((w["model"], w["dataset"], w.get("variant", "")) for rule, w in jobs
-                   if rule in ("extract_outputs", "extract_variant_outputs"))
+    """Output files per (model, dataset, variant), standard ("") and variant extractions alike; each is
+    written by one extraction group (Study.extraction_plan puts every file in exactly one)."""
+    return Counter((w["model"], *(w["item"].split("@") + [""])[:2]) for rule, w in jobs if rule == "link_output")
 
 
 def test_imagenet_val_is_extracted_once_per_model(tmp_path):

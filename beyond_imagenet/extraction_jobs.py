@@ -1,0 +1,159 @@
+"""One extraction job per (model, group): its fixed cost (imports, model build, device lease,
+compilation) is paid once for every output of the group.
+
+Each output is still written on its own by :func:`beyond_imagenet.extract.extract` (own checkpoint
+shards, own atomic rename), under ``results/extracted/<model>/``; the ``link_output`` rule (a
+shell ``ln``) then hard-links it to ``results/outputs/<model>/``, where every reader finds it. Snakemake deletes a
+job's outputs before rerunning it, but only the group's marker is the job's output: the extracted
+files survive, and a rerun of the group (one of its datasets changed, or a killed job) reuses each
+file whose extraction key still matches and recomputes only the others.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from beyond_imagenet.io import atomic_write_text
+
+log = logging.getLogger(__name__)
+
+#: where ``extraction.compile`` keeps torch inductor's caches (FX graph and kernel caches)
+COMPILE_CACHE = "torch_compile_cache"
+
+
+def process_age() -> float:
+    """Seconds since this process started (Linux ``/proc``; 0 where it cannot be read)."""
+    try:
+        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return max(0.0, uptime - ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+def enable_compile_cache(folder: str | os.PathLike) -> Path:
+    """Point torch inductor's on-disk caches (FX graph cache, compiled kernels) at ``folder``, so
+    every job of the same model and input shape after the first loads instead of compiling."""
+    folder = Path(folder).resolve()
+    folder.mkdir(parents=True, exist_ok=True)
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(folder)
+    os.environ.setdefault("TORCHINDUCTOR_FX_GRAPH_CACHE", "1")
+    os.environ.setdefault("TORCHINDUCTOR_AUTOGRAD_CACHE", "1")
+    import torch._inductor.config as inductor_config
+
+    inductor_config.fx_graph_cache = True
+    return folder
+
+
+def run_group(study, model: str, group: str, head_path: str | None, marker: str | os.PathLike) -> dict[str, Any]:
+    """Extract every output of (model, group) in one process; write the marker listing them."""
+    import torch
+
+    from beyond_imagenet.datasets.manifest import load_manifest
+    from beyond_imagenet.devices import lease_device
+    from beyond_imagenet.extract import extract
+    from beyond_imagenet.heads import read_head
+    from beyond_imagenet.models import build_model
+    from beyond_imagenet.variants import Variant, build_variant_model, spread_subset
+
+    plan = study.extraction_plan(model)
+    if group not in plan:
+        raise KeyError(f"model {model} has no extraction group {group!r}; groups: {sorted(plan)}")
+    items = plan[group]
+    settings = study.config["extraction"]
+    spec = study.models[model]
+    logit_scale = study.config["zero_shot"]["logit_scale"]
+    protocol = study.config["preprocessing"]
+    if settings.get("compile"):
+        enable_compile_cache(Path(study.resources) / COMPILE_CACHE)
+    head = read_head(head_path, study.head_identity(model)) if head_path else None
+    built: dict[str, Any] = {}  # standard transforms share one network per input transform
+    timing = {"items": len(items), "forward_s": 0.0, "computed": 0, "reused": 0}
+    written = []
+    versions = study.versions()
+    with lease_device(settings["device"], settings["lock_dir"] or None) as device:
+        for dataset, variant in items:
+            manifest = load_manifest(study.manifest(dataset))
+            if variant is None:
+                attrs = study.expected_attrs(model, dataset, manifest)
+                samples = manifest["samples"]
+                key = attrs["input_transform"]
+                if key not in built:
+                    built[key] = _maybe_compile(build_model(spec, protocol, head=head, logit_scale=logit_scale,
+                                                            input_transform=key), settings)
+                loaded = built[key]
+            else:
+                samples = spread_subset(manifest["samples"], study.evaluations["invariance"].get("max_images"))
+                log.info("%s on %d of %d images of %s", variant, len(samples), manifest["n_images"], dataset)
+                attrs = study.variant_attrs(model, dataset, manifest, variant)
+                loaded = _maybe_compile(build_variant_model(spec, Variant.parse(variant), protocol, head=head,
+                                                            logit_scale=logit_scale), settings)
+            attrs.update(preprocessing=loaded.preprocessing, versions=versions)
+            if settings.get("compile"):
+                attrs["compiled"] = "torch.compile (inductor)"
+            out = study.extracted(model, dataset, variant)
+            _forget_if_older(out, [study.manifest(dataset), head_path, spec.checkpoint])
+            item_timing: dict[str, float] = {}
+            extract(loaded.network, loaded.transform, manifest["root"], samples, out, attrs, device=device,
+                    batch_size=settings["batch_size"], num_workers=settings["num_workers"],
+                    shard_size=settings["shard_size"], features_dtype=settings["features_dtype"],
+                    on_bad_image=settings["on_bad_image"], reuse=True, timings=item_timing)
+            if "first_batch" in item_timing:
+                timing["computed"] += 1
+                timing.setdefault("first_batch", item_timing["first_batch"])
+            else:
+                timing["reused"] += 1
+            timing["forward_s"] += item_timing.get("forward_s", 0.0)
+            written.append(out)
+            if variant is not None:
+                del loaded  # a variant's network (e.g. another resolution) is not needed again
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+    timing["end"] = time.time()
+    atomic_write_text(marker, json.dumps({"model": model, "group": group, "outputs": written}, indent=1) + "\n")
+    return timing
+
+
+def _forget_if_older(out: str, inputs: list) -> None:
+    """As Snakemake would: an extracted file older than an input it was made from (a manifest rebuilt
+    because its images changed, a new head or checkpoint) is recomputed, even under the same key."""
+    path = Path(out)
+    if not path.is_file():
+        return
+    made = path.stat().st_mtime_ns
+    newer = [str(p) for p in inputs if p and Path(p).is_file() and Path(p).stat().st_mtime_ns > made]
+    if newer:
+        log.info("%s is older than %s: recomputing it", out, ", ".join(newer))
+        Path(f"{out}.key").unlink(missing_ok=True)
+
+
+def _maybe_compile(loaded, settings):
+    if settings.get("compile"):
+        import torch
+
+        loaded.network = torch.compile(loaded.network)
+    return loaded
+
+
+@contextlib.contextmanager
+def job_timing(study_log: logging.Logger | None = None):
+    """Log one ``job timing {json}`` line when the job ends: process start to first batch, the
+    forward passes, and teardown (last batch to exit), for ``benchmarks/study_walltime.py``."""
+    record: dict[str, Any] = {}
+    start_age = process_age()
+    t_start = time.time() - start_age
+    yield record
+    t_end = time.time()
+    line = {"job_s": round(t_end - t_start, 3), "forward_s": round(record.get("forward_s", 0.0), 3),
+            "items": record.get("items", 0), "computed": record.get("computed", 0), "reused": record.get("reused", 0)}
+    if "first_batch" in record:
+        line["start_to_first_batch_s"] = round(record["first_batch"] - t_start, 3)
+    if "end" in record:
+        line["teardown_s"] = round(t_end - record["end"], 3)
+    (study_log or log).info("job timing %s", json.dumps(line, sort_keys=True))
