@@ -546,6 +546,9 @@ def _corrupt(path, why: str, remove: bool = True) -> CorruptOutputError:
     path = Path(path)
     removed = False
     if remove:
+        from beyond_imagenet.extraction_jobs import forget_extracted
+
+        forget_extracted(path)  # else the next run would hard-link the same damaged file again
         with contextlib.suppress(OSError):
             path.unlink()
             removed = True

@@ -120,6 +120,34 @@ def run_group(study, model: str, group: str, head_path: str | None, marker: str 
     return timing
 
 
+def forget_extracted(output: str | os.PathLike) -> list[str]:
+    """A damaged ``results/outputs/<model>/<file>`` is a hard link to ``results/extracted/<model>/<file>``:
+    removing the link alone would let the next run link the same damaged file again (its group's
+    marker and its extraction key are intact). Remove the extracted twin, its key and every group
+    marker that lists it, so the next run reruns that group's job, which recomputes this file and
+    reuses the others. Returns what was removed."""
+    output = Path(output)
+    if output.parent.parent.name != "outputs":
+        return []
+    folder = output.parent.parent.parent / "extracted" / output.parent.name
+    twin = folder / output.name
+    removed = []
+    for path in (twin, Path(f"{twin}.key")):
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+            removed.append(str(path))
+    for marker in sorted(folder.glob("*.group.json")):
+        try:
+            listed = {Path(p).resolve() for p in json.loads(marker.read_text()).get("outputs", [])}
+        except (OSError, ValueError):
+            listed = {twin.resolve()}  # an unreadable marker: drop it too, its job reruns
+        if twin.resolve() in listed:
+            with contextlib.suppress(FileNotFoundError):
+                marker.unlink()
+                removed.append(str(marker))
+    return removed
+
+
 def _forget_if_older(out: str, inputs: list) -> None:
     """As Snakemake would: an extracted file older than an input it was made from (a manifest rebuilt
     because its images changed, a new head or checkpoint) is recomputed, even under the same key."""
