@@ -55,7 +55,7 @@ def test_named_groups_and_dataset_grouping():
     assert plan["imagenet_r"] == [("imagenet_r", None)]
     assert len(plan["vtab"]) == 9 and "imagenet_val@variants" in plan
     assert study.group_of("vit_sup", "imagenet_hard") == "small"
-    assert study.group_of("vit_sup", "imagenet_val", "scale-2") == "imagenet_val@variants"
+    assert study.group_of("vit_sup", "imagenet_val", "scale-3") == "imagenet_val@variants"
     assert study.group_of("vit_sup", "imagenet_val", "scale-1") is None  # the standard file
 
 
