@@ -156,3 +156,18 @@ def test_other_folder_readers_keep_dangling_symlinks_and_name_bad_names(tmp_path
     (tmp_path / "0" / os.fsdecode(b"\xff.jpeg")).write_bytes(b"x")
     with pytest.raises(DatasetError, match=r"\\xff\.jpeg"):
         read_class_index_folders(tmp_path, "imagenet1k")
+
+
+def test_image_folder_lists_class_folders_like_the_other_readers(tmp_path):
+    """Guards the image_folder reader (added beside the hardened readers): a dangling symlink in a
+    class folder is a sample (a bad image named at extraction), not silently dropped, and a
+    sub-folder of a class folder is refused, as in read_wnid_folders."""
+    from beyond_imagenet.datasets.readers import read_image_folder
+
+    (tmp_path / "7").mkdir()
+    (tmp_path / "7" / "a.jpg").write_bytes(b"x")
+    os.symlink(tmp_path / "gone.jpg", tmp_path / "7" / "b.jpg")
+    assert read_image_folder(tmp_path, "imagenet1k") == [("7/a.jpg", 7), ("7/b.jpg", 7)]
+    (tmp_path / "7" / "deeper").mkdir()
+    with pytest.raises(DatasetError, match="sub-folder"):
+        read_image_folder(tmp_path, "imagenet1k")

@@ -138,6 +138,13 @@ def read_wnid_folders(root: Path, class_space: str) -> list[Sample]:
             f"{root}: {len(unexpected)} folder(s) are not classes of the {class_space} space: "
             f"{', '.join(_printable(n) for n in unexpected)}. Remove them or point the dataset at the right folder."
         )
+    return _class_folder_samples(root, folders, index)
+
+
+def _class_folder_samples(root: Path, folders: list[os.DirEntry], label_of: dict[str, int]) -> list[Sample]:
+    """The samples of ``root/<class folder>/<file>``, labelled ``label_of[folder name]``, in the order
+    of ``folders``. A symlink in a class folder is a sample even when it points nowhere (a bad
+    image, named at extraction); non-UTF-8 names, sub-folders and an empty set are refused."""
     samples: list[Sample] = []
     nested: list[str] = []
     undecodable: list[str] = []
@@ -145,14 +152,15 @@ def read_wnid_folders(root: Path, class_space: str) -> list[Sample]:
         entries = _list(folder.path, "class folder")
         undecodable += _bad_names(f"{root}/{folder.name}", entries)
         nested += [f"{folder.name}/{e.name}/" for e in entries if _is_dir(e)]
-        samples += [(f"{folder.name}/{e.name}", index[folder.name]) for e in entries if _is_sample(e)]
+        samples += [(f"{folder.name}/{e.name}", label_of[folder.name]) for e in entries if _is_sample(e)]
     if undecodable:
         raise _utf8_error(str(root), undecodable)
     if nested:
         # Images one level too deep would be silently left out of the set.
+        shown = ", ".join(nested[:20]) + (f" ... and {len(nested) - 20} more" if len(nested) > 20 else "")
         raise DatasetError(
             f"{root}: class folders hold {len(nested)} sub-folder(s), which the layout does not have: "
-            f"{', '.join(nested)}. Move their images up into the class folder, or remove them."
+            f"{shown}. Move their images up into the class folder, or remove them."
         )
     if not samples:
         raise DatasetError(f"{root}: no image files found in any class folder")
@@ -230,22 +238,4 @@ def read_image_folder(root: Path, class_space: str) -> list[Sample]:
     twice = sorted({f"{wnids[l]} / {l}" for l in labels.values() if list(labels.values()).count(l) > 1})
     if twice:
         raise DatasetError(f"{root}: classes with two folders (wnid and index): {', '.join(twice)}; merge them")
-    samples: list[Sample] = []
-    nested: list[str] = []
-    undecodable: list[str] = []
-    for folder in sorted(folders, key=lambda e: labels[e.name]):
-        entries = _list(folder.path, "class folder")
-        undecodable += _bad_names(f"{root}/{folder.name}", entries)
-        nested += [f"{folder.name}/{e.name}/" for e in entries if _is_dir(e)]
-        # Dangling symlinks are samples (bad images, named at extraction), as in read_wnid_folders.
-        samples += [(f"{folder.name}/{e.name}", labels[folder.name]) for e in entries if _is_sample(e)]
-    if undecodable:
-        raise _utf8_error(str(root), undecodable)
-    if nested:
-        raise DatasetError(
-            f"{root}: class folders hold {len(nested)} sub-folder(s): {', '.join(nested[:20])}. Move their "
-            "images up into the class folder, or remove them."
-        )
-    if not samples:
-        raise DatasetError(f"{root}: no image files found in any class folder")
-    return samples
+    return _class_folder_samples(root, sorted(folders, key=lambda e: labels[e.name]), labels)
