@@ -101,6 +101,9 @@ def _small(config, group):
     config["extraction"]["group"] = group
     config["evaluations"] = {k: config["evaluations"][k] for k in ("calibration", "robustness", "invariance")}
     config["evaluations"]["robustness"]["datasets"] = ["imagenet_val", "imagenet_v2"]
+    # the second image of a class is a seeded augmented copy of its photograph: a new seed changes
+    # its pixels but not the file names (the first image is the photograph itself, seed-independent)
+    config["datasets"]["imagenet_v2"]["images_per_class"] = 2
     config["evaluations"]["invariance"].update(scale=[1, 2], shift=[], resolution=[224], max_images=4)
     return config
 
@@ -138,8 +141,8 @@ def test_grouped_jobs_write_the_per_dataset_files_and_rerun_only_what_changed(ti
         assert os.path.samefile(tmp_path / "a/results/outputs" / model / file,
                                 tmp_path / "a/results/extracted" / model / file)
 
-    # One dataset changes (its generated images): one extraction job per model reruns, and it
-    # recomputes imagenet_v2 only; the others are reused byte for byte.
+    # One dataset changes (its generated pixels, same file names): one extraction job per model
+    # reruns, and it recomputes imagenet_v2 only; the others are reused byte for byte.
     changed = _small(tiny_config, "model")
     changed["datasets"]["imagenet_v2"]["seed"] = 12
     jobs = run_snakemake(write_config(tmp_path / "changed.yaml", changed), tmp_path / "a", targets=targets)

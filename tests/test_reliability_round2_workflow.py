@@ -68,6 +68,7 @@ def test_a_file_overwritten_in_place_in_a_manual_folder_rebuilds_its_manifest(ti
             Image.new("RGB", (4, 4), (k, i, 0)).save(root / shape / f"{shape}{i + 1}-{texture}{i % 10 + 1}.png")
     config = copy.deepcopy(tiny_config)
     config["extraction"]["on_bad_image"] = "skip"
+    config["extraction"]["group"] = "dataset"  # the cue-conflict output's job needs only its own manifest
     config["datasets"]["cue_conflict"] = {"kind": "cue_conflict", "source": "manual", "root": str(root)}
     configfile = write_config(tmp_path / "manual.yaml", config)
     manifest = "results/manifests/cue_conflict.json"
