@@ -117,17 +117,6 @@ class LoadedModel:
     preprocessing: dict[str, Any]
 
 
-def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
-    """Load a checkpoint safely (no pickled code): the tensors of a bare state dict or of a wrapped
-    training file (``{'state_dict'|'model'|...: ...}``, ``module.`` prefixes removed)."""
-    from beyond_imagenet.checkpoints import CheckpointError, _require_tensors, read_checkpoint, unwrap
-
-    try:
-        return _require_tensors(unwrap(read_checkpoint(path)), Path(path))
-    except CheckpointError as err:
-        raise ModelError(str(err)) from err
-
-
 def file_sha256(path: str | Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
