@@ -98,7 +98,7 @@ def run_group(study, model: str, group: str, head_path: str | None, marker: str 
             if settings.get("compile"):
                 attrs["compiled"] = "torch.compile (inductor)"
             out = study.extracted(model, dataset, variant)
-            _forget_if_older(out, [study.manifest(dataset), head_path, spec.checkpoint])
+            _forget_if_older(out, [study.manifest(dataset), head_path, spec.checkpoint_path])
             item_timing: dict[str, float] = {}
             extract(loaded.network, loaded.transform, manifest["root"], samples, out, attrs, device=device,
                     batch_size=settings["batch_size"], num_workers=settings["num_workers"],
