@@ -5,6 +5,10 @@
 import os
 
 from snakemake.exceptions import WorkflowError
+from snakemake.utils import min_version
+
+# string resources, `localrule:`, the API the tests drive, the SLURM executor plugin's interface
+min_version("9.0")
 
 from beyond_imagenet.study import ConfigError, Study, check_config_files, validate_config
 
@@ -51,7 +55,9 @@ report: "report/workflow.rst"
 include: "rules/common.smk"
 include: "rules/datasets.smk"
 include: "rules/extract.smk"
-# One file per evaluation (metrics, figures, targets); add new evaluations here.
+# One file per evaluation (its compute and plot rules, its targets), named after its registry
+# record in beyond_imagenet/evaluations/; add new evaluations here.
+include: "rules/accuracy.smk"
 include: "rules/calibration.smk"
 include: "rules/robustness.smk"
 include: "rules/imagenet_x.smk"

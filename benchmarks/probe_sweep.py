@@ -27,7 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from beyond_imagenet.probes import (  # noqa: E402
+from beyond_imagenet.metrics.transfer import (  # noqa: E402
     ProbeConfig,
     fit_linear_probe,
     select_and_evaluate,

@@ -51,59 +51,63 @@ def enable_compile_cache(folder: str | os.PathLike) -> Path:
     return folder
 
 
-def run_group(study, model: str, group: str, head_path: str | None, marker: str | os.PathLike) -> dict[str, Any]:
-    """Extract every output of (model, group) in one process; write the marker listing them."""
+def run_group(job) -> dict[str, Any]:
+    """Extract every output of one (model, group) job in one process; write the marker listing them.
+
+    Everything comes from the job (``rules/extract.smk``: ``extract_outputs``): the model's build
+    entry and identity, the protocol, each output's dataset, variant, manifest, destination and
+    expected identity (``items``), the extraction settings (params) and the device, lock folder and
+    loader workers (resources)."""
     import torch
 
     from beyond_imagenet.datasets.manifest import load_manifest
     from beyond_imagenet.devices import lease_device
+    from beyond_imagenet.evaluations.invariance.variants import Variant, build_variant_model, spread_subset
     from beyond_imagenet.extract import extract
     from beyond_imagenet.heads import read_head
     from beyond_imagenet.models import build_model
-    from beyond_imagenet.variants import Variant, build_variant_model, spread_subset
+    from beyond_imagenet.workflow import expected_attrs, model_spec, versions
 
-    plan = study.extraction_plan(model)
-    if group not in plan:
-        raise KeyError(f"model {model} has no extraction group {group!r}; groups: {sorted(plan)}")
-    items = plan[group]
-    settings = study.config["extraction"]
-    spec = study.models[model]
-    logit_scale = study.config["zero_shot"]["logit_scale"]
-    protocol = study.config["preprocessing"]
-    if settings.get("compile"):
-        enable_compile_cache(Path(study.resources) / COMPILE_CACHE)
-    head = read_head(head_path, study.head_identity(model)) if head_path else None
+    params, resources = job.params, job.resources
+    model, group, marker = job.wildcards.model, job.wildcards.group, job.output[0]
+    items = params.cached
+    spec = model_spec(params.model)
+    head_path = job.input.get("head") or None
+    if params.compile:
+        enable_compile_cache(params.compile_cache)
+    head = read_head(head_path, params.head_identity) if head_path else None
     built: dict[str, Any] = {}  # standard transforms share one network per input transform
     timing = {"items": len(items), "forward_s": 0.0, "computed": 0, "reused": 0}
     written = []
-    versions = study.versions()
-    with lease_device(settings["device"], settings["lock_dir"] or None) as device:
-        for dataset, variant in items:
-            manifest = load_manifest(study.manifest(dataset))
+    recorded_versions = versions()
+    with lease_device(resources.device, resources.lock_dir or None) as device:
+        for item in items:
+            dataset, variant = item["dataset"], item["variant"] or None
+            manifest = load_manifest(item["manifest"])
+            attrs = expected_attrs(item["expect"], manifest)
             if variant is None:
-                attrs = study.expected_attrs(model, dataset, manifest)
                 samples = manifest["samples"]
                 key = attrs["input_transform"]
                 if key not in built:
-                    built[key] = _maybe_compile(build_model(spec, protocol, head=head, logit_scale=logit_scale,
-                                                            input_transform=key), settings)
+                    built[key] = _maybe_compile(build_model(spec, params.protocol, head=head,
+                                                            logit_scale=params.logit_scale, input_transform=key),
+                                                params.compile)
                 loaded = built[key]
             else:
-                samples = spread_subset(manifest["samples"], study.evaluations["invariance"].get("max_images"))
+                samples = spread_subset(manifest["samples"], item["max_images"])
                 log.info("%s on %d of %d images of %s", variant, len(samples), manifest["n_images"], dataset)
-                attrs = study.variant_attrs(model, dataset, manifest, variant)
-                loaded = _maybe_compile(build_variant_model(spec, Variant.parse(variant), protocol, head=head,
-                                                            logit_scale=logit_scale), settings)
-            attrs.update(preprocessing=loaded.preprocessing, versions=versions)
-            if settings.get("compile"):
+                loaded = _maybe_compile(build_variant_model(spec, Variant.parse(variant), params.protocol, head=head,
+                                                            logit_scale=params.logit_scale), params.compile)
+            attrs.update(preprocessing=loaded.preprocessing, versions=recorded_versions)
+            if params.compile:
                 attrs["compiled"] = "torch.compile (inductor)"
-            out = study.extracted(model, dataset, variant)
-            _forget_if_older(out, [study.manifest(dataset), head_path, spec.checkpoint_path])
+            out = item["extracted"]
+            _forget_if_older(out, [item["manifest"], head_path, spec.checkpoint_path])
             item_timing: dict[str, float] = {}
             extract(loaded.network, loaded.transform, manifest["root"], samples, out, attrs, device=device,
-                    batch_size=settings["batch_size"], num_workers=settings["num_workers"],
-                    shard_size=settings["shard_size"], features_dtype=settings["features_dtype"],
-                    on_bad_image=settings["on_bad_image"], reuse=True, timings=item_timing)
+                    batch_size=params.batch_size, num_workers=resources.num_workers,
+                    shard_size=params.shard_size, features_dtype=params.features_dtype,
+                    on_bad_image=params.on_bad_image, reuse=True, timings=item_timing)
             if "first_batch" in item_timing:
                 timing["computed"] += 1
                 timing.setdefault("first_batch", item_timing["first_batch"])
@@ -161,8 +165,8 @@ def _forget_if_older(out: str, inputs: list) -> None:
         Path(f"{out}.key").unlink(missing_ok=True)
 
 
-def _maybe_compile(loaded, settings):
-    if settings.get("compile"):
+def _maybe_compile(loaded, compile: bool):
+    if compile:
         import torch
 
         loaded.network = torch.compile(loaded.network)

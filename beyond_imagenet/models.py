@@ -250,7 +250,7 @@ class TimmSource:
         if image_size is not None:
             # Another input resolution (spec §8): ViT position embeddings resampled bicubically;
             # ConvNets run at any size unchanged. The caller supplies the matching transform.
-            from beyond_imagenet.invariance import resize_vit_pos_embed
+            from beyond_imagenet.evaluations.invariance.transforms import resize_vit_pos_embed
 
             resize_vit_pos_embed(model, image_size)
         if model.num_classes != 1000:
@@ -352,7 +352,7 @@ def _open_clip_at_resolution(spec: ModelSpec, tag: str | None, image_size: int):
     """
     import tempfile
 
-    from beyond_imagenet.invariance import create_open_clip_at_resolution
+    from beyond_imagenet.evaluations.invariance.transforms import create_open_clip_at_resolution
 
     if tag is not None:
         try:

@@ -89,7 +89,7 @@ def plot_cka(matrices: Sequence[Any], kind: str, labels: Mapping[str, str], data
              paths: Sequence) -> None:
     """Layer × layer CKA heatmaps, one panel per model (``within``) or per model pair (``cross``).
 
-    ``matrices``: :class:`beyond_imagenet.cka.CkaMatrix` items; rows (y) are the layers of model a
+    ``matrices``: :class:`beyond_imagenet.evaluations.cka.passes.CkaMatrix` items; rows (y) are the layers of model a
     from the input upwards, columns (x) the layers of model b.
     """
     chosen = [m for m in matrices if m.kind == kind]

@@ -13,7 +13,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from beyond_imagenet.imagenet_evals import BENCHMARK_ORDER, CLEAN_BENCHMARK
+from beyond_imagenet.evaluations.robustness import BENCHMARK_ORDER, CLEAN_BENCHMARK
 from beyond_imagenet.metrics.imagenet_x import FACTORS
 from beyond_imagenet.metrics.pug import PUG_SUBSETS
 from beyond_imagenet.metrics.shape_bias import CATEGORIES

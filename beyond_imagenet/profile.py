@@ -2,8 +2,8 @@
 
 The paper's point is that models with the same ImageNet accuracy differ everywhere else; the
 profile puts one headline number per evaluation side by side. What the headline of an evaluation
-is lives in :data:`HEADLINES` (evaluation -> which table, which rows, higher or lower is better),
-so a new evaluation joins the profile with one registry entry and no change elsewhere.
+is lives in each evaluation's registry record (``beyond_imagenet.evaluations``: which table,
+which rows, higher or lower is better), so a new evaluation joins the profile with no change here.
 
 The profile reads only the tidy metric tables (``results/metrics/<table>.csv``), never outputs.
 """
@@ -43,27 +43,13 @@ class Headline:
     scale: float = 1.0
 
 
-#: evaluation (study key) -> its headline numbers. Keep in step with the tables' row formats.
-HEADLINES: dict[str, tuple[Headline, ...]] = {
-    "accuracy": (Headline("accuracy", {"metric": "top1"}, True, "top-1 % ({dataset})", scale=100),),
-    "calibration": (Headline("calibration", {"metric": "ece"}, False, "ECE ({dataset})"),),
-    "robustness": (Headline("robustness", {"benchmark": "average", "metric": "top1"}, True,
-                            "robustness: mean top-1 % of shifted sets", by=(), scale=100),),
-    "imagenet_x": (Headline("imagenet_x", {"factor": "average", "metric": "error_ratio"}, False,
-                            "ImageNet-X mean error ratio ({dataset})"),),
-    "shape_bias": (Headline("shape_bias", {"metric": "shape_bias", "category": ""}, True,
-                            "shape bias ({dataset})"),),
-    "pug": (Headline("pug", {"subset": "Average", "metric": "top1"}, True, "PUG mean top-1 % ({dataset})",
-                     scale=100),),
-    "transfer": (Headline("transfer", {"task": "mean", "group": "all", "metric": "test_top1"}, True,
-                          "VTAB linear probe mean top-1 % ({dataset})", scale=100),),
-    # Top-1 kept under the transform: mean over the non-baseline levels / the baseline's top-1.
-    "invariance": (Headline("invariance", {"metric": "retained_top1"}, True,
-                            "{transform}: % of top-1 retained ({dataset})", by=("dataset", "transform"),
-                            scale=100),),
-    "cka": (Headline("cka", {"metric": "mean_layer_similarity", "kind": "within"}, None,
-                     "mean layer-to-layer CKA ({dataset})"),),
-}
+def headlines(evaluation: str) -> tuple[Headline, ...]:
+    """The headline numbers of an evaluation: its registry record's ``headlines`` (none for an
+    evaluation the registry does not know)."""
+    from beyond_imagenet.evaluations import EVALUATIONS
+
+    record = EVALUATIONS.get(evaluation)
+    return record.headlines if record else ()
 
 
 def profile_tables(evaluations: Sequence[str]) -> dict[str, str]:
@@ -74,7 +60,7 @@ def profile_tables(evaluations: Sequence[str]) -> dict[str, str]:
     """
     out = {}
     for evaluation in evaluations:
-        for headline in HEADLINES.get(evaluation, ()):
+        for headline in headlines(evaluation):
             out.setdefault(evaluation, headline.table)
     return out
 
@@ -135,7 +121,7 @@ def build_profile(tables: Mapping[str, pd.DataFrame], models: Sequence[str] | No
     """
     rows: list[dict[str, Any]] = []
     for evaluation, table in tables.items():
-        for headline in HEADLINES.get(evaluation, ()):
+        for headline in headlines(evaluation):
             rows += headline_rows(evaluation, headline, table)
     frame = pd.DataFrame(rows, columns=[*MODEL_COLUMNS, "evaluation", "headline", "value", "higher_is_better"])
     if frame.empty:

@@ -17,32 +17,10 @@ import yaml
 
 from beyond_imagenet.datasets import DatasetError, DatasetSpec, resolve_dataset
 from beyond_imagenet.datasets.vtab import expand_dataset
+from beyond_imagenet.evaluations import EVALUATIONS
 from beyond_imagenet.models import ModelError, ModelSpec, unknown_architecture_message, unknown_pretrained_message
 
 SCHEMA_PATH = Path(__file__).resolve().parents[1] / "schemas" / "config.schema.yaml"
-
-# Which label spaces an evaluation accepts: accuracy needs the full 1000 classes; calibration
-# also takes the 200-class subsets (ImageNet-R, masked before softmax).
-EVALUATION_CLASS_SPACES = {
-    "accuracy": {"imagenet1k"},
-    "calibration": {"imagenet1k", "imagenet_r", "imagenet_a"},
-    "invariance": {"imagenet1k", "imagenet_r", "imagenet_a"},
-    # Evaluations of ImageNet-1k logits on other sets (spec sections 2, 3, 5, 6).
-    "robustness": {"imagenet1k", "imagenet_r", "imagenet_a", "imagenet1k_multilabel"},
-    "imagenet_x": {"imagenet1k"},
-    "shape_bias": {"cue_conflict"},
-    "pug": {"pug"},
-    # VTAB linear probes (spec section 7): the task's own labels, probed on features.
-    "transfer": {"vtab"},
-}
-
-
-# Evaluations that join on something only one kind has: ImageNet-X on the val file names.
-EVALUATION_KINDS = {"imagenet_x": {"imagenet_val"}}
-# Robustness has one bar per benchmark, named after the dataset kind (the scorers of
-# imagenet_evals.py); imagenet_c_all is ImageNet-C with the 4 extra corruptions, the same benchmark.
-ROBUSTNESS_BENCHMARK_OF_KIND = {"imagenet_c_all": "imagenet_c"}
-
 
 class ConfigError(ValueError):
     """The study config is invalid; the message names every offending key."""
@@ -110,29 +88,20 @@ def validate_config(config: dict[str, Any], schema_path: str | os.PathLike = SCH
         for evaluation, body in config["evaluations"].items():
             if name not in body.get("datasets", []):
                 continue
-            spaces = EVALUATION_CLASS_SPACES.get(evaluation)
-            if spaces and spec.class_space not in spaces:
+            record = EVALUATIONS[evaluation]
+            if record.class_spaces and spec.class_space not in record.class_spaces:
                 problems.append(
                     f"  evaluations.{evaluation}.datasets: {name!r} ({spec.kind}, {spec.class_space}) "
-                    f"cannot be used for {evaluation}; it needs one of {sorted(spaces)}"
+                    f"cannot be used for {evaluation}; it needs one of {sorted(record.class_spaces)}"
                 )
-            kinds = EVALUATION_KINDS.get(evaluation)
-            if kinds and spec.kind not in kinds:
+            if record.kinds and spec.kind not in record.kinds:
                 problems.append(
                     f"  evaluations.{evaluation}.datasets: {name!r} is a {spec.kind} dataset; {evaluation} "
-                    f"needs one of the kinds {sorted(kinds)}"
+                    f"needs one of the kinds {sorted(record.kinds)}"
                 )
-    by_benchmark: dict[str, list[str]] = {}
-    for name in config["evaluations"].get("robustness", {}).get("datasets", []):
-        if name in config["datasets"]:
-            kind = config["datasets"][name]["kind"]
-            by_benchmark.setdefault(ROBUSTNESS_BENCHMARK_OF_KIND.get(kind, kind), []).append(name)
-    for benchmark, same in by_benchmark.items():
-        if len(same) > 1:
-            problems.append(
-                f"  evaluations.robustness.datasets: {same} are all benchmark {benchmark!r}; the table and the "
-                "7-set average have one value per benchmark, so list one of them"
-            )
+    for evaluation in config["evaluations"]:  # each evaluation's own checks
+        if EVALUATIONS[evaluation].check:
+            problems += EVALUATIONS[evaluation].check(config)
     for name, entry in config["models"].items():
         if entry["source"] == "open_clip" and entry.get("pretrained", True) is True and not entry.get("checkpoint"):
             problems.append(
@@ -146,15 +115,6 @@ def validate_config(config: dict[str, Any], schema_path: str | os.PathLike = SCH
             tag = unknown_pretrained_message(entry["source"], entry["name"], entry.get("pretrained", True))
             if tag:
                 problems.append(f"  models.{name}.pretrained: {tag}")
-        if "invariance" in config["evaluations"] and entry["source"] == "open_clip" and not unknown:
-            from beyond_imagenet.models import OpenClipSource
-
-            size = OpenClipSource.image_size(entry["name"])
-            if size not in (None, 224):
-                problems.append(
-                    f"  models.{name}.name: {entry['name']} is built at {size} px; the invariance variants "
-                    "(spec section 8) are defined for 224-px CLIP models (leave it out of the invariance study)"
-                )
         if entry.get("checkpoint"):
             from beyond_imagenet.checkpoints import CheckpointError, resolve_checkpoint_path
 
@@ -298,6 +258,11 @@ class Study:
                  for x in self.extraction_datasets(d) for m in self.models}
         return sorted(self.output(m, d) for m, d in pairs)
 
+    def all_outputs(self) -> list[str]:
+        """Every output an extraction job of the study writes (standard outputs and variants)."""
+        return sorted({self.output(m, d, v) for m in self.models
+                       for items in self.extraction_plan(m).values() for d, v in items})
+
     # ------------------------------------------------------ extraction jobs (groups)
     def extracted(self, model: str, dataset: str, variant: str | None = None) -> str:
         """Where an extraction job writes an output; ``output()`` is a hard link to it, made by the
@@ -316,7 +281,8 @@ class Study:
         ``extraction.group``: ``dataset`` = a group per study dataset (named after it; a vtab
         dataset's task splits together) and one per invariance dataset for its variants
         (``<dataset>@variants``); ``model`` = everything in group ``all``. ``extraction.groups``
-        names groups of datasets explicitly (their standard outputs)."""
+        names groups of datasets explicitly (their standard outputs). An evaluation's ``variants``
+        hook (invariance) adds the extra outputs it needs."""
         if model in self._plans:
             return self._plans[model]
         settings = self.config["extraction"]
@@ -327,10 +293,13 @@ class Study:
         for d in used:
             group = explicit.get(d) or ("all" if by_model else d)
             plan.setdefault(group, []).extend((x, None) for x in self.extraction_datasets(d))
-        for d in self.evaluation_datasets("invariance"):
-            variants = [v for v in self.invariance_variants() if not self.is_standard_variant(model, v, d)]
-            if variants:
-                plan.setdefault("all" if by_model else f"{d}@variants", []).extend((d, v) for v in variants)
+        for record in (EVALUATIONS[ev] for ev in self.evaluations):  # extra outputs an evaluation asks for
+            if not record.variants:
+                continue
+            for d in self.evaluation_datasets(record.name):
+                variants = record.variants(self, model, d)
+                if variants:
+                    plan.setdefault("all" if by_model else f"{d}@variants", []).extend((d, v) for v in variants)
         self._plans[model] = plan
         return plan
 
@@ -349,18 +318,9 @@ class Study:
 
     @staticmethod
     def versions() -> dict[str, str]:
-        from importlib.metadata import PackageNotFoundError, version
+        from beyond_imagenet.workflow import versions
 
-        out = {}
-        for package in ("torch", "torchvision", "timm", "open_clip_torch", "numpy", "h5py", "pillow"):
-            try:
-                out[package] = version(package)
-            except PackageNotFoundError:
-                out[package] = "absent"
-        from beyond_imagenet import __version__
-
-        out["beyond_imagenet"] = __version__
-        return out
+        return versions()
 
     # -------------------------------------------------------------------------- cache keys
     def model_identity(self, model: str) -> dict[str, Any]:
@@ -389,80 +349,71 @@ class Study:
             identity["zero_shot_templates"] = str(self.config["zero_shot"]["templates"])
         return identity
 
-    # ------------------------------------------------------------ invariance (spec §8)
-    def invariance_variants(self) -> list[str]:
-        """Variant names of the study's invariance evaluation, in config order."""
-        from beyond_imagenet.variants import study_variants
-
-        return [v.name for v in study_variants(self.evaluations.get("invariance", {}))]
-
-    def is_standard_variant(self, model: str, variant: str, dataset: str) -> bool:
-        """Whether the variant's transform is the one the standard extraction of ``dataset`` used
-        (not for sets whose supervised transform is their own, e.g. ImageNet-C's normalise-only)."""
-        from beyond_imagenet.variants import Variant
-
-        return (Variant.parse(variant).is_standard(self.models[model].paradigm, self.model_protocol(model))
-                and self.input_transform(dataset) == "protocol")
-
-    def variant_output(self, model: str, dataset: str, variant: str) -> str:
-        """Where a variant's outputs are read from: the standard extraction if it is the standard one."""
-        if self.is_standard_variant(model, variant, dataset):
-            return self.output(model, dataset)
-        return self.output(model, dataset, variant)
-
-    def variant_attrs(self, model: str, dataset: str, manifest: dict[str, Any], variant: str) -> dict[str, Any]:
-        """What a (non-standard) variant's output must record: also the image subset it ran on."""
-        max_images = self.evaluations.get("invariance", {}).get("max_images")
-        return {**self.expected_attrs(model, dataset, manifest, variant), "max_images": int(max_images or 0)}
-
-    def invariance_inputs(self) -> list[str]:
-        """Every output the invariance table reads (a standard level maps to the standard file)."""
-        paths = [self.variant_output(m, d, v) for d in self.evaluation_datasets("invariance")
-                 for m in self.models for v in self.invariance_variants()]
-        return list(dict.fromkeys(paths))
-
-    # ------------------------------------------------------------------- CKA (spec §9)
-    def cka_pairs(self) -> list[tuple[str, str]]:
-        """(model_a, model_b) of every CKA matrix; (m, m) is within-model."""
-        from beyond_imagenet.cka import model_pairs
-
-        section = self.evaluations.get("cka", {})
-        models = {m: {"family": s.family, "paradigm": s.paradigm} for m, s in self.models.items()}
-        return model_pairs(models, section.get("pairs", "both"), section.get("cross_pairs", "contrast"))
-
-    def cka_figure_kinds(self) -> list[str]:
-        """Heatmap figures the pairs give: ``within`` and/or ``cross``."""
-        pairs = self.cka_pairs()
-        return [k for k in ("within", "cross") if any((a == b) == (k == "within") for a, b in pairs)]
-
     def expected_attrs(self, model: str, dataset: str, manifest: dict[str, Any],
                        variant: str | None = None) -> dict[str, Any]:
         """What an output file must record to be reused for (model, dataset, variant)."""
+        from beyond_imagenet.workflow import expected_attrs
+
+        return expected_attrs(self.output_identity(model, dataset, variant), manifest)
+
+    def output_identity(self, model: str, dataset: str, variant: str | None = None) -> dict[str, Any]:
+        """The part of :meth:`expected_attrs` known before the manifest is built: the model's
+        identity, the dataset, its transform and, for a variant, the image subset it ran on."""
         spec = self.datasets[dataset]
-        return {**self.model_identity(model), "dataset": dataset, "dataset_kind": spec.kind,
-                "class_space": spec.class_space, "variant": variant or "",
-                "input_transform": self.input_transform(dataset),
-                "manifest_fingerprint": manifest["fingerprint"], "n_manifest": manifest["n_images"],
-                # a seeded slice of the dataset (datasets.<name>.subset), "" for all of it
-                "subset": manifest.get("subset", "")}
+        identity = {**self.model_identity(model), "dataset": dataset, "dataset_kind": spec.kind,
+                    "class_space": spec.class_space, "variant": variant or "",
+                    "input_transform": self.input_transform(dataset)}
+        if variant:
+            identity["max_images"] = int(self.evaluations.get("invariance", {}).get("max_images") or 0)
+        return identity
 
     def input_transform(self, dataset: str) -> str:
         """How supervised models resize and crop this set's images (``models.INPUT_TRANSFORMS``).
 
         ``normalize_only`` for kinds the catalogue marks ``presized`` (ImageNet-C, cue-conflict:
-        224 px already), unless the robustness evaluation re-crops them for parity with the paper's
-        code (``imagenet_c_recrop``); ``center_crop_256_resize_224`` for the PUG sets when
-        ``evaluations.pug.transform`` is ``paper``; else ``protocol`` (the study's preprocessing)."""
+        224 px already), ``protocol`` (the study's preprocessing) otherwise, unless an evaluation
+        of the set asks for another through its ``input_transform`` hook (robustness re-crops
+        ImageNet-C under ``imagenet_c_recrop``; PUG's ``transform: paper``)."""
         from beyond_imagenet.datasets import load_catalog
 
-        robustness = self.evaluations.get("robustness", {})
-        pug = self.evaluations.get("pug", {})
+        for evaluation in self.evaluations:
+            hook = EVALUATIONS[evaluation].input_transform
+            wanted = hook(self, dataset) if hook else None
+            if wanted:
+                return wanted
         if load_catalog()[self.datasets[dataset].kind].get("presized", False):
-            recrop = robustness.get("imagenet_c_recrop", False) and dataset in robustness.get("datasets", [])
-            return "protocol" if recrop else "normalize_only"
-        if pug.get("transform") == "paper" and dataset in pug.get("datasets", []):
-            return "center_crop_256_resize_224"
+            return "normalize_only"
         return "protocol"
+
+    # ------------------------------------------------------------- what a job is given (params)
+    def item(self, model: str, dataset: str, variant: str | None = None) -> dict[str, Any]:
+        """One cached output as a job's params describe it: where it is, its manifest, what it must
+        record (``expect``, completed with the manifest by ``workflow.expected_attrs``), and the
+        dataset's kind and label space."""
+        spec = self.datasets[dataset]
+        return {"model": model, "dataset": dataset, "variant": variant or "", "kind": spec.kind,
+                "class_space": spec.class_space, "output": self.output(model, dataset, variant),
+                "manifest": self.manifest(dataset), "expect": self.output_identity(model, dataset, variant)}
+
+    def model_entry(self, model: str) -> dict[str, Any]:
+        """What a job needs to build the model (``ModelSpec`` fields); the label and paper_key
+        (display only) are left out, so relabelling a model reruns no model job."""
+        import dataclasses
+
+        entry = dataclasses.asdict(self.models[model])
+        entry.pop("label")
+        entry.pop("paper_key")
+        return entry
+
+    def dataset_entry(self, dataset: str) -> dict[str, Any]:
+        """What a job needs to resolve a dataset (``workflow.dataset_spec``): its config entry and
+        the resources folder; for a VTAB task split, its parent's entry with only its task."""
+        spec = self.datasets[dataset]
+        parent = getattr(spec, "parent", None)
+        if parent:
+            entry = {**self.config["datasets"][parent], "tasks": [spec.task]}
+            return {"name": dataset, "parent": parent, "entry": entry, "resources": self.resources}
+        return {"name": dataset, "entry": self.config["datasets"][dataset], "resources": self.resources}
 
 
 def main(argv: list[str] | None = None) -> int:

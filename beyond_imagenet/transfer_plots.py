@@ -13,7 +13,7 @@ import pandas as pd  # noqa: E402
 
 from beyond_imagenet.datasets.vtab import GROUPS, TASKS  # noqa: E402
 from beyond_imagenet.plots import save_figure  # noqa: E402
-from beyond_imagenet.transfer import paper_means  # noqa: E402
+from beyond_imagenet.evaluations.transfer import paper_means  # noqa: E402
 
 # The paper's 2x2 design: paradigm picks the hue (supervised blue, CLIP red), family the shade.
 MODEL_COLORS = {("convnet", "supervised"): "#1f4e99", ("vit", "supervised"): "#7fb2e5",

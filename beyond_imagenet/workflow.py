@@ -1,17 +1,40 @@
-"""Glue for Snakemake ``script:`` adapters: logging to the rule's log file, and the study object."""
+"""Glue for Snakemake ``script:`` adapters: logging to the rule's log file, and the job's view.
+
+A script sees its job through :class:`Job`: input, output, params, wildcards, threads, resources
+and log, never the study config. Everything a job uses is therefore a param (or an input) of its
+rule, and Snakemake's ``params`` rerun trigger reruns it exactly when a setting it uses changes.
+Execution settings that do not change a result (device, GPU lock folder, loader workers) are
+``resources:`` of the model-running rules instead, so moving a study onto a GPU reruns nothing.
+"""
 
 from __future__ import annotations
 
 import logging
 import sys
 from pathlib import Path
-from typing import Any
-
-from beyond_imagenet.study import Study
+from typing import Any, Iterator, Sequence
 
 
-def setup(snakemake: Any) -> Study:
-    """Log to the rule's ``log:`` file and to stderr; return the (already validated) study."""
+class Job:
+    """What one script job may read (``snakemake.config`` deliberately not among it)."""
+
+    def __init__(self, snakemake: Any):
+        self.input = snakemake.input
+        self.output = snakemake.output
+        self.params = snakemake.params
+        self.wildcards = snakemake.wildcards
+        self.threads = snakemake.threads
+        self.resources = snakemake.resources
+        self.log = snakemake.log
+        self.rule = snakemake.rule
+
+    def figure_paths(self) -> list[str]:
+        """The png and pdf a figure job writes."""
+        return [self.output.png, self.output.pdf]
+
+
+def setup(snakemake: Any) -> Job:
+    """Log to the rule's ``log:`` file and to stderr; return the job's view (no config)."""
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if snakemake.log:
         Path(snakemake.log[0]).parent.mkdir(parents=True, exist_ok=True)
@@ -19,7 +42,7 @@ def setup(snakemake: Any) -> Study:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         handlers=handlers, force=True)
     sys.excepthook = _log_uncaught
-    return Study(snakemake.config)
+    return Job(snakemake)
 
 
 def _log_uncaught(kind, error, trace) -> None:
@@ -28,20 +51,64 @@ def _log_uncaught(kind, error, trace) -> None:
     logging.getLogger("job").critical("%s: %s", kind.__name__, error, exc_info=(kind, error, trace))
 
 
-def evaluation_outputs(study: Study, evaluation: str, fields: tuple[str, ...] = ("logits", "labels", "ids")):
-    """``(dataset, model, manifest, outputs)`` for every (dataset, model) of an evaluation, in
-    config order, each output checked against what the study expects (a stale file is refused)."""
+def expected_attrs(identity: dict[str, Any], manifest: dict[str, Any]) -> dict[str, Any]:
+    """What an output must record: its identity (``Study.output_identity``) and its manifest's."""
+    return {**identity, "manifest_fingerprint": manifest["fingerprint"], "n_manifest": manifest["n_images"],
+            # a seeded slice of the dataset (datasets.<name>.subset), "" for all of it
+            "subset": manifest.get("subset", "")}
+
+
+def read_item(item: dict[str, Any], fields: Sequence[str] = ("logits", "labels", "ids")):
+    """``(manifest, outputs)`` of one ``Study.item`` record, the output checked against its identity
+    (a stale file is refused)."""
     from beyond_imagenet.datasets.manifest import load_manifest
     from beyond_imagenet.extract import read_outputs
 
-    for dataset in study.evaluation_datasets(evaluation):
-        manifest = load_manifest(study.manifest(dataset))
-        for model in study.models:
-            out = read_outputs(study.output(model, dataset), study.expected_attrs(model, dataset, manifest), fields)
-            yield dataset, model, manifest, out
+    manifest = load_manifest(item["manifest"])
+    return manifest, read_outputs(item["output"], expected_attrs(item["expect"], manifest), fields)
+
+
+def read_items(job: Job, fields: Sequence[str] = ("logits", "labels", "ids")) -> Iterator[tuple]:
+    """``(item, manifest, outputs)`` for every record of the job's ``cached`` param, in its order
+    (datasets in config order, models in config order within each)."""
+    for item in job.params.cached:
+        manifest, out = read_item(item, fields)
+        yield item, manifest, out
 
 
 def skipped_row(out: dict[str, Any], **groups: Any) -> dict[str, Any]:
     """The ``n_skipped`` row of one output (images left out under ``on_bad_image: skip``), with the
     table's grouping columns; the ids themselves are listed in ``skipped.csv``."""
     return {**groups, "metric": "n_skipped", "value": int(out["attrs"].get("n_skipped", 0))}
+
+
+def versions() -> dict[str, str]:
+    """Package versions recorded in every output and CKA file."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for package in ("torch", "torchvision", "timm", "open_clip_torch", "numpy", "h5py", "pillow"):
+        try:
+            out[package] = version(package)
+        except PackageNotFoundError:
+            out[package] = "absent"
+    from beyond_imagenet import __version__
+
+    out["beyond_imagenet"] = __version__
+    return out
+
+
+def dataset_spec(record: dict[str, Any]):
+    """The DatasetSpec of a ``Study.dataset_entry`` record (a job's ``dataset`` param)."""
+    from beyond_imagenet.datasets import resolve_dataset
+    from beyond_imagenet.datasets.vtab import expand_dataset
+
+    spec = resolve_dataset(record.get("parent") or record["name"], record["entry"], record["resources"])
+    return expand_dataset(spec, record["entry"])[record["name"]]  # a vtab entry stands for its task splits too
+
+
+def model_spec(entry: dict[str, Any]):
+    """The ModelSpec of a ``Study.model_entry`` record (a job's ``model`` param)."""
+    from beyond_imagenet.models import ModelSpec
+
+    return ModelSpec(**{**entry, "label": entry["name"], "paper_key": None})

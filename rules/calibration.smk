@@ -1,71 +1,55 @@
-# Clean ImageNet accuracy and calibration (spec/evaluations.md sections 1 and 4).
-# Each evaluation lives in its own rules/<evaluation>.smk: metric rules, figure rules, targets.
-
-
-rule compute_accuracy:
-    input:
-        outputs=outputs_for("accuracy"),
-        manifests=manifests_for("accuracy"),
-    output:
-        f"{RESULTS}/metrics/accuracy.csv",
-    params:
-        models=MODEL_COLUMNS,
-    log:
-        f"{RESULTS}/logs/compute_accuracy.log",
-    conda:
-        "../envs/analysis.yaml"
-    script:
-        "../scripts/compute_accuracy.py"
+# Calibration (docs/evaluations.md §4): ECE, MCE and reliability bins from the cached logits
+# (ImageNet-R/A masked to their 200 classes before the softmax). Its record, table and figures:
+# beyond_imagenet/evaluations/calibration.py.
 
 
 rule compute_calibration:
     input:
-        outputs=outputs_for("calibration"),
-        manifests=manifests_for("calibration"),
+        **table_inputs("calibration"),
     output:
         f"{RESULTS}/metrics/calibration.csv",
     params:
-        models=MODEL_COLUMNS,
-        n_bins=config["evaluations"].get("calibration", {}).get("n_bins", 15),
+        **table_params("calibration"),
     log:
         f"{RESULTS}/logs/compute_calibration.log",
     conda:
         "../envs/analysis.yaml"
     script:
-        "../scripts/compute_calibration.py"
+        "../scripts/compute_table.py"
 
 
 rule plot_reliability:
     input:
-        f"{RESULTS}/metrics/calibration.csv",
+        figure_input("calibration", "reliability"),
     output:
-        png=report(f"{RESULTS}/figures/reliability_{{dataset}}.png", category="Calibration",
-                   caption="../report/reliability.rst"),
-        pdf=f"{RESULTS}/figures/reliability_{{dataset}}.pdf",
+        **figure_files("calibration", "reliability"),
+    params:
+        **figure_params("calibration", "reliability"),
     log:
-        f"{RESULTS}/logs/plot_reliability/{{dataset}}.log",
+        figure_log("calibration", "reliability"),
+    wildcard_constraints:
+        **figure_wildcards("calibration", "reliability"),
     conda:
         "../envs/analysis.yaml"
     script:
-        "../scripts/plot_calibration.py"
+        "../scripts/plot_figure.py"
 
 
 rule plot_confidence:
     input:
-        f"{RESULTS}/metrics/calibration.csv",
+        figure_input("calibration", "confidence"),
     output:
-        png=report(f"{RESULTS}/figures/confidence_{{dataset}}.png", category="Calibration",
-                   caption="../report/confidence.rst"),
-        pdf=f"{RESULTS}/figures/confidence_{{dataset}}.pdf",
+        **figure_files("calibration", "confidence"),
+    params:
+        **figure_params("calibration", "confidence"),
     log:
-        f"{RESULTS}/logs/plot_confidence/{{dataset}}.log",
+        figure_log("calibration", "confidence"),
+    wildcard_constraints:
+        **figure_wildcards("calibration", "confidence"),
     conda:
         "../envs/analysis.yaml"
     script:
-        "../scripts/plot_calibration.py"
+        "../scripts/plot_figure.py"
 
 
-if "accuracy" in STUDY.evaluations:
-    register_targets(STUDY.metric("accuracy"))
-if "calibration" in STUDY.evaluations:
-    register_targets(STUDY.metric("calibration"), *calibration_figures())
+register_evaluation("calibration")

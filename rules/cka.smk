@@ -1,5 +1,7 @@
-# Representation similarity (spec/evaluations.md section 9): minibatch linear CKA with the
-# unbiased HSIC, online with forward hooks, all models in one job on the same images.
+# Representation similarity (docs/evaluations.md §9): minibatch linear CKA with the unbiased HSIC,
+# online with forward hooks, all models in one job on the same images (its own pass: no cached
+# outputs). Its record: beyond_imagenet/evaluations/cka/.
+from beyond_imagenet.evaluations import cka as cka_evaluation
 
 
 rule compute_cka:
@@ -10,59 +12,61 @@ rule compute_cka:
     output:
         f"{RESULTS}/metrics/cka_{{dataset}}.h5",
     params:
-        section=config["evaluations"].get("cka", {}),
-        models={m: STUDY.model_identity(m) for m in STUDY.models},
+        # The pass's own settings only (not its list of datasets: adding one reruns no pass).
+        settings={k: config["evaluations"].get("cka", {}).get(k) for k in cka_evaluation.PASS_SETTINGS},
+        pairs=cka_evaluation.pairs(STUDY) if "cka" in STUDY.evaluations else [],
+        models={m: STUDY.model_entry(m) for m in STUDY.models},
+        identities={m: STUDY.model_identity(m) for m in STUDY.models},
+        head_identities={m: STUDY.head_identity(m) for m in STUDY.models},
+        heads={m: STUDY.head(m) for m, spec in STUDY.models.items() if spec.needs_zero_shot_head},
+        protocol=config["preprocessing"],
+        logit_scale=config["zero_shot"]["logit_scale"],
+        on_bad_image=config["extraction"]["on_bad_image"],
     log:
         f"{RESULTS}/logs/compute_cka/{{dataset}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/compute_cka/{{dataset}}.tsv"
+    threads: MODEL_JOB_THREADS
     conda:
         "../envs/torch.yaml"
     resources:
-        gpu=GPU_SLOTS,
+        **EXECUTION,
     script:
         "../scripts/compute_cka.py"
 
 
 rule compute_cka_summary:
     input:
-        [f"{RESULTS}/metrics/cka_{d}.h5" for d in STUDY.evaluation_datasets("cka")],
+        **{d: cka_evaluation.matrix_file(STUDY, d) for d in STUDY.evaluation_datasets("cka")},
     output:
         report(f"{RESULTS}/metrics/cka.csv", category="Representation similarity",
                caption="../report/cka_summary.rst"),
     params:
+        evaluation="cka",
         models=MODEL_COLUMNS,
     log:
         f"{RESULTS}/logs/compute_cka_summary.log",
     conda:
         "../envs/analysis.yaml"
     script:
-        "../scripts/compute_cka_summary.py"
+        "../scripts/compute_table.py"
 
 
 rule plot_cka:
     input:
-        f"{RESULTS}/metrics/cka_{{dataset}}.h5",
+        figure_input("cka", "cka"),
     output:
-        png=report(f"{RESULTS}/figures/cka_{{kind}}_{{dataset}}.png", category="Representation similarity",
-                   caption="../report/cka.rst"),
-        pdf=f"{RESULTS}/figures/cka_{{kind}}_{{dataset}}.pdf",
+        **figure_files("cka", "cka"),
+    params:
+        **figure_params("cka", "cka"),
     log:
-        f"{RESULTS}/logs/plot_cka/{{kind}}_{{dataset}}.log",
+        figure_log("cka", "cka"),
     wildcard_constraints:
-        kind="within|cross",
+        **figure_wildcards("cka", "cka"),
     conda:
         "../envs/analysis.yaml"
     script:
-        "../scripts/plot_cka.py"
+        "../scripts/plot_figure.py"
 
 
-if "cka" in STUDY.evaluations:
-    register_targets(
-        STUDY.metric("cka"),
-        *(f"{RESULTS}/metrics/cka_{d}.h5" for d in STUDY.evaluation_datasets("cka")),
-        *(
-            STUDY.figure(f"cka_{kind}_{d}", ext)
-            for d in STUDY.evaluation_datasets("cka")
-            for kind in STUDY.cka_figure_kinds()
-            for ext in ("png", "pdf")
-        ),
-    )
+register_evaluation("cka", *(cka_evaluation.matrix_file(STUDY, d) for d in STUDY.evaluation_datasets("cka")))

@@ -1,8 +1,20 @@
-# Helpers only: input functions and target lists, all derived from STUDY.
+# Helpers only: input functions, params and target lists, all derived from STUDY and the
+# evaluation registry (beyond_imagenet/evaluations). A script reads only its job's input, params
+# and output (beyond_imagenet.workflow.Job), so every setting a job uses is a param here.
+import re
+
+from beyond_imagenet.evaluations import EVALUATIONS
 
 # GPU slots a model-running job takes. A study pinned to the CPU takes none, so its jobs are not
 # serialised behind the profile's `gpu` resource; `auto`/`cuda` take one (leased inside the job).
 GPU_SLOTS = 0 if config["extraction"]["device"] == "cpu" else 1
+# How a model-running job runs, not what it computes: resources, not params, so moving a study
+# onto a GPU (or another lock folder, more loader workers) reruns nothing. Override per rule with
+# --set-resources extract_outputs:num_workers=8.
+EXECUTION = {"gpu": GPU_SLOTS, "device": config["extraction"]["device"],
+             "lock_dir": config["extraction"]["lock_dir"] or "", "num_workers": config["extraction"]["num_workers"]}
+# A model job's threads: its main process plus its image-loader workers, so --cores is honest.
+MODEL_JOB_THREADS = 1 + config["extraction"]["num_workers"]
 
 
 def check_manual_datasets():
@@ -60,6 +72,11 @@ def head_input(wildcards):
     return []
 
 
+def model_entry(wildcards):
+    """How to build the model (ModelSpec fields but the label): a new label reruns no model job."""
+    return STUDY.model_entry(wildcards.model)
+
+
 def model_params(wildcards):
     """Everything that changes a model's outputs (source, architecture, weights incl. a checkpoint's
     sha256, protocol, zero-shot settings): a change reruns its extraction jobs, a new label does not."""
@@ -68,6 +85,10 @@ def model_params(wildcards):
 
 def head_params(wildcards):
     return STUDY.head_identity(wildcards.model)
+
+
+def dataset_entry(wildcards):
+    return STUDY.dataset_entry(wildcards.dataset)
 
 
 def _group_items(wildcards):
@@ -83,16 +104,15 @@ def group_manifests(wildcards):
     return sorted({STUDY.manifest(d) for d, _ in _group_items(wildcards)})
 
 
-def group_item_params(wildcards):
-    """What changes each output of a group besides the model: the dataset's input transform, and
-    for a variant the paradigm (R = 256 supervised, 224 CLIP) and the image subset."""
-    paradigm = STUDY.models[wildcards.model].paradigm
+def group_items(wildcards):
+    """Each output one extraction job writes: dataset, variant, where, from which manifest, what
+    it must record, the transform (standard outputs) or image subset (variants) it uses."""
     max_images = config["evaluations"].get("invariance", {}).get("max_images")
-    return {
-        (f"{d}@{v}" if v else d): ({"paradigm": paradigm, "max_images": max_images} if v
-                                   else {"input_transform": STUDY.input_transform(d)})
-        for d, v in _group_items(wildcards)
-    }
+    return [{"dataset": d, "variant": v or "", "manifest": STUDY.manifest(d),
+             "extracted": STUDY.extracted(wildcards.model, d, v),
+             "expect": STUDY.output_identity(wildcards.model, d, v),
+             **({"max_images": max_images} if v else {})}
+            for d, v in _group_items(wildcards)]
 
 
 def split_item(item):
@@ -102,6 +122,8 @@ def split_item(item):
 
 
 def group_marker_of_output(wildcards):
+    from beyond_imagenet.evaluations.invariance import is_standard_variant
+
     """The marker of the extraction job that writes outputs/<model>/<item>.h5."""
     if wildcards.model not in STUDY.models:
         raise WorkflowError(f"{wildcards.model} is not a model of this study ({', '.join(STUDY.models)})")
@@ -109,7 +131,7 @@ def group_marker_of_output(wildcards):
     group = STUDY.group_of(wildcards.model, dataset, variant)
     if group is None:
         hint = (f"; it is the standard evaluation: read {STUDY.output(wildcards.model, dataset)}"
-                if variant and dataset in STUDY.datasets and STUDY.is_standard_variant(wildcards.model, variant, dataset)
+                if variant and dataset in STUDY.datasets and is_standard_variant(STUDY, wildcards.model, variant, dataset)
                 else "")
         raise WorkflowError(f"no extraction of this study writes {wildcards.item} for {wildcards.model}{hint}")
     return STUDY.group_marker(wildcards.model, group)
@@ -126,26 +148,81 @@ def checkpoint_input(wildcards):
 MODEL_COLUMNS = {m: STUDY.model_columns(m) for m in STUDY.models}
 
 
-def outputs_for(evaluation):
-    return [STUDY.output(m, d) for d in STUDY.evaluation_datasets(evaluation) for m in STUDY.models]
+# ---- an evaluation's jobs, from its registry record (beyond_imagenet/evaluations/<name>.py)
+def evaluation_items(evaluation):
+    """Every standard output an evaluation reads, as Study.item records: datasets in config
+    order, models in config order within each."""
+    return [STUDY.item(m, d) for d in STUDY.evaluation_datasets(evaluation) for m in STUDY.models]
 
 
-def manifests_for(evaluation):
-    return [STUDY.manifest(d) for d in STUDY.evaluation_datasets(evaluation)]
+def evaluation_settings(evaluation):
+    """The settings of evaluations.<name> its table uses (its record's ``settings``), nothing else:
+    adding a dataset, or changing a setting another job uses, does not rerun its table."""
+    section = config["evaluations"].get(evaluation, {})
+    return {key: section.get(key) for key in EVALUATIONS[evaluation].settings}
 
 
-def calibration_figures():
-    return [
-        STUDY.figure(f"{kind}_{d}", ext)
-        for d in STUDY.evaluation_datasets("calibration")
-        for kind in ("reliability", "confidence")
-        for ext in ("png", "pdf")
-    ]
+def table_inputs(evaluation):
+    """The inputs of a standard compute_<evaluation> job: the outputs and manifests its items name."""
+    items = evaluation_items(evaluation)
+    return {"outputs": [i["output"] for i in items], "manifests": sorted({i["manifest"] for i in items})}
 
 
-def per_dataset_figures(evaluation, prefix):
-    """The png and pdf of figure ``<prefix>_<dataset>`` for each dataset of an evaluation."""
-    return [STUDY.figure(f"{prefix}_{d}", ext) for d in STUDY.evaluation_datasets(evaluation) for ext in ("png", "pdf")]
+def table_params(evaluation, items=None):
+    """The params of a compute_<evaluation> job (scripts/compute_table.py)."""
+    params = {"evaluation": evaluation, "models": MODEL_COLUMNS,
+              "cached": evaluation_items(evaluation) if items is None else items}
+    if EVALUATIONS[evaluation].settings:
+        params["settings"] = evaluation_settings(evaluation)
+    return params
+
+
+def figure_files(evaluation, name):
+    """png (in the report) and pdf of one figure of an evaluation, with its wildcards."""
+    record = EVALUATIONS[evaluation]
+    figure = record.figure(name)
+    stem = figure.pattern()
+    return {"png": report(f"{RESULTS}/figures/{stem}.png", category=record.title,
+                          caption=f"../report/{figure.caption}.rst"),
+            "pdf": f"{RESULTS}/figures/{stem}.pdf"}
+
+
+def figure_input(evaluation, name):
+    """What a figure is drawn from: its evaluation's table, or the file its record names."""
+    figure = EVALUATIONS[evaluation].figure(name)
+    if figure.source:
+        return lambda wildcards: figure.source(STUDY, wildcards)
+    return STUDY.metric(evaluation)
+
+
+def figure_params(evaluation, name):
+    """The params of a plot job (scripts/plot_figure.py): which figure, and what it draws besides
+    its input (published numbers, labels: the record's ``data``)."""
+    figure = EVALUATIONS[evaluation].figure(name)
+    data = (lambda wildcards: figure.data(STUDY, wildcards)) if figure.data else {}
+    return {"figure": f"{evaluation}/{name}", "data": data}
+
+
+def figure_log(evaluation, name):
+    figure = EVALUATIONS[evaluation].figure(name)
+    return f"{RESULTS}/logs/plot_{name}/{figure.pattern()}.log"
+
+
+def figure_wildcards(evaluation, name):
+    figure = EVALUATIONS[evaluation].figure(name)
+    if figure.variants:
+        return {figure.variant_wildcard: "|".join(re.escape(v) for v in figure.variants(STUDY)) or "(?!)"}
+    return {}
+
+
+def evaluation_figures(evaluation):
+    """Every figure file of an evaluation in this study (png and pdf)."""
+    out = []
+    for figure in EVALUATIONS[evaluation].figures:
+        datasets = STUDY.evaluation_datasets(evaluation) if figure.per_dataset else [None]
+        variants = figure.variants(STUDY) if figure.variants else [None]
+        out += [STUDY.figure(figure.stem(d, v), ext) for d in datasets for v in variants for ext in ("png", "pdf")]
+    return out
 
 
 # What the default target builds: each rules/<evaluation>.smk registers its metric tables and figures.
@@ -156,42 +233,8 @@ def register_targets(*paths):
     TARGETS.extend(str(p) for p in paths)
 
 
-# ---- transfer (VTAB): a `kind: vtab` dataset expands to one dataset per (task, split).
-import re
-from types import SimpleNamespace
+def register_evaluation(evaluation, *extra):
+    """The default targets of an evaluation the study runs: its table, its figures, ``extra``."""
+    if evaluation in STUDY.evaluations:
+        register_targets(STUDY.metric(evaluation), *extra, *evaluation_figures(evaluation))
 
-from beyond_imagenet.datasets.vtab import EXTRACTED_SPLITS, TASKS, VtabSplitSpec, split_dataset_name
-
-VTAB_SPLITS = {n: s for n, s in STUDY.datasets.items() if isinstance(s, VtabSplitSpec)}
-TRANSFER = config["evaluations"].get("transfer", {})
-
-
-def vtab_folder(wildcards):
-    """What a task split's manifest depends on: its vtab dataset's generated or unpacked folder."""
-    return dataset_folder(SimpleNamespace(dataset=VTAB_SPLITS[wildcards.dataset].parent))
-
-
-def vtab_split_params(wildcards):
-    """The parts of the vtab entry that change this split's files (not, e.g., the other tasks)."""
-    spec = VTAB_SPLITS[wildcards.dataset]
-    entry = {k: v for k, v in config["datasets"][spec.parent].items() if k != "tasks"}
-    return {**entry, "task": spec.task, "split": spec.split}
-
-
-def probe_inputs(wildcards):
-    names = {s: split_dataset_name(wildcards.dataset, wildcards.task, s) for s in EXTRACTED_SPLITS}
-    return {**{s: STUDY.output(wildcards.model, n) for s, n in names.items()},
-            **{f"{s}_manifest": STUDY.manifest(n) for s, n in names.items()}}
-
-
-def transfer_probes():
-    return [
-        f"{RESULTS}/probes/{m}/{d}/{t}.json"
-        for d in STUDY.evaluation_datasets("transfer")
-        for t in STUDY.datasets[d].tasks
-        for m in STUDY.models
-    ]
-
-
-def transfer_figures():
-    return [STUDY.figure(f"transfer_{d}", ext) for d in STUDY.evaluation_datasets("transfer") for ext in ("png", "pdf")]

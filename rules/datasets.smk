@@ -5,7 +5,7 @@ rule generate_dataset:
     output:
         directory(f"{RESOURCES}/generated/{{dataset}}"),
     params:
-        entry=lambda w: config["datasets"][w.dataset],
+        dataset=dataset_entry,
     log:
         f"{RESULTS}/logs/generate_dataset/{{dataset}}.log",
     conda:
@@ -18,7 +18,7 @@ rule download_dataset:
     output:
         f"{RESOURCES}/downloads/{{dataset}}/{{filename}}",
     params:
-        recipe=lambda w: STUDY.datasets[w.dataset].download,
+        dataset=dataset_entry,
     log:
         f"{RESULTS}/logs/download_dataset/{{dataset}}/{{filename}}.log",
     conda:
@@ -32,6 +32,8 @@ rule unpack_dataset:
         archive=dataset_archive,
     output:
         directory(f"{RESOURCES}/datasets/{{dataset}}"),
+    params:
+        dataset=dataset_entry,
     log:
         f"{RESULTS}/logs/unpack_dataset/{{dataset}}.log",
     conda:
@@ -46,7 +48,7 @@ rule build_manifest:
     output:
         f"{RESULTS}/manifests/{{dataset}}.json",
     params:
-        entry=lambda w: config["datasets"][w.dataset],
+        dataset=dataset_entry,
         listing=lambda w: manual_folder_signature(w.dataset),
     log:
         f"{RESULTS}/logs/build_manifest/{{dataset}}.log",

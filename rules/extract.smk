@@ -1,4 +1,5 @@
 # One forward pass per (model, dataset[, variant]): logits + features + labels + ids in one HDF5 file.
+from beyond_imagenet.extraction_jobs import COMPILE_CACHE
 
 
 rule build_zero_shot_head:
@@ -7,13 +8,17 @@ rule build_zero_shot_head:
     output:
         f"{RESULTS}/heads/{{model}}.h5",
     params:
-        model=head_params,
+        model=model_entry,
+        identity=head_params,
+        templates=config["zero_shot"]["templates"],
     log:
         f"{RESULTS}/logs/build_zero_shot_head/{{model}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/build_zero_shot_head/{{model}}.tsv"
     conda:
         "../envs/torch.yaml"
     resources:
-        gpu=GPU_SLOTS,
+        **EXECUTION,
     script:
         "../scripts/build_zero_shot_head.py"
 
@@ -32,20 +37,29 @@ rule extract_outputs:
     output:
         f"{RESULTS}/extracted/{{model}}/{{group}}.group.json",
     params:
-        model=model_params,
-        preprocessing=config["preprocessing"],
-        outputs=group_item_params,
+        model=model_entry,
+        identity=model_params,
+        head_identity=head_params,
+        protocol=config["preprocessing"],
+        logit_scale=config["zero_shot"]["logit_scale"],
+        cached=group_items,
+        batch_size=config["extraction"]["batch_size"],
+        shard_size=config["extraction"]["shard_size"],
         features_dtype=config["extraction"]["features_dtype"],
         on_bad_image=config["extraction"]["on_bad_image"],
         compile=config["extraction"]["compile"],
+        compile_cache=f"{RESOURCES}/{COMPILE_CACHE}",
     log:
         f"{RESULTS}/logs/extract_outputs/{{model}}/{{group}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/extract_outputs/{{model}}/{{group}}.tsv"
     wildcard_constraints:
         group=r"[A-Za-z0-9][A-Za-z0-9_-]*(@variants)?",
+    threads: MODEL_JOB_THREADS
     conda:
         "../envs/torch.yaml"
     resources:
-        gpu=GPU_SLOTS,
+        **EXECUTION,
     script:
         "../scripts/extract_outputs.py"
 
@@ -85,7 +99,7 @@ rule link_output:
 # the evaluation tables carry the counts (metric n_skipped).
 rule list_skipped_images:
     input:
-        sorted(set(STUDY.extraction_targets()) | set(STUDY.invariance_inputs())),
+        STUDY.all_outputs(),
     output:
         report(f"{RESULTS}/metrics/skipped.csv", category="Extraction", caption="../report/skipped.rst"),
     params:

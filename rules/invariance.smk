@@ -1,49 +1,43 @@
-# Transformation invariance (spec/evaluations.md section 8): every variant is an extraction
-# (outputs/{model}/{dataset}@{variant}.h5, rule extract_variant_outputs in extract.smk); the
-# variant equal to the standard evaluation is read from the standard outputs, so no job exists for it.
+# Transformation invariance (docs/evaluations.md §8): every variant is an extraction of its own
+# (outputs/{model}/{dataset}@{variant}.h5, planned through the record's `variants` hook and written
+# by extract_outputs); the variant equal to the standard evaluation is read from the standard
+# outputs, so no job exists for it. Its record: beyond_imagenet/evaluations/invariance/.
+from beyond_imagenet.evaluations.invariance import items as invariance_items
+
+INVARIANCE_ITEMS = invariance_items(STUDY) if "invariance" in STUDY.evaluations else []
 
 
 rule compute_invariance:
     input:
-        outputs=STUDY.invariance_inputs(),
-        manifests=manifests_for("invariance"),
+        outputs=list(dict.fromkeys(i["output"] for i in INVARIANCE_ITEMS)),
+        manifests=sorted({i["manifest"] for i in INVARIANCE_ITEMS}),
     output:
         f"{RESULTS}/metrics/invariance.csv",
     params:
-        models=MODEL_COLUMNS,
-        section=config["evaluations"].get("invariance", {}),
+        **table_params("invariance", INVARIANCE_ITEMS),
     log:
         f"{RESULTS}/logs/compute_invariance.log",
     conda:
         "../envs/analysis.yaml"
     script:
-        "../scripts/compute_invariance.py"
+        "../scripts/compute_table.py"
 
 
 rule plot_invariance:
     input:
-        f"{RESULTS}/metrics/invariance.csv",
+        figure_input("invariance", "invariance"),
     output:
-        png=report(f"{RESULTS}/figures/invariance_{{metric}}_{{dataset}}.png", category="Invariance",
-                   caption="../report/invariance.rst"),
-        pdf=f"{RESULTS}/figures/invariance_{{metric}}_{{dataset}}.pdf",
+        **figure_files("invariance", "invariance"),
+    params:
+        **figure_params("invariance", "invariance"),
     log:
-        f"{RESULTS}/logs/plot_invariance/{{metric}}_{{dataset}}.log",
+        figure_log("invariance", "invariance"),
     wildcard_constraints:
-        metric="top1|true_class_prob",
+        **figure_wildcards("invariance", "invariance"),
     conda:
         "../envs/analysis.yaml"
     script:
-        "../scripts/plot_invariance.py"
+        "../scripts/plot_figure.py"
 
 
-if "invariance" in STUDY.evaluations:
-    register_targets(
-        STUDY.metric("invariance"),
-        *(
-            STUDY.figure(f"invariance_{metric}_{d}", ext)
-            for d in STUDY.evaluation_datasets("invariance")
-            for metric in ("top1", "true_class_prob")
-            for ext in ("png", "pdf")
-        ),
-    )
+register_evaluation("invariance")

@@ -1,6 +1,6 @@
 # Model profile: one table and one figure with every model across every evaluation the study ran
-# (the headline of each evaluation: beyond_imagenet.profile.HEADLINES). It reads the metric tables
-# of the study's evaluations, so it grows as evaluations are added.
+# (the headlines of each evaluation's registry record). It reads the metric tables of the study's
+# evaluations, so it grows as evaluations are added.
 from beyond_imagenet.profile import profile_tables
 
 PROFILE_TABLES = profile_tables(list(STUDY.evaluations))
@@ -12,7 +12,7 @@ rule compute_profile:
     output:
         report(f"{RESULTS}/metrics/profile.csv", category="Model profile", caption="../report/profile_table.rst"),
     params:
-        models=MODEL_COLUMNS,
+        models=list(STUDY.models),
     log:
         f"{RESULTS}/logs/compute_profile.log",
     conda:
@@ -27,6 +27,8 @@ rule plot_profile:
     output:
         png=report(f"{RESULTS}/figures/profile.png", category="Model profile", caption="../report/profile.rst"),
         pdf=f"{RESULTS}/figures/profile.pdf",
+    params:
+        title=f"Model profile: study {config['study']}",
     log:
         f"{RESULTS}/logs/plot_profile.log",
     conda:

@@ -1,38 +1,38 @@
-# Synthetic data (spec/evaluations.md section 3): PUG-ImageNet accuracy per factor subset, from the
-# cached ImageNet-1k logits and the dataset's class_to_imagenet_idx.json.
+# Synthetic data (docs/evaluations.md §3): PUG-ImageNet accuracy per factor subset, from the cached
+# ImageNet-1k logits and the dataset's class_to_imagenet_idx.json. Its record:
+# beyond_imagenet/evaluations/pug.py.
 
 
 rule compute_pug:
     input:
-        outputs=outputs_for("pug"),
-        manifests=manifests_for("pug"),
+        **table_inputs("pug"),
     output:
         f"{RESULTS}/metrics/pug.csv",
     params:
-        models=MODEL_COLUMNS,
-        settings=config["evaluations"].get("pug", {}),
+        **table_params("pug"),
     log:
         f"{RESULTS}/logs/compute_pug.log",
     conda:
         "../envs/analysis.yaml"
     script:
-        "../scripts/compute_pug.py"
+        "../scripts/compute_table.py"
 
 
 rule plot_pug:
     input:
-        f"{RESULTS}/metrics/pug.csv",
+        figure_input("pug", "pug"),
     output:
-        png=report(f"{RESULTS}/figures/pug_{{dataset}}.png", category="PUG-ImageNet",
-                   caption="../report/pug.rst"),
-        pdf=f"{RESULTS}/figures/pug_{{dataset}}.pdf",
+        **figure_files("pug", "pug"),
+    params:
+        **figure_params("pug", "pug"),
     log:
-        f"{RESULTS}/logs/plot_pug/{{dataset}}.log",
+        figure_log("pug", "pug"),
+    wildcard_constraints:
+        **figure_wildcards("pug", "pug"),
     conda:
         "../envs/analysis.yaml"
     script:
-        "../scripts/plot_imagenet_evals.py"
+        "../scripts/plot_figure.py"
 
 
-if "pug" in STUDY.evaluations:
-    register_targets(STUDY.metric("pug"), *per_dataset_figures("pug", "pug"))
+register_evaluation("pug")

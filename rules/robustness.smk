@@ -1,38 +1,38 @@
-# Robustness (spec/evaluations.md section 6): top-1 on ImageNet and the shifted sets from the cached
+# Robustness (docs/evaluations.md §6): top-1 on ImageNet and the shifted sets from the cached
 # ImageNet-1k logits (ImageNet-ReaL re-scores the ImageNet val outputs: no extraction of its own).
+# Its record, scorers and figure: beyond_imagenet/evaluations/robustness.py.
 
 
 rule compute_robustness:
     input:
-        outputs=outputs_for("robustness"),
-        manifests=manifests_for("robustness"),
+        **table_inputs("robustness"),
     output:
         f"{RESULTS}/metrics/robustness.csv",
     params:
-        models=MODEL_COLUMNS,
-        settings=config["evaluations"].get("robustness", {}),
+        **table_params("robustness"),
     log:
         f"{RESULTS}/logs/compute_robustness.log",
     conda:
         "../envs/analysis.yaml"
     script:
-        "../scripts/compute_robustness.py"
+        "../scripts/compute_table.py"
 
 
 rule plot_robustness:
     input:
-        f"{RESULTS}/metrics/robustness.csv",
+        figure_input("robustness", "robustness"),
     output:
-        png=report(f"{RESULTS}/figures/robustness.png", category="Robustness",
-                   caption="../report/robustness.rst"),
-        pdf=f"{RESULTS}/figures/robustness.pdf",
+        **figure_files("robustness", "robustness"),
+    params:
+        **figure_params("robustness", "robustness"),
     log:
-        f"{RESULTS}/logs/plot_robustness.log",
+        figure_log("robustness", "robustness"),
+    wildcard_constraints:
+        **figure_wildcards("robustness", "robustness"),
     conda:
         "../envs/analysis.yaml"
     script:
-        "../scripts/plot_imagenet_evals.py"
+        "../scripts/plot_figure.py"
 
 
-if "robustness" in STUDY.evaluations:
-    register_targets(STUDY.metric("robustness"), STUDY.figure("robustness", "png"), STUDY.figure("robustness", "pdf"))
+register_evaluation("robustness")

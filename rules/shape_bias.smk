@@ -1,37 +1,37 @@
-# Shape / texture bias (spec/evaluations.md section 5) on the cue-conflict stimuli: 16-class
-# decisions from the cached ImageNet-1k logits.
+# Shape / texture bias (docs/evaluations.md §5) on the cue-conflict stimuli: 16-class decisions
+# from the cached ImageNet-1k logits. Its record: beyond_imagenet/evaluations/shape_bias.py.
 
 
 rule compute_shape_bias:
     input:
-        outputs=outputs_for("shape_bias"),
-        manifests=manifests_for("shape_bias"),
+        **table_inputs("shape_bias"),
     output:
         f"{RESULTS}/metrics/shape_bias.csv",
     params:
-        models=MODEL_COLUMNS,
+        **table_params("shape_bias"),
     log:
         f"{RESULTS}/logs/compute_shape_bias.log",
     conda:
         "../envs/analysis.yaml"
     script:
-        "../scripts/compute_shape_bias.py"
+        "../scripts/compute_table.py"
 
 
 rule plot_shape_bias:
     input:
-        f"{RESULTS}/metrics/shape_bias.csv",
+        figure_input("shape_bias", "shape_bias"),
     output:
-        png=report(f"{RESULTS}/figures/shape_bias_{{dataset}}.png", category="Shape bias",
-                   caption="../report/shape_bias.rst"),
-        pdf=f"{RESULTS}/figures/shape_bias_{{dataset}}.pdf",
+        **figure_files("shape_bias", "shape_bias"),
+    params:
+        **figure_params("shape_bias", "shape_bias"),
     log:
-        f"{RESULTS}/logs/plot_shape_bias/{{dataset}}.log",
+        figure_log("shape_bias", "shape_bias"),
+    wildcard_constraints:
+        **figure_wildcards("shape_bias", "shape_bias"),
     conda:
         "../envs/analysis.yaml"
     script:
-        "../scripts/plot_imagenet_evals.py"
+        "../scripts/plot_figure.py"
 
 
-if "shape_bias" in STUDY.evaluations:
-    register_targets(STUDY.metric("shape_bias"), *per_dataset_figures("shape_bias", "shape_bias"))
+register_evaluation("shape_bias")

@@ -1,8 +1,40 @@
-# Transferability: VTAB-1k linear probes on cached features (spec/evaluations.md section 7).
-# A `kind: vtab` dataset stands for one dataset per (task, split), <name>-<task>-<split>, each
-# extracted by the one extract_outputs rule; train800val200 is not extracted (it is train800 +
-# val200, checked on the data when the train800 manifest is built): see datasets/vtab.py.
-# Helpers (vtab_folder, probe_inputs, ...) live in rules/common.smk.
+# Transferability: VTAB-1k linear probes on cached features (docs/evaluations.md §7). A `kind: vtab`
+# dataset stands for one dataset per (task, split), <name>-<task>-<split>, each extracted by the one
+# extract_outputs rule; train800val200 is not extracted (it is train800 + val200, checked on the
+# data when the train800 manifest is built): see datasets/vtab.py. Its record:
+# beyond_imagenet/evaluations/transfer.py; the probe math: beyond_imagenet/metrics/transfer.py.
+from types import SimpleNamespace
+
+from beyond_imagenet.datasets.vtab import EXTRACTED_SPLITS, TASKS, VtabSplitSpec, split_dataset_name
+
+VTAB_SPLITS = {n: s for n, s in STUDY.datasets.items() if isinstance(s, VtabSplitSpec)}
+PROBE = config["evaluations"].get("transfer", {}).get("probe", {})
+
+
+def vtab_folder(wildcards):
+    """What a task split's manifest depends on: its vtab dataset's generated or unpacked folder."""
+    return dataset_folder(SimpleNamespace(dataset=VTAB_SPLITS[wildcards.dataset].parent))
+
+
+def probe_inputs(wildcards):
+    names = {s: split_dataset_name(wildcards.dataset, wildcards.task, s) for s in EXTRACTED_SPLITS}
+    return {**{s: STUDY.output(wildcards.model, n) for s, n in names.items()},
+            **{f"{s}_manifest": STUDY.manifest(n) for s, n in names.items()}}
+
+
+def probe_items(wildcards):
+    """The three extracted splits of one (model, task) as Study.item records, keyed by split."""
+    return {s: STUDY.item(wildcards.model, split_dataset_name(wildcards.dataset, wildcards.task, s))
+            for s in EXTRACTED_SPLITS}
+
+
+def transfer_probes():
+    return [
+        f"{RESULTS}/probes/{m}/{d}/{t}.json"
+        for d in STUDY.evaluation_datasets("transfer")
+        for t in STUDY.datasets[d].tasks
+        for m in STUDY.models
+    ]
 
 
 rule build_vtab_manifest:
@@ -11,7 +43,7 @@ rule build_vtab_manifest:
     output:
         f"{RESULTS}/manifests/{{dataset}}.json",
     params:
-        entry=vtab_split_params,
+        dataset=dataset_entry,
         listing=lambda w: manual_folder_signature(VTAB_SPLITS[w.dataset].parent, VTAB_SPLITS[w.dataset].task_dir),
     log:
         f"{RESULTS}/logs/build_manifest/{{dataset}}.log",
@@ -33,9 +65,12 @@ rule probe_transfer:
     output:
         f"{RESULTS}/probes/{{model}}/{{dataset}}/{{task}}.json",
     params:
-        probe=TRANSFER.get("probe", {}),
+        probe=PROBE,
+        cached=probe_items,
     log:
         f"{RESULTS}/logs/probe_transfer/{{model}}/{{dataset}}/{{task}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/probe_transfer/{{model}}/{{dataset}}/{{task}}.tsv"
     wildcard_constraints:
         task="|".join(TASKS),
     threads: 1
@@ -43,7 +78,8 @@ rule probe_transfer:
         "../envs/torch.yaml"
     resources:
         # A GPU slot unless the study pins the probes to the CPU (then they run beside extraction).
-        gpu=0 if TRANSFER.get("probe", {}).get("device") == "cpu" else 1,
+        gpu=0 if PROBE.get("device") == "cpu" else 1,
+        lock_dir=config["extraction"]["lock_dir"] or "",
     script:
         "../scripts/probe_transfer.py"
 
@@ -54,29 +90,29 @@ rule compute_transfer:
     output:
         f"{RESULTS}/metrics/transfer.csv",
     params:
+        evaluation="transfer",
         models=MODEL_COLUMNS,
     log:
         f"{RESULTS}/logs/compute_transfer.log",
     conda:
         "../envs/analysis.yaml"
     script:
-        "../scripts/compute_transfer.py"
+        "../scripts/compute_table.py"
 
 
 rule plot_transfer:
     input:
-        f"{RESULTS}/metrics/transfer.csv",
+        figure_input("transfer", "transfer"),
     output:
-        png=report(f"{RESULTS}/figures/transfer_{{dataset}}.png", category="Transferability",
-                   caption="../report/transfer.rst"),
-        pdf=f"{RESULTS}/figures/transfer_{{dataset}}.pdf",
+        **figure_files("transfer", "transfer"),
+    params:
+        **figure_params("transfer", "transfer"),
     log:
-        f"{RESULTS}/logs/plot_transfer/{{dataset}}.log",
+        figure_log("transfer", "transfer"),
     conda:
         "../envs/analysis.yaml"
     script:
-        "../scripts/plot_transfer.py"
+        "../scripts/plot_figure.py"
 
 
-if "transfer" in STUDY.evaluations:
-    register_targets(STUDY.metric("transfer"), *transfer_figures())
+register_evaluation("transfer")

@@ -1,5 +1,8 @@
 from beyond_imagenet.datasets.manifest import build_manifest, write_manifest
-from beyond_imagenet.workflow import setup
+from beyond_imagenet.workflow import dataset_spec, setup
 
-study = setup(snakemake)
-write_manifest(build_manifest(study.datasets[snakemake.wildcards.dataset]), snakemake.output[0])
+job = setup(snakemake)
+manifest = build_manifest(dataset_spec(job.params.dataset))
+if job.params.listing:  # a manual folder: the listing digest it was planned with (provenance)
+    manifest["folder_signature"] = job.params.listing
+write_manifest(manifest, job.output[0])

@@ -1,50 +1,51 @@
-# Within- and cross-model CKA heatmaps (spec §9): every model loaded in one job, the same batches
-# through each (own preprocessing), Gram matrices formed in forward hooks, one MinibatchCKA per pair.
+# Within- and cross-model CKA heatmaps (docs/evaluations.md §9): every model loaded in one job, the
+# same batches through each (own preprocessing), Gram matrices formed in forward hooks, one
+# MinibatchCKA per pair.
 import logging
 
 import torch
 
-from beyond_imagenet.cka import (IMAGE_TOWERS, HookedModel, SameImages, cka_pass, cka_sample, collate_same_images,
-                                 iterate_batches, readable_batches, select_layers, write_cka)
-from beyond_imagenet.extract import BadImagesError
 from beyond_imagenet.datasets.manifest import load_manifest
 from beyond_imagenet.devices import lease_device
+from beyond_imagenet.evaluations.cka.passes import (IMAGE_TOWERS, HookedModel, SameImages, cka_pass, cka_sample,
+                                                    collate_same_images, iterate_batches, readable_batches,
+                                                    select_layers, write_cka)
+from beyond_imagenet.extract import BadImagesError
 from beyond_imagenet.heads import read_head
 from beyond_imagenet.models import build_model
-from beyond_imagenet.workflow import setup
+from beyond_imagenet.workflow import model_spec, setup, versions
 
-study = setup(snakemake)
-dataset = snakemake.wildcards.dataset
-section = study.evaluations["cka"]
-settings = study.config["extraction"]
-manifest = load_manifest(snakemake.input.manifest)
+job = setup(snakemake)
+dataset = job.wildcards.dataset
+section = job.params.settings
+manifest = load_manifest(job.input.manifest)
 samples, dropped = cka_sample(manifest["samples"], section["n_images"], section["batch_size"], section["seed"])
 n_batches = len(samples) // section["batch_size"]
 if dropped:
     logging.warning("CKA on %s: %d of the %d drawn images do not fill a batch of %d and are dropped",
                     dataset, dropped, len(samples) + dropped, section["batch_size"])
-pairs = study.cka_pairs()
+pairs = [tuple(pair) for pair in job.params.pairs]
 used = list(dict.fromkeys(m for pair in pairs for m in pair))
 
 models, transforms, identities = {}, {}, {}
 for name in used:
-    spec = study.models[name]
-    head = read_head(study.head(name), study.head_identity(name)) if spec.needs_zero_shot_head else None
-    loaded = build_model(spec, study.config["preprocessing"], head=head, logit_scale=study.config["zero_shot"]["logit_scale"])
+    spec = model_spec(job.params.models[name])
+    head = read_head(job.params.heads[name], job.params.head_identities[name]) if spec.needs_zero_shot_head else None
+    loaded = build_model(spec, job.params.protocol, head=head, logit_scale=job.params.logit_scale)
     layers = select_layers(IMAGE_TOWERS[spec.source](loaded.network), spec.family, section["layers"])
     logging.info("%s: %d layers (%s ... %s)", name, len(layers), layers[0][0], layers[-1][0])
     models[name] = HookedModel(loaded.network, layers)
     transforms[name] = loaded.transform
-    identities[name] = {**study.model_identity(name), "preprocessing": loaded.preprocessing}
+    identities[name] = {**job.params.identities[name], "preprocessing": loaded.preprocessing}
 
 loader = torch.utils.data.DataLoader(
     SameImages(manifest["root"], [sid for sid, _ in samples], transforms), batch_size=section["batch_size"],
-    shuffle=False, drop_last=True, num_workers=settings["num_workers"], collate_fn=collate_same_images)
+    shuffle=False, drop_last=True, num_workers=job.resources.num_workers, collate_fn=collate_same_images)
 bad = []
-with lease_device(settings["device"], settings["lock_dir"] or None) as device:
+with lease_device(job.resources.device, job.resources.lock_dir or None) as device:
     results = cka_pass(models, iterate_batches(readable_batches(loader, bad)), pairs, device)
 ids = [sid for sid, _ in samples]
-if bad and settings["on_bad_image"] == "error":  # every bad file named, nothing written
+if bad and job.params.on_bad_image == "error":  # every bad file named, nothing written
     raise BadImagesError(manifest["root"], [(ids[i], reason) for i, reason in sorted(bad)])
 if bad:
     logging.warning("CKA on %s: %d unreadable image(s) skipped", dataset, len(bad))
@@ -53,6 +54,6 @@ attrs = {"dataset": dataset, "manifest_fingerprint": manifest["fingerprint"], "n
          "sample_seed": section["seed"], "sample_order": "seeded random draw (cka_sample)",
          "n_skipped": len(bad),
          "layers": section["layers"], "hsic": "unbiased, averaged over minibatches", "models": identities,
-         "versions": study.versions()}
-write_cka(snakemake.output[0], results, {m: h.layer_names for m, h in models.items()}, attrs, ids=ids,
+         "versions": versions()}
+write_cka(job.output[0], results, {m: h.layer_names for m, h in models.items()}, attrs, ids=ids,
           skipped_ids=[ids[i] for i, _ in sorted(bad)])

@@ -2,5 +2,5 @@
 from beyond_imagenet.profile import build_profile, read_tables, write_profile
 from beyond_imagenet.workflow import setup
 
-study = setup(snakemake)
-write_profile(build_profile(read_tables(dict(snakemake.input.items())), models=list(study.models)), snakemake.output[0])
+job = setup(snakemake)
+write_profile(build_profile(read_tables(dict(job.input.items())), models=list(job.params.models)), job.output[0])

@@ -5,7 +5,6 @@ import logging
 from beyond_imagenet.extraction_jobs import job_timing, run_group
 from beyond_imagenet.workflow import setup
 
-study = setup(snakemake)
+job = setup(snakemake)
 with job_timing(logging.getLogger("job")) as timing:
-    timing.update(run_group(study, snakemake.wildcards.model, snakemake.wildcards.group,
-                            snakemake.input.get("head") or None, snakemake.output[0]))
+    timing.update(run_group(job))

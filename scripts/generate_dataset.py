@@ -1,5 +1,5 @@
 from beyond_imagenet.datasets.generate import generate
-from beyond_imagenet.workflow import setup
+from beyond_imagenet.workflow import dataset_spec, setup
 
-study = setup(snakemake)
-generate(study.datasets[snakemake.wildcards.dataset], snakemake.output[0])
+job = setup(snakemake)
+generate(dataset_spec(job.params.dataset), job.output[0])

@@ -5,14 +5,14 @@ from beyond_imagenet.extract import read_outputs
 from beyond_imagenet.io import atomic_path
 from beyond_imagenet.workflow import setup
 
-study = setup(snakemake)
+job = setup(snakemake)
 COLUMNS = ["model", "label", "family", "paradigm", "paper_key", "dataset", "variant", "id", "reason"]
 rows = []
-for path in snakemake.input:
+for path in job.input:
     out = read_outputs(path, fields=("skipped_ids", "skipped_reasons"))
     model = out["attrs"]["model"]
     for sid, reason in zip(out["skipped_ids"], out["skipped_reasons"]):
-        rows.append({**study.model_columns(model), "dataset": out["attrs"]["dataset"],
+        rows.append({**job.params.models[model], "dataset": out["attrs"]["dataset"],
                      "variant": out["attrs"].get("variant", ""), "id": sid, "reason": reason})
-with atomic_path(snakemake.output[0]) as tmp:
+with atomic_path(job.output[0]) as tmp:
     pd.DataFrame(rows, columns=COLUMNS).to_csv(tmp, index=False)  # the header even when nothing was skipped

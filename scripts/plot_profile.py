@@ -2,6 +2,5 @@ from beyond_imagenet.plots_extra import plot_profile
 from beyond_imagenet.tables import read_table
 from beyond_imagenet.workflow import setup
 
-study = setup(snakemake)
-plot_profile(read_table(snakemake.input[0]), [snakemake.output.png, snakemake.output.pdf],
-             title=f"Model profile: study {study.config['study']}")
+job = setup(snakemake)
+plot_profile(read_table(job.input[0]), job.figure_paths(), title=job.params.title)

@@ -4,7 +4,8 @@ import pytest
 from beyond_imagenet.classes import imagenet_r_mask
 from beyond_imagenet.metrics.calibration import (bin_index, calibration_bins, calibration_from_logits,
                                                  expected_calibration_error, maximum_calibration_error,
-                                                 softmax, topk_accuracy)
+                                                 softmax)
+from beyond_imagenet.metrics.accuracy import topk_accuracy
 
 
 def test_ece_hand_computed():

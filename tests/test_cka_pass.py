@@ -12,9 +12,9 @@ import pytest
 import torch
 from torch import nn
 
-from beyond_imagenet.cka import (IMAGE_TOWERS, GramRecorder, HookedModel, LayerSelectionError, batch_plan, cka_pass,
+from beyond_imagenet.evaluations.cka.passes import (IMAGE_TOWERS, GramRecorder, HookedModel, LayerSelectionError, batch_plan, cka_pass,
                                  cka_sample, model_pairs, read_cka, select_layers, write_cka)
-from beyond_imagenet.metrics.similarity import MinibatchCKA, linear_cka
+from beyond_imagenet.metrics.cka import MinibatchCKA, linear_cka
 from beyond_imagenet.models import ModelSpec, build_model
 from conftest import default_config
 
@@ -221,7 +221,7 @@ _MEMORY_SCRIPT = textwrap.dedent("""
     import resource, sys, torch
     sys.path.insert(0, {tests!r})
     from test_cka_pass import TinyConv, _hooked, _batches
-    from beyond_imagenet.cka import cka_pass
+    from beyond_imagenet.evaluations.cka.passes import cka_pass
     torch.set_num_threads(1)
     n_images, leak = int(sys.argv[1]), sys.argv[2] == "leak"
     model = _hooked(TinyConv())
@@ -261,7 +261,7 @@ def test_memory_does_not_grow_with_the_number_of_images(tmp_path):
 
 
 def test_cka_summary_rows_by_hand():
-    from beyond_imagenet.cka import CkaMatrix, cka_summary_rows
+    from beyond_imagenet.evaluations.cka.passes import CkaMatrix, cka_summary_rows
 
     columns = {"a": {"model": "a", "label": "A"}, "b": {"model": "b", "label": "B"}}
     within = CkaMatrix("a", "a", "within", ["l0", "l1", "l2"], ["l0", "l1", "l2"],
@@ -278,7 +278,7 @@ def test_cka_summary_rows_by_hand():
 def test_unreadable_images_are_collected_and_left_out_for_every_model(tmp_path):
     from PIL import Image
 
-    from beyond_imagenet.cka import SameImages, collate_same_images, readable_batches
+    from beyond_imagenet.evaluations.cka.passes import SameImages, collate_same_images, readable_batches
 
     ids = []
     for i in range(10):

@@ -5,6 +5,7 @@ per-dataset jobs write byte-identical files; a group rerun after one dataset cha
 only that dataset (the others are reused from results/extracted/); bad group configs are refused.
 """
 
+from beyond_imagenet.evaluations.invariance import is_standard_variant, study_variant_names
 import copy
 import os
 
@@ -41,7 +42,7 @@ def test_model_grouping_puts_everything_of_a_model_in_one_job():
         plan = study.extraction_plan(model)
         assert list(plan) == ["all"]
         variants = {v for _, v in plan["all"] if v}
-        expected = {v for v in study.invariance_variants() if not study.is_standard_variant(model, v, "imagenet_val")}
+        expected = {v for v in study_variant_names(study) if not is_standard_variant(study, model, v, "imagenet_val")}
         assert variants == expected and variants
 
 

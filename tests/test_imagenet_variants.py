@@ -21,8 +21,10 @@ from beyond_imagenet.datasets.imagenet_variants import imagenet_hard_label_sets,
 from beyond_imagenet.datasets.manifest import build_manifest
 from beyond_imagenet.datasets.readers import class_space_mask, read_samples
 from beyond_imagenet.download import DownloadError
-from beyond_imagenet.imagenet_evals import (imagenet_x_rows, pug_rows, robustness_average, robustness_rows,
-                                            shape_bias_rows)
+from beyond_imagenet.evaluations.imagenet_x import imagenet_x_rows
+from beyond_imagenet.evaluations.pug import pug_rows
+from beyond_imagenet.evaluations.robustness import robustness_average, robustness_rows
+from beyond_imagenet.evaluations.shape_bias import shape_bias_rows
 from beyond_imagenet.metrics.robustness import ALEXNET_IMAGENET_C_MEAN_ERROR, IMAGENET_C_CORRUPTIONS
 from beyond_imagenet.metrics.shape_bias import CATEGORIES
 

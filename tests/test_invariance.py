@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torchvision.transforms import InterpolationMode
 
-from beyond_imagenet.invariance import (
+from beyond_imagenet.evaluations.invariance.transforms import (
     VARIANTS,
     create_open_clip_at_resolution,
     is_standard,
@@ -23,7 +23,7 @@ from beyond_imagenet.invariance import (
     variant_name,
     variant_transform,
 )
-from beyond_imagenet.invariance import _resample_pos_embed_manually
+from beyond_imagenet.evaluations.invariance.transforms import _resample_pos_embed_manually
 
 # Identity normalisation and nearest-neighbour resampling keep pixel positions/values exact.
 EXACT = dict(interpolation=InterpolationMode.NEAREST, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))

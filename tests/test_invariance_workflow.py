@@ -12,11 +12,12 @@ import pytest
 import torch
 from PIL import Image
 
-from beyond_imagenet.invariance_table import invariance_rows, restrict
+from beyond_imagenet.evaluations.invariance import is_standard_variant, study_variant_names
+from beyond_imagenet.evaluations.invariance import invariance_rows, restrict
 from beyond_imagenet.metrics.invariance import invariance_metrics
 from beyond_imagenet.models import ModelSpec
 from beyond_imagenet.study import Study, validate_config
-from beyond_imagenet.variants import Variant, build_variant_model, spread_subset, study_variants
+from beyond_imagenet.evaluations.invariance.variants import Variant, build_variant_model, spread_subset, study_variants
 from conftest import default_config, run_snakemake, write_config
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -54,12 +55,12 @@ def test_invariance_metrics_by_hand():
 
 def test_study_variants_and_standard_reuse():
     study = Study(_config())
-    names = study.invariance_variants()
+    names = study_variant_names(study)
     assert names == ["scale-1", "scale-1.25", "scale-1.5", "scale-2", "scale-3", "shift-0", "shift-5", "shift-30",
                      "shift-75", "shift-100", "res-112", "res-224", "res-336", "res-512", "res-640"]  # spec defaults
     for model in study.models:
         for name in names:
-            path = study.variant_output(model, "imagenet_val", name)
+            path = study.item(model, "imagenet_val", None if is_standard_variant(study, model, name, "imagenet_val") else name)["output"]
             # the standard level is the standard file for paper-protocol models; a native-protocol model
             # (the default study's EfficientNet-Lite0) has no standard level
             if name in ("scale-1", "res-224") and study.model_protocol(model) == "paper":
@@ -68,10 +69,10 @@ def test_study_variants_and_standard_reuse():
                 assert path.endswith(f"imagenet_val@{name}.h5")
     native = copy.deepcopy(_config())
     native["preprocessing"] = "native"
-    assert not any(Study(native).is_standard_variant("vit_sup", n, "imagenet_val") for n in names)
+    assert not any(is_standard_variant(Study(native), "vit_sup", n, "imagenet_val") for n in names)
     # ImageNet-C's standard extraction is normalise-only for supervised models: no variant is it.
-    assert not study.is_standard_variant("vit_sup", "scale-1", "imagenet_c")
-    assert study.is_standard_variant("vit_sup", "scale-1", "imagenet_val")
+    assert not is_standard_variant(study, "vit_sup", "scale-1", "imagenet_c")
+    assert is_standard_variant(study, "vit_sup", "scale-1", "imagenet_val")
 
 
 def _image(path, w=300, h=200):

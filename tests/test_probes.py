@@ -1,4 +1,4 @@
-"""Tests for the batched CLIP_benchmark-style linear probe (beyond_imagenet.probes)."""
+"""Tests for the batched CLIP_benchmark-style linear probe (beyond_imagenet.metrics.transfer)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 import torch
 from sklearn.linear_model import LogisticRegression
 
-from beyond_imagenet.probes import (
+from beyond_imagenet.metrics.transfer import (
     ProbeConfig,
     fit_linear_probe,
     fit_linear_probes,
@@ -94,7 +94,7 @@ def test_ties_go_to_the_smaller_weight_decay() -> None:
 
 
 def test_a_diverging_refit_falls_back_to_the_next_weight_decay(monkeypatch) -> None:
-    import beyond_imagenet.probes as probes
+    import beyond_imagenet.metrics.transfer as probes
 
     train, val, trainval, test, _ = task(seed=5, n_classes=4, dim=8, sep=3.0, sizes=(200, 50, 200))
     config = ProbeConfig(weight_decays=SMALL_GRID)

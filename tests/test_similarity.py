@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from beyond_imagenet.metrics.similarity import (
+from beyond_imagenet.metrics.cka import (
     MinibatchCKA,
     gram_linear,
     hsic_biased,

@@ -16,9 +16,9 @@ from beyond_imagenet.datasets.generate import generate
 from beyond_imagenet.datasets.readers import read_samples
 from beyond_imagenet.datasets.vtab import (EXTRACTED_SPLITS, SPLITS, TASKS, VtabSplitSpec, build_split_manifest,
                                            check_trainval_union, expand_dataset, read_split)
-from beyond_imagenet.probes import select_and_evaluate
+from beyond_imagenet.metrics.transfer import select_and_evaluate
 from beyond_imagenet.study import ConfigError, Study, validate_config
-from beyond_imagenet.transfer import paper_means, probe_config, probe_vtab_task, transfer_rows
+from beyond_imagenet.evaluations.transfer import paper_means, probe_config, probe_vtab_task, transfer_rows
 
 from conftest import REPO, default_config, write_config
 

@@ -1,12 +1,9 @@
-"""Cached ImageNet-1k logits -> tidy metric rows: robustness, ImageNet-X, shape bias, PUG.
+"""Robustness (docs/evaluations.md §6): top-1 on ImageNet and the shifted sets from the cached
+ImageNet-1k logits, one scorer per dataset kind; the 7-set average; the bar figure.
 
-Each function takes one cached output (``read_outputs``: logits, labels, ids) plus what the dataset
-itself provides (its root, for ImageNet-Hard's label sets or PUG's class map) and returns rows
-``{..., "metric", "value"}`` for one (model, dataset); the ``scripts/compute_*.py`` adapters add
-the model columns and write the tables. The metric definitions live in ``beyond_imagenet.metrics``
-(spec evaluations.md §2, §3, §5, §6); this module only routes data to them.
-
-Robustness scorers are registered per dataset kind, so a new benchmark is one decorated function.
+ImageNet-ReaL re-scores the ImageNet val outputs (no extraction of its own). A new benchmark is
+one decorated scorer (:func:`robustness_scorer`) and, for its bar label and place, an entry of
+:data:`BENCHMARKS`; a benchmark missing there is still drawn (after the known ones), never dropped.
 """
 
 from __future__ import annotations
@@ -18,10 +15,11 @@ from typing import Any, Callable
 import numpy as np
 
 from beyond_imagenet.datasets.readers import class_space_mask
-from beyond_imagenet.metrics import imagenet_x as inx
-from beyond_imagenet.metrics.pug import PUG_SUBSETS, pug_accuracy, pug_average
+from beyond_imagenet.evaluations import Evaluation, Figure, register
 from beyond_imagenet.metrics.robustness import imagenet_c_summary, multilabel_top1, real_accuracy, top1
-from beyond_imagenet.metrics.shape_bias import probabilities_to_16_class, shape_bias
+from beyond_imagenet.profile import Headline
+from beyond_imagenet.tables import read_table
+from beyond_imagenet.workflow import read_items, skipped_row
 
 Row = dict[str, Any]
 
@@ -47,13 +45,6 @@ def robustness_scorer(*kinds: str):
 def _row(benchmark: str, metric: str, value: float, corruption: str = "", severity: int | str = "") -> Row:
     return {"benchmark": benchmark, "corruption": corruption, "severity": severity, "metric": metric,
             "value": float(value)}
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    z = np.asarray(logits, dtype=np.float64)
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
 
 
 # ------------------------------------------------------------------------------- robustness
@@ -132,49 +123,73 @@ def robustness_average(rows: list[Row]) -> list[Row]:
             _row("average", "n_benchmarks", len(values))]
 
 
-# ------------------------------------------------------------------------------- ImageNet-X
-def imagenet_x_rows(out: dict[str, Any]) -> list[Row]:
-    """Per factor: error ratio, accuracy and image count; ``average`` = mean of the 16 ratios
-    (factors without images are NaN and left out); ``overall`` = accuracy over the joined images."""
-    predicted = np.asarray(out["logits"]).argmax(axis=1)
-    table = inx.factor_table(list(out["ids"]), predicted)
-    rows = []
-    for factor in inx.FACTORS:
-        for metric, column in (("error_ratio", "error_ratio"), ("accuracy", "acc"), ("n_images", "count")):
-            rows.append({"factor": factor, "metric": metric, "value": float(table.loc[factor, column])})
-    ratios = table.loc[list(inx.FACTORS), "error_ratio"]
-    rows.append({"factor": "average", "metric": "error_ratio", "value": float(ratios.mean(skipna=True))})
-    rows.append({"factor": "overall", "metric": "accuracy", "value": float(table.loc["overall", "acc"])})
-    rows.append({"factor": "overall", "metric": "n_images", "value": float(table.loc["overall", "count"])})
-    return rows
+#: A dataset kind scored as another benchmark: ImageNet-C with the 4 extra corruptions is ImageNet-C.
+BENCHMARK_OF_KIND = {"imagenet_c_all": "imagenet_c"}
 
 
-# ------------------------------------------------------------------------------- shape bias
-def shape_bias_rows(out: dict[str, Any]) -> list[Row]:
-    """Overall shape bias, shape / texture fractions, 16-class accuracy, and shape bias per category."""
-    decisions = probabilities_to_16_class(softmax(out["logits"]))
-    result = shape_bias(decisions, list(out["ids"]))
-    rows = [{"category": "", "metric": m, "value": float(result[m])}
-            for m in ("shape_bias", "shape_fraction", "texture_fraction", "accuracy_16", "n_images", "n_images_all")]
-    rows += [{"category": c, "metric": "shape_bias", "value": float(v)} for c, v in result["per_category"].items()]
-    return rows
+def benchmark_of(kind: str) -> str:
+    return BENCHMARK_OF_KIND.get(kind, kind)
 
 
-# --------------------------------------------------------------------------------------- PUG
-def pug_rows(out: dict[str, Any], class_map: dict[str, list[int]], rule: str = "membership") -> list[Row]:
-    """Accuracy per factor subset and their unweighted mean (``Average``), under ``rule``."""
-    names = sorted(class_map)
-    labels = np.asarray(out["labels"])
-    predicted = np.asarray(out["logits"]).argmax(axis=1)
-    subsets = np.asarray([sid.split("/", 1)[0] for sid in out["ids"]])
-    per_subset, rows = {}, []
-    for subset in PUG_SUBSETS:
-        idx = np.flatnonzero(subsets == subset)
-        if not len(idx):
-            continue
-        per_subset[subset] = pug_accuracy(predicted[idx], [names[k] for k in labels[idx]], class_map, rule)
-        rows += [{"subset": subset, "metric": "top1", "value": per_subset[subset]},
-                 {"subset": subset, "metric": "n_images", "value": float(len(idx))}]
-    average = pug_average(per_subset) if len(per_subset) == len(PUG_SUBSETS) else np.nan
-    rows.append({"subset": "Average", "metric": "top1", "value": average})
-    return [{**r, "rule": rule} for r in rows]
+def table(job) -> list[Row]:
+    real = job.params.settings["real"]
+    per_model: dict[str, list[Row]] = defaultdict(list)
+    for item, manifest, out in read_items(job):
+        rows = robustness_rows(out, item["kind"], item["class_space"], manifest["root"], real=real)
+        rows.append(skipped_row(out, benchmark=benchmark_of(item["kind"]), corruption="", severity=""))
+        per_model[item["model"]] += [{"dataset": item["dataset"], **r} for r in rows]
+    out_rows = []
+    for model, rows in per_model.items():
+        rows += [{"dataset": "", **r} for r in robustness_average(rows)]
+        out_rows += [{**job.params.models[model], **r} for r in rows]
+    return out_rows
+
+
+def check(config: dict[str, Any]) -> list[str]:
+    """One dataset per benchmark: the table and the 7-set average have one value per benchmark."""
+    by_benchmark: dict[str, list[str]] = {}
+    for name in config["evaluations"].get("robustness", {}).get("datasets", []):
+        if name in config["datasets"]:
+            by_benchmark.setdefault(benchmark_of(config["datasets"][name]["kind"]), []).append(name)
+    return [f"  evaluations.robustness.datasets: {same} are all benchmark {benchmark!r}; the table and the "
+            "7-set average have one value per benchmark, so list one of them"
+            for benchmark, same in by_benchmark.items() if len(same) > 1]
+
+
+def input_transform(study, dataset: str) -> str | None:
+    """Presized sets (ImageNet-C) are re-cropped by the study's protocol under ``imagenet_c_recrop``,
+    for parity with the paper's code (docs/evaluations.md §6)."""
+    section = study.evaluations.get("robustness", {})
+    if section.get("imagenet_c_recrop", False) and dataset in section.get("datasets", []):
+        return "protocol"
+    return None
+
+
+def published(study, wildcards) -> dict:
+    """The paper's robustness numbers, when a model of the study is a paper model."""
+    from beyond_imagenet.paper_results import load_paper_results
+
+    has_paper_models = any(spec.paper_key for spec in study.models.values())
+    return {"paper": load_paper_results()["robustness"] if has_paper_models else None}
+
+
+def draw(job) -> None:
+    from beyond_imagenet.plots_imagenet import plot_robustness
+
+    plot_robustness(read_table(job.input[0]), job.figure_paths(), paper=job.params.data["paper"])
+
+
+ROBUSTNESS = register(Evaluation(
+    name="robustness",
+    title="Robustness",
+    description="top-1 on ImageNet-V2/A/R/Sketch/C/Hard/ReaL and their average",
+    class_spaces=frozenset({"imagenet1k", "imagenet_r", "imagenet_a", "imagenet1k_multilabel"}),
+    table=table,
+    settings=("real",),
+    group_columns=("dataset", "benchmark", "corruption", "severity"),
+    figures=(Figure("robustness", draw, "robustness", per_dataset=False, data=published),),
+    headlines=(Headline("robustness", {"benchmark": "average", "metric": "top1"}, True,
+                        "robustness: mean top-1 % of shifted sets", by=(), scale=100),),
+    check=check,
+    input_transform=input_transform,
+))

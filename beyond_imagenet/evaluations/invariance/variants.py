@@ -1,6 +1,6 @@
 """Invariance variants in the workflow: which ones a study runs, on which images, with which model.
 
-:mod:`beyond_imagenet.invariance` defines the transforms (spec §8); this module turns a variant
+:mod:`beyond_imagenet.evaluations.invariance.transforms` defines the transforms (spec §8); this module turns a variant
 name (``scale-1.25``, ``shift-30``, ``res-336``) into a :class:`~beyond_imagenet.models.LoadedModel`
 whose network and transform are the variant's, and picks the image subset when a study limits
 the variant passes to ``max_images``.
@@ -13,7 +13,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from beyond_imagenet.invariance import PARADIGMS, is_standard, parse_variant, variant_name, variant_transform
+from beyond_imagenet.evaluations.invariance.transforms import PARADIGMS, is_standard, parse_variant, variant_name, variant_transform
 from beyond_imagenet.models import LoadedModel, ModelSpec, build_model
 
 #: config key of each variant kind (evaluations.invariance.<key>) -> kind in invariance.py

@@ -1,6 +1,6 @@
-"""Transferability (spec: evaluations.md §7): VTAB-1k linear probes on cached features.
+"""Transferability (docs/evaluations.md §7): VTAB-1k linear probes on cached features.
 
-One probe per (model, task) with the CLIP_benchmark protocol of :mod:`beyond_imagenet.probes`;
+One probe per (model, task) with the CLIP_benchmark protocol of :mod:`beyond_imagenet.metrics.transfer`;
 then per-task, per-group and overall means in a tidy table. Usable without Snakemake::
 
     result = probe_vtab_task(train, val, test, n_classes=47, config=ProbeConfig())
@@ -10,13 +10,18 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from beyond_imagenet.datasets.vtab import GROUPS, TASKS
-from beyond_imagenet.probes import ProbeConfig, Split, select_and_evaluate
+from beyond_imagenet.evaluations import Evaluation, Figure, register
+from beyond_imagenet.profile import Headline
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+    from beyond_imagenet.metrics.transfer import ProbeConfig, Split
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +31,8 @@ TASK_METRICS = ("test_top1", "val_top1", "weight_decay", "n_train", "n_val", "n_
 
 def probe_config(settings: Mapping[str, Any]) -> ProbeConfig:
     """The ``evaluations.transfer.probe`` config section (schema defaults filled) as a ProbeConfig."""
+    from beyond_imagenet.metrics.transfer import ProbeConfig
+
     grid = settings.get("weight_decays", {})
     weight_decays = np.logspace(grid.get("log10_min", -6), grid.get("log10_max", 2), grid.get("num", 97))
     return ProbeConfig(lr=float(settings.get("lr", 0.1)), epochs=int(settings.get("epochs", 10)),
@@ -41,6 +48,8 @@ def probe_vtab_task(train: Split, val: Split, test: Split, n_classes: int, confi
     is built, :func:`beyond_imagenet.datasets.vtab.check_trainval_union`), so its features are the
     concatenation of theirs: every image goes through the model once.
     """
+    from beyond_imagenet.metrics.transfer import select_and_evaluate
+
     trainval = (np.concatenate([train[0], val[0]]), np.concatenate([train[1], val[1]]))
     result = select_and_evaluate(train, val, trainval, test, n_classes, config, device)
     return {
@@ -98,3 +107,45 @@ def paper_means(paper_top1: Mapping[str, float], tasks: Iterable[str]) -> dict[s
         if values:
             out[group] = float(np.mean(values))
     return out
+
+
+# ------------------------------------------------------------------------------ the evaluation
+def table(job) -> list[dict]:
+    """transfer.csv from the probe results of every (model, dataset, task), in input order."""
+    import json
+
+    results = []
+    for path in job.input:
+        with open(path) as f:
+            results.append(json.load(f))
+    return transfer_rows(results, job.params.models)
+
+
+def published(study, wildcards) -> dict:
+    """The paper's per-task top-1 (%), drawn beside models that declare a paper_key."""
+    from beyond_imagenet.paper_results import load_paper_results
+
+    return {"paper_top1": load_paper_results()["vtab"]["top1"]}
+
+
+def draw(job) -> None:
+    from beyond_imagenet.tables import read_table
+    from beyond_imagenet.transfer_plots import plot_transfer
+
+    plot_transfer(read_table(job.input[0]), job.wildcards.dataset, job.figure_paths(),
+                  paper_top1=job.params.data["paper_top1"])
+
+
+TRANSFER = register(Evaluation(
+    name="transfer",
+    title="Transferability",
+    description="VTAB-1k linear probes on cached features (CLIP_benchmark protocol)",
+    # The task's own labels, probed on features: models need no ImageNet-1k head.
+    class_spaces=frozenset({"vtab"}),
+    reads="features",
+    table=table,
+    group_columns=("dataset", "task", "group"),
+    figures=(Figure("transfer", draw, "transfer", data=published),),
+    headlines=(Headline("transfer", {"task": "mean", "group": "all", "metric": "test_top1"}, True,
+                        "VTAB linear probe mean top-1 % ({dataset})", scale=100),),
+))

@@ -4,7 +4,7 @@ Every model of a study sees the same images (each through its own preprocessing)
 batches. A forward hook on each selected layer turns the layer's output into its (B, B) Gram
 matrix on the spot, so no activation outlives its layer's forward call; per batch only
 ``n_layers`` Gram matrices per model exist, and across batches only the running HSIC sums of
-:class:`~beyond_imagenet.metrics.similarity.MinibatchCKA`. Memory is therefore independent of the
+:class:`~beyond_imagenet.metrics.cka.MinibatchCKA`. Memory is therefore independent of the
 number of images (tests/test_cka_pass.py checks this on a real process).
 
 Which layers: a *selector* of :data:`LAYER_SELECTORS` (``blocks``, ``stages``) resolved per
@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from beyond_imagenet.io import atomic_path
-from beyond_imagenet.metrics.similarity import MinibatchCKA, gram_linear
+from beyond_imagenet.metrics.cka import MinibatchCKA, gram_linear
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,131 @@
+"""The evaluation registry: one :class:`Evaluation` record per evaluation, like the model sources
+(``models.SOURCES``) and dataset kinds (``data/datasets.yaml``).
+
+A record says everything the rest of the workflow needs to know about one evaluation: which label
+spaces and dataset kinds it accepts and its own config check; which cached outputs it reads
+(standard ones, or extra extraction variants); the function that turns them into its tidy table
+(and which of its settings that function uses: the compute job's params); its figures (one
+function each); its profile headline; the published numbers drawn beside it. ``Study``, the rules,
+the profile and the report read this registry; no other module keys anything by evaluation name.
+
+Adding an evaluation ``X``: ``beyond_imagenet/evaluations/X.py`` (its record, table and figures,
+registered with :func:`register`), ``beyond_imagenet/metrics/X.py`` (its pure math),
+``rules/X.smk`` (its compute and plot rules, included from the Snakefile), its settings schema
+``schemas/evaluations/X.schema.yaml``, a ``report/X.rst`` caption and an import line at the
+bottom of this file. The README's "Layout" section walks through it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from typing import TYPE_CHECKING, Any, Callable, Sequence
+
+from beyond_imagenet.profile import Headline
+
+if TYPE_CHECKING:  # pragma: no cover
+    from beyond_imagenet.study import Study
+    from beyond_imagenet.workflow import Job
+
+Rows = list[dict[str, Any]]
+
+
+@dataclasses.dataclass(frozen=True)
+class Figure:
+    """One figure of an evaluation, drawn by ``draw(job)`` from the evaluation's table.
+
+    Files: ``results/figures/<name>[_<variant>]_<dataset>.{png,pdf}`` for each dataset of the
+    evaluation (``per_dataset``) and each value of ``variants(study)`` (e.g. the CKA heatmap's
+    ``within``/``cross``), or ``<name>.{png,pdf}`` for one figure over all datasets.
+    ``data(study, wildcards)``: what the drawing uses besides its input table (published numbers,
+    labels, a title), passed as the job's ``data`` param, so a change redraws it.
+    """
+
+    name: str
+    draw: Callable[["Job"], Any]
+    caption: str
+    per_dataset: bool = True
+    variants: Callable[["Study"], Sequence[str]] | None = None
+    variant_wildcard: str = "kind"
+    data: Callable[["Study", Any], dict[str, Any]] | None = None
+    # What the figure is drawn from: the evaluation's table, or another of its files.
+    source: Callable[["Study", Any], str] | None = None
+
+    def stem(self, dataset: str | None = None, variant: str | None = None) -> str:
+        parts = [self.name, *([variant] if variant else []), *([dataset] if dataset else [])]
+        return "_".join(parts)
+
+    def pattern(self) -> str:
+        """The file stem with Snakemake wildcards (``{dataset}``, ``{kind}``)."""
+        return self.stem("{dataset}" if self.per_dataset else None,
+                         f"{{{self.variant_wildcard}}}" if self.variants else None)
+
+
+@dataclasses.dataclass(frozen=True)
+class Evaluation:
+    """One evaluation; see the module docstring. Field by field:
+
+    ``title``: its report category. ``class_spaces`` / ``kinds``: the datasets it accepts (None =
+    any). ``reads``: ``logits`` (ImageNet-1k logits: the model needs a classifier), ``features``
+    or ``images`` (runs its own pass). ``table``: cached outputs -> rows (run by
+    ``scripts/compute_table.py``); ``settings``: the keys of ``evaluations.<name>`` it uses (the
+    compute job's params); ``sort_by``: row order when not the input order; ``group_columns``:
+    what identifies a row besides model and metric. ``check(config)``: extra config problems
+    (lines naming keys). ``variants(study, model, dataset)``: extra outputs it needs extracted
+    (``<dataset>@<variant>``); ``input_transform(study, dataset)``: the transform it asks for a
+    dataset's standard extraction (None = the study's protocol).
+    """
+
+    name: str
+    title: str
+    description: str
+    class_spaces: frozenset[str] | None = None
+    kinds: frozenset[str] | None = None
+    reads: str = "logits"
+    table: Callable[["Job"], Rows] | None = None
+    settings: tuple[str, ...] = ()
+    sort_by: tuple[str, ...] | None = None
+    group_columns: tuple[str, ...] = ()
+    figures: tuple[Figure, ...] = ()
+    headlines: tuple[Headline, ...] = ()
+    check: Callable[[dict[str, Any]], list[str]] | None = None
+    variants: Callable[["Study", str, str], list[str]] | None = None
+    input_transform: Callable[["Study", str], str | None] | None = None
+
+    def figure(self, name: str) -> Figure:
+        for figure in self.figures:
+            if figure.name == name:
+                return figure
+        raise KeyError(f"evaluation {self.name} has no figure {name!r}; its figures: "
+                       f"{', '.join(f.name for f in self.figures)}")
+
+
+EVALUATIONS: dict[str, Evaluation] = {}
+
+
+def register(evaluation: Evaluation) -> Evaluation:
+    if evaluation.name in EVALUATIONS:
+        raise ValueError(f"evaluation {evaluation.name!r} is registered twice")
+    EVALUATIONS[evaluation.name] = evaluation
+    return evaluation
+
+
+def get(name: str) -> Evaluation:
+    try:
+        return EVALUATIONS[name]
+    except KeyError:
+        raise KeyError(f"unknown evaluation {name!r}; registered: {', '.join(EVALUATIONS)}") from None
+
+
+def get_figure(qualified: str) -> tuple[Evaluation, Figure]:
+    """``"<evaluation>/<figure>"`` -> the records."""
+    evaluation, _, figure = qualified.partition("/")
+    record = get(evaluation)
+    return record, record.figure(figure)
+
+
+#: The built-in evaluations, in the order of the profile's columns.
+BUILT_IN = ("accuracy", "calibration", "robustness", "imagenet_x", "shape_bias", "pug", "transfer", "invariance",
+            "cka")
+for _name in BUILT_IN:
+    importlib.import_module(f"beyond_imagenet.evaluations.{_name}")

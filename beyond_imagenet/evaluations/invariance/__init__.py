@@ -1,0 +1,205 @@
+"""Transformation invariance (docs/evaluations.md §8): scale, shift and resolution variants.
+
+Every variant is an extraction of its own (``outputs/<model>/<dataset>@<variant>.h5``, asked for
+through the record's ``variants`` hook); the level equal to the standard evaluation is read from
+the standard outputs, so no job exists for it. This package keeps the whole evaluation together:
+``transforms`` (the variant transforms, ViT position-embedding resampling, open_clip at another
+resolution), ``variants`` (variant names, the study's variants, the model built for one) and, here,
+the tidy table, the figure and the study-side helpers.
+
+The table: the standard outputs hold every image, a variant may have been run on a subset
+(``max_images``), and every variant is scored on exactly the same images.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
+
+import numpy as np
+
+from beyond_imagenet.evaluations import Evaluation, Figure, register
+from beyond_imagenet.metrics.invariance import invariance_metrics
+from beyond_imagenet.profile import Headline
+
+if TYPE_CHECKING:  # pragma: no cover
+    from beyond_imagenet.evaluations.invariance.variants import Variant
+
+log = logging.getLogger(__name__)
+
+#: Per-kind summary rows (``variant`` = ``<kind>-summary``): what the profile reads.
+SUMMARY_METRICS = ("mean_top1", "retained_top1")
+
+
+def restrict(out: Mapping[str, Any], ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Logits and labels of ``out`` for ``ids`` (in that order); every id must be present."""
+    row = {sid: i for i, sid in enumerate(out["ids"])}
+    missing = [sid for sid in ids if sid not in row]
+    if missing:
+        raise ValueError(f"{len(missing)} image(s) missing from the outputs, e.g. {missing[:3]}")
+    index = np.asarray([row[sid] for sid in ids], dtype=np.int64)
+    return np.asarray(out["logits"])[index], np.asarray(out["labels"])[index]
+
+
+def invariance_rows(outputs: Mapping[Variant, Mapping[str, Any]], subset: Sequence[str],
+                    class_mask, base: dict[str, Any]) -> list[dict[str, Any]]:
+    """Rows (``transform``, ``level``, ``variant``, ``metric``, ``value``) for one model and dataset.
+
+    ``subset``: the ids the variants were asked to run on; images skipped as unreadable in any
+    variant are left out of all of them, so the curves compare like with like.
+    """
+    from beyond_imagenet.evaluations.invariance.transforms import STANDARD_VALUES
+
+    common = set(subset)
+    for out in outputs.values():
+        common &= set(out["ids"])
+    ids = [sid for sid in subset if sid in common]
+    if len(ids) < len(subset):
+        log.warning("%s: %d of %d images missing from some variant (skipped); scoring %d",
+                    base.get("model"), len(subset) - len(ids), len(subset), len(ids))
+    rows = []
+    per_kind: dict[str, list[tuple[float, bool]]] = {}
+    for variant, out in outputs.items():
+        logits, labels = restrict(out, ids)
+        scores = invariance_metrics(logits, labels, class_mask)
+        # The standard extraction records no variant: that is how it was reused for this level.
+        is_standard = out["attrs"].get("variant", "") == ""
+        head = {**base, "transform": variant.kind, "level": variant.value, "variant": variant.name,
+                "standard": is_standard}
+        for metric in ("top1", "true_class_prob"):
+            rows.append({**head, "metric": metric, "value": scores[metric]})
+        rows.append({**head, "metric": "n_images", "value": len(ids)})
+        rows.append({**head, "metric": "n_skipped", "value": int(out["attrs"].get("n_skipped", 0))})
+        baseline = float(variant.value) == float(STANDARD_VALUES[variant.kind])
+        per_kind.setdefault(variant.kind, []).append((scores["top1"], baseline))
+    for kind, scored in per_kind.items():
+        # retained_top1: mean top-1 of the other levels over the baseline level's top-1 (scale 1,
+        # shift 0, resolution 224; reused from the standard extraction or, for shift 0, extracted).
+        # NaN without a baseline level in the list, or when its top-1 is 0.
+        standard = [top1 for top1, is_base in scored if is_base]
+        others = [top1 for top1, is_base in scored if not is_base]
+        retained = float(np.mean(others) / standard[0]) if standard and standard[0] > 0 and others else float("nan")
+        head = {**base, "transform": kind, "level": "", "variant": f"{kind}-summary", "standard": ""}
+        rows.append({**head, "metric": "mean_top1", "value": float(np.mean([t for t, _ in scored]))})
+        rows.append({**head, "metric": "retained_top1", "value": retained})
+    return rows
+
+
+# --------------------------------------------------------------------------- study-side helpers
+def study_variant_names(study) -> list[str]:
+    """Variant names of the study's invariance evaluation, in config order."""
+    from beyond_imagenet.evaluations.invariance.variants import study_variants
+
+    return [v.name for v in study_variants(study.evaluations.get("invariance", {}))]
+
+
+def is_standard_variant(study, model: str, variant: str, dataset: str) -> bool:
+    """Whether the variant's transform is the one the standard extraction of ``dataset`` used
+    (not for sets whose supervised transform is their own, e.g. ImageNet-C's normalise-only)."""
+    from beyond_imagenet.evaluations.invariance.variants import Variant
+
+    return (Variant.parse(variant).is_standard(study.models[model].paradigm, study.model_protocol(model))
+            and study.input_transform(dataset) == "protocol")
+
+
+def extraction_variants(study, model: str, dataset: str) -> list[str]:
+    """The variants of ``dataset`` that need an extraction of their own for ``model``."""
+    if dataset not in study.evaluation_datasets("invariance"):
+        return []
+    return [v for v in study_variant_names(study) if not is_standard_variant(study, model, v, dataset)]
+
+
+def items(study) -> list[dict[str, Any]]:
+    """The outputs the table reads, one per (dataset, model, variant); a standard level is read
+    from the standard output (its item records the variant it stands for)."""
+    out = []
+    for dataset in study.evaluation_datasets("invariance"):
+        for model in study.models:
+            for name in study_variant_names(study):
+                standard = is_standard_variant(study, model, name, dataset)
+                out.append({**study.item(model, dataset, None if standard else name), "level": name})
+    return out
+
+
+def check(config: dict[str, Any]) -> list[str]:
+    """The variants are defined for 224-px CLIP models (docs/evaluations.md §8)."""
+    if "invariance" not in config["evaluations"]:
+        return []
+    from beyond_imagenet.models import OpenClipSource, unknown_architecture_message
+
+    problems = []
+    for name, entry in config["models"].items():
+        if entry["source"] != "open_clip" or unknown_architecture_message(entry["source"], entry["name"]):
+            continue
+        size = OpenClipSource.image_size(entry["name"])
+        if size not in (None, 224):
+            problems.append(
+                f"  models.{name}.name: {entry['name']} is built at {size} px; the invariance variants "
+                "(docs/evaluations.md §8) are defined for 224-px CLIP models (leave it out of the invariance study)")
+    return problems
+
+
+# ------------------------------------------------------------------------------ the evaluation
+def table(job) -> list[dict[str, Any]]:
+    """Top-1 and mean true-class probability per (model, dataset, variant), in config order of
+    datasets, models and variants."""
+    from beyond_imagenet.datasets.readers import class_space_mask
+    from beyond_imagenet.evaluations.invariance.variants import Variant, spread_subset
+    from beyond_imagenet.workflow import read_item
+
+    max_images = job.params.settings["max_images"]
+    grouped: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for item in job.params.cached:
+        grouped.setdefault((item["dataset"], item["model"]), []).append(item)
+    rows = []
+    for (dataset, model), group in grouped.items():
+        outputs, manifest = {}, None
+        for item in group:
+            manifest, out = read_item(item)
+            outputs[Variant.parse(item["level"])] = out
+        subset = [sid for sid, _ in spread_subset(manifest["samples"], max_images)]
+        mask = class_space_mask(group[0]["class_space"])
+        rows += invariance_rows(outputs, subset, mask, {**job.params.models[model], "dataset": dataset})
+    return rows
+
+
+def metric_variants(study) -> list[str]:
+    return list(INVARIANCE_FIGURE_METRICS)
+
+
+#: The figure's metrics (one figure each): ``invariance_<metric>_<dataset>``.
+INVARIANCE_FIGURE_METRICS = ("top1", "true_class_prob")
+
+
+def published(study, wildcards) -> dict:
+    """The published top-1 curves, on ImageNet val only."""
+    from beyond_imagenet.paper_results import load_paper_results
+
+    kind = study.datasets[wildcards.dataset].kind
+    return {"paper": load_paper_results()["invariance"] if kind == "imagenet_val" else None}
+
+
+def draw(job) -> None:
+    from beyond_imagenet.plots_extra import plot_invariance
+    from beyond_imagenet.tables import read_table
+
+    plot_invariance(read_table(job.input[0]), job.wildcards.dataset, job.wildcards.metric, job.figure_paths(),
+                    paper=job.params.data["paper"])
+
+
+INVARIANCE = register(Evaluation(
+    name="invariance",
+    title="Invariance",
+    description="top-1 and true-class probability under scale, shift and resolution changes",
+    class_spaces=frozenset({"imagenet1k", "imagenet_r", "imagenet_a"}),
+    table=table,
+    settings=("max_images",),
+    group_columns=("dataset", "transform", "level", "variant"),
+    figures=(Figure("invariance", draw, "invariance", variants=metric_variants, variant_wildcard="metric",
+                    data=published),),
+    # Top-1 kept under the transform: mean over the non-baseline levels / the baseline's top-1.
+    headlines=(Headline("invariance", {"metric": "retained_top1"}, True,
+                        "{transform}: % of top-1 retained ({dataset})", by=("dataset", "transform"), scale=100),),
+    check=check,
+    variants=extraction_variants,
+))

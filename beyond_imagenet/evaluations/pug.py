@@ -1,0 +1,83 @@
+"""Synthetic data (docs/evaluations.md §3): PUG-ImageNet accuracy per factor subset, from the
+cached ImageNet-1k logits and the dataset's class_to_imagenet_idx.json."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from beyond_imagenet.evaluations import Evaluation, Figure, register
+from beyond_imagenet.metrics.pug import PUG_SUBSETS, pug_accuracy, pug_average
+from beyond_imagenet.profile import Headline
+from beyond_imagenet.tables import read_table
+from beyond_imagenet.workflow import read_items, skipped_row
+
+Row = dict[str, Any]
+
+
+def pug_rows(out: dict[str, Any], class_map: dict[str, list[int]], rule: str = "membership") -> list[Row]:
+    """Accuracy per factor subset and their unweighted mean (``Average``), under ``rule``."""
+    names = sorted(class_map)
+    labels = np.asarray(out["labels"])
+    predicted = np.asarray(out["logits"]).argmax(axis=1)
+    subsets = np.asarray([sid.split("/", 1)[0] for sid in out["ids"]])
+    per_subset, rows = {}, []
+    for subset in PUG_SUBSETS:
+        idx = np.flatnonzero(subsets == subset)
+        if not len(idx):
+            continue
+        per_subset[subset] = pug_accuracy(predicted[idx], [names[k] for k in labels[idx]], class_map, rule)
+        rows += [{"subset": subset, "metric": "top1", "value": per_subset[subset]},
+                 {"subset": subset, "metric": "n_images", "value": float(len(idx))}]
+    average = pug_average(per_subset) if len(per_subset) == len(PUG_SUBSETS) else np.nan
+    rows.append({"subset": "Average", "metric": "top1", "value": average})
+    return [{**r, "rule": rule} for r in rows]
+
+
+def table(job) -> list[Row]:
+    from beyond_imagenet.datasets.imagenet_variants import pug_class_map
+
+    rule = job.params.settings["rule"]
+    rows = []
+    for item, manifest, out in read_items(job):
+        class_map = pug_class_map(manifest["root"])
+        rows += [{**job.params.models[item["model"]], "dataset": item["dataset"], **r}
+                 for r in [*pug_rows(out, class_map, rule), skipped_row(out, subset="", rule=rule)]]
+    return rows
+
+
+def input_transform(study, dataset: str) -> str | None:
+    """``transform: paper``: the paper code's CenterCrop(256) -> Resize(224) for the PUG sets."""
+    section = study.evaluations.get("pug", {})
+    if section.get("transform") == "paper" and dataset in section.get("datasets", []):
+        return "center_crop_256_resize_224"
+    return None
+
+
+def published(study, wildcards) -> dict:
+    from beyond_imagenet.paper_results import load_paper_results
+
+    has_paper_models = any(spec.paper_key for spec in study.models.values())
+    return {"paper": load_paper_results()["pug"] if has_paper_models else None}
+
+
+def draw(job) -> None:
+    from beyond_imagenet.plots_imagenet import plot_pug
+
+    plot_pug(read_table(job.input[0]), job.wildcards.dataset, job.figure_paths(), paper=job.params.data["paper"])
+
+
+PUG = register(Evaluation(
+    name="pug",
+    title="PUG-ImageNet",
+    description="PUG-ImageNet top-1 per factor subset and their average",
+    class_spaces=frozenset({"pug"}),
+    table=table,
+    settings=("rule",),
+    group_columns=("dataset", "subset", "rule"),
+    figures=(Figure("pug", draw, "pug", data=published),),
+    headlines=(Headline("pug", {"subset": "Average", "metric": "top1"}, True, "PUG mean top-1 % ({dataset})",
+                        scale=100),),
+    input_transform=input_transform,
+))
