@@ -200,7 +200,7 @@ def memory(args) -> dict:
 def passes(results_dir: str) -> dict:
     """Forward passes recorded in a study's outputs vs unique (model, weights, image list, variant, image).
 
-    The CKA job (spec §9) runs its own pass over its ``n_images`` (Gram matrices of random batches
+    The CKA job (docs/evaluations.md §9) runs its own pass over its ``n_images`` (Gram matrices of random batches
     are formed in forward hooks, for every model on the same batches): it is counted separately,
     as extra passes over images the standard extraction already ran."""
     import h5py

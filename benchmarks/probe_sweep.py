@@ -1,4 +1,4 @@
-"""Benchmark: batched weight-decay sweep vs. one probe per weight decay (evaluations.md §7).
+"""Benchmark: batched weight-decay sweep vs. one probe per weight decay (docs/evaluations.md §7).
 
 Runs the full linear-probe protocol twice on the same features -- once with the batched sweep
 (``fit_linear_probes``) and once fitting ``fit_linear_probe`` per weight decay with

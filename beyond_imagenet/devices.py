@@ -1,6 +1,6 @@
 """GPU leasing: a job takes a free device itself, because Snakemake's ``gpu`` resource only counts.
 
-Snakemake never sets ``CUDA_VISIBLE_DEVICES`` for local jobs (spec/pitfalls.md), so two GPU jobs
+Snakemake never sets ``CUDA_VISIBLE_DEVICES`` for local jobs (docs/workflow-notes.md §2.2), so two GPU jobs
 would otherwise both land on ``cuda:0``. Each visible device has a lock file keyed by its UUID
 (stable whatever ``CUDA_VISIBLE_DEVICES`` a job sees); a job holds a non-blocking ``flock`` on one
 for its lifetime. The kernel drops the lock when the process dies, so a killed job frees its GPU.

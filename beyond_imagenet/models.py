@@ -8,7 +8,7 @@ Two sources, each a small adapter registered in ``SOURCES`` (no if/else over mod
 
 Weights: the libraries' hub loading (``pretrained``), a local checkpoint (``torch.load`` with
 ``weights_only=True``), or random weights under a seed. Preprocessing protocols ``paper`` and
-``native`` follow spec/evaluations.md section 0 and are recorded with every output.
+``native`` follow docs/evaluations.md §0 and are recorded with every output.
 """
 
 from __future__ import annotations
@@ -248,7 +248,7 @@ class TimmSource:
         if spec.checkpoint:
             _load_checkpoint(model, spec)
         if image_size is not None:
-            # Another input resolution (spec §8): ViT position embeddings resampled bicubically;
+            # Another input resolution (docs/evaluations.md §8): ViT position embeddings resampled bicubically;
             # ConvNets run at any size unchanged. The caller supplies the matching transform.
             from beyond_imagenet.evaluations.invariance.transforms import resize_vit_pos_embed
 
@@ -280,8 +280,8 @@ INPUT_TRANSFORMS = ("protocol", "normalize_only", "center_crop_256_resize_224")
 
 def _dataset_transform(name: str, mean, std) -> Callable:
     """``normalize_only``: sets already at the input size (ImageNet-C, cue-conflict: 224 px), which
-    Resize(256) + CenterCrop(224) would crop (spec pitfalls 2). ``center_crop_256_resize_224``: the
-    paper code's PUG-ImageNet transform (spec §3), CenterCrop(256) -> Resize((224, 224)) bilinear."""
+    Resize(256) + CenterCrop(224) would crop (docs/workflow-notes.md §1.2). ``center_crop_256_resize_224``: the
+    paper code's PUG-ImageNet transform (docs/evaluations.md §3), CenterCrop(256) -> Resize((224, 224)) bilinear."""
     from torchvision import transforms as T
 
     if name not in INPUT_TRANSFORMS[1:]:
@@ -488,7 +488,7 @@ def unknown_pretrained_message(source: str, arch: str, pretrained: bool | str) -
 def build_model(spec: ModelSpec, protocol: str = "paper", head: torch.Tensor | None = None,
                 logit_scale: float = 100.0, image_size: int | None = None,
                 input_transform: str = "protocol") -> LoadedModel:
-    """``image_size``: build for another input resolution (invariance variants, spec §8).
+    """``image_size``: build for another input resolution (invariance variants, docs/evaluations.md §8).
     ``input_transform``: one of ``INPUT_TRANSFORMS``; other than ``protocol``, supervised models
     take the dataset's own resize/crop (CLIP models keep their own transform, whose resize and crop
     are no-ops on 224-px sets)."""

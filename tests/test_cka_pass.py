@@ -1,4 +1,4 @@
-"""The online CKA pass (spec §9): layer selection, hooks, pairs, files, and constant memory."""
+"""The online CKA pass (docs/evaluations.md §9): layer selection, hooks, pairs, files, and constant memory."""
 
 from __future__ import annotations
 

@@ -408,7 +408,7 @@ def test_presized_sets_are_only_normalised_for_supervised_models():
 
 
 def test_pug_paper_transform_center_crops_256_then_resizes_for_supervised_models():
-    """Spec §3: the paper code's PUG transform, CenterCrop(256) -> Resize((224, 224)), on request."""
+    """docs/evaluations.md §3: the paper code's PUG transform, CenterCrop(256) -> Resize((224, 224)), on request."""
     from beyond_imagenet.models import ModelSpec, build_model
     from beyond_imagenet.study import Study, load_config
 
@@ -501,7 +501,7 @@ def test_figures_draw_published_numbers_beside_paper_models(tmp_path):
     for stem in ("robustness", "pug"):
         (ax,) = figures[stem].axes
         assert len(published_lines(ax)) == 1, stem
-    # ... the shape-bias line is the authors' decisions through the spec formula (0.3986).
+    # ... the shape-bias line is the authors' decisions through the docs/evaluations.md §5 formula (0.3986).
     (ax,) = figures["shape_bias"].axes
     (line,) = [line for line in ax.get_lines() if str(line.get_label()).strip().startswith("published")]
     assert line.get_xdata()[0] == pytest.approx(paper["shape_bias"]["raw_csv"]["vit_sup"])
@@ -608,7 +608,7 @@ def test_hugging_face_shards_become_images_and_labels_json(tmp_path, monkeypatch
 
 def test_shape_bias_averages_probabilities_not_logits():
     """bear (4 indices) logits [10, 0, 0, 0] against knife (1 index) logit 6: the mean logit prefers
-    knife (2.5 < 6), the mean probability bear ((e^10 + 3) / 4 > e^6). The spec averages softmax
+    knife (2.5 < 6), the mean probability bear ((e^10 + 3) / 4 > e^6). docs/evaluations.md §5 averages softmax
     probabilities, so the decision is bear = the shape of ``bear1-knife2.png``."""
     from beyond_imagenet.metrics.shape_bias import CATEGORY_INDICES
 

@@ -1,4 +1,4 @@
-"""Tests for the invariance variants of spec §8 (transforms, names, model resizing)."""
+"""Tests for the invariance variants of docs/evaluations.md §8 (transforms, names, model resizing)."""
 
 from __future__ import annotations
 
@@ -98,7 +98,7 @@ def test_shift_window_arithmetic() -> None:
     assert shift_window(500, 375, 30, 256) == (116, 24, 444, 352)  # landscape: right
     assert shift_window(375, 500, 30, 256) == (24, 116, 352, 444)  # portrait: down
     # 300×300, R = 256: side = round(262.5) = 263, left = top = round(18.5) = 19; square: down
-    # (spec §8: "right if w > h, else down").
+    # (docs/evaluations.md §8: "right if w > h, else down").
     assert shift_window(300, 300, 5, 256) == (19, 24, 282, 287)
 
 

@@ -1,4 +1,4 @@
-"""Invariance in the workflow (spec §8): variants as extractions, standard reuse, table, figure;
+"""Invariance in the workflow (docs/evaluations.md §8): variants as extractions, standard reuse, table, figure;
 and a tiny end-to-end run of the invariance, CKA and profile evaluations through Snakemake."""
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ def test_study_variants_and_standard_reuse():
     study = Study(_config())
     names = study_variant_names(study)
     assert names == ["scale-1", "scale-1.25", "scale-1.5", "scale-2", "scale-3", "shift-0", "shift-5", "shift-30",
-                     "shift-75", "shift-100", "res-112", "res-224", "res-336", "res-512", "res-640"]  # spec defaults
+                     "shift-75", "shift-100", "res-112", "res-224", "res-336", "res-512", "res-640"]  # docs/evaluations.md §8 defaults
     for model in study.models:
         for name in names:
             path = study.item(model, "imagenet_val", None if is_standard_variant(study, model, name, "imagenet_val") else name)["output"]

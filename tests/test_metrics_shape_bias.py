@@ -16,7 +16,7 @@ from beyond_imagenet.metrics.shape_bias import (
 
 from conftest import DECISIONS
 
-# (file stem, shape bias, 16-class accuracy in %) from spec paper-results.md §11.4-§11.5.
+# (file stem, shape bias, 16-class accuracy in %) from docs/published-numbers.md §11.4-§11.5.
 REFERENCE = [
     ("deit3-21k", 0.3986, 32.4),
     ("convnext-base-21k", 0.3330, 30.5),

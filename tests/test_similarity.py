@@ -1,4 +1,4 @@
-"""Tests for linear CKA and the minibatch CKA accumulator (spec §9)."""
+"""Tests for linear CKA and the minibatch CKA accumulator (docs/evaluations.md §9)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Readers and generators of the sets scored with ImageNet-1k logits (spec datasets.md §4-11).
+"""Readers and generators of the sets scored with ImageNet-1k logits (docs/datasets.md §4-11).
 
 ImageNet-V2, -A, -Sketch, -C, -Hard, PUG-ImageNet and the cue-conflict stimuli. Each reader turns
 the set's real on-disk layout into ordered ``(id, label)`` samples; each generator writes a tiny

@@ -2,7 +2,7 @@
 
 Labels never come from enumerating the folders that happen to be present (a generated or
 partial copy has fewer); they come from the position of the folder's wnid in the class space,
-which is the sorted-wnid convention of the whole project (spec/evaluations.md).
+which is the sorted-wnid convention of the whole project (docs/evaluations.md).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""VTAB-1k: the 19 tasks in the widely used pre-extracted layout (spec: datasets.md §12).
+"""VTAB-1k: the 19 tasks in the widely used pre-extracted layout (docs/datasets.md §12).
 
 Layout (NOAH's ``data/vtab-source/get_vtab1k.py``, the ``vtab-1k.zip`` that VPT/NOAH/SSF/RepAdapter
 use)::
@@ -55,7 +55,7 @@ class VtabTask:
     label: str  # display name
     group: str  # natural | specialized | structured
     n_classes: int
-    test_size: int  # images in test.txt (datasets.md §12)
+    test_size: int  # images in test.txt (docs/datasets.md §12)
     paper_key: str  # key in paper_results.yaml vtab.top1
     image_size: tuple[int, int] | None = None  # (w, h) of the stored images, for generated copies
 

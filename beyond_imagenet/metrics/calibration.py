@@ -1,4 +1,4 @@
-"""Calibration: expected / maximum calibration error and reliability bins (spec/evaluations.md §4).
+"""Calibration: expected / maximum calibration error and reliability bins (docs/evaluations.md §4).
 
 Bins are equal-width on [0, 1]; a sample falls in bin b when lower_b < confidence <= upper_b, so a
 confidence of exactly 1.0 (common with CLIP's x100 logits) lands in the last bin and 0 in the

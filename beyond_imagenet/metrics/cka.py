@@ -1,4 +1,4 @@
-"""Representation similarity: linear CKA (spec §9).
+"""Representation similarity: linear CKA (docs/evaluations.md §9).
 
 Two estimators live here:
 
@@ -120,7 +120,7 @@ def _cka_from_hsic(hsic_xy: float, hsic_xx: float, hsic_yy: float) -> float:
 def linear_cka(x: ArrayLike, y: ArrayLike, unbiased: bool = True) -> float:
     """Linear CKA between activations ``x`` (N, D1) and ``y`` (N, D2) (extra dims are flattened).
 
-    ``unbiased=True`` (default, spec §9) uses :func:`hsic_unbiased`; ``unbiased=False`` the classic
+    ``unbiased=True`` (default, docs/evaluations.md §9) uses :func:`hsic_unbiased`; ``unbiased=False`` the classic
     biased centred-Gram estimator, kept for comparison with older papers.
     """
     kx = gram_linear(x)

@@ -1,6 +1,6 @@
 """ImageNet-X error ratios: which kinds of images a model gets wrong more often than average.
 
-Definitions (spec evaluations.md §2), matching the ``imagenet-x`` package exactly:
+Definitions (docs/evaluations.md §2), matching the ``imagenet-x`` package exactly:
 
 * annotations: the package's "top factor" val file, prototype images removed (46,110 images);
 * predictions are inner-joined to the annotations on the val file name, so annotated images
@@ -49,7 +49,7 @@ FACTORS: tuple[str, ...] = (
 )
 
 
-#: Rows of the package's annotation files (spec datasets.md §3): a different count means another
+#: Rows of the package's annotation files (docs/datasets.md §3): a different count means another
 #: release or a damaged install, whose error ratios would not be comparable.
 ANNOTATED_IMAGES = {("val", True): 46_110, ("val", False): 48_868, ("train", False): 11_233}
 
@@ -70,7 +70,7 @@ def _annotations(which_factor: str, partition: str, filter_prototypes: bool) -> 
         raise RuntimeError(
             f"ImageNet-X {partition} annotations ({which_factor}, prototypes "
             f"{'removed' if filter_prototypes else 'kept'}) have {len(ann)} rows, expected {expected} "
-            "(imagenet-x 0.0.7, spec datasets.md §3); reinstall the pinned imagenet-x"
+            "(imagenet-x 0.0.7, docs/datasets.md §3); reinstall the pinned imagenet-x"
         )
     table = ann.set_index("file_name")[["class", *FACTORS]].astype(np.int64)
     return table

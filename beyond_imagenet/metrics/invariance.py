@@ -1,4 +1,4 @@
-"""Transformation-invariance metrics (spec §8): top-1 and mean true-class probability.
+"""Transformation-invariance metrics (docs/evaluations.md §8): top-1 and mean true-class probability.
 
 Pure functions over one variant's logits; the workflow calls them once per (model, dataset,
 variant) and the curves over variants are the invariance figure.

@@ -1,4 +1,4 @@
-"""PUG-ImageNet accuracy (spec evaluations.md §3, datasets.md §10).
+"""PUG-ImageNet accuracy (docs/evaluations.md §3, docs/datasets.md §10).
 
 A model predicts over all 1000 ImageNet classes; ``class_to_imagenet_idx.json`` maps each of the
 151 PUG classes to a list of ImageNet indices. Two scoring rules:

@@ -1,6 +1,6 @@
 """Robustness metrics: masked top-1, multi-label top-1 (ReaL, ImageNet-Hard) and ImageNet-C.
 
-Definitions follow spec evaluations.md §1 and §6. All accuracies and errors are fractions in [0, 1].
+Definitions follow docs/evaluations.md §1 and §6. All accuracies and errors are fractions in [0, 1].
 """
 
 from __future__ import annotations
@@ -118,14 +118,14 @@ def multilabel_top1(
     return MultilabelResult(accuracy=hits / used, n=used)
 
 
-#: sha256 of google-research/reassessed-imagenet's real.json (spec datasets.md §1), which timm and
+#: sha256 of google-research/reassessed-imagenet's real.json (docs/datasets.md §1), which timm and
 #: imagenet-x ship byte-identical.
 REAL_LABELS_SHA256 = "d83e9bff374c631aae8439eb064c7019acc56e1b3bc3f56b8380c2a710b0220b"
 
 
 @lru_cache(maxsize=None)
 def _real_label_table() -> dict[str, tuple[int, ...]]:
-    # timm and imagenet-x ship byte-identical copies of real.json (spec datasets.md §2); prefer
+    # timm and imagenet-x ship byte-identical copies of real.json (docs/datasets.md §2); prefer
     # timm's and fall back to imagenet-x's.
     try:
         path = package_data_path("timm", "data", "_info", "imagenet_real_labels.json")
@@ -182,7 +182,7 @@ IMAGENET_C_EXTRA: tuple[str, ...] = ("speckle_noise", "gaussian_blur", "spatter"
 IMAGENET_C_SEVERITIES: tuple[int, ...] = (1, 2, 3, 4, 5)
 
 # AlexNet top-1 error per corruption, averaged over the 5 severities (Hendrycks & Dietterich 2019;
-# the values easyrobust/mmcls use; spec datasets.md §7). The installed timm (1.0.31) ships no
+# the values easyrobust/mmcls use; docs/datasets.md §7). The installed timm (1.0.31) ships no
 # per-severity table, so the denominator Σ_s err_AlexNet(c, s) is taken as 5 × this mean, which is
 # the same number. No baseline exists for the 4 extra corruptions.
 ALEXNET_IMAGENET_C_MEAN_ERROR: dict[str, float] = {

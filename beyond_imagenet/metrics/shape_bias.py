@@ -1,4 +1,4 @@
-"""Shape vs texture bias on the Geirhos cue-conflict set (spec evaluations.md §5, datasets.md §11).
+"""Shape vs texture bias on the Geirhos cue-conflict set (docs/evaluations.md §5, docs/datasets.md §11).
 
 A model's 1000-way softmax is reduced to a decision among 16 entry-level categories by averaging
 (not summing) the probabilities of each category's ImageNet classes, because the categories have
