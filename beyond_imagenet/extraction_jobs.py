@@ -69,6 +69,7 @@ def run_group(job) -> dict[str, Any]:
     from beyond_imagenet.workflow import expected_attrs, model_spec, versions
 
     params, resources = job.params, job.resources
+    torch.set_num_threads(forward_threads(job))
     model, group, marker = job.wildcards.model, job.wildcards.group, job.output[0]
     items = params.cached
     spec = model_spec(params.model)
@@ -122,6 +123,12 @@ def run_group(job) -> dict[str, Any]:
     timing["end"] = time.time()
     atomic_write_text(marker, json.dumps({"model": model, "group": group, "outputs": written}, indent=1) + "\n")
     return timing
+
+
+def forward_threads(job) -> int:
+    """The forward pass's intra-op threads: the job's threads less its loader workers (at least 1).
+    Snakemake would set OMP_NUM_THREADS to all of the job's threads; the loaders use the rest."""
+    return max(1, int(job.threads) - int(job.resources.num_workers))
 
 
 def forget_extracted(output: str | os.PathLike) -> list[str]:

@@ -28,8 +28,19 @@ class ConfigError(ValueError):
 
 @functools.lru_cache(maxsize=4)
 def load_schema(path: str | os.PathLike = SCHEMA_PATH) -> dict[str, Any]:
+    """The study schema, with each registered evaluation's settings schema
+    (``schemas/evaluations/<name>.schema.yaml``, next to the main one) under ``evaluations``."""
     with open(path) as f:
-        return yaml.safe_load(f)
+        schema = yaml.safe_load(f)
+    folder = Path(path).parent / "evaluations"
+    properties = schema["properties"]["evaluations"]["properties"]
+    for name in EVALUATIONS:
+        file = folder / f"{name}.schema.yaml"
+        if not file.is_file():
+            raise FileNotFoundError(f"evaluation {name!r} is registered but has no settings schema {file}")
+        with open(file) as f:
+            properties[name] = yaml.safe_load(f)
+    return schema
 
 
 def _with_defaults(validator_class):

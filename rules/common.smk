@@ -13,7 +13,9 @@ GPU_SLOTS = 0 if config["extraction"]["device"] == "cpu" else 1
 # --set-resources extract_outputs:num_workers=8.
 EXECUTION = {"gpu": GPU_SLOTS, "device": config["extraction"]["device"],
              "lock_dir": config["extraction"]["lock_dir"] or "", "num_workers": config["extraction"]["num_workers"]}
-# A model job's threads: its main process plus its image-loader workers, so --cores is honest.
+# A model job's threads: its main process plus its image-loader workers, so --cores is honest; the
+# forward pass gets threads - num_workers intra-op threads (extraction_jobs.forward_threads), so
+# --set-threads extract_outputs=8 gives torch more.
 MODEL_JOB_THREADS = 1 + config["extraction"]["num_workers"]
 
 

@@ -11,11 +11,13 @@ from beyond_imagenet.evaluations.cka.passes import (IMAGE_TOWERS, HookedModel, S
                                                     collate_same_images, iterate_batches, readable_batches,
                                                     select_layers, write_cka)
 from beyond_imagenet.extract import BadImagesError
+from beyond_imagenet.extraction_jobs import forward_threads
 from beyond_imagenet.heads import read_head
 from beyond_imagenet.models import build_model
 from beyond_imagenet.workflow import model_spec, setup, versions
 
 job = setup(snakemake)
+torch.set_num_threads(forward_threads(job))  # the loader workers take the job's other threads
 dataset = job.wildcards.dataset
 section = job.params.settings
 manifest = load_manifest(job.input.manifest)

@@ -1,4 +1,4 @@
-"""VTAB linear probes following CLIP_benchmark's protocol (spec: evaluations.md §7).
+"""VTAB linear probes following CLIP_benchmark's protocol (docs/evaluations.md §7).
 
 Protocol: L2-normalised features; one linear layer with bias; AdamW (lr 0.1, betas (0.9, 0.999),
 eps 1e-8, decoupled weight decay on weight *and* bias, as CLIP_benchmark passes
@@ -22,7 +22,7 @@ reference with ``nn.Linear``, autograd and ``torch.optim.AdamW``; tests check th
 Deviations from CLIP_benchmark, on purpose:
 
 * CLIP_benchmark searches the weight-decay grid coarse-to-fine (7 points, then bisection around
-  the peak). The spec asks for the grid, and the batched sweep makes the full 97-point grid cheap,
+  the peak). docs/evaluations.md §7 asks for the grid, and the batched sweep makes the full 97-point grid cheap,
   so every value is evaluated; the result is the grid's argmax rather than a local peak.
 * Ties in validation accuracy go to the *smaller* weight decay, as in CLIP_benchmark (its search
   replaces the best only on a strict improvement, scanning the grid upwards). Ties are common on
@@ -71,7 +71,7 @@ def _default_weight_decays() -> tuple[float, ...]:
 
 @dataclass
 class ProbeConfig:
-    """Hyper-parameters of the CLIP_benchmark linear probe (defaults are the spec's)."""
+    """Hyper-parameters of the CLIP_benchmark linear probe (defaults: docs/evaluations.md §7)."""
 
     lr: float = 0.1
     epochs: int = 10

@@ -1,4 +1,4 @@
-"""Online CKA over a dataset (spec §9): forward hooks, one pass, minibatch unbiased HSIC.
+"""Online CKA over a dataset (docs/evaluations.md §9): forward hooks, one pass, minibatch unbiased HSIC.
 
 Every model of a study sees the same images (each through its own preprocessing) in the same
 batches. A forward hook on each selected layer turns the layer's output into its (B, B) Gram

@@ -1,10 +1,10 @@
-"""Transformation-invariance variants (spec §8): scale, shift and resolution.
+"""Transformation-invariance variants (docs/evaluations.md §8): scale, shift and resolution.
 
 Each variant is a torchvision-style callable on a PIL image returning a normalised (3, H, W)
 tensor, plus the model-side changes a resolution variant needs (ViT position embeddings, CLIP
 image size). ``mean``/``std`` are always passed explicitly (keyword-only, no default) because a
 wrong normalisation for CLIP weights is the most common silent bug in this kind of evaluation;
-the caller takes them from the model's preprocessing protocol (spec §0).
+the caller takes them from the model's preprocessing protocol (docs/evaluations.md §0).
 
 Variant names (``scale-1.25``, ``shift-30``, ``res-336``) are what the workflow puts in file
 paths; :func:`is_standard` tells it which variant equals the standard evaluation so that
@@ -40,7 +40,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: The variant values evaluated by default (spec §8).
+#: The variant values evaluated by default (docs/evaluations.md §8).
 VARIANTS: dict[str, list[float | int]] = {
     "scale": [1, 1.25, 1.5, 2, 3],
     "shift": [0, 5, 30, 75, 100],
@@ -51,7 +51,7 @@ VARIANTS: dict[str, list[float | int]] = {
 STANDARD_VALUES: dict[str, float | int] = {"scale": 1, "shift": 0, "resolution": 224}
 
 #: Per-paradigm settings of the paper protocol: short-side resize before the 224 centre crop
-#: (R in spec §8) and the resize interpolation.
+#: (R in docs/evaluations.md §8) and the resize interpolation.
 PARADIGMS: dict[str, dict[str, Any]] = {
     "supervised": {"base_resize": 256, "interpolation": InterpolationMode.BILINEAR},
     "clip": {"base_resize": 224, "interpolation": InterpolationMode.BICUBIC},
@@ -116,7 +116,7 @@ def is_standard(kind: str, value: float, paradigm: str, protocol: str = "paper")
     Scale 1 (Resize(R) -> CenterCrop(224)) and resolution 224 (supervised Resize(256) ->
     CenterCrop(224); CLIP Resize(224, bicubic) -> CenterCrop(224)) are the ``paper`` protocol's
     own transforms for both paradigms. Shift 0 is not: its window is cut in original-image
-    coordinates and then resized (spec §8), which differs from resize-then-crop by resampling order
+    coordinates and then resized (docs/evaluations.md §8), which differs from resize-then-crop by resampling order
     and up to a pixel of window rounding. It is extracted like the other shifts, so the whole
     shift curve comes from one pipeline and v = 0 is its exact baseline.
     Under the ``native`` protocol (each model's own crop_pct/interpolation) nothing is standard.
@@ -165,7 +165,7 @@ def shift_window(width: int, height: int, shift_px: int, base_resize: int, crop:
         left = round((w - side) / 2),  top = round((h - side) / 2)      (ties rounded up)
 
     then ``left += shift_px`` if ``w > h`` (landscape: move right, along the long side), else
-    ``top += shift_px`` (portrait or square: move down), as spec §8 words it ("right if w > h,
+    ``top += shift_px`` (portrait or square: move down), as docs/evaluations.md §8 words it ("right if w > h,
     else down"). The box may extend past the image; that part is zero-padded by
     :func:`shift_transform`.
     """
@@ -184,7 +184,7 @@ class _ShiftedCrop:
     """Crop the shifted window with zero padding outside the image, resized to crop×crop.
 
     PIL's ``Image.crop`` with a box outside the image fills the outside with 0 (black for RGB,
-    checked in the tests), which is exactly the zero padding the spec asks for. Padding happens
+    checked in the tests), which is exactly the zero padding docs/evaluations.md §8 asks for. Padding happens
     before normalisation, so padded pixels become ``-mean/std`` like real black pixels.
     """
 
@@ -215,7 +215,7 @@ def shift_transform(
     """Shift variant: the standard centre-crop window moved by ``shift_px`` *original* pixels.
 
     Working in original coordinates (rather than shifting after the resize) makes the shift
-    independent of the resize factor, as the spec defines it; the window is then resized once to
+    independent of the resize factor, as docs/evaluations.md §8 defines it; the window is then resized once to
     crop×crop, so only one resampling happens. See :func:`shift_window` for the arithmetic.
     """
     return T.Compose([_ShiftedCrop(shift_px, base_resize, crop, interpolation), *_to_tensor_normalize(mean, std)])

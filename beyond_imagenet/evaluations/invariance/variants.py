@@ -1,6 +1,6 @@
 """Invariance variants in the workflow: which ones a study runs, on which images, with which model.
 
-:mod:`beyond_imagenet.evaluations.invariance.transforms` defines the transforms (spec §8); this module turns a variant
+:mod:`beyond_imagenet.evaluations.invariance.transforms` defines the transforms (docs/evaluations.md §8); this module turns a variant
 name (``scale-1.25``, ``shift-30``, ``res-336``) into a :class:`~beyond_imagenet.models.LoadedModel`
 whose network and transform are the variant's, and picks the image subset when a study limits
 the variant passes to ``max_images``.
@@ -57,7 +57,7 @@ def spread_subset(samples: Sequence, n: int | None) -> list:
 
 
 def _normalisation(loaded: LoadedModel) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """mean/std of the model's own protocol (spec §0): never defaulted, CLIP weights differ."""
+    """mean/std of the model's own protocol (docs/evaluations.md §0): never defaulted, CLIP weights differ."""
     record = loaded.preprocessing
     try:
         return tuple(float(m) for m in record["mean"]), tuple(float(s) for s in record["std"])
