@@ -42,13 +42,12 @@ from typing import Any, BinaryIO
 from tqdm import tqdm
 
 from beyond_imagenet import faults
-from beyond_imagenet.io import remove_leftovers
+from beyond_imagenet.io import CHUNK_SIZE, file_chunks, remove_leftovers, sha256_file
 
 __all__ = ["COMPLETE_MARKER", "DownloadError", "download", "safe_extract", "sha256_file"]
 
 log = logging.getLogger(__name__)
 
-CHUNK_SIZE = 1 << 20
 COMPLETE_MARKER = ".complete"
 USER_AGENT = "beyond-imagenet-downloader/0.1 (Python urllib)"
 _HTML_MARKERS = (b"<!doctype html", b"<html", b"<head", b"<body")
@@ -70,15 +69,6 @@ class _TransientError(Exception):
 # --------------------------------------------------------------------------------------------
 # Checksums
 # --------------------------------------------------------------------------------------------
-
-
-def sha256_file(path: str | os.PathLike[str], chunk_size: int = 1 << 20) -> str:
-    """Hex sha256 of a file, read in chunks so multi-GB files do not need to fit in memory."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(chunk_size):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _normalise_sha256(value: str) -> str:
@@ -243,9 +233,8 @@ def _state_of(part: pathlib.Path) -> _State:
     """Hash an existing .part once, so resuming does not need a second full read at the end."""
     state = _State()
     if part.exists():
-        with open(part, "rb") as f:
-            while chunk := f.read(CHUNK_SIZE):
-                state.update(chunk)
+        for chunk in file_chunks(part):
+            state.update(chunk)
     return state
 
 

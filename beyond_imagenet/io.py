@@ -1,19 +1,25 @@
-"""Small file helpers: every output is written under a temporary name and renamed when complete."""
+"""Infrastructure helpers, each written once: atomic files (written under a temporary
+name, renamed when complete), and file hashing."""
 
 from __future__ import annotations
 
 import contextlib
 import glob
+import hashlib
 import logging
 import os
 import re
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 from beyond_imagenet import faults
 
 # Names of the files atomic_path writes, for fault injection (beyond_imagenet.faults).
 _KINDS = {".csv": "table", ".h5": "hdf5", ".json": "manifest", ".npz": "shard"}
+
+#: bytes read at a time when hashing a file (multi-GB archives and checkpoints never fit in memory)
+CHUNK_SIZE = 1 << 20
 
 
 def tmp_name(path: str | os.PathLike) -> Path:
@@ -80,3 +86,29 @@ def atomic_path(path: str | os.PathLike):
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+# ------------------------------------------------------------------------------------- hashing
+def file_chunks(path: str | os.PathLike, chunk_size: int = CHUNK_SIZE) -> Iterator[bytes]:
+    """The bytes of a file, ``chunk_size`` at a time."""
+    with open(path, "rb") as f:
+        while chunk := f.read(chunk_size):
+            yield chunk
+
+
+def file_digest(path: str | os.PathLike, algorithm: str = "sha256", chunk_size: int = CHUNK_SIZE) -> str:
+    """Hex digest of a file, read in chunks so multi-GB files do not need to fit in memory."""
+    h = hashlib.new(algorithm, usedforsecurity=algorithm != "md5")
+    for chunk in file_chunks(path, chunk_size):
+        h.update(chunk)
+    return h.hexdigest()
+
+
+def sha256_file(path: str | os.PathLike, chunk_size: int = CHUNK_SIZE) -> str:
+    """Hex sha256 of a file (downloads, checkpoints, images), read in chunks."""
+    return file_digest(path, "sha256", chunk_size)
+
+
+def md5_file(path: str | os.PathLike, chunk_size: int = CHUNK_SIZE) -> str:
+    """Hex md5 of a file (to check published md5 sums, not for security), read in chunks."""
+    return file_digest(path, "md5", chunk_size)

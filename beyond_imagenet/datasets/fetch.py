@@ -20,7 +20,6 @@ from __future__ import annotations
 import errno
 import fnmatch
 import glob
-import hashlib
 import io
 import json
 import logging
@@ -31,17 +30,9 @@ from typing import Any
 
 from beyond_imagenet.datasets import DatasetError, DatasetSpec
 from beyond_imagenet.download import COMPLETE_MARKER, DownloadError, download, safe_extract
-from beyond_imagenet.io import remove_leftovers
+from beyond_imagenet.io import md5_file, remove_leftovers
 
 log = logging.getLogger(__name__)
-
-
-def md5_file(path: str | os.PathLike) -> str:
-    h = hashlib.md5(usedforsecurity=False)
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def fetch_file(recipe: dict[str, Any], dest: str | os.PathLike, **options: Any) -> Path:
