@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import hashlib
 import json
 import logging
@@ -33,7 +32,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from beyond_imagenet import faults
-from beyond_imagenet.io import atomic_path
+from beyond_imagenet.io import LockFile, atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -320,26 +319,17 @@ def _sole_writer(parts: Path, out_path: Path):
     of the snakemake PID only): the rerun's job would then share the checkpoint shards with the
     orphan. It fails at once instead, naming the process to wait for or kill."""
     parts.mkdir(parents=True, exist_ok=True)
-    handle = open(parts / "writer.lock", "a+")
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.seek(0)
-        holder = handle.read().strip() or "unknown"
-        handle.close()
+    lock = LockFile(parts / "writer.lock")
+    if not lock.acquire():
+        holder = lock.holder
         raise RuntimeError(
             f"{out_path} is being written by another process (pid {holder}), e.g. a job left running by a "
             f"Snakemake that was killed on its own. Wait for it to finish or kill it (kill {holder}), then rerun."
-        ) from None
+        )
     try:
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"{os.getpid()}\n")
-        handle.flush()
         yield
     finally:
-        fcntl.flock(handle, fcntl.LOCK_UN)
-        handle.close()
+        lock.release()
 
 
 def _extract(network, transform, root, ids, labels, out_path: Path, parts: Path, attrs, run_key: str, *, device,

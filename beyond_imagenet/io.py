@@ -1,9 +1,11 @@
 """Infrastructure helpers, each written once: atomic files (written under a temporary
-name, renamed when complete), and file hashing."""
+name, renamed when complete), file hashing and lock files."""
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import glob
 import hashlib
 import logging
@@ -12,6 +14,7 @@ import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 from beyond_imagenet import faults
 
@@ -112,3 +115,52 @@ def sha256_file(path: str | os.PathLike, chunk_size: int = CHUNK_SIZE) -> str:
 def md5_file(path: str | os.PathLike, chunk_size: int = CHUNK_SIZE) -> str:
     """Hex md5 of a file (to check published md5 sums, not for security), read in chunks."""
     return file_digest(path, "md5", chunk_size)
+
+
+# --------------------------------------------------------------------------------------- locks
+class LockFile:
+    """A non-blocking exclusive ``flock`` on a lock file, which names the holder's pid.
+
+    ``lock``: the lock file's path (opened, created if need be) or an already open file (read and
+    write, e.g. mode ``a+``). The kernel drops the lock when the process dies, so a killed holder
+    frees it. :meth:`acquire` returns False where another open file holds it (another process, or
+    another :class:`LockFile` of this one), after reading the holder's pid into :attr:`holder`;
+    the file is then closed. Used as a context manager, a held lock raises ``BlockingIOError``."""
+
+    def __init__(self, lock: str | os.PathLike | IO[str]):
+        self.handle: IO[str] = open(lock, "a+") if isinstance(lock, (str, os.PathLike)) else lock
+        self.holder: str | None = None
+        self.held = False
+
+    def acquire(self) -> bool:
+        try:
+            fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.handle.seek(0)
+            self.holder = self.handle.read().strip() or "unknown"
+            self.handle.close()
+            return False
+        self.held = True
+        try:
+            self.handle.seek(0)
+            self.handle.truncate()
+            self.handle.write(f"{os.getpid()}\n")
+            self.handle.flush()
+        except BaseException:
+            self.release()
+            raise
+        return True
+
+    def release(self) -> None:
+        if self.held:
+            fcntl.flock(self.handle, fcntl.LOCK_UN)
+            self.held = False
+        self.handle.close()
+
+    def __enter__(self) -> LockFile:
+        if not self.acquire():
+            raise BlockingIOError(errno.EAGAIN, f"{self.handle.name} is held by pid {self.holder}")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
