@@ -42,7 +42,7 @@ from typing import Any, BinaryIO
 from tqdm import tqdm
 
 from beyond_imagenet import faults
-from beyond_imagenet.io import CHUNK_SIZE, file_chunks, remove_leftovers, sha256_file
+from beyond_imagenet.io import CHUNK_SIZE, atomic_write_text, file_chunks, remove_leftovers, sha256_file
 
 __all__ = ["COMPLETE_MARKER", "DownloadError", "download", "safe_extract", "sha256_file"]
 
@@ -92,10 +92,7 @@ def _read_record(record: pathlib.Path) -> str:
 
 def _write_record(record: pathlib.Path, digest: str, name: str) -> None:
     """Write ``sha256sum``-style, atomically, so a kill never leaves a truncated record."""
-    record.parent.mkdir(parents=True, exist_ok=True)
-    tmp = record.with_name(f"{record.name}.tmp-{os.getpid()}")
-    tmp.write_text(f"{digest}  {name}\n", encoding="utf-8")
-    os.replace(tmp, record)
+    atomic_write_text(record, f"{digest}  {name}\n", encoding="utf-8")
     log.info("recorded sha256 %s of %s in %s (checksum recorded at first download)", digest, name, record)
 
 

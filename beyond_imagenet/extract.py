@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from beyond_imagenet import faults
-from beyond_imagenet.io import LockFile, atomic_path
+from beyond_imagenet.io import LockFile, atomic_path, atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -174,24 +174,13 @@ def _shard_path(parts: Path, k: int) -> Path:
     return parts / f"shard-{k:06d}.npz"
 
 
-def _fsync_folder(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _save_shard(path: Path, **arrays: np.ndarray) -> None:
     """Write a checkpoint shard durably: the file's data reaches the disk before its rename, and
     the rename before the next shard (after a power loss a shard is whole or absent)."""
     try:
-        with atomic_path(path) as tmp:
+        with atomic_path(path, durable=True) as tmp:
             with open(tmp, "wb") as f:
                 np.savez(f, **arrays)
-                f.flush()
-                os.fsync(f.fileno())
-        _fsync_folder(path.parent)
     except OSError as err:
         if _is_disk_full(err):
             raise _disk_full(path, err, f"the extraction resumes after the {int(path.stem.split('-')[1])} "
@@ -306,8 +295,7 @@ def extract(
                            features_dtype=features_dtype, on_bad_image=on_bad_image, progress=progress,
                            timings=timings if timings is not None else {})
         if reuse:
-            with atomic_path(key_file) as tmp:
-                Path(tmp).write_text(reuse_key)
+            atomic_write_text(key_file, reuse_key)
         return written
 
 
@@ -480,7 +468,7 @@ class _RowDigest:
 
 def _write_output(parts, shards, out_path: Path, ids, labels, attrs, bad, n_good, n_classes, dim, fdtype) -> None:
     string = h5py.string_dtype("utf-8")
-    with atomic_path(out_path) as tmp:
+    with atomic_path(out_path, durable=True) as tmp:  # after a power loss: whole or absent
         digests = {"logits": _RowDigest("logits", np.float32, (n_good, n_classes)),
                    "features": _RowDigest("features", fdtype, (n_good, dim))}
         with h5py.File(tmp, "w") as f:
@@ -517,9 +505,6 @@ def _write_output(parts, shards, out_path: Path, ids, labels, attrs, bad, n_good
                     "sha256": checksums}
             for key in sorted(full):
                 f.attrs[key] = _attr_value(full[key])
-        with open(tmp, "rb") as f:  # on disk before the rename: after a power loss, whole or absent
-            os.fsync(f.fileno())
-    _fsync_folder(out_path.parent)
 
 
 def _attr_value(value: Any):

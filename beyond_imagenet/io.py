@@ -69,26 +69,43 @@ def remove_stale_tmp(path: str | os.PathLike) -> None:
     remove_leftovers(path.parent, f".{glob.escape(path.name)}.tmp-*")
 
 
+def fsync_folder(folder: str | os.PathLike) -> None:
+    """Make a rename in ``folder`` durable (after a power loss the new entry is there or not)."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike):
-    """Yield a temporary path next to ``path``; rename it to ``path`` only if the block succeeds."""
+def atomic_path(path: str | os.PathLike, durable: bool = False):
+    """Yield a temporary path next to ``path``; rename it to ``path`` only if the block succeeds.
+
+    ``durable``: the temporary file's data is fsynced before the rename and the folder after it,
+    so after a power loss ``path`` is whole or absent (extraction shards and outputs)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = tmp_name(path)
     remove_stale_tmp(path)
     try:
         yield tmp
+        if durable:
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
         if faults.FAULT:
             faults.at(f"{_KINDS.get(path.suffix, path.suffix)}:before-rename")
         os.replace(tmp, path)
+        if durable:
+            fsync_folder(path.parent)
     finally:
         if tmp.exists():
             tmp.unlink()
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+def atomic_write_text(path: str | os.PathLike, text: str, encoding: str | None = None) -> None:
     with atomic_path(path) as tmp:
-        tmp.write_text(text)
+        tmp.write_text(text, encoding=encoding)
 
 
 # ------------------------------------------------------------------------------------- hashing
