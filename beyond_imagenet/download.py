@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import glob
 import hashlib
 import http.client
 import logging
@@ -42,7 +41,7 @@ from typing import Any, BinaryIO
 from tqdm import tqdm
 
 from beyond_imagenet import faults
-from beyond_imagenet.io import CHUNK_SIZE, atomic_write_text, file_chunks, remove_leftovers, sha256_file
+from beyond_imagenet.io import CHUNK_SIZE, atomic_folder, atomic_write_text, file_chunks, sha256_file, tmp_name
 
 __all__ = ["COMPLETE_MARKER", "DownloadError", "download", "safe_extract", "sha256_file"]
 
@@ -633,11 +632,6 @@ def _archive_kind(archive: pathlib.Path) -> str:
     )
 
 
-def _remove_stale_tmp(target: pathlib.Path) -> None:
-    """Remove ``<target>.tmp-<pid>`` leftovers of killed extractions."""
-    remove_leftovers(target.parent, f"{glob.escape(target.name)}.tmp-*")
-
-
 @contextlib.contextmanager
 def _wrap_errors(archive: pathlib.Path) -> Iterator[None]:
     try:
@@ -690,13 +684,10 @@ def safe_extract(
         if not plan:
             log.warning("%s has no members left after strip_components=%d", archive, strip_components)
 
-        target.parent.mkdir(parents=True, exist_ok=True)
-        _remove_stale_tmp(target)
-        tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
         log.info("extracting %s to %s", archive, target)
+        # In <target>.tmp-<pid> (leftovers of killed extractions removed first), renamed when complete.
         try:
-            tmp.mkdir()
-            with _wrap_errors(archive):
+            with atomic_folder(target, hidden=False, replace=False) as tmp, _wrap_errors(archive):
                 if isinstance(arch, tarfile.TarFile):
                     if faults.FAULT == "unpack:mid":  # fault injection (tests): die half way through
                         arch.extractall(tmp, members=plan[: len(plan) // 2])  # type: ignore[arg-type]
@@ -718,18 +709,12 @@ def safe_extract(
                         if stat.S_ISREG(mode) and mode & stat.S_IXUSR:
                             out.chmod(0o755)
                 (tmp / COMPLETE_MARKER).write_text(f"extracted from {archive.name}\n", encoding="utf-8")
-            try:
-                os.rename(tmp, target)
-            except OSError:
-                if not (target / COMPLETE_MARKER).is_file():
-                    raise DownloadError(
-                        f"could not move the extracted {tmp} to {target} (it appeared meanwhile?); "
-                        f"remove {target} and re-run."
-                    ) from None
-                log.info("%s was completed by another process meanwhile", target)
-                shutil.rmtree(tmp, ignore_errors=True)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+        except FileExistsError:  # the rename: target appeared meanwhile
+            if not (target / COMPLETE_MARKER).is_file():
+                raise DownloadError(
+                    f"could not move the extracted {tmp_name(target, hidden=False)} to {target} (it appeared "
+                    f"meanwhile?); remove {target} and re-run."
+                ) from None
+            log.info("%s was completed by another process meanwhile", target)
     log.info("extracted %s to %s", archive, target)
     return target

@@ -1,4 +1,4 @@
-"""Infrastructure helpers, each written once: atomic files (written under a temporary
+"""Infrastructure helpers, each written once: atomic files and folders (written under a temporary
 name, renamed when complete), file hashing and lock files."""
 
 from __future__ import annotations
@@ -25,9 +25,11 @@ _KINDS = {".csv": "table", ".h5": "hdf5", ".json": "manifest", ".npz": "shard"}
 CHUNK_SIZE = 1 << 20
 
 
-def tmp_name(path: str | os.PathLike) -> Path:
+def tmp_name(path: str | os.PathLike, hidden: bool = True) -> Path:
+    """The temporary name of ``path`` in this process: ``.<name>.tmp-<pid>`` next to it (without
+    the leading dot when not ``hidden``)."""
     path = Path(path)
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    return path.with_name(f"{'.' if hidden else ''}{path.name}.tmp-{os.getpid()}")
 
 
 log = logging.getLogger(__name__)
@@ -63,10 +65,10 @@ def remove_leftovers(folder: str | os.PathLike, pattern: str) -> None:
             old.unlink(missing_ok=True)
 
 
-def remove_stale_tmp(path: str | os.PathLike) -> None:
+def remove_stale_tmp(path: str | os.PathLike, hidden: bool = True) -> None:
     """Leftover ``.<name>.tmp-<pid>`` files of ``path`` (see :func:`remove_leftovers`)."""
     path = Path(path)
-    remove_leftovers(path.parent, f".{glob.escape(path.name)}.tmp-*")
+    remove_leftovers(path.parent, f"{'.' if hidden else ''}{glob.escape(path.name)}.tmp-*")
 
 
 def fsync_folder(folder: str | os.PathLike) -> None:
@@ -106,6 +108,35 @@ def atomic_path(path: str | os.PathLike, durable: bool = False):
 def atomic_write_text(path: str | os.PathLike, text: str, encoding: str | None = None) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding=encoding)
+
+
+@contextlib.contextmanager
+def atomic_folder(path: str | os.PathLike, *, hidden: bool = True, replace: bool = True) -> Iterator[Path]:
+    """Yield a new empty folder next to ``path``; rename it to ``path`` only if the block succeeds.
+
+    Whatever happens, nothing is left under the temporary name (:func:`tmp_name`), nor in scratch
+    folders named ``<temporary name>-<anything>`` (e.g. one per archive, merged into it); leftovers
+    of killed writers are removed first. ``replace``: an existing ``path`` is removed just before
+    the rename; otherwise the rename fails on it (another writer finished it meanwhile) with
+    :class:`FileExistsError`, after the temporary folder is removed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = tmp_name(path, hidden)
+    remove_stale_tmp(path, hidden)
+    try:
+        tmp.mkdir()
+        yield tmp
+        if replace and path.exists():
+            shutil.rmtree(path)
+        try:
+            os.rename(tmp, path)
+        except OSError as err:
+            if not replace and (path.exists() or path.is_symlink()):
+                raise FileExistsError(errno.EEXIST, f"{path} appeared while {tmp} was written", str(path)) from err
+            raise
+    finally:
+        for leftover in (tmp, *tmp.parent.glob(f"{glob.escape(tmp.name)}-*")):
+            shutil.rmtree(leftover, ignore_errors=True)
 
 
 # ------------------------------------------------------------------------------------- hashing
