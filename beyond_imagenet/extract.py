@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from beyond_imagenet import faults
-from beyond_imagenet.io import LockFile, atomic_path, atomic_write_text
+from beyond_imagenet.io import LockFile, atomic_path, atomic_write_text, h5_attr, read_h5_attrs, write_h5_attrs
 
 log = logging.getLogger(__name__)
 
@@ -503,16 +503,7 @@ def _write_output(parts, shards, out_path: Path, ids, labels, attrs, bad, n_good
             full = {**attrs, "format_version": FORMAT_VERSION, "n_images": int(n_good),
                     "n_skipped": len(bad_sorted), "features_dtype": np.dtype(fdtype).name,
                     "sha256": checksums}
-            for key in sorted(full):
-                f.attrs[key] = _attr_value(full[key])
-
-
-def _attr_value(value: Any):
-    if isinstance(value, (dict, list, tuple)):
-        return json.dumps(value, sort_keys=True, default=str)
-    if value is None:
-        return ""
-    return value
+            write_h5_attrs(f.attrs, full)
 
 
 # ------------------------------------------------------------------------------------- reading
@@ -536,7 +527,7 @@ def _corrupt(path, why: str, remove: bool = True) -> CorruptOutputError:
 def read_attrs(path: str | os.PathLike) -> dict[str, Any]:
     try:
         with h5py.File(path, "r") as f:
-            return {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
+            return read_h5_attrs(f.attrs)
     except OSError as err:
         if not Path(path).is_file():
             raise
@@ -549,7 +540,7 @@ def check_attrs(path: str | os.PathLike, expected: dict[str, Any]) -> dict[str, 
     found = read_attrs(path)
     wrong = []
     for key, value in expected.items():
-        want = _attr_value(value)
+        want = h5_attr(value)
         have = found.get(key)
         if isinstance(want, (int, float)) and not isinstance(want, bool):
             same = have is not None and not isinstance(have, str) and float(have) == float(want)

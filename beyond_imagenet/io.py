@@ -1,5 +1,10 @@
 """Infrastructure helpers, each written once: atomic files and folders (written under a temporary
-name, renamed when complete), file hashing and lock files."""
+name, renamed when complete), file hashing, lock files, and the HDF5 attribute codec.
+
+Stays free of h5py: the attribute codec works on any attribute mapping (an ``h5py`` file's or
+group's ``.attrs``), so the many small importers of this module (tables, plots, scripts) do not
+load HDF5.
+"""
 
 from __future__ import annotations
 
@@ -8,13 +13,14 @@ import errno
 import fcntl
 import glob
 import hashlib
+import json
 import logging
 import os
 import re
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, MutableMapping
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from beyond_imagenet import faults
 
@@ -212,3 +218,29 @@ class LockFile:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+# ----------------------------------------------------------------------- HDF5 attribute codec
+# How a value is stored as an HDF5 attribute (extraction outputs, zero-shot heads, CKA files):
+# dicts, lists and tuples as JSON with sorted keys (anything JSON cannot encode as its str),
+# None as "", everything else (str, int, float, bool, numpy scalars) as it is. Read back, a
+# string attribute is a str (bytes decoded), and JSON stays a string for the caller to parse.
+# Changing any of this changes the stored attributes, and so refuses every cached output.
+def h5_attr(value: Any) -> Any:
+    """``value`` as it is stored in (and compared with) an HDF5 attribute."""
+    if isinstance(value, (dict, list, tuple)):
+        return json.dumps(value, sort_keys=True, default=str)
+    if value is None:
+        return ""
+    return value
+
+
+def write_h5_attrs(attrs: MutableMapping[str, Any], values: Mapping[str, Any]) -> None:
+    """Store ``values`` in ``attrs`` (an h5py ``.attrs``) through :func:`h5_attr`, in key order."""
+    for key in sorted(values):
+        attrs[key] = h5_attr(values[key])
+
+
+def read_h5_attrs(attrs: Mapping[str, Any]) -> dict[str, Any]:
+    """An h5py ``.attrs`` as a dict, byte strings decoded to str."""
+    return {k: (v.decode() if isinstance(v, bytes) else v) for k, v in attrs.items()}
