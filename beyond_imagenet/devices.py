@@ -9,7 +9,6 @@ for its lifetime. The kernel drops the lock when the process dies, so a killed j
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
 import os
 import tempfile
@@ -18,6 +17,8 @@ from pathlib import Path
 from typing import Iterator
 
 import torch
+
+from beyond_imagenet.io import LockFile
 
 log = logging.getLogger(__name__)
 
@@ -69,23 +70,15 @@ def lease_device(requested: str = "auto", lock_dir: str | os.PathLike | None = N
     waited = False
     while True:
         for index in range(torch.cuda.device_count()):
-            handle = _shared_lock_file(folder / f"gpu-{_device_key(index)}.lock")
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                handle.close()
+            lock = LockFile(_shared_lock_file(folder / f"gpu-{_device_key(index)}.lock"))
+            if not lock.acquire():
                 continue
             try:
-                handle.seek(0)
-                handle.truncate()
-                handle.write(f"{os.getpid()}\n")
-                handle.flush()
                 log.info("leased cuda:%d (%s)", index, torch.cuda.get_device_name(index))
                 torch.cuda.set_device(index)
                 yield torch.device("cuda", index)
             finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
-                handle.close()
+                lock.release()
             return
         if not waited:
             log.warning("all %d visible GPUs are leased by other jobs; waiting (locks in %s)",

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import glob
 import hashlib
 import http.client
 import logging
@@ -42,13 +41,12 @@ from typing import Any, BinaryIO
 from tqdm import tqdm
 
 from beyond_imagenet import faults
-from beyond_imagenet.io import remove_leftovers
+from beyond_imagenet.io import CHUNK_SIZE, atomic_folder, atomic_write_text, file_chunks, sha256_file, tmp_name
 
 __all__ = ["COMPLETE_MARKER", "DownloadError", "download", "safe_extract", "sha256_file"]
 
 log = logging.getLogger(__name__)
 
-CHUNK_SIZE = 1 << 20
 COMPLETE_MARKER = ".complete"
 USER_AGENT = "beyond-imagenet-downloader/0.1 (Python urllib)"
 _HTML_MARKERS = (b"<!doctype html", b"<html", b"<head", b"<body")
@@ -72,15 +70,6 @@ class _TransientError(Exception):
 # --------------------------------------------------------------------------------------------
 
 
-def sha256_file(path: str | os.PathLike[str], chunk_size: int = 1 << 20) -> str:
-    """Hex sha256 of a file, read in chunks so multi-GB files do not need to fit in memory."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(chunk_size):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _normalise_sha256(value: str) -> str:
     """Accept ``ABC..``/``sha256:abc..`` spellings from configs, reject anything not a sha256."""
     v = value.strip().lower().removeprefix("sha256:")
@@ -102,10 +91,7 @@ def _read_record(record: pathlib.Path) -> str:
 
 def _write_record(record: pathlib.Path, digest: str, name: str) -> None:
     """Write ``sha256sum``-style, atomically, so a kill never leaves a truncated record."""
-    record.parent.mkdir(parents=True, exist_ok=True)
-    tmp = record.with_name(f"{record.name}.tmp-{os.getpid()}")
-    tmp.write_text(f"{digest}  {name}\n", encoding="utf-8")
-    os.replace(tmp, record)
+    atomic_write_text(record, f"{digest}  {name}\n", encoding="utf-8")
     log.info("recorded sha256 %s of %s in %s (checksum recorded at first download)", digest, name, record)
 
 
@@ -243,9 +229,8 @@ def _state_of(part: pathlib.Path) -> _State:
     """Hash an existing .part once, so resuming does not need a second full read at the end."""
     state = _State()
     if part.exists():
-        with open(part, "rb") as f:
-            while chunk := f.read(CHUNK_SIZE):
-                state.update(chunk)
+        for chunk in file_chunks(part):
+            state.update(chunk)
     return state
 
 
@@ -647,11 +632,6 @@ def _archive_kind(archive: pathlib.Path) -> str:
     )
 
 
-def _remove_stale_tmp(target: pathlib.Path) -> None:
-    """Remove ``<target>.tmp-<pid>`` leftovers of killed extractions."""
-    remove_leftovers(target.parent, f"{glob.escape(target.name)}.tmp-*")
-
-
 @contextlib.contextmanager
 def _wrap_errors(archive: pathlib.Path) -> Iterator[None]:
     try:
@@ -704,13 +684,10 @@ def safe_extract(
         if not plan:
             log.warning("%s has no members left after strip_components=%d", archive, strip_components)
 
-        target.parent.mkdir(parents=True, exist_ok=True)
-        _remove_stale_tmp(target)
-        tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
         log.info("extracting %s to %s", archive, target)
+        # In <target>.tmp-<pid> (leftovers of killed extractions removed first), renamed when complete.
         try:
-            tmp.mkdir()
-            with _wrap_errors(archive):
+            with atomic_folder(target, hidden=False, replace=False) as tmp, _wrap_errors(archive):
                 if isinstance(arch, tarfile.TarFile):
                     if faults.FAULT == "unpack:mid":  # fault injection (tests): die half way through
                         arch.extractall(tmp, members=plan[: len(plan) // 2])  # type: ignore[arg-type]
@@ -732,18 +709,12 @@ def safe_extract(
                         if stat.S_ISREG(mode) and mode & stat.S_IXUSR:
                             out.chmod(0o755)
                 (tmp / COMPLETE_MARKER).write_text(f"extracted from {archive.name}\n", encoding="utf-8")
-            try:
-                os.rename(tmp, target)
-            except OSError:
-                if not (target / COMPLETE_MARKER).is_file():
-                    raise DownloadError(
-                        f"could not move the extracted {tmp} to {target} (it appeared meanwhile?); "
-                        f"remove {target} and re-run."
-                    ) from None
-                log.info("%s was completed by another process meanwhile", target)
-                shutil.rmtree(tmp, ignore_errors=True)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+        except FileExistsError:  # the rename: target appeared meanwhile
+            if not (target / COMPLETE_MARKER).is_file():
+                raise DownloadError(
+                    f"could not move the extracted {tmp_name(target, hidden=False)} to {target} (it appeared "
+                    f"meanwhile?); remove {target} and re-run."
+                ) from None
+            log.info("%s was completed by another process meanwhile", target)
     log.info("extracted %s to %s", archive, target)
     return target

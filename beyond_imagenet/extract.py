@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import hashlib
 import json
 import logging
@@ -33,7 +32,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from beyond_imagenet import faults
-from beyond_imagenet.io import atomic_path
+from beyond_imagenet.io import LockFile, atomic_path, atomic_write_text, h5_attr, read_h5_attrs, write_h5_attrs
 
 log = logging.getLogger(__name__)
 
@@ -175,24 +174,13 @@ def _shard_path(parts: Path, k: int) -> Path:
     return parts / f"shard-{k:06d}.npz"
 
 
-def _fsync_folder(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _save_shard(path: Path, **arrays: np.ndarray) -> None:
     """Write a checkpoint shard durably: the file's data reaches the disk before its rename, and
     the rename before the next shard (after a power loss a shard is whole or absent)."""
     try:
-        with atomic_path(path) as tmp:
+        with atomic_path(path, durable=True) as tmp:
             with open(tmp, "wb") as f:
                 np.savez(f, **arrays)
-                f.flush()
-                os.fsync(f.fileno())
-        _fsync_folder(path.parent)
     except OSError as err:
         if _is_disk_full(err):
             raise _disk_full(path, err, f"the extraction resumes after the {int(path.stem.split('-')[1])} "
@@ -307,8 +295,7 @@ def extract(
                            features_dtype=features_dtype, on_bad_image=on_bad_image, progress=progress,
                            timings=timings if timings is not None else {})
         if reuse:
-            with atomic_path(key_file) as tmp:
-                Path(tmp).write_text(reuse_key)
+            atomic_write_text(key_file, reuse_key)
         return written
 
 
@@ -320,26 +307,17 @@ def _sole_writer(parts: Path, out_path: Path):
     of the snakemake PID only): the rerun's job would then share the checkpoint shards with the
     orphan. It fails at once instead, naming the process to wait for or kill."""
     parts.mkdir(parents=True, exist_ok=True)
-    handle = open(parts / "writer.lock", "a+")
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.seek(0)
-        holder = handle.read().strip() or "unknown"
-        handle.close()
+    lock = LockFile(parts / "writer.lock")
+    if not lock.acquire():
+        holder = lock.holder
         raise RuntimeError(
             f"{out_path} is being written by another process (pid {holder}), e.g. a job left running by a "
             f"Snakemake that was killed on its own. Wait for it to finish or kill it (kill {holder}), then rerun."
-        ) from None
+        )
     try:
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"{os.getpid()}\n")
-        handle.flush()
         yield
     finally:
-        fcntl.flock(handle, fcntl.LOCK_UN)
-        handle.close()
+        lock.release()
 
 
 def _extract(network, transform, root, ids, labels, out_path: Path, parts: Path, attrs, run_key: str, *, device,
@@ -490,7 +468,7 @@ class _RowDigest:
 
 def _write_output(parts, shards, out_path: Path, ids, labels, attrs, bad, n_good, n_classes, dim, fdtype) -> None:
     string = h5py.string_dtype("utf-8")
-    with atomic_path(out_path) as tmp:
+    with atomic_path(out_path, durable=True) as tmp:  # after a power loss: whole or absent
         digests = {"logits": _RowDigest("logits", np.float32, (n_good, n_classes)),
                    "features": _RowDigest("features", fdtype, (n_good, dim))}
         with h5py.File(tmp, "w") as f:
@@ -525,19 +503,7 @@ def _write_output(parts, shards, out_path: Path, ids, labels, attrs, bad, n_good
             full = {**attrs, "format_version": FORMAT_VERSION, "n_images": int(n_good),
                     "n_skipped": len(bad_sorted), "features_dtype": np.dtype(fdtype).name,
                     "sha256": checksums}
-            for key in sorted(full):
-                f.attrs[key] = _attr_value(full[key])
-        with open(tmp, "rb") as f:  # on disk before the rename: after a power loss, whole or absent
-            os.fsync(f.fileno())
-    _fsync_folder(out_path.parent)
-
-
-def _attr_value(value: Any):
-    if isinstance(value, (dict, list, tuple)):
-        return json.dumps(value, sort_keys=True, default=str)
-    if value is None:
-        return ""
-    return value
+            write_h5_attrs(f.attrs, full)
 
 
 # ------------------------------------------------------------------------------------- reading
@@ -561,7 +527,7 @@ def _corrupt(path, why: str, remove: bool = True) -> CorruptOutputError:
 def read_attrs(path: str | os.PathLike) -> dict[str, Any]:
     try:
         with h5py.File(path, "r") as f:
-            return {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
+            return read_h5_attrs(f.attrs)
     except OSError as err:
         if not Path(path).is_file():
             raise
@@ -574,7 +540,7 @@ def check_attrs(path: str | os.PathLike, expected: dict[str, Any]) -> dict[str, 
     found = read_attrs(path)
     wrong = []
     for key, value in expected.items():
-        want = _attr_value(value)
+        want = h5_attr(value)
         have = found.get(key)
         if isinstance(want, (int, float)) and not isinstance(want, bool):
             same = have is not None and not isinstance(have, str) and float(have) == float(want)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 import json
 import logging
 from importlib import resources
@@ -27,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from beyond_imagenet.checkpoints import resolve_checkpoint_path
+from beyond_imagenet.io import sha256_file
 from beyond_imagenet.paper_results import paper_key_for
 
 log = logging.getLogger(__name__)
@@ -115,14 +115,6 @@ class LoadedModel:
     network: nn.Module
     transform: Callable
     preprocessing: dict[str, Any]
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _load_checkpoint(network: nn.Module, spec: ModelSpec) -> None:
@@ -505,7 +497,7 @@ def build_zero_shot_head(spec: ModelSpec, n_templates: int | str, device: torch.
 
 @functools.lru_cache(maxsize=64)
 def _checkpoint_sha256(path: str, size: int, mtime_ns: int) -> str:
-    return file_sha256(path)
+    return sha256_file(path)
 
 
 def checkpoint_sha256(path: str | Path) -> str:

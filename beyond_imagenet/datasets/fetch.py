@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import errno
 import fnmatch
-import glob
-import hashlib
 import io
 import json
 import logging
@@ -31,17 +29,9 @@ from typing import Any
 
 from beyond_imagenet.datasets import DatasetError, DatasetSpec
 from beyond_imagenet.download import COMPLETE_MARKER, DownloadError, download, safe_extract
-from beyond_imagenet.io import remove_leftovers
+from beyond_imagenet.io import atomic_folder, md5_file
 
 log = logging.getLogger(__name__)
-
-
-def md5_file(path: str | os.PathLike) -> str:
-    h = hashlib.md5(usedforsecurity=False)
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def fetch_file(recipe: dict[str, Any], dest: str | os.PathLike, **options: Any) -> Path:
@@ -129,9 +119,7 @@ def unpack_dataset(spec: DatasetSpec, archives: list[str | os.PathLike], out: st
     recipes = spec.download_files if spec.source == "download" else [{"filename": a.name} for a in archives]
     if len(archives) == 1 and recipes[0].get("extract", True):
         return _extract(archives[0], out)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    remove_leftovers(out.parent, f".{glob.escape(out.name)}.tmp-*")  # of a killed earlier unpack
-    try:
+    with atomic_folder(out) as tmp:  # also removes the -part<k> scratch folders, and those of a killed unpack
         for k, (archive, recipe) in enumerate(zip(archives, recipes, strict=True)):
             if recipe.get("extract", True):
                 part = tmp.with_name(f"{tmp.name}-part{k}")
@@ -143,12 +131,6 @@ def unpack_dataset(spec: DatasetSpec, archives: list[str | os.PathLike], out: st
                 target.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(archive, target)
         (tmp / COMPLETE_MARKER).write_text("unpacked from " + ", ".join(a.name for a in archives) + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        os.rename(tmp, out)
-    finally:
-        for leftover in tmp.parent.glob(f"{tmp.name}*"):
-            shutil.rmtree(leftover, ignore_errors=True)
     log.info("unpacked %d file(s) into %s", len(archives), out)
     return out
 
@@ -193,10 +175,8 @@ def fetch_huggingface_parquet(recipe: dict[str, Any], root: str | os.PathLike,
     shards = sorted(n for n in names if fnmatch.fnmatch(n, recipe["files"]))
     if not shards:
         raise DatasetError(f"{repo}@{revision}: no file matches {recipe['files']!r}")
-    tmp = root.with_name(f".{root.name}.tmp-{os.getpid()}")
-    remove_leftovers(root.parent, f".{glob.escape(root.name)}.tmp-*")
     entries = []
-    try:
+    with atomic_folder(root) as tmp:
         for shard in shards:
             local = hf_hub_download(repo, shard, repo_type="dataset", revision=revision)
             log.info("reading %s", shard)
@@ -216,12 +196,6 @@ def fetch_huggingface_parquet(recipe: dict[str, Any], root: str | os.PathLike,
         meta = {"source": f"https://huggingface.co/datasets/{repo}", "revision": revision, "shards": shards,
                 "images": entries}
         (tmp / "labels.json").write_text(json.dumps(meta, indent=1))
-        if root.exists():
-            shutil.rmtree(root)
-        root.parent.mkdir(parents=True, exist_ok=True)
-        os.rename(tmp, root)
-        (root.parent / COMPLETE_MARKER).write_text(f"{repo}@{revision}\n")
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    (root.parent / COMPLETE_MARKER).write_text(f"{repo}@{revision}\n")
     log.info("wrote %d ImageNet-Hard images and labels.json to %s", len(entries), root)
     return root.parent

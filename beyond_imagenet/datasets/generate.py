@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import csv
 import logging
-import shutil
 from importlib import resources
 from pathlib import Path
 from typing import Callable
@@ -22,6 +21,7 @@ from PIL import Image
 from beyond_imagenet import classes
 from beyond_imagenet.datasets import DatasetSpec
 from beyond_imagenet.datasets.photos import photo
+from beyond_imagenet.io import atomic_folder
 
 log = logging.getLogger(__name__)
 
@@ -103,14 +103,9 @@ def generate(spec: DatasetSpec, out: str | Path) -> int:
 
     load_plugins()
     out = Path(out)
-    tmp = out.with_name(f".{out.name}.tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
     if spec.generator not in GENERATORS:
         raise KeyError(f"no generator {spec.generator!r}")
-    n = GENERATORS[spec.generator](spec, tmp, np.random.default_rng(spec.seed))
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
+    with atomic_folder(out) as tmp:
+        n = GENERATORS[spec.generator](spec, tmp, np.random.default_rng(spec.seed))
     log.info("generated %d images for %s in %s", n, spec.name, out)
     return n

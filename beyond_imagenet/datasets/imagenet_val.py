@@ -14,6 +14,7 @@ from pathlib import Path
 from beyond_imagenet import classes
 from beyond_imagenet.datasets import DatasetError
 from beyond_imagenet.datasets.generate import imagenet_val_file_names
+from beyond_imagenet.io import atomic_folder
 
 log = logging.getLogger(__name__)
 
@@ -24,11 +25,8 @@ def reorganise_val_tar(archive: str | Path, out: str | Path, subdir: str = "val"
         raise DatasetError(f"ImageNet val archive {archive} does not exist")
     label_of = {name: label for label, names in imagenet_val_file_names().items() for name in names}
     wnids = classes.imagenet_wnids()
-    tmp = out.with_name(f".{out.name}.tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
     seen: set[str] = set()
-    try:
+    with atomic_folder(out) as tmp:  # a 6.7 GB half-copy is not left behind
         with tarfile.open(archive) as tar:
             for member in tar:
                 name = Path(member.name).name
@@ -48,11 +46,5 @@ def reorganise_val_tar(archive: str | Path, out: str | Path, subdir: str = "val"
             missing = sorted(set(label_of) - seen)
             raise DatasetError(f"{archive}: {n} val images found, expected {len(label_of)} "
                                f"(missing e.g. {', '.join(missing[:3])}); download it again")
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)  # a 6.7 GB half-copy is not left behind
-        raise
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
     log.info("reorganised %d images into %s", n, out / subdir)
     return n

@@ -24,7 +24,6 @@ silently.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 import os
 import shutil
@@ -37,6 +36,7 @@ from PIL import Image
 from beyond_imagenet.datasets import DatasetError, DatasetSpec
 from beyond_imagenet.datasets.generate import random_image, register_generator
 from beyond_imagenet.datasets.readers import Sample, register_reader
+from beyond_imagenet.io import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -225,10 +225,6 @@ def _read_whole_vtab(root: Path, class_space: str) -> list[Sample]:
     )
 
 
-def _digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def check_trainval_union(task_dir: str | os.PathLike) -> None:
     """Raise unless ``train800val200`` lists ``train800`` then ``val200``: same labels, same bytes.
 
@@ -246,7 +242,7 @@ def check_trainval_union(task_dir: str | os.PathLike) -> None:
             if la != lb:
                 problem = f"line {i + 1}: label {la} ({a}) differs from {lb} ({b})"
             elif a != b and (
-                (task_dir / a).stat().st_size != (task_dir / b).stat().st_size or _digest(task_dir / a) != _digest(task_dir / b)
+                (task_dir / a).stat().st_size != (task_dir / b).stat().st_size or sha256_file(task_dir / a) != sha256_file(task_dir / b)
             ):
                 problem = f"line {i + 1}: image {a} differs from {b}"
             if problem:

@@ -5,7 +5,6 @@ Definitions follow docs/evaluations.md §1 and §6. All accuracies and errors ar
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from functools import lru_cache
@@ -15,6 +14,7 @@ from typing import NamedTuple
 import numpy as np
 
 from beyond_imagenet.classes import package_data_path, val_file_name
+from beyond_imagenet.io import sha256_file
 
 __all__ = [
     "IMAGENET_C_CORRUPTIONS",
@@ -131,14 +131,13 @@ def _real_label_table() -> dict[str, tuple[int, ...]]:
         path = package_data_path("timm", "data", "_info", "imagenet_real_labels.json")
     except (ModuleNotFoundError, FileNotFoundError):
         path = package_data_path("imagenet_x", "annotations", "imagenet_real_labels.jsonl")
-    data = path.read_bytes()
-    digest = hashlib.sha256(data).hexdigest()
+    digest = sha256_file(path)
     if digest != REAL_LABELS_SHA256:
         raise RuntimeError(
             f"ReaL labels: {path} has sha256 {digest}, not that of the published real.json "
             f"({REAL_LABELS_SHA256}); reinstall the package it came from (pip install --force-reinstall timm)"
         )
-    lists = json.loads(data.decode("utf-8"))
+    lists = json.loads(path.read_bytes().decode("utf-8"))
     return {f"ILSVRC2012_val_{i + 1:08d}.JPEG": tuple(v) for i, v in enumerate(lists)}
 
 

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from beyond_imagenet.io import atomic_path
+from beyond_imagenet.io import atomic_path, h5_attr, read_h5_attrs, write_h5_attrs
 from beyond_imagenet.metrics.cka import MinibatchCKA, gram_linear
 
 log = logging.getLogger(__name__)
@@ -271,9 +271,7 @@ def write_cka(path: str | os.PathLike, results: Mapping[tuple[str, str], Minibat
     string = h5py.string_dtype("utf-8")
     with atomic_path(path) as tmp:
         with h5py.File(tmp, "w", track_order=True) as f:
-            for key in sorted(attrs):
-                value = attrs[key]
-                f.attrs[key] = json.dumps(value, sort_keys=True) if isinstance(value, (dict, list, tuple)) else value
+            write_h5_attrs(f.attrs, attrs)
             for name, values in (("ids", ids), ("skipped_ids", skipped_ids)):
                 f.create_dataset(name, data=np.asarray(list(values), dtype=object), dtype=string,
                                  shape=(len(values),), track_times=False)
@@ -281,7 +279,7 @@ def write_cka(path: str | os.PathLike, results: Mapping[tuple[str, str], Minibat
                 group = f.create_group(f"{a}__{b}", track_order=True)
                 group.create_dataset("cka", data=acc.compute(), track_times=False)
                 group.attrs.update(model_a=a, model_b=b, kind="within" if a == b else "cross",
-                                   layers_a=json.dumps(list(layer_names[a])), layers_b=json.dumps(list(layer_names[b])),
+                                   layers_a=h5_attr(list(layer_names[a])), layers_b=h5_attr(list(layer_names[b])),
                                    n_batches=acc.n_batches, n_samples=acc.n_samples)
 
 
@@ -299,7 +297,7 @@ def read_cka(path: str | os.PathLike) -> tuple[list[CkaMatrix], dict[str, Any]]:
     """The matrices of a CKA file (in file order) and its attributes."""
     out = []
     with h5py.File(path, "r") as f:
-        attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
+        attrs = read_h5_attrs(f.attrs)
         for name in f:
             g = f[name]
             if not isinstance(g, h5py.Group):  # ids, skipped_ids
