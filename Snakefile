@@ -31,7 +31,7 @@ try:
 except ConfigError as err:
     raise WorkflowError(f"invalid study config: {err}")
 try:
-    validate_config(config, workflow.source_path("schemas/config.schema.yaml"))
+    validate_config(config, os.path.join(workflow.basedir, "schemas", "config.schema.yaml"))
 except ConfigError as err:
     raise WorkflowError(str(err))
 
