@@ -80,11 +80,12 @@ def test_deterministic_and_table_or_rows_alike():
 
 # ----------------------------------------------------------------------- every figure, one study
 # The same 4-model study in every table, in config order: a non-paper model first, then two of the
-# paper's models and another non-paper one.
+# paper's models and another non-paper model of the first one's paradigm (so its shade depends on
+# the study order, which every figure must read from its whole table).
 STUDY = [_row("conv_sup", "convnet", "supervised", label="ConvNet sup (mine)"),
          _row("vit_sup", "vit", "supervised", "vit_sup", label="ViT sup"),
          _row("convnext_clip", "convnet", "clip", "convnext_clip", label="ConvNeXt CLIP"),
-         _row("vit_clip_mine", "vit", "clip", label="ViT CLIP (mine)")]
+         _row("vit_sup_mine", "vit", "supervised", label="ViT sup (mine)")]
 LABELS = {r["label"]: r["model"] for r in STUDY}
 
 
@@ -228,6 +229,7 @@ def test_every_figure_draws_each_model_in_its_style(tables, tmp_path):
     assert styles["vit_sup"].color == PAPER_COLORS["vit_sup"]
     assert styles["convnext_clip"].color == PAPER_COLORS["convnext_clip"]
     assert len({s.color for s in styles.values()}) == 4
+    assert (styles["conv_sup"].color, styles["vit_sup_mine"].color) == ("#1f77b4", "#0e7c7b")  # study order
     colour = {m: s.color for m, s in styles.items()}
     bars = {m: {(s.color, s.hatch)} for m, s in styles.items()}
     figures = _figures(tables, tmp_path)
@@ -253,8 +255,8 @@ def test_every_figure_draws_each_model_in_its_style(tables, tmp_path):
         assert found == bars, name
         seen[name] = {m: next(iter(c))[0] for m, c in found.items()}
     supervised, clip = figures["imagenet_x"].axes
-    assert _bar_colors(supervised) == {m: bars[m] for m in ("conv_sup", "vit_sup")}
-    assert _bar_colors(clip) == {m: bars[m] for m in ("convnext_clip", "vit_clip_mine")}
+    assert _bar_colors(supervised) == {m: bars[m] for m in ("conv_sup", "vit_sup", "vit_sup_mine")}
+    assert _bar_colors(clip) == {"convnext_clip": bars["convnext_clip"]}
     seen["imagenet_x"] = {m: next(iter(c))[0] for ax in (supervised, clip) for m, c in _bar_colors(ax).items()}
 
     # Shape bias: per-category points (family marker) and the overall / published lines, model colour.
@@ -293,8 +295,8 @@ def test_every_figure_draws_each_model_in_its_style(tables, tmp_path):
 
 
 def test_a_model_keeps_its_colour_when_a_figure_draws_a_subset(tables, tmp_path):
-    """The ImageNet-X CLIP panel and per-dataset calibration panels take their colours from the
-    whole table (the study), not from the rows they draw."""
+    """Per-dataset panels take their colours from the whole table (the study), not from the rows
+    they draw."""
     from beyond_imagenet.plots import plot_reliability
 
     table = tables["calibration"]
