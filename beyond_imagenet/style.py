@@ -62,10 +62,11 @@ PAPER_COLORS: dict[str, str] = {
     "convnext_clip": "#a50f15",
     "vit_clip": "#f4837d",
 }
-# Colours of the models without a paper colour, per paradigm, taken in order.
+# Colours of the models without a paper colour, per paradigm, taken in order (the first few clearly
+# apart from each other and from the paper colours).
 PARADIGM_PALETTES: dict[str, tuple[str, ...]] = {
-    "supervised": ("#1f77b4", "#0e7c7b", "#08306b", "#41b6c4", "#9ecae1", "#5e81ac"),
-    "clip": ("#d62728", "#67000d", "#e6550d", "#fcbba1", "#fd8d3c", "#7f2704"),
+    "supervised": ("#1f77b4", "#0e7c7b", "#41b6c4", "#08306b", "#5e81ac", "#9ecae1"),
+    "clip": ("#d62728", "#e6550d", "#67000d", "#fcbba1", "#fd8d3c", "#7f2704"),
 }
 OTHER_PALETTE: tuple[str, ...] = ("#7f7f7f", "#31a354", "#525252", "#a1d99b", "#006d2c", "#bdbdbd")
 # Qualitative fallback once a paradigm's list runs out (none of these is in a palette above).
