@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
-from pathlib import Path
 from typing import Callable
 
 import matplotlib
@@ -14,19 +12,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from beyond_imagenet.io import atomic_path  # noqa: E402
+# save_figure lives in beyond_imagenet.style; imported here too, for `from beyond_imagenet.plots import save_figure`.
+from beyond_imagenet.style import ModelStyle, model_styles, save_figure  # noqa: E402, F401
 
-PARADIGM_COLORS = {"supervised": "#1f77b4", "clip": "#d62728"}
-
-
-def save_figure(fig, paths: list[str | os.PathLike]) -> None:
-    """Save to each path (png/pdf by extension) atomically, with fixed metadata for stable files."""
-    for path in paths:
-        path = Path(path)
-        metadata = {"Software": None} if path.suffix == ".png" else {"Creator": None, "Producer": None, "CreationDate": None}
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, format=path.suffix[1:], dpi=150, bbox_inches="tight", metadata=metadata)
-    plt.close(fig)
+# Colours: beyond_imagenet.style (one per model, the same in every figure). No hatch on the model's
+# bars here: the hatched bars of the reliability diagram are the gap to the diagonal.
 
 
 def _panels(n: int, width: float = 3.4, height: float = 3.4):
@@ -38,17 +28,20 @@ def _panels(n: int, width: float = 3.4, height: float = 3.4):
     return fig, list(axes.flat[:n])
 
 
-def _per_model(table: pd.DataFrame, dataset: str, draw: Callable, title: str, paths) -> None:
+def _per_model(table: pd.DataFrame, dataset: str, draw: Callable, title: str, paths):
+    """One panel per model; ``draw(ax, rows, style)``. Returns the saved (closed) figure."""
     data = table[table["dataset"] == dataset]
     if data.empty:
         raise ValueError(f"no calibration rows for dataset {dataset!r}")
+    styles = model_styles(table)  # the whole table: the study's models, whatever the dataset
     models = list(dict.fromkeys(data["model"]))
     fig, axes = _panels(len(models))
     for ax, model in zip(axes, models):
-        draw(ax, data[data["model"] == model])
+        draw(ax, data[data["model"] == model], styles[str(model)])
     fig.suptitle(title)
     fig.tight_layout()
     save_figure(fig, paths)
+    return fig
 
 
 def _summary(rows: pd.DataFrame, metric: str) -> float:
@@ -61,17 +54,16 @@ def _bins(rows: pd.DataFrame, metric: str) -> pd.DataFrame:
     return sel.sort_values("bin")
 
 
-def plot_reliability(table: pd.DataFrame, dataset: str, paths, paper: dict[str, dict] | None = None) -> None:
+def plot_reliability(table: pd.DataFrame, dataset: str, paths, paper: dict[str, dict] | None = None):
     """Per-bin accuracy bars, the gap to the diagonal, and the diagonal (one panel per model)."""
 
-    def draw(ax, rows):
+    def draw(ax, rows, style: ModelStyle):
         acc, conf = _bins(rows, "bin_accuracy"), _bins(rows, "bin_confidence")
         lower, upper = acc["bin_lower"].astype(float).to_numpy(), acc["bin_upper"].astype(float).to_numpy()
         centers, width = (lower + upper) / 2, upper - lower
         accuracy = acc["value"].astype(float).fillna(0).to_numpy()
         confidence = conf["value"].astype(float).to_numpy()
-        color = PARADIGM_COLORS.get(rows["paradigm"].iloc[0], "gray")
-        ax.bar(centers, accuracy, width=width, color=color, edgecolor="black", linewidth=0.5, label="accuracy")
+        ax.bar(centers, accuracy, width=width, color=style.color, edgecolor="black", linewidth=0.5, label="accuracy")
         filled = ~np.isnan(confidence)
         ax.bar(centers[filled], (confidence - accuracy)[filled], bottom=accuracy[filled], width=width[filled],
                color="none", edgecolor="#ff7f0e", hatch="//", linewidth=0.5, label="gap")
@@ -89,20 +81,19 @@ def plot_reliability(table: pd.DataFrame, dataset: str, paths, paper: dict[str, 
         ax.set_ylabel("accuracy")
         ax.legend(loc="upper left", fontsize=7)
 
-    _per_model(table, dataset, draw, f"Reliability diagrams: {dataset}", paths)
+    return _per_model(table, dataset, draw, f"Reliability diagrams: {dataset}", paths)
 
 
-def plot_confidence_histogram(table: pd.DataFrame, dataset: str, paths) -> None:
+def plot_confidence_histogram(table: pd.DataFrame, dataset: str, paths):
     """Percentage of samples per confidence bin (one panel per model)."""
 
-    def draw(ax, rows):
+    def draw(ax, rows, style: ModelStyle):
         counts = _bins(rows, "bin_count")
         lower = counts["bin_lower"].astype(float).to_numpy()
         upper = counts["bin_upper"].astype(float).to_numpy()
         values = counts["value"].astype(float).to_numpy()
         share = 100 * values / max(values.sum(), 1)
-        color = PARADIGM_COLORS.get(rows["paradigm"].iloc[0], "gray")
-        ax.bar((lower + upper) / 2, share, width=upper - lower, color=color, edgecolor="black", linewidth=0.5)
+        ax.bar((lower + upper) / 2, share, width=upper - lower, color=style.color, edgecolor="black", linewidth=0.5)
         ax.axvline(_summary(rows, "mean_confidence"), color="k", linestyle="--", linewidth=1, label="mean confidence")
         ax.axvline(_summary(rows, "accuracy"), color="#2ca02c", linestyle=":", linewidth=1.5, label="accuracy")
         ax.set_title(rows["label"].iloc[0], fontsize=9)
@@ -111,4 +102,4 @@ def plot_confidence_histogram(table: pd.DataFrame, dataset: str, paths) -> None:
         ax.set_ylabel("% of samples")
         ax.legend(loc="upper left", fontsize=7)
 
-    _per_model(table, dataset, draw, f"Confidence histograms: {dataset}", paths)
+    return _per_model(table, dataset, draw, f"Confidence histograms: {dataset}", paths)

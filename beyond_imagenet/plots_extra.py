@@ -1,7 +1,8 @@
 """Figures of the invariance, CKA and model-profile evaluations (same conventions as plots.py).
 
-Line styles: colour = training paradigm (as in plots.py), line style/marker = architecture family,
-so the paper's two axes (ConvNet vs Transformer, supervised vs CLIP) read off every curve.
+Line styles from :func:`beyond_imagenet.style.model_styles`: colour = the model (the same in every
+figure; supervised blues, CLIP reds), line style/marker = architecture family, so the paper's two
+axes (ConvNet vs Transformer, supervised vs CLIP) read off every curve.
 """
 
 from __future__ import annotations
@@ -11,29 +12,25 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from beyond_imagenet.plots import PARADIGM_COLORS, plt, save_figure
+from beyond_imagenet.plots import plt
+from beyond_imagenet.style import model_styles, save_figure
 
-FAMILY_STYLES = {"convnet": {"linestyle": "-", "marker": "s"}, "vit": {"linestyle": "--", "marker": "o"},
-                 "other": {"linestyle": ":", "marker": "^"}}
 INVARIANCE_PANELS = (("scale", "scale factor"), ("shift", "shift (original px)"), ("resolution", "resolution (px)"))
 INVARIANCE_METRICS = {"top1": "top-1 accuracy (%)", "true_class_prob": "mean true-class probability"}
 
 
-def _style(paradigm: str, family: str) -> dict[str, Any]:
-    return {"color": PARADIGM_COLORS.get(paradigm, "gray"), **FAMILY_STYLES.get(family, FAMILY_STYLES["other"])}
-
-
 # ------------------------------------------------------------------------------------ invariance
 def plot_invariance(table: pd.DataFrame, dataset: str, metric: str, paths: Sequence,
-                    paper: Mapping[str, Any] | None = None) -> None:
+                    paper: Mapping[str, Any] | None = None):
     """Three panels (scale, shift, resolution): ``metric`` against the level, one line per model.
 
     ``paper``: the published ``invariance`` section (top-1 %); drawn thin and dotted for models
-    with a ``paper_key`` when ``metric`` is top1.
+    with a ``paper_key`` when ``metric`` is top1. Returns the saved (closed) figure.
     """
     data = table[(table["dataset"] == dataset) & (table["metric"] == metric) & (table["level"].notna())]
     if data.empty:
         raise ValueError(f"no invariance rows for dataset {dataset!r} and metric {metric!r}")
+    styles = model_styles(table)  # the whole table: the study's models
     scale = 100.0 if metric == "top1" else 1.0
     kinds = [(k, label) for k, label in INVARIANCE_PANELS if (data["transform"] == k).any()]
     fig, axes = plt.subplots(1, len(kinds), figsize=(4.2 * len(kinds), 3.6), squeeze=False)
@@ -42,12 +39,13 @@ def plot_invariance(table: pd.DataFrame, dataset: str, metric: str, paths: Seque
         for model, sub in rows.groupby("model", sort=False):
             sub = sub.assign(level=sub["level"].astype(float)).sort_values("level")
             first = sub.iloc[0]
-            ax.plot(sub["level"], sub["value"].astype(float) * scale, label=first["label"],
-                    **_style(first["paradigm"], first["family"]))
+            style = styles[str(model)]
+            ax.plot(sub["level"], sub["value"].astype(float) * scale, label=first["label"], color=style.color,
+                    linestyle=style.linestyle, marker=style.marker)
             key = first.get("paper_key")
             published = (paper or {}).get(kind, {}).get("top1", {}).get(key) if metric == "top1" else None
             if published:
-                ax.plot(paper[kind]["values"], published, color=_style(first["paradigm"], first["family"])["color"],
+                ax.plot(paper[kind]["values"], published, color=style.color,
                         linestyle=":", linewidth=1, alpha=0.6)
         standard = rows.loc[rows["standard"].astype(str) == "True", "level"].astype(float).unique()
         for level in standard:
@@ -61,6 +59,7 @@ def plot_invariance(table: pd.DataFrame, dataset: str, metric: str, paths: Seque
     fig.suptitle(f"Transformation invariance on {dataset} (standard level: vertical line{note})", fontsize=10)
     fig.tight_layout()
     save_figure(fig, paths)
+    return fig
 
 
 # ------------------------------------------------------------------------------------------ CKA

@@ -1,9 +1,11 @@
 """Figures of the ImageNet-logit evaluations (robustness, ImageNet-X, shape bias, PUG).
 
-Drawn only from the tidy metric tables. Models that declare a ``paper_key`` get the published
-number drawn beside ours (black markers / dashed lines, from ``paper_results``). Each function
-saves its figure and returns it (closed), so tests can check what was drawn. Missing values
-(e.g. an ImageNet-X factor with no image in a small study) are left out and marked "n/a".
+Drawn only from the tidy metric tables. Colours, hatches and markers come from
+:func:`beyond_imagenet.style.model_styles` (one per model, the same in every figure). Models that
+declare a ``paper_key`` get the published number drawn beside ours (black markers / dashed lines,
+from ``paper_results``). Each function saves its figure and returns it (closed), so tests can
+check what was drawn. Missing values (e.g. an ImageNet-X factor with no image in a small study)
+are left out and marked "n/a".
 """
 
 from __future__ import annotations
@@ -17,12 +19,9 @@ from beyond_imagenet.evaluations.robustness import BENCHMARK_ORDER, CLEAN_BENCHM
 from beyond_imagenet.metrics.imagenet_x import FACTORS
 from beyond_imagenet.metrics.pug import PUG_SUBSETS
 from beyond_imagenet.metrics.shape_bias import CATEGORIES
-from beyond_imagenet.plots import plt, save_figure
+from beyond_imagenet.plots import plt
+from beyond_imagenet.style import PAPER_MARKER, model_styles, save_figure  # noqa: F401  (PAPER_MARKER: old import path)
 
-# Shades per paradigm (supervised blues, CLIP reds), one per model in table order; hatches per family.
-_SHADES = {"supervised": ("#1f77b4", "#6baed6", "#08519c", "#9ecae1"),
-           "clip": ("#d62728", "#fc9272", "#a50f15", "#fcbba1")}
-_HATCHES = {"convnet": "", "vit": "//"}
 # The paper's ImageNet-X figure order.
 IMAGENET_X_ORDER = ("color", "darker", "brighter", "larger", "smaller", "object_blocking", "person_blocking",
                     "partial_view", "pose", "shape", "subcategory", "texture", "pattern", "style",
@@ -30,7 +29,6 @@ IMAGENET_X_ORDER = ("color", "darker", "brighter", "larger", "smaller", "object_
 BENCHMARK_LABELS = {"imagenet_val": "ImageNet", "imagenet_v2": "V2", "imagenet_a": "A", "imagenet_c": "C",
                     "imagenet_hard": "Hard", "imagenet_r": "R", "imagenet_sketch": "Sketch",
                     "imagenet_real": "ReaL", "average": "Average"}
-PAPER_MARKER = dict(marker="D", color="black", markersize=4, linestyle="none", zorder=5)
 
 
 def _text(frame: pd.DataFrame, *columns: str) -> pd.DataFrame:
@@ -43,16 +41,14 @@ def _text(frame: pd.DataFrame, *columns: str) -> pd.DataFrame:
     return frame
 
 
-def _models(table: pd.DataFrame) -> pd.DataFrame:
-    """One row per model (table order) with its label, family, paradigm, paper_key, colour, hatch."""
-    models = _text(table, "paper_key").drop_duplicates("model")[["model", "label", "family", "paradigm", "paper_key"]]
-    seen: dict[str, int] = {}
-    colors = []
-    for paradigm in models["paradigm"]:
-        shades = _SHADES.get(paradigm, ("#7f7f7f", "#bdbdbd"))
-        colors.append(shades[seen.get(paradigm, 0) % len(shades)])
-        seen[paradigm] = seen.get(paradigm, 0) + 1
-    return models.assign(color=colors, hatch=[_HATCHES.get(f, "..") for f in models["family"]]).reset_index(drop=True)
+def _models(data: pd.DataFrame, table: pd.DataFrame) -> pd.DataFrame:
+    """One row per model of ``data`` (table order) with its label, family, paradigm, paper_key and
+    style (colour, marker, hatch); styles from the whole ``table``, i.e. the study's model list."""
+    models = _text(data, "paper_key").drop_duplicates("model")[["model", "label", "family", "paradigm", "paper_key"]]
+    styles = model_styles(table)
+    chosen = [styles[str(m)] for m in models["model"]]
+    return models.assign(color=[s.color for s in chosen], marker=[s.marker for s in chosen],
+                         hatch=[s.hatch for s in chosen]).reset_index(drop=True)
 
 
 def _grouped_bars(ax, groups: list[str], models: pd.DataFrame, value, paper=None, scale: float = 1.0) -> None:
@@ -82,7 +78,7 @@ def plot_robustness(table: pd.DataFrame, paths, paper: dict | None = None):
     table = _text(table, "benchmark", "corruption", "dataset")
     overall = table[(table["metric"] == "top1") & (table["corruption"] == "")]
     present = [b for b in BENCHMARK_ORDER if b in set(overall["benchmark"])]
-    models = _models(table)
+    models = _models(table, table)
     lookup = overall.groupby(["model", "benchmark"])["value"].mean()
 
     def value(model, benchmark):
@@ -121,7 +117,7 @@ def plot_imagenet_x(table: pd.DataFrame, dataset: str, paths, paper: dict | None
     data = table[(table["dataset"] == dataset) & (table["metric"] == "error_ratio")]
     if data.empty:
         raise ValueError(f"no ImageNet-X rows for dataset {dataset!r}")
-    models = _models(data)
+    models = _models(data, table)
     factors = [f for f in IMAGENET_X_ORDER if f in FACTORS or f == "average"]
     lookup = data.set_index(["model", "factor"])["value"]
     ratios = (paper or {}).get("error_ratio", {})
@@ -162,7 +158,7 @@ def plot_shape_bias(table: pd.DataFrame, dataset: str, paths, paper: dict | None
     data = table[(table["dataset"] == dataset) & (table["metric"] == "shape_bias")]
     if data.empty:
         raise ValueError(f"no shape-bias rows for dataset {dataset!r}")
-    models = _models(data)
+    models = _models(data, table)
     # The authors' own decisions put through the spec's formula (what this workflow computes from
     # such decisions); the printed figure value is named beside it where the two disagree
     # (convnext_clip: 0.4241 vs 0.447, paper-results §11.4).
@@ -174,7 +170,7 @@ def plot_shape_bias(table: pd.DataFrame, dataset: str, paths, paper: dict | None
         rows = data[data["model"] == m["model"]]
         per_cat = rows[rows["category"] != ""]
         jitter = (k - (len(models) - 1) / 2) * 0.12
-        ax.plot(per_cat["value"], [y[c] + jitter for c in per_cat["category"]], marker="o", linestyle="none",
+        ax.plot(per_cat["value"], [y[c] + jitter for c in per_cat["category"]], marker=m["marker"], linestyle="none",
                 color=m["color"], markeredgecolor="black", markeredgewidth=0.3, markersize=6)
         overall = rows.loc[rows["category"] == "", "value"]
         mean = float(overall.iloc[0]) if len(overall) else np.nan
@@ -209,7 +205,7 @@ def plot_pug(table: pd.DataFrame, dataset: str, paths, paper: dict | None = None
     data = table[(table["dataset"] == dataset) & (table["metric"] == "top1")]
     if data.empty:
         raise ValueError(f"no PUG rows for dataset {dataset!r}")
-    models = _models(data)
+    models = _models(data, table)
     subsets = [s for s in (*PUG_SUBSETS, "Average") if s in set(data["subset"])]
     lookup = data.set_index(["model", "subset"])["value"]
     rule = str(data["rule"].iloc[0])

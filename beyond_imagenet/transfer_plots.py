@@ -1,4 +1,7 @@
-"""The transferability figure: VTAB linear-probe top-1 per task and per group, drawn from transfer.csv."""
+"""The transferability figure: VTAB linear-probe top-1 per task and per group, drawn from transfer.csv.
+
+Bar colours and hatches from :func:`beyond_imagenet.style.model_styles` (the same in every figure).
+"""
 
 from __future__ import annotations
 
@@ -12,23 +15,21 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from beyond_imagenet.datasets.vtab import GROUPS, TASKS  # noqa: E402
-from beyond_imagenet.plots import save_figure  # noqa: E402
 from beyond_imagenet.evaluations.transfer import paper_means  # noqa: E402
+from beyond_imagenet.style import model_styles, save_figure  # noqa: E402
 
-# The paper's 2x2 design: paradigm picks the hue (supervised blue, CLIP red), family the shade.
-MODEL_COLORS = {("convnet", "supervised"): "#1f4e99", ("vit", "supervised"): "#7fb2e5",
-                ("convnet", "clip"): "#b2182b", ("vit", "clip"): "#f4a582"}
-FALLBACK = plt.get_cmap("tab10").colors
 GROUP_LABELS = {"natural": "Natural", "specialized": "Specialized", "structured": "Structured", "all": "Mean"}
 
 
-def _models(data: pd.DataFrame) -> list[dict]:
-    first = data.drop_duplicates("model")
+def _models(data: pd.DataFrame, table: pd.DataFrame) -> list[dict]:
+    """The models of ``data`` in table order; styles from the whole ``table`` (the study's models)."""
+    styles = model_styles(table)
     models = []
-    for i, (_, row) in enumerate(first.iterrows()):
-        color = MODEL_COLORS.get((row["family"], row["paradigm"]), FALLBACK[i % len(FALLBACK)])
+    for _, row in data.drop_duplicates("model").iterrows():
+        style = styles[str(row["model"])]
         key = row["paper_key"] if isinstance(row["paper_key"], str) else ""
-        models.append({"model": row["model"], "label": row["label"], "color": color, "paper_key": key})
+        models.append({"model": row["model"], "label": row["label"], "color": style.color, "hatch": style.hatch,
+                       "paper_key": key})
     return models
 
 
@@ -36,22 +37,23 @@ def _bars(ax, positions, values, paper, models, width):
     """One bar per model at each position; the paper's value (if any) as a black tick on the bar."""
     for j, model in enumerate(models):
         x = positions + (j - (len(models) - 1) / 2) * width
-        ax.bar(x, values[j], width=width, color=model["color"], edgecolor="black", linewidth=0.4,
-               label=model["label"])
+        ax.bar(x, values[j], width=width, color=model["color"], hatch=model["hatch"], edgecolor="black",
+               linewidth=0.4, label=model["label"])
         if paper[j] is not None:
             ax.scatter(x, paper[j], marker="_", s=40, color="black", linewidths=1.8, zorder=3)
 
 
-def plot_transfer(table: pd.DataFrame, dataset: str, paths, paper_top1: Mapping[str, Mapping[str, float]] | None = None) -> None:
+def plot_transfer(table: pd.DataFrame, dataset: str, paths, paper_top1: Mapping[str, Mapping[str, float]] | None = None):
     """Top-1 (%) per task, grouped natural / specialized / structured, and the group means.
 
     ``paper_top1``: the paper's per-task top-1 (percent) by paper model key and paper task key; drawn
-    beside ours for models that declare a ``paper_key`` (group means over the same tasks).
+    beside ours for models that declare a ``paper_key`` (group means over the same tasks). Returns
+    the saved (closed) figure.
     """
     data = table[(table["dataset"] == dataset) & (table["metric"] == "test_top1")]
     if data.empty:
         raise ValueError(f"no transfer rows for dataset {dataset!r}")
-    models = _models(data)
+    models = _models(data, table)
     per_task = data[data["task"] != "mean"]
     tasks = [t for t in TASKS if t in set(per_task["task"])]
     groups = [g for g in (*GROUPS, "all") if g in set(data.loc[data["task"] == "mean", "group"])]
@@ -117,3 +119,4 @@ def plot_transfer(table: pd.DataFrame, dataset: str, paths, paper_top1: Mapping[
     fig.suptitle(f"VTAB-1k linear probes: {dataset} ({len(tasks)} task{'s' if len(tasks) != 1 else ''})")
     fig.tight_layout(rect=(0, 0.08, 1, 1))
     save_figure(fig, paths)
+    return fig
