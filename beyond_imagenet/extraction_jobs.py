@@ -62,7 +62,11 @@ def run_group(job) -> dict[str, Any]:
 
     from beyond_imagenet.datasets.manifest import load_manifest
     from beyond_imagenet.devices import lease_device
-    from beyond_imagenet.evaluations.invariance.variants import Variant, build_variant_model, spread_subset
+    from beyond_imagenet.evaluations.invariance.variants import (
+        Variant,
+        build_variant_model,
+        spread_subset,
+    )
     from beyond_imagenet.extract import extract
     from beyond_imagenet.heads import read_head
     from beyond_imagenet.models import build_model

@@ -18,6 +18,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from beyond_imagenet.style import plt, save_figure
+
 log = logging.getLogger(__name__)
 
 MODEL_COLUMNS = ("model", "label", "family", "paradigm", "paper_key")
@@ -161,3 +163,55 @@ def write_profile(frame: pd.DataFrame, path: str | os.PathLike) -> None:
 
     with atomic_path(path) as tmp:
         frame.to_csv(tmp, index=False, float_format="%.10g")
+
+
+# ------------------------------------------------------------------------------------ figure
+def _direction(value) -> bool | None:
+    """higher_is_better as read back from CSV: True, False, or None for an empty cell."""
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return None
+    if isinstance(value, str):
+        return {"true": True, "false": False}.get(value.strip().lower())
+    return bool(value)
+
+
+def plot_profile(profile: pd.DataFrame, paths: Sequence, title: str = "Model profile") -> None:
+    """Every model (rows) across every evaluation headline (columns) on one page.
+
+    Cell colour: how good the model is on that headline relative to the others (green = best,
+    red = worst; grey = no spread, missing, or no better direction); cell text: the value.
+    Column names carry ↑ / ↓ for higher / lower is better.
+    """
+    import textwrap
+
+    if profile.empty:
+        fig, ax = plt.subplots(figsize=(6, 2))
+        ax.axis("off")
+        ax.text(0.5, 0.5, "no evaluation with a headline number in this study", ha="center", va="center")
+        save_figure(fig, paths)
+        return
+    headlines = list(dict.fromkeys(profile["headline"]))
+    models = list(dict.fromkeys(profile["model"]))
+    labels = profile.drop_duplicates("model").set_index("model")["label"].to_dict()
+    score = profile.pivot(index="model", columns="headline", values="score").reindex(index=models, columns=headlines)
+    value = profile.pivot(index="model", columns="headline", values="value").reindex(index=models, columns=headlines)
+    better = profile.drop_duplicates("headline").set_index("headline")["higher_is_better"].to_dict()
+    fig, ax = plt.subplots(figsize=(1.3 + 1.15 * len(headlines), 1.4 + 0.45 * len(models)))
+    cmap = plt.get_cmap("RdYlGn").with_extremes(bad="#dddddd")
+    # Colour range padded so that the extremes stay light enough to read the numbers on.
+    ax.imshow(np.ma.masked_invalid(score.to_numpy(dtype=float)), cmap=cmap, vmin=-0.35, vmax=1.35, aspect="auto")
+    for i in range(len(models)):
+        for j in range(len(headlines)):
+            v = value.iat[i, j]
+            text = "–" if pd.isna(v) else f"{v:.3g}"
+            ax.text(j, i, text, ha="center", va="center", fontsize=7)
+    ax.set_xticks(range(len(headlines)))
+    arrows = {True: " ↑", False: " ↓"}
+    ax.set_xticklabels([textwrap.fill(f"{h}{arrows.get(_direction(better[h]), '')}", 18) for h in headlines],
+                       fontsize=6.5, rotation=0)
+    ax.xaxis.tick_top()
+    ax.set_yticks(range(len(models)))
+    ax.set_yticklabels([labels.get(m, m) for m in models], fontsize=8)
+    ax.set_title(title, fontsize=10, pad=12)
+    fig.tight_layout()
+    save_figure(fig, paths)

@@ -18,7 +18,12 @@ import yaml
 from beyond_imagenet.datasets import DatasetError, DatasetSpec, resolve_dataset
 from beyond_imagenet.datasets.vtab import expand_dataset
 from beyond_imagenet.evaluations import EVALUATIONS
-from beyond_imagenet.models import ModelError, ModelSpec, unknown_architecture_message, unknown_pretrained_message
+from beyond_imagenet.models import (
+    ModelError,
+    ModelSpec,
+    unknown_architecture_message,
+    unknown_pretrained_message,
+)
 
 SCHEMA_PATH = Path(__file__).resolve().parents[1] / "schemas" / "config.schema.yaml"
 
@@ -127,7 +132,10 @@ def validate_config(config: dict[str, Any], schema_path: str | os.PathLike = SCH
             if tag:
                 problems.append(f"  models.{name}.pretrained: {tag}")
         if entry.get("checkpoint"):
-            from beyond_imagenet.checkpoints import CheckpointError, resolve_checkpoint_path
+            from beyond_imagenet.checkpoints import (
+                CheckpointError,
+                resolve_checkpoint_path,
+            )
 
             try:
                 path = resolve_checkpoint_path(entry["checkpoint"])

@@ -40,10 +40,12 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
 
 from beyond_imagenet.io import atomic_path  # noqa: E402
 
-__all__ = ["FAMILY_STYLES", "OTHER_PALETTE", "PAPER_COLORS", "PAPER_MARKER", "PARADIGM_PALETTES", "QUALITATIVE",
+__all__ = ["FAMILY_STYLES", "as_text", "grouped_bars", "styled_models", "plt", "OTHER_PALETTE", "PAPER_COLORS", "PAPER_MARKER", "PARADIGM_PALETTES", "QUALITATIVE",
            "ModelStyle", "model_styles", "save_figure"]
 
 
@@ -146,3 +148,45 @@ def save_figure(fig, paths: Sequence[str | os.PathLike]) -> None:
         with atomic_path(path) as tmp:
             fig.savefig(tmp, format=path.suffix[1:], dpi=150, bbox_inches="tight", metadata=metadata)
     plt.close(fig)
+
+
+# ------------------------------------------------------------------ shared by the bar figures
+def as_text(frame: pd.DataFrame, *columns: str) -> pd.DataFrame:
+    """Empty cells come back from CSV as NaN; grouping columns are strings."""
+    frame = frame.copy()
+    for column in columns:
+        if column in frame:
+            values = frame[column].astype(object)
+            frame[column] = values.where(values.notna(), "").astype(str)
+    return frame
+
+
+def styled_models(data: pd.DataFrame, table: pd.DataFrame) -> pd.DataFrame:
+    """One row per model of ``data`` (table order) with its label, family, paradigm, paper_key and
+    style (colour, marker, hatch); styles from the whole ``table``, i.e. the study's model list."""
+    models = as_text(data, "paper_key").drop_duplicates("model")[["model", "label", "family", "paradigm", "paper_key"]]
+    styles = model_styles(table)
+    chosen = [styles[str(m)] for m in models["model"]]
+    return models.assign(color=[s.color for s in chosen], marker=[s.marker for s in chosen],
+                         hatch=[s.hatch for s in chosen]).reset_index(drop=True)
+
+
+def grouped_bars(ax, groups: list[str], models: pd.DataFrame, value, paper=None, scale: float = 1.0) -> None:
+    """Bars per group (x) and model; ``value(model, group)`` -> float or NaN; ``paper(key, group)``."""
+    width = 0.8 / max(len(models), 1)
+    x = np.arange(len(groups))
+    drew_paper = False
+    for k, m in models.iterrows():
+        offset = x - 0.4 + width * (k + 0.5)
+        heights = np.asarray([value(m["model"], g) for g in groups], dtype=float) * scale
+        ax.bar(offset, np.nan_to_num(heights), width=width, color=m["color"], hatch=m["hatch"],
+               edgecolor="black", linewidth=0.4, label=m["label"])
+        for xi, h in zip(offset, heights):
+            if np.isnan(h):
+                ax.text(xi, 0, "n/a", rotation=90, ha="center", va="bottom", fontsize=6, color="gray")
+        if paper is not None and m["paper_key"]:
+            published = np.asarray([paper(m["paper_key"], g) for g in groups], dtype=float)
+            if np.isfinite(published).any():
+                ax.plot(offset, published, label=None if drew_paper else "published (paper)", **PAPER_MARKER)
+                drew_paper = True
+    ax.set_xticks(x)

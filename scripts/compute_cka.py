@@ -7,9 +7,18 @@ import torch
 
 from beyond_imagenet.datasets.manifest import load_manifest
 from beyond_imagenet.devices import lease_device
-from beyond_imagenet.evaluations.cka.passes import (IMAGE_TOWERS, HookedModel, SameImages, cka_pass, cka_sample,
-                                                    collate_same_images, iterate_batches, readable_batches,
-                                                    select_layers, write_cka)
+from beyond_imagenet.evaluations.cka.passes import (
+    IMAGE_TOWERS,
+    HookedModel,
+    SameImages,
+    cka_pass,
+    cka_sample,
+    collate_same_images,
+    iterate_batches,
+    readable_batches,
+    select_layers,
+    write_cka,
+)
 from beyond_imagenet.extract import BadImagesError
 from beyond_imagenet.extraction_jobs import forward_threads
 from beyond_imagenet.heads import read_head

@@ -1,4 +1,4 @@
-from beyond_imagenet.plots_extra import plot_profile
+from beyond_imagenet.profile import plot_profile
 from beyond_imagenet.tables import read_table
 from beyond_imagenet.workflow import setup
 

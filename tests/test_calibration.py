@@ -2,10 +2,15 @@ import numpy as np
 import pytest
 
 from beyond_imagenet.classes import imagenet_r_mask
-from beyond_imagenet.metrics.calibration import (bin_index, calibration_bins, calibration_from_logits,
-                                                 expected_calibration_error, maximum_calibration_error,
-                                                 softmax)
 from beyond_imagenet.metrics.accuracy import topk_accuracy
+from beyond_imagenet.metrics.calibration import (
+    bin_index,
+    calibration_bins,
+    calibration_from_logits,
+    expected_calibration_error,
+    maximum_calibration_error,
+    softmax,
+)
 
 
 def test_ece_hand_computed():

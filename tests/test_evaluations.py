@@ -9,11 +9,18 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from conftest import REPO, default_config
 
-from beyond_imagenet.evaluations import EVALUATIONS, Evaluation, Figure, get, get_figure, register
+from beyond_imagenet.evaluations import (
+    EVALUATIONS,
+    Evaluation,
+    Figure,
+    get,
+    get_figure,
+    register,
+)
 from beyond_imagenet.profile import headline_rows
 from beyond_imagenet.study import Study, load_schema, validate_config
-from conftest import REPO, default_config
 
 NAMES = sorted(EVALUATIONS)
 SNAKEFILE = (REPO / "Snakefile").read_text()
@@ -38,7 +45,7 @@ def test_one_name_in_every_layer(name):
     assert (REPO / "beyond_imagenet" / "metrics" / f"{name}.py").is_file(), f"no beyond_imagenet/metrics/{name}.py"
     assert (REPO / "schemas" / "evaluations" / f"{name}.schema.yaml").is_file()
     assert name in load_schema()["properties"]["evaluations"]["properties"]
-    assert re.search(rf"^## \d+\. .*$", DOCS, re.M)
+    assert re.search(r"^## \d+\. .*$", DOCS, re.M)
     assert f"`{name}`" in DOCS or record.title.lower() in DOCS.lower(), f"docs/evaluations.md does not define {name}"
     for figure in record.figures:
         assert (REPO / "report" / f"{figure.caption}.rst").is_file(), f"{name}/{figure.name}: no report caption"

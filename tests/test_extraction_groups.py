@@ -5,16 +5,19 @@ per-dataset jobs write byte-identical files; a group rerun after one dataset cha
 only that dataset (the others are reused from results/extracted/); bad group configs are refused.
 """
 
-from beyond_imagenet.evaluations.invariance import is_standard_variant, study_variant_names
 import copy
 import os
 
 import h5py
 import pytest
-
-from beyond_imagenet.study import ConfigError, Study, validate_config
 from conftest import REPO, default_config, run_snakemake, write_config
 from test_extract import TinyNet, make_images, run
+
+from beyond_imagenet.evaluations.invariance import (
+    is_standard_variant,
+    study_variant_names,
+)
+from beyond_imagenet.study import ConfigError, Study, validate_config
 
 
 # --------------------------------------------------------------------------------- planning

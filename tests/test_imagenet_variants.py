@@ -17,7 +17,10 @@ from beyond_imagenet import classes
 from beyond_imagenet.datasets import DatasetError, resolve_dataset
 from beyond_imagenet.datasets.fetch import fetch_file, unpack_dataset
 from beyond_imagenet.datasets.generate import generate
-from beyond_imagenet.datasets.imagenet_variants import imagenet_hard_label_sets, pug_class_map
+from beyond_imagenet.datasets.imagenet_variants import (
+    imagenet_hard_label_sets,
+    pug_class_map,
+)
 from beyond_imagenet.datasets.manifest import build_manifest
 from beyond_imagenet.datasets.readers import class_space_mask, read_samples
 from beyond_imagenet.download import DownloadError
@@ -25,7 +28,10 @@ from beyond_imagenet.evaluations.imagenet_x import imagenet_x_rows
 from beyond_imagenet.evaluations.pug import pug_rows
 from beyond_imagenet.evaluations.robustness import robustness_average, robustness_rows
 from beyond_imagenet.evaluations.shape_bias import shape_bias_rows
-from beyond_imagenet.metrics.robustness import ALEXNET_IMAGENET_C_MEAN_ERROR, IMAGENET_C_CORRUPTIONS
+from beyond_imagenet.metrics.robustness import (
+    ALEXNET_IMAGENET_C_MEAN_ERROR,
+    IMAGENET_C_CORRUPTIONS,
+)
 from beyond_imagenet.metrics.shape_bias import CATEGORIES
 
 # kind -> (generator settings, expected image count)
@@ -269,7 +275,10 @@ def test_cue_conflict_labels_are_shape_indices_and_ids_keep_names(tmp_path):
     samples = build_manifest(spec)["samples"]
     assert all(CATEGORIES[label] == sid.split("/")[0] for sid, label in samples)
     # A model that always answers the texture category has shape bias 0.
-    from beyond_imagenet.metrics.shape_bias import CATEGORY_INDICES, parse_cue_conflict_name
+    from beyond_imagenet.metrics.shape_bias import (
+        CATEGORY_INDICES,
+        parse_cue_conflict_name,
+    )
 
     textures = [parse_cue_conflict_name(sid)[1] for sid, _ in samples]
     logits = np.full((len(samples), 1000), -20.0)
@@ -380,7 +389,12 @@ def test_catalogue_download_recipes():
 
 # ----------------------------------------------------------------------------- presized input
 def test_presized_sets_are_only_normalised_for_supervised_models():
-    from beyond_imagenet.models import IMAGENET_MEAN, IMAGENET_STD, ModelSpec, build_model
+    from beyond_imagenet.models import (
+        IMAGENET_MEAN,
+        IMAGENET_STD,
+        ModelSpec,
+        build_model,
+    )
     from beyond_imagenet.study import Study, load_config
 
     spec = ModelSpec.from_config("m", {"source": "timm", "name": "vit_tiny_patch16_224", "pretrained": False})
@@ -443,8 +457,11 @@ def test_figures_draw_published_numbers_beside_paper_models(tmp_path):
     through CSV (empty cells come back as NaN) into each figure."""
     import pandas as pd
 
+    from beyond_imagenet.evaluations.imagenet_x import plot_imagenet_x
+    from beyond_imagenet.evaluations.pug import plot_pug
+    from beyond_imagenet.evaluations.robustness import plot_robustness
+    from beyond_imagenet.evaluations.shape_bias import plot_shape_bias
     from beyond_imagenet.paper_results import load_paper_results
-    from beyond_imagenet.plots_imagenet import plot_imagenet_x, plot_pug, plot_robustness, plot_shape_bias
     from beyond_imagenet.tables import read_table, write_table
 
     models = {"vit_sup": dict(label="ViT sup", family="vit", paradigm="supervised", paper_key="vit_sup"),

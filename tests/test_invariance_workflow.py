@@ -10,15 +10,23 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import default_config, run_snakemake, write_config
 from PIL import Image
 
-from beyond_imagenet.evaluations.invariance import is_standard_variant, study_variant_names
-from beyond_imagenet.evaluations.invariance import invariance_rows, restrict
+from beyond_imagenet.evaluations.invariance import (
+    invariance_rows,
+    is_standard_variant,
+    restrict,
+    study_variant_names,
+)
+from beyond_imagenet.evaluations.invariance.variants import (
+    Variant,
+    build_variant_model,
+    spread_subset,
+)
 from beyond_imagenet.metrics.invariance import invariance_metrics
 from beyond_imagenet.models import ModelSpec
 from beyond_imagenet.study import Study, validate_config
-from beyond_imagenet.evaluations.invariance.variants import Variant, build_variant_model, spread_subset, study_variants
-from conftest import default_config, run_snakemake, write_config
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

@@ -131,7 +131,7 @@ def test_unknown_format_is_skipped_with_a_warning_and_duplicates_fail(caplog):
 
 
 def test_table_and_figure(tmp_path):
-    from beyond_imagenet.plots_extra import plot_profile
+    from beyond_imagenet.profile import plot_profile
 
     profile = build_profile(_tables(tmp_path))
     write_profile(profile, tmp_path / "profile.csv")

@@ -193,10 +193,13 @@ def _bar_colors(ax) -> dict[str, set[str]]:
 
 def _figures(tables, tmp_path):
     from beyond_imagenet.paper_results import load_paper_results
-    from beyond_imagenet.plots import plot_confidence_histogram, plot_reliability
-    from beyond_imagenet.plots_extra import plot_invariance
-    from beyond_imagenet.plots_imagenet import plot_imagenet_x, plot_pug, plot_robustness, plot_shape_bias
-    from beyond_imagenet.transfer_plots import plot_transfer
+    from beyond_imagenet.evaluations.calibration import plot_confidence_histogram, plot_reliability
+    from beyond_imagenet.evaluations.invariance import plot_invariance
+    from beyond_imagenet.evaluations.imagenet_x import plot_imagenet_x
+    from beyond_imagenet.evaluations.pug import plot_pug
+    from beyond_imagenet.evaluations.robustness import plot_robustness
+    from beyond_imagenet.evaluations.shape_bias import plot_shape_bias
+    from beyond_imagenet.evaluations.transfer import plot_transfer
 
     paper = load_paper_results()
     paths = lambda stem: [tmp_path / f"{stem}.png", tmp_path / f"{stem}.pdf"]  # noqa: E731
@@ -297,7 +300,7 @@ def test_every_figure_draws_each_model_in_its_style(tables, tmp_path):
 def test_a_model_keeps_its_colour_when_a_figure_draws_a_subset(tables, tmp_path):
     """Per-dataset panels take their colours from the whole table (the study), not from the rows
     they draw."""
-    from beyond_imagenet.plots import plot_reliability
+    from beyond_imagenet.evaluations.calibration import plot_reliability
 
     table = tables["calibration"]
     styles = model_styles(table)

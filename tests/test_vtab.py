@@ -228,7 +228,7 @@ def test_rows_group_means_and_paper_means() -> None:
 
 def test_figure_with_paper_numbers(tmp_path) -> None:
     from beyond_imagenet.paper_results import load_paper_results
-    from beyond_imagenet.transfer_plots import plot_transfer
+    from beyond_imagenet.evaluations.transfer import plot_transfer
 
     results = [{"model": m, "dataset": "vtab", "task": t, "test_top1": 0.5 + 0.1 * i, "val_top1": 0.5,
                 "weight_decay": 1e-3, "n_train": 800, "n_val": 200, "n_test": 10}

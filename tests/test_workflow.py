@@ -5,7 +5,6 @@ import copy
 import pandas as pd
 import pytest
 
-from beyond_imagenet.study import ConfigError
 from conftest import REPO, default_config, lint_workflow, run_snakemake, write_config
 
 pytestmark = pytest.mark.workflow

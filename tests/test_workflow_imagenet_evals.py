@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from beyond_imagenet.metrics.shape_bias import CATEGORIES
-from conftest import REPO, default_config, run_snakemake, write_config
+from conftest import REPO, default_config, write_config
 
 pytestmark = pytest.mark.workflow
 

@@ -6,10 +6,13 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from beyond_imagenet.evaluations import Evaluation, Figure, register
 from beyond_imagenet.metrics import imagenet_x as inx
+from beyond_imagenet.metrics.imagenet_x import FACTORS
 from beyond_imagenet.profile import Headline
+from beyond_imagenet.style import as_text, grouped_bars, plt, save_figure, styled_models
 from beyond_imagenet.tables import read_table
 from beyond_imagenet.workflow import read_items, skipped_row
 
@@ -47,8 +50,54 @@ def published(study, wildcards) -> dict:
     return {"paper": load_paper_results()["imagenet_x"] if has_paper_models else None}
 
 
+# ------------------------------------------------------------------------------------ figures
+# The paper's ImageNet-X figure order.
+IMAGENET_X_ORDER = ("color", "darker", "brighter", "larger", "smaller", "object_blocking", "person_blocking",
+                    "partial_view", "pose", "shape", "subcategory", "texture", "pattern", "style",
+                    "background", "multiple_objects", "average")
+
+
+def plot_imagenet_x(table: pd.DataFrame, dataset: str, paths, paper: dict | None = None):
+    """Error ratio per factor; supervised and CLIP models in separate panels, as in the paper."""
+    table = as_text(table, "factor")
+    data = table[(table["dataset"] == dataset) & (table["metric"] == "error_ratio")]
+    if data.empty:
+        raise ValueError(f"no ImageNet-X rows for dataset {dataset!r}")
+    models = styled_models(data, table)
+    factors = [f for f in IMAGENET_X_ORDER if f in FACTORS or f == "average"]
+    lookup = data.set_index(["model", "factor"])["value"]
+    ratios = (paper or {}).get("error_ratio", {})
+
+    def value(model, factor):
+        return lookup.get((model, factor), np.nan)
+
+    def published(key, factor):
+        return ratios.get(key, {}).get(factor, np.nan)
+
+    panels = [("supervised", "Supervised"), ("clip", "CLIP")]
+    fig, axes = plt.subplots(len(panels), 1, figsize=(10, 6.2), sharex=True, squeeze=False)
+    for ax, (paradigm, title) in zip(axes[:, 0], panels):
+        group = models[models["paradigm"] == paradigm].reset_index(drop=True)
+        if group.empty:
+            ax.text(0.5, 0.5, f"no {title} model in this study", transform=ax.transAxes, ha="center")
+        else:
+            grouped_bars(ax, factors, group, value, published if paper else None)
+            ax.legend(fontsize=7, ncol=3, loc="upper left")
+        ax.axhline(1.0, color="black", linestyle="--", linewidth=0.8)
+        ax.set_ylabel("error ratio")
+        ax.set_title(title, fontsize=9)
+    counts = table[(table["dataset"] == dataset) & (table["metric"] == "n_images")]
+    n_by_factor = counts.groupby("factor")["value"].first()
+    labels = [f"{f.replace('_', ' ')}" + (f"\n(n={int(n_by_factor[f])})" if f in n_by_factor else "") for f in factors]
+    axes[-1, 0].set_xticks(np.arange(len(factors)))
+    axes[-1, 0].set_xticklabels(labels, rotation=60, ha="right", fontsize=7)
+    fig.suptitle(f"ImageNet-X error ratios on {dataset} (lower is better; 1 = average error)", fontsize=10)
+    fig.tight_layout()
+    save_figure(fig, paths)
+    return fig
+
+
 def draw(job) -> None:
-    from beyond_imagenet.plots_imagenet import plot_imagenet_x
 
     plot_imagenet_x(read_table(job.input[0]), job.wildcards.dataset, job.figure_paths(), paper=job.params.data["paper"])
 

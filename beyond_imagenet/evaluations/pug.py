@@ -6,10 +6,12 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from beyond_imagenet.evaluations import Evaluation, Figure, register
 from beyond_imagenet.metrics.pug import PUG_SUBSETS, pug_accuracy, pug_average
 from beyond_imagenet.profile import Headline
+from beyond_imagenet.style import grouped_bars, plt, save_figure, styled_models
 from beyond_imagenet.tables import read_table
 from beyond_imagenet.workflow import read_items, skipped_row
 
@@ -62,8 +64,41 @@ def published(study, wildcards) -> dict:
     return {"paper": load_paper_results()["pug"] if has_paper_models else None}
 
 
+# ------------------------------------------------------------------------------------ figures
+def plot_pug(table: pd.DataFrame, dataset: str, paths, paper: dict | None = None):
+    """Top-1 (%) per PUG-ImageNet factor subset and the average of the 10."""
+    data = table[(table["dataset"] == dataset) & (table["metric"] == "top1")]
+    if data.empty:
+        raise ValueError(f"no PUG rows for dataset {dataset!r}")
+    models = styled_models(data, table)
+    subsets = [s for s in (*PUG_SUBSETS, "Average") if s in set(data["subset"])]
+    lookup = data.set_index(["model", "subset"])["value"]
+    rule = str(data["rule"].iloc[0])
+    paper_top1 = (paper or {}).get("top1", {})
+    paper_average = (paper or {}).get("average_figure", {})
+
+    def value(model, subset):
+        return lookup.get((model, subset), np.nan)
+
+    def published(key, subset):
+        if subset == "Average":
+            return paper_average.get(key, np.nan)
+        return paper_top1.get(key, {}).get(subset, np.nan)
+
+    fig, ax = plt.subplots(figsize=(10, 3.8))
+    grouped_bars(ax, subsets, models, value, published if paper else None, scale=100)
+    ax.set_xticklabels([s.replace("_", " ") for s in subsets], rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel("top-1 accuracy (%)")
+    ax.set_ylim(0, 100)
+    note = f"; published numbers use rule '{(paper or {}).get('rule', 'paper')}'" if paper else ""
+    ax.set_title(f"PUG-ImageNet ({dataset}), scoring rule '{rule}'{note}", fontsize=9)
+    ax.legend(fontsize=7, ncol=2, loc="upper right")
+    fig.tight_layout()
+    save_figure(fig, paths)
+    return fig
+
+
 def draw(job) -> None:
-    from beyond_imagenet.plots_imagenet import plot_pug
 
     plot_pug(read_table(job.input[0]), job.wildcards.dataset, job.figure_paths(), paper=job.params.data["paper"])
 

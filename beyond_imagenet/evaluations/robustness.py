@@ -13,11 +13,18 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+import pandas as pd
 
 from beyond_imagenet.datasets.readers import class_space_mask
 from beyond_imagenet.evaluations import Evaluation, Figure, register
-from beyond_imagenet.metrics.robustness import imagenet_c_summary, multilabel_top1, real_accuracy, top1
+from beyond_imagenet.metrics.robustness import (
+    imagenet_c_summary,
+    multilabel_top1,
+    real_accuracy,
+    top1,
+)
 from beyond_imagenet.profile import Headline
+from beyond_imagenet.style import as_text, grouped_bars, plt, save_figure, styled_models
 from beyond_imagenet.tables import read_table
 from beyond_imagenet.workflow import read_items, skipped_row
 
@@ -173,8 +180,54 @@ def published(study, wildcards) -> dict:
     return {"paper": load_paper_results()["robustness"] if has_paper_models else None}
 
 
+# ------------------------------------------------------------------------------------ figures
+BENCHMARK_LABELS = {"imagenet_val": "ImageNet", "imagenet_v2": "V2", "imagenet_a": "A", "imagenet_c": "C",
+                    "imagenet_hard": "Hard", "imagenet_r": "R", "imagenet_sketch": "Sketch",
+                    "imagenet_real": "ReaL", "average": "Average"}
+
+
+def plot_robustness(table: pd.DataFrame, paths, paper: dict | None = None):
+    """Top-1 (%) per benchmark and model, clean ImageNet first and the 7-set average last."""
+    table = as_text(table, "benchmark", "corruption", "dataset")
+    overall = table[(table["metric"] == "top1") & (table["corruption"] == "")]
+    found = list(dict.fromkeys(overall["benchmark"]))
+    # The paper's order; a benchmark it does not know (a new scorer, image_folder) is drawn before
+    # the average, never dropped.
+    present = [b for b in BENCHMARK_ORDER if b in found and b != "average"]
+    present += [b for b in found if b not in BENCHMARK_ORDER] + (["average"] if "average" in found else [])
+    models = styled_models(table, table)
+    lookup = overall.groupby(["model", "benchmark"])["value"].mean()
+
+    def value(model, benchmark):
+        return lookup.get((model, benchmark), np.nan)
+
+    def published(key, benchmark):
+        if not paper:
+            return np.nan
+        if benchmark == "average":
+            return paper.get("average_7_printed", {}).get(key, np.nan)
+        return paper.get("top1", {}).get(key, {}).get(benchmark, np.nan)
+
+    counts = table.loc[(table["benchmark"] == "average") & (table["metric"] == "n_benchmarks"), "value"]
+    n_shifted = int(counts.max()) if len(counts) else 0
+    labels = {**BENCHMARK_LABELS, "average": f"Average ({n_shifted})"}
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.0 * len(present) + 2), 3.8))
+    grouped_bars(ax, present, models, value, published if paper else None, scale=100)
+    ax.set_xticklabels([labels.get(b, b) for b in present])
+    if CLEAN_BENCHMARK in present:
+        ax.axvline(present.index(CLEAN_BENCHMARK) + 0.5, color="gray", linewidth=0.6)
+    ax.set_ylabel("top-1 accuracy (%)")
+    ax.set_ylim(0, 100)
+    note = " (published average: all 7)" if paper else ""
+    ax.set_title(f"Robustness: ImageNet and {n_shifted} shifted sets{note}; ImageNet-C = mean over 15 corruptions",
+                 fontsize=9)
+    ax.legend(fontsize=7, ncol=2, loc="upper right")
+    fig.tight_layout()
+    save_figure(fig, paths)
+    return fig
+
+
 def draw(job) -> None:
-    from beyond_imagenet.plots_imagenet import plot_robustness
 
     plot_robustness(read_table(job.input[0]), job.figure_paths(), paper=job.params.data["paper"])
 

@@ -8,10 +8,13 @@ its HDF5 file), one job per dataset (``rules/cka.smk``: ``compute_cka``); its ta
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping, Sequence
+
+import numpy as np
 
 from beyond_imagenet.evaluations import Evaluation, Figure, register
 from beyond_imagenet.profile import Headline
+from beyond_imagenet.style import plt, save_figure
 
 #: The settings of the CKA pass (evaluations.cka.<key>): the compute_cka job's params.
 PASS_SETTINGS = ("n_images", "batch_size", "seed", "layers")
@@ -51,9 +54,62 @@ def labels(study, wildcards) -> dict:
     return {"labels": {m: spec.label for m, spec in study.models.items()}}
 
 
+# ------------------------------------------------------------------------------------ figures
+def _short(layer: str) -> str:
+    """``stages.2.blocks.5`` -> ``s2.b5``; ``transformer.resblocks.3`` -> ``3``: compact tick labels."""
+    out: list[str] = []
+    for token in layer.replace("trunk.", "").replace("transformer.resblocks.", "").split("."):
+        if token.isdigit() and out and out[-1].isalpha():
+            out[-1] += token
+        elif token.isdigit():
+            out.append(token)
+        else:
+            out.append(token[0] + "".join(c for c in token if c.isdigit()))
+    return ".".join(out)
+
+
+def _ticks(ax, axis: str, layers: Sequence[str]) -> None:
+    step = max(1, len(layers) // 8)
+    positions = list(range(0, len(layers), step))
+    getattr(ax, f"set_{axis}ticks")(positions)
+    getattr(ax, f"set_{axis}ticklabels")([_short(layers[i]) for i in positions], fontsize=6,
+                                         rotation=90 if axis == "x" else 0)
+
+
+def plot_cka(matrices: Sequence[Any], kind: str, labels: Mapping[str, str], dataset: str, n_images: int,
+             paths: Sequence) -> None:
+    """Layer × layer CKA heatmaps, one panel per model (``within``) or per model pair (``cross``).
+
+    ``matrices``: :class:`beyond_imagenet.evaluations.cka.passes.CkaMatrix` items; rows (y) are the layers of model a
+    from the input upwards, columns (x) the layers of model b.
+    """
+    chosen = [m for m in matrices if m.kind == kind]
+    if not chosen:
+        raise ValueError(f"no {kind}-model CKA matrices in the file")
+    cols = min(len(chosen), 4 if kind == "within" else 3)
+    rows = -(-len(chosen) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 3.4 * rows), squeeze=False)
+    for ax in axes.flat[len(chosen):]:
+        ax.set_visible(False)
+    image = None
+    for ax, m in zip(axes.flat, chosen):
+        image = ax.imshow(np.asarray(m.cka, dtype=float), origin="lower", cmap="magma", vmin=0.0, vmax=1.0,
+                          aspect="auto", interpolation="nearest")
+        a, b = labels.get(m.model_a, m.model_a), labels.get(m.model_b, m.model_b)
+        ax.set_title(a if kind == "within" else f"{a} vs\n{b}", fontsize=8)
+        ax.set_ylabel(f"{a} layer" if kind == "cross" else "layer", fontsize=7)
+        ax.set_xlabel(f"{b} layer" if kind == "cross" else "layer", fontsize=7)
+        _ticks(ax, "x", m.layers_b)
+        _ticks(ax, "y", m.layers_a)
+    fig.suptitle(f"Linear CKA ({kind}-model) on {dataset}, {n_images} images", fontsize=10)
+    fig.tight_layout()
+    if image is not None:
+        fig.colorbar(image, ax=list(axes.flat[: len(chosen)]), shrink=0.8, label="CKA")
+    save_figure(fig, paths)
+
+
 def draw(job) -> None:
     from beyond_imagenet.evaluations.cka.passes import read_cka
-    from beyond_imagenet.plots_extra import plot_cka
 
     matrices, attrs = read_cka(job.input[0])
     plot_cka(matrices, job.wildcards.kind, job.params.data["labels"], job.wildcards.dataset, int(attrs["n_images"]),

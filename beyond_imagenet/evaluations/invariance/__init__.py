@@ -17,10 +17,12 @@ import logging
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
+import pandas as pd
 
 from beyond_imagenet.evaluations import Evaluation, Figure, register
 from beyond_imagenet.metrics.invariance import invariance_metrics
 from beyond_imagenet.profile import Headline
+from beyond_imagenet.style import model_styles, plt, save_figure
 
 if TYPE_CHECKING:  # pragma: no cover
     from beyond_imagenet.evaluations.invariance.variants import Variant
@@ -139,6 +141,55 @@ def check(config: dict[str, Any]) -> list[str]:
     return problems
 
 
+# ------------------------------------------------------------------------------------ figures
+INVARIANCE_PANELS = (("scale", "scale factor"), ("shift", "shift (original px)"), ("resolution", "resolution (px)"))
+
+
+INVARIANCE_METRICS = {"top1": "top-1 accuracy (%)", "true_class_prob": "mean true-class probability"}
+
+
+def plot_invariance(table: pd.DataFrame, dataset: str, metric: str, paths: Sequence,
+                    paper: Mapping[str, Any] | None = None):
+    """Three panels (scale, shift, resolution): ``metric`` against the level, one line per model.
+
+    ``paper``: the published ``invariance`` section (top-1 %); drawn thin and dotted for models
+    with a ``paper_key`` when ``metric`` is top1. Returns the saved (closed) figure.
+    """
+    data = table[(table["dataset"] == dataset) & (table["metric"] == metric) & (table["level"].notna())]
+    if data.empty:
+        raise ValueError(f"no invariance rows for dataset {dataset!r} and metric {metric!r}")
+    styles = model_styles(table)  # the whole table: the study's models
+    scale = 100.0 if metric == "top1" else 1.0
+    kinds = [(k, label) for k, label in INVARIANCE_PANELS if (data["transform"] == k).any()]
+    fig, axes = plt.subplots(1, len(kinds), figsize=(4.2 * len(kinds), 3.6), squeeze=False)
+    for ax, (kind, xlabel) in zip(axes[0], kinds):
+        rows = data[data["transform"] == kind]
+        for model, sub in rows.groupby("model", sort=False):
+            sub = sub.assign(level=sub["level"].astype(float)).sort_values("level")
+            first = sub.iloc[0]
+            style = styles[str(model)]
+            ax.plot(sub["level"], sub["value"].astype(float) * scale, label=first["label"], color=style.color,
+                    linestyle=style.linestyle, marker=style.marker)
+            key = first.get("paper_key")
+            published = (paper or {}).get(kind, {}).get("top1", {}).get(key) if metric == "top1" else None
+            if published:
+                ax.plot(paper[kind]["values"], published, color=style.color,
+                        linestyle=":", linewidth=1, alpha=0.6)
+        standard = rows.loc[rows["standard"].astype(str) == "True", "level"].astype(float).unique()
+        for level in standard:
+            ax.axvline(level, color="k", linewidth=0.6, linestyle=":")
+        ax.set_xlabel(xlabel)
+        ax.set_title(kind.capitalize())
+        ax.set_ylabel(INVARIANCE_METRICS.get(metric, metric))
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    note = "; published top-1 dotted" if metric == "top1" and paper and data["paper_key"].notna().any() else ""
+    fig.suptitle(f"Transformation invariance on {dataset} (standard level: vertical line{note})", fontsize=10)
+    fig.tight_layout()
+    save_figure(fig, paths)
+    return fig
+
+
 # ------------------------------------------------------------------------------ the evaluation
 def table(job) -> list[dict[str, Any]]:
     """Top-1 and mean true-class probability per (model, dataset, variant), in config order of
@@ -180,7 +231,6 @@ def published(study, wildcards) -> dict:
 
 
 def draw(job) -> None:
-    from beyond_imagenet.plots_extra import plot_invariance
     from beyond_imagenet.tables import read_table
 
     plot_invariance(read_table(job.input[0]), job.wildcards.dataset, job.wildcards.metric, job.figure_paths(),

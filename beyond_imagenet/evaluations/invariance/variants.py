@@ -13,7 +13,13 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from beyond_imagenet.evaluations.invariance.transforms import PARADIGMS, is_standard, parse_variant, variant_name, variant_transform
+from beyond_imagenet.evaluations.invariance.transforms import (
+    PARADIGMS,
+    is_standard,
+    parse_variant,
+    variant_name,
+    variant_transform,
+)
 from beyond_imagenet.models import LoadedModel, ModelSpec, build_model
 
 #: config key of each variant kind (evaluations.invariance.<key>) -> kind in invariance.py
