@@ -24,7 +24,7 @@ study config file, and the default config.yaml: a config read behind Snakemake's
 ``sys.executable`` (to show that the job ran in this interpreter, not in a conda env), and the
 job's wall time from start-up to exit.
 
-Record: ``$BEYOND_IMAGENET_PARAMS_AUDIT_DIR/<rule>-<pid>.json``; written at interpreter exit,
+Record: ``$BEYOND_IMAGENET_PARAMS_AUDIT_DIR/<rule>-<pid>-<ns>.json``; written at interpreter exit,
 also when the script raised (not on ``os._exit``, as forked worker processes end).
 """
 
@@ -166,7 +166,7 @@ def _write_record():
     record["config_keys_read"] = sorted(job["config_keys_read"])
     del record["_key_reads"]
     os.makedirs(_DIR, exist_ok=True)
-    path = os.path.join(_DIR, f"{job['rule']}-{job['pid']}.json")
+    path = os.path.join(_DIR, f"{job['rule']}-{job['pid']}-{time.time_ns()}.json")
     with open(path + ".tmp", "w") as f:
         json.dump(record, f, indent=1, sort_keys=True, default=str)
     os.replace(path + ".tmp", path)
