@@ -78,8 +78,9 @@ def run_group(job) -> dict[str, Any]:
     items = params.cached
     spec = model_spec(params.model)
     head_path = job.input.get("head") or None
+    compile_cache = params.compile_cache
     if params.compile:
-        enable_compile_cache(params.compile_cache)
+        enable_compile_cache(compile_cache)
     head = read_head(head_path, params.head_identity) if head_path else None
     built: dict[str, Any] = {}  # standard transforms share one network per input transform
     timing = {"items": len(items), "forward_s": 0.0, "computed": 0, "reused": 0}

@@ -201,8 +201,10 @@ def figure_params(evaluation, name):
     """The params of a plot job (scripts/plot_figure.py): which figure, and what it draws besides
     its input (published numbers, labels: the record's ``data``)."""
     figure = EVALUATIONS[evaluation].figure(name)
-    data = (lambda wildcards: figure.data(STUDY, wildcards)) if figure.data else {}
-    return {"figure": f"{evaluation}/{name}", "data": data}
+    params = {"figure": f"{evaluation}/{name}"}
+    if figure.data:
+        params["data"] = lambda wildcards: figure.data(STUDY, wildcards)
+    return params
 
 
 def figure_log(evaluation, name):

@@ -38,7 +38,6 @@ rule extract_outputs:
         f"{RESULTS}/extracted/{{model}}/{{group}}.group.json",
     params:
         model=model_entry,
-        identity=model_params,
         head_identity=head_params,
         protocol=config["preprocessing"],
         logit_scale=config["zero_shot"]["logit_scale"],

@@ -29,6 +29,7 @@ job = setup(snakemake)
 torch.set_num_threads(forward_threads(job))  # the loader workers take the job's other threads
 dataset = job.wildcards.dataset
 section = job.params.settings
+on_bad_image = job.params.on_bad_image
 manifest = load_manifest(job.input.manifest)
 samples, dropped = cka_sample(manifest["samples"], section["n_images"], section["batch_size"], section["seed"])
 n_batches = len(samples) // section["batch_size"]
@@ -56,7 +57,7 @@ bad = []
 with lease_device(job.resources.device, job.resources.lock_dir or None) as device:
     results = cka_pass(models, iterate_batches(readable_batches(loader, bad)), pairs, device)
 ids = [sid for sid, _ in samples]
-if bad and job.params.on_bad_image == "error":  # every bad file named, nothing written
+if bad and on_bad_image == "error":  # every bad file named, nothing written
     raise BadImagesError(manifest["root"], [(ids[i], reason) for i, reason in sorted(bad)])
 if bad:
     logging.warning("CKA on %s: %d unreadable image(s) skipped", dataset, len(bad))
