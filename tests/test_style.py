@@ -110,12 +110,14 @@ def tables(tmp_path_factory):
     from beyond_imagenet.datasets.imagenet_variants import pug_class_map
     from beyond_imagenet.datasets.manifest import build_manifest
     from beyond_imagenet.datasets.vtab import TASKS
-    from beyond_imagenet.imagenet_evals import (imagenet_x_rows, pug_rows, robustness_average, robustness_rows,
-                                                shape_bias_rows)
-    from beyond_imagenet.invariance_table import invariance_rows
+    from beyond_imagenet.evaluations.imagenet_x import imagenet_x_rows
+    from beyond_imagenet.evaluations.invariance import invariance_rows
+    from beyond_imagenet.evaluations.invariance.variants import Variant
+    from beyond_imagenet.evaluations.pug import pug_rows
+    from beyond_imagenet.evaluations.robustness import robustness_average, robustness_rows
+    from beyond_imagenet.evaluations.shape_bias import shape_bias_rows
+    from beyond_imagenet.evaluations.transfer import transfer_rows
     from beyond_imagenet.metrics.calibration import calibration_from_logits
-    from beyond_imagenet.transfer import transfer_rows
-    from beyond_imagenet.variants import Variant
 
     tmp = tmp_path_factory.mktemp("style_tables")
 
@@ -133,7 +135,7 @@ def tables(tmp_path_factory):
                             "transfer")}
     results = []
     for base in STUDY:
-        # calibration (scripts/compute_calibration.py), on two datasets
+        # calibration (evaluations/calibration.py: table), on two datasets
         for dataset in ("imagenet_val", "imagenet_r"):
             labels = rng.integers(0, 10, 200)
             logits = rng.normal(size=(200, 10)) * 3 + 4 * np.eye(10)[labels] * rng.random((200, 1))
@@ -160,7 +162,7 @@ def tables(tmp_path_factory):
         out = _outputs(rng.normal(size=(len(pug_samples), 1000)), [lab for _, lab in pug_samples],
                        [s for s, _ in pug_samples])
         rows["pug"] += [{**base, "dataset": "pug", **r} for r in pug_rows(out, pug_class_map(pug.root))]
-        # invariance (scripts/compute_invariance.py): standard outputs reused for scale 1 / resolution 224
+        # invariance (evaluations/invariance: table): standard outputs reused for scale 1 / resolution 224
         ids = [f"i{k}" for k in range(20)]
         labels = rng.integers(0, 10, 20)
         variants = {}
@@ -170,7 +172,7 @@ def tables(tmp_path_factory):
             out["attrs"] = {"variant": "" if variant.value in (1, 224) else variant.name}
             variants[variant] = out
         rows["invariance"] += invariance_rows(variants, ids, None, {**base, "dataset": "imagenet_val"})
-        # transfer (scripts/compute_transfer.py)
+        # transfer (evaluations/transfer.py: table)
         results += [{"model": base["model"], "dataset": "vtab", "task": t, "test_top1": rng.random(), "val_top1": 0.5,
                      "weight_decay": 1e-3, "n_train": 800, "n_val": 200, "n_test": 10} for t in TASKS]
     rows["transfer"] = transfer_rows(results, {r["model"]: r for r in STUDY})

@@ -100,6 +100,19 @@ class Evaluation:
                        f"{', '.join(f.name for f in self.figures)}")
 
 
+def published_section(section: str) -> Callable[["Study", Any], dict[str, Any]]:
+    """A figure's ``data``: the paper's ``section`` of published numbers (``paper_results.yaml``)
+    when a model of the study is a paper model (``paper_key``), else None."""
+
+    def data(study, wildcards) -> dict[str, Any]:
+        from beyond_imagenet.paper_results import load_paper_results
+
+        has_paper_models = any(spec.paper_key for spec in study.models.values())
+        return {"paper": load_paper_results()[section] if has_paper_models else None}
+
+    return data
+
+
 EVALUATIONS: dict[str, Evaluation] = {}
 
 

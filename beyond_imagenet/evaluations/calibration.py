@@ -51,7 +51,6 @@ def published_ece(study, wildcards) -> dict:
 
 
 def draw_reliability(job) -> None:
-
     plot_reliability(read_table(job.input[0]), job.wildcards.dataset, job.figure_paths(), paper=job.params.data["paper"])
 
 
@@ -143,7 +142,6 @@ def plot_confidence_histogram(table: pd.DataFrame, dataset: str, paths):
 
 
 def draw_confidence(job) -> None:
-
     plot_confidence_histogram(read_table(job.input[0]), job.wildcards.dataset, job.figure_paths())
 
 

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from beyond_imagenet.evaluations import Evaluation, Figure, register
+from beyond_imagenet.evaluations import Evaluation, Figure, published_section, register
 from beyond_imagenet.metrics import imagenet_x as inx
 from beyond_imagenet.metrics.imagenet_x import FACTORS
 from beyond_imagenet.profile import Headline
@@ -41,13 +41,6 @@ def table(job) -> list[Row]:
         rows += [{**job.params.models[item["model"]], "dataset": item["dataset"], **r}
                  for r in [*imagenet_x_rows(out), skipped_row(out, factor="")]]
     return rows
-
-
-def published(study, wildcards) -> dict:
-    from beyond_imagenet.paper_results import load_paper_results
-
-    has_paper_models = any(spec.paper_key for spec in study.models.values())
-    return {"paper": load_paper_results()["imagenet_x"] if has_paper_models else None}
 
 
 # ------------------------------------------------------------------------------------ figures
@@ -98,7 +91,6 @@ def plot_imagenet_x(table: pd.DataFrame, dataset: str, paths, paper: dict | None
 
 
 def draw(job) -> None:
-
     plot_imagenet_x(read_table(job.input[0]), job.wildcards.dataset, job.figure_paths(), paper=job.params.data["paper"])
 
 
@@ -111,7 +103,7 @@ IMAGENET_X = register(Evaluation(
     kinds=frozenset({"imagenet_val"}),
     table=table,
     group_columns=("dataset", "factor"),
-    figures=(Figure("imagenet_x", draw, "imagenet_x", data=published),),
+    figures=(Figure("imagenet_x", draw, "imagenet_x", data=published_section("imagenet_x")),),
     headlines=(Headline("imagenet_x", {"factor": "average", "metric": "error_ratio"}, False,
                         "ImageNet-X mean error ratio ({dataset})"),),
 ))

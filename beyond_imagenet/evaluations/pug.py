@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from beyond_imagenet.evaluations import Evaluation, Figure, register
+from beyond_imagenet.evaluations import Evaluation, Figure, published_section, register
 from beyond_imagenet.metrics.pug import PUG_SUBSETS, pug_accuracy, pug_average
 from beyond_imagenet.profile import Headline
 from beyond_imagenet.style import grouped_bars, plt, save_figure, styled_models
@@ -57,13 +57,6 @@ def input_transform(study, dataset: str) -> str | None:
     return None
 
 
-def published(study, wildcards) -> dict:
-    from beyond_imagenet.paper_results import load_paper_results
-
-    has_paper_models = any(spec.paper_key for spec in study.models.values())
-    return {"paper": load_paper_results()["pug"] if has_paper_models else None}
-
-
 # ------------------------------------------------------------------------------------ figures
 def plot_pug(table: pd.DataFrame, dataset: str, paths, paper: dict | None = None):
     """Top-1 (%) per PUG-ImageNet factor subset and the average of the 10."""
@@ -99,7 +92,6 @@ def plot_pug(table: pd.DataFrame, dataset: str, paths, paper: dict | None = None
 
 
 def draw(job) -> None:
-
     plot_pug(read_table(job.input[0]), job.wildcards.dataset, job.figure_paths(), paper=job.params.data["paper"])
 
 
@@ -111,7 +103,7 @@ PUG = register(Evaluation(
     table=table,
     settings=("rule",),
     group_columns=("dataset", "subset", "rule"),
-    figures=(Figure("pug", draw, "pug", data=published),),
+    figures=(Figure("pug", draw, "pug", data=published_section("pug")),),
     headlines=(Headline("pug", {"subset": "Average", "metric": "top1"}, True, "PUG mean top-1 % ({dataset})",
                         scale=100),),
     input_transform=input_transform,

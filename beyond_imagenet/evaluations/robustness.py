@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from beyond_imagenet.datasets.readers import class_space_mask
-from beyond_imagenet.evaluations import Evaluation, Figure, register
+from beyond_imagenet.evaluations import Evaluation, Figure, published_section, register
 from beyond_imagenet.metrics.robustness import (
     imagenet_c_summary,
     multilabel_top1,
@@ -172,14 +172,6 @@ def input_transform(study, dataset: str) -> str | None:
     return None
 
 
-def published(study, wildcards) -> dict:
-    """The paper's robustness numbers, when a model of the study is a paper model."""
-    from beyond_imagenet.paper_results import load_paper_results
-
-    has_paper_models = any(spec.paper_key for spec in study.models.values())
-    return {"paper": load_paper_results()["robustness"] if has_paper_models else None}
-
-
 # ------------------------------------------------------------------------------------ figures
 BENCHMARK_LABELS = {"imagenet_val": "ImageNet", "imagenet_v2": "V2", "imagenet_a": "A", "imagenet_c": "C",
                     "imagenet_hard": "Hard", "imagenet_r": "R", "imagenet_sketch": "Sketch",
@@ -228,7 +220,6 @@ def plot_robustness(table: pd.DataFrame, paths, paper: dict | None = None):
 
 
 def draw(job) -> None:
-
     plot_robustness(read_table(job.input[0]), job.figure_paths(), paper=job.params.data["paper"])
 
 
@@ -240,7 +231,7 @@ ROBUSTNESS = register(Evaluation(
     table=table,
     settings=("real",),
     group_columns=("dataset", "benchmark", "corruption", "severity"),
-    figures=(Figure("robustness", draw, "robustness", per_dataset=False, data=published),),
+    figures=(Figure("robustness", draw, "robustness", per_dataset=False, data=published_section("robustness")),),
     headlines=(Headline("robustness", {"benchmark": "average", "metric": "top1"}, True,
                         "robustness: mean top-1 % of shifted sets", by=(), scale=100),),
     check=check,

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from beyond_imagenet.evaluations import Evaluation, Figure, register
+from beyond_imagenet.evaluations import Evaluation, Figure, published_section, register
 from beyond_imagenet.metrics.calibration import softmax
 from beyond_imagenet.metrics.shape_bias import (
     CATEGORIES,
@@ -41,13 +41,6 @@ def table(job) -> list[Row]:
         rows += [{**job.params.models[item["model"]], "dataset": item["dataset"], **r}
                  for r in [*shape_bias_rows(out), skipped_row(out, category="")]]
     return rows
-
-
-def published(study, wildcards) -> dict:
-    from beyond_imagenet.paper_results import load_paper_results
-
-    has_paper_models = any(spec.paper_key for spec in study.models.values())
-    return {"paper": load_paper_results()["shape_bias"] if has_paper_models else None}
 
 
 # ------------------------------------------------------------------------------------ figures
@@ -99,7 +92,6 @@ def plot_shape_bias(table: pd.DataFrame, dataset: str, paths, paper: dict | None
 
 
 def draw(job) -> None:
-
     plot_shape_bias(read_table(job.input[0]), job.wildcards.dataset, job.figure_paths(), paper=job.params.data["paper"])
 
 
@@ -110,6 +102,6 @@ SHAPE_BIAS = register(Evaluation(
     class_spaces=frozenset({"cue_conflict"}),
     table=table,
     group_columns=("dataset", "category"),
-    figures=(Figure("shape_bias", draw, "shape_bias", data=published),),
+    figures=(Figure("shape_bias", draw, "shape_bias", data=published_section("shape_bias")),),
     headlines=(Headline("shape_bias", {"metric": "shape_bias", "category": ""}, True, "shape bias ({dataset})"),),
 ))
