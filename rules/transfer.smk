@@ -5,41 +5,16 @@
 # beyond_imagenet/evaluations/transfer.py; the probe math: beyond_imagenet/metrics/transfer.py.
 from types import SimpleNamespace
 
-from beyond_imagenet.datasets.vtab import EXTRACTED_SPLITS, TASKS, VtabSplitSpec, split_dataset_name
+from beyond_imagenet.datasets.vtab import TASKS, VtabSplitSpec
+from beyond_imagenet.evaluations import transfer as transfer_evaluation
 
 VTAB_SPLITS = {n: s for n, s in STUDY.datasets.items() if isinstance(s, VtabSplitSpec)}
 PROBE = config["evaluations"].get("transfer", {}).get("probe", {})
 
 
-def vtab_folder(wildcards):
-    """What a task split's manifest depends on: its vtab dataset's generated or unpacked folder."""
-    return dataset_folder(SimpleNamespace(dataset=VTAB_SPLITS[wildcards.dataset].parent))
-
-
-def probe_inputs(wildcards):
-    names = {s: split_dataset_name(wildcards.dataset, wildcards.task, s) for s in EXTRACTED_SPLITS}
-    return {**{s: STUDY.output(wildcards.model, n) for s, n in names.items()},
-            **{f"{s}_manifest": STUDY.manifest(n) for s, n in names.items()}}
-
-
-def probe_items(wildcards):
-    """The three extracted splits of one (model, task) as Study.item records, keyed by split."""
-    return {s: STUDY.item(wildcards.model, split_dataset_name(wildcards.dataset, wildcards.task, s))
-            for s in EXTRACTED_SPLITS}
-
-
-def transfer_probes():
-    return [
-        f"{RESULTS}/probes/{m}/{d}/{t}.json"
-        for d in STUDY.evaluation_datasets("transfer")
-        for t in STUDY.datasets[d].tasks
-        for m in STUDY.models
-    ]
-
-
 rule build_vtab_manifest:
     input:
-        vtab_folder,
+        lambda w: dataset_folder(SimpleNamespace(dataset=VTAB_SPLITS[w.dataset].parent)),
     output:
         f"{RESULTS}/manifests/{{dataset}}.json",
     params:
@@ -61,12 +36,12 @@ ruleorder: build_vtab_manifest > build_manifest
 
 rule probe_transfer:
     input:
-        unpack(probe_inputs),
+        unpack(lambda w: transfer_evaluation.probe_inputs(STUDY, w)),
     output:
         f"{RESULTS}/probes/{{model}}/{{dataset}}/{{task}}.json",
     params:
         probe=PROBE,
-        cached=probe_items,
+        cached=lambda w: transfer_evaluation.probe_items(STUDY, w),
     log:
         f"{RESULTS}/logs/probe_transfer/{{model}}/{{dataset}}/{{task}}.log",
     benchmark:
@@ -86,7 +61,7 @@ rule probe_transfer:
 
 rule compute_transfer:
     input:
-        transfer_probes(),
+        transfer_evaluation.probe_files(STUDY),
     output:
         f"{RESULTS}/metrics/transfer.csv",
     params:

@@ -118,7 +118,8 @@ def test_slurm_profile_asks_no_gpu_itself():
         for block in re.split(r"^rule ", path.read_text(), flags=re.M)[1:]:
             name = block.split(":", 1)[0].strip()
             rules.add(name)
-            if re.search(r"^\s+gpu=", block, flags=re.M):
+            # `gpu=` itself, or the execution resources of a model-running rule (rules/common.smk)
+            if re.search(r"^\s+(gpu=|\*\*EXECUTION)", block, flags=re.M):
                 gpu_rules.add(name)
     values = profile_values()
     assert not any("gpu=" in item for item in values["set-resources"] + values["default-resources"])

@@ -216,6 +216,30 @@ def plot_transfer(table: pd.DataFrame, dataset: str, paths, paper_top1: Mapping[
     return fig
 
 
+# ------------------------------------------------------------------- what its rules are given
+def probe_inputs(study, wildcards) -> dict[str, str]:
+    """The outputs and manifests of the three extracted splits of one (model, dataset, task)."""
+    from beyond_imagenet.datasets.vtab import EXTRACTED_SPLITS, split_dataset_name
+
+    names = {s: split_dataset_name(wildcards.dataset, wildcards.task, s) for s in EXTRACTED_SPLITS}
+    return {**{s: study.output(wildcards.model, n) for s, n in names.items()},
+            **{f"{s}_manifest": study.manifest(n) for s, n in names.items()}}
+
+
+def probe_items(study, wildcards) -> dict[str, dict]:
+    """The three extracted splits of one (model, task) as Study.item records, keyed by split."""
+    from beyond_imagenet.datasets.vtab import EXTRACTED_SPLITS, split_dataset_name
+
+    return {s: study.item(wildcards.model, split_dataset_name(wildcards.dataset, wildcards.task, s))
+            for s in EXTRACTED_SPLITS}
+
+
+def probe_files(study) -> list[str]:
+    """Every probe result of the study: results/probes/<model>/<dataset>/<task>.json."""
+    return [str(study.results / "probes" / m / d / f"{t}.json")
+            for d in study.evaluation_datasets("transfer") for t in study.datasets[d].tasks for m in study.models]
+
+
 # ------------------------------------------------------------------------------ the evaluation
 def table(job) -> list[dict]:
     """transfer.csv from the probe results of every (model, dataset, task), in input order."""
