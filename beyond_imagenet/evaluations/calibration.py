@@ -14,8 +14,6 @@ from beyond_imagenet.evaluations import Evaluation, Figure, Sample, register
 from beyond_imagenet.metrics.calibration import (
     calibration_bins,
     calibration_from_logits,
-    expected_calibration_error,
-    maximum_calibration_error,
     softmax,
 )
 from beyond_imagenet.profile import Headline
@@ -53,8 +51,9 @@ def calibration_rows(data, n_bins: int) -> list[dict]:
     confidences, correct = data["confidence"], data["correct"]
     bins = calibration_bins(confidences, correct, n_bins)
     accuracy, mean_conf = float(correct.mean()), float(confidences.mean())
-    summary = {"ece": expected_calibration_error(confidences, correct, n_bins),
-               "mce": maximum_calibration_error(confidences, correct, n_bins),
+    used = bins["count"] > 0  # ECE and MCE as metrics.calibration computes them, from the one binning
+    gaps = np.abs(bins["confidence"][used] - bins["accuracy"][used])
+    summary = {"ece": float(np.sum(bins["count"][used] / bins["count"].sum() * gaps)), "mce": float(np.max(gaps)),
                "accuracy": accuracy, "mean_confidence": mean_conf, "overconfidence": mean_conf - accuracy}
     rows = [{"metric": m, "bin": "", "bin_lower": "", "bin_upper": "", "value": v} for m, v in summary.items()]
     for b in range(n_bins):

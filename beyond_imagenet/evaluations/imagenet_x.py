@@ -43,12 +43,14 @@ def table(job) -> list[Row]:
     return rows
 
 
-def factor_rows(data: dict[str, np.ndarray]) -> list[Row]:
-    """:func:`imagenet_x_rows` but the counts, vectorised over the joined images' correctness and
-    top-factor membership (what the bootstrap recomputes: no join per resample)."""
-    correct, factors = data["correct"], data["factors"]
-    count = factors.sum(axis=0)
-    n_correct = (factors * correct[:, None]).sum(axis=0)
+def factor_rows(data: dict[str, np.ndarray], patterns: np.ndarray) -> list[Row]:
+    """:func:`imagenet_x_rows` but the counts, vectorised (what the bootstrap recomputes: no join
+    per resample). ``data``: per joined image, ``correct`` and ``pattern`` (the row of ``patterns``,
+    the distinct 0/1 top-factor memberships, that is the image's): two bincounts per resample."""
+    correct = data["correct"]
+    images = np.bincount(data["pattern"], minlength=len(patterns)).astype(np.float64)
+    hits = np.bincount(data["pattern"], weights=correct, minlength=len(patterns))
+    count, n_correct = images @ patterns, hits @ patterns
     with np.errstate(divide="ignore", invalid="ignore"):
         acc_f = n_correct / count
         acc = correct.mean()
@@ -68,10 +70,11 @@ def samples(job) -> list[Sample]:
     out_samples = []
     for item, _, out in read_items(job):
         joined = inx._join(list(out["ids"]), np.asarray(out["logits"]).argmax(axis=1), "top")
-        data = {"correct": (joined["predicted_class"] == joined["class"]).to_numpy(),
-                "factors": joined[list(inx.FACTORS)].to_numpy(dtype=np.int64)}
+        patterns, pattern = np.unique(joined[list(inx.FACTORS)].to_numpy(), axis=0, return_inverse=True)
+        data = {"correct": (joined["predicted_class"] == joined["class"]).to_numpy(), "pattern": pattern.ravel()}
         out_samples.append(Sample(item["model"], item["dataset"], joined.index.to_numpy(dtype=object), data,
-                                  lambda d, dataset=item["dataset"]: [{"dataset": dataset, **r} for r in factor_rows(d)]))
+                                  lambda d, dataset=item["dataset"], p=patterns.astype(np.float64):
+                                  [{"dataset": dataset, **r} for r in factor_rows(d, p)]))
     return out_samples
 
 

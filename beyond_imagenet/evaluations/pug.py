@@ -51,11 +51,14 @@ def table(job) -> list[Row]:
 
 def subset_rows(data: dict[str, np.ndarray], rule: str) -> list[Row]:
     """:func:`pug_rows` but the counts, from per-image correctness and subset."""
-    per_subset, rows = {}, []
-    for subset in PUG_SUBSETS:
-        member = data["subset"] == subset
-        if member.any():
-            per_subset[subset] = float(np.mean(data["correct"][member]))
+    per_subset, rows = {}, []  # data["subset"]: index in PUG_SUBSETS (-1: none)
+    code = data["subset"]
+    kept = code >= 0
+    counts = np.bincount(code[kept], minlength=len(PUG_SUBSETS))
+    hits = np.bincount(code[kept], weights=data["correct"][kept], minlength=len(PUG_SUBSETS))
+    for k, subset in enumerate(PUG_SUBSETS):
+        if counts[k]:
+            per_subset[subset] = float(hits[k] / counts[k])
             rows.append({"subset": subset, "metric": "top1", "value": per_subset[subset]})
     average = pug_average(per_subset) if len(per_subset) == len(PUG_SUBSETS) else np.nan
     return [{**r, "rule": rule} for r in [*rows, {"subset": "Average", "metric": "top1", "value": average}]]
@@ -74,7 +77,9 @@ def samples(job) -> list[Sample]:
         subsets = np.asarray([sid.split("/", 1)[0] for sid in out["ids"]])
         correct = np.asarray(pug_correct(predicted, [names[k] for k in np.asarray(out["labels"])], class_map, rule))
         out_samples.append(Sample(
-            item["model"], item["dataset"], np.asarray(out["ids"]), {"correct": correct, "subset": subsets},
+            item["model"], item["dataset"], np.asarray(out["ids"]),
+            {"correct": correct, "subset": np.asarray([PUG_SUBSETS.index(x) if x in PUG_SUBSETS else -1
+                                                       for x in subsets])},
             lambda d, dataset=item["dataset"]: [{"dataset": dataset, **r} for r in subset_rows(d, rule)],
             strata=subsets))
     return out_samples

@@ -45,10 +45,13 @@ def bias_rows(data: dict[str, np.ndarray]) -> list[Row]:
     values = {"shape_bias": ratio(n_shape, n_shape + n_texture), "shape_fraction": ratio(n_shape, n_conflict),
               "texture_fraction": ratio(n_texture, n_conflict), "accuracy_16": float(np.mean(data["correct16"]))}
     rows = [{"category": "", "metric": m, "value": float(v)} for m, v in values.items()]
-    for cat in CATEGORIES:
-        in_cat = data["category"] == cat
-        if (in_cat & conflict).any():
-            s, t = int(shape[in_cat].sum()), int(texture[in_cat].sum())
+    n = len(CATEGORIES)  # data["category"]: index of the shape category in CATEGORIES
+    has = np.bincount(data["category"], weights=conflict, minlength=n)
+    per_shape = np.bincount(data["category"], weights=shape, minlength=n)
+    per_texture = np.bincount(data["category"], weights=texture, minlength=n)
+    for k, cat in enumerate(CATEGORIES):
+        if has[k]:
+            s, t = int(per_shape[k]), int(per_texture[k])
             rows.append({"category": cat, "metric": "shape_bias", "value": float(ratio(s, s + t))})
     return rows
 
@@ -62,7 +65,8 @@ def samples(job) -> list[Sample]:
         texture = np.asarray([t for _, t in parsed], dtype=object)
         conflict = shape != texture
         data = {"conflict": conflict, "hit_shape": (decisions == shape) & conflict,
-                "hit_texture": (decisions == texture) & conflict, "correct16": decisions == shape, "category": shape}
+                "hit_texture": (decisions == texture) & conflict, "correct16": decisions == shape,
+                "category": np.asarray([CATEGORIES.index(c) for c in shape], dtype=np.int64)}
         out_samples.append(Sample(item["model"], item["dataset"], np.asarray(out["ids"]), data,
                                   lambda d, dataset=item["dataset"]: [{"dataset": dataset, **r} for r in bias_rows(d)]))
     return out_samples
