@@ -66,6 +66,8 @@ include: "rules/pug.smk"
 include: "rules/invariance.smk"
 include: "rules/cka.smk"
 include: "rules/transfer.smk"
+# Model against model: the paired differences of every headline, with their intervals.
+include: "rules/comparisons.smk"
 # Every model across every evaluation above, from their metric tables.
 include: "rules/profile.smk"
 

@@ -114,12 +114,16 @@ class _Blank(dict):
         return ""
 
 
-def build_profile(tables: Mapping[str, pd.DataFrame], models: Sequence[str] | None = None) -> pd.DataFrame:
+def build_profile(tables: Mapping[str, pd.DataFrame], models: Sequence[str] | None = None,
+                  comparisons: pd.DataFrame | None = None) -> pd.DataFrame:
     """The profile of every model: evaluation -> its metric table (as read) in, tidy rows out.
 
     Adds per headline ``rank`` (1 = best model) and ``score`` (0 = worst, 1 = best, linear in the
     value; NaN when all models tie or the value is missing), so the figure can colour by "better".
-    ``models``: the study's order of models (rows keep it within each headline).
+    ``models``: the study's order of models (rows keep it within each headline). ``comparisons``
+    (``comparisons.csv``) adds ``rank_significant``: whether the interval of the paired difference
+    to the next-ranked model excludes 0 (the last-ranked model: to the one above it); empty
+    without a comparison or a better direction.
     """
     rows: list[dict[str, Any]] = []
     for evaluation, table in tables.items():
@@ -142,6 +146,8 @@ def build_profile(tables: Mapping[str, pd.DataFrame], models: Sequence[str] | No
         scores.append((signed - low) / (high - low) if high > low else signed * np.nan)
     frame["rank"] = pd.concat(ranks)
     frame["score"] = pd.concat(scores)
+    if comparisons is not None:
+        frame["rank_significant"] = rank_significance(frame, comparisons)
     if models is not None:
         order = {m: i for i, m in enumerate(models)}
         frame = frame.assign(_order=frame["model"].map(lambda m: order.get(m, len(order))))
@@ -149,6 +155,24 @@ def build_profile(tables: Mapping[str, pd.DataFrame], models: Sequence[str] | No
         frame = frame.sort_values(["_headline", "_order"], kind="stable").drop(columns=["_order", "_headline"])
         frame = frame.reset_index(drop=True)
     return frame
+
+
+def rank_significance(frame: pd.DataFrame, comparisons: pd.DataFrame) -> pd.Series:
+    """Per profile row: True / False (see :func:`build_profile`), or None."""
+    distinguishable = {}
+    for _, row in comparisons.iterrows():
+        value = _direction(row["distinguishable"])
+        distinguishable[(row["headline"], frozenset((row["model_a"], row["model_b"])))] = value
+    out = pd.Series([None] * len(frame), index=frame.index, dtype=object)
+    for headline, group in frame.groupby("headline", sort=False):
+        ranked = group.dropna(subset=["rank"]).sort_values("rank", kind="stable")
+        order = list(ranked.index)
+        for k, index in enumerate(order):
+            neighbour = order[k + 1] if k + 1 < len(order) else (order[k - 1] if k else None)
+            if neighbour is not None:
+                pair = frozenset((frame.at[index, "model"], frame.at[neighbour, "model"]))
+                out.at[index] = distinguishable.get((headline, pair))
+    return out
 
 
 def read_tables(paths: Mapping[str, str | os.PathLike]) -> dict[str, pd.DataFrame]:
@@ -196,6 +220,11 @@ def plot_profile(profile: pd.DataFrame, paths: Sequence, title: str = "Model pro
     score = profile.pivot(index="model", columns="headline", values="score").reindex(index=models, columns=headlines)
     value = profile.pivot(index="model", columns="headline", values="value").reindex(index=models, columns=headlines)
     better = profile.drop_duplicates("headline").set_index("headline")["higher_is_better"].to_dict()
+    # "*": the ranking against the next-ranked model is not significant (its interval includes 0).
+    marks = profile["rank_significant"].map(lambda v: _direction(v) is not False) if "rank_significant" in profile \
+        else pd.Series(True, index=profile.index)
+    significant = profile.assign(_mark=marks).pivot(index="model", columns="headline", values="_mark") \
+        .reindex(index=models, columns=headlines).fillna(True)
     fig, ax = plt.subplots(figsize=(1.3 + 1.15 * len(headlines), 1.4 + 0.45 * len(models)))
     cmap = plt.get_cmap("RdYlGn").with_extremes(bad="#dddddd")
     # Colour range padded so that the extremes stay light enough to read the numbers on.
@@ -203,7 +232,7 @@ def plot_profile(profile: pd.DataFrame, paths: Sequence, title: str = "Model pro
     for i in range(len(models)):
         for j in range(len(headlines)):
             v = value.iat[i, j]
-            text = "–" if pd.isna(v) else f"{v:.3g}"
+            text = "–" if pd.isna(v) else f"{v:.3g}" + ("*" if not significant.iat[i, j] else "")
             ax.text(j, i, text, ha="center", va="center", fontsize=7)
     ax.set_xticks(range(len(headlines)))
     arrows = {True: " ↑", False: " ↓"}
@@ -213,5 +242,8 @@ def plot_profile(profile: pd.DataFrame, paths: Sequence, title: str = "Model pro
     ax.set_yticks(range(len(models)))
     ax.set_yticklabels([labels.get(m, m) for m in models], fontsize=8)
     ax.set_title(title, fontsize=10, pad=12)
+    if not significant.to_numpy(dtype=bool).all():
+        fig.text(0.01, 0.005, "* rank not significant: the interval of the difference to the next-ranked model "
+                 "includes 0", fontsize=6)
     fig.tight_layout()
     save_figure(fig, paths)

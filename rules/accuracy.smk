@@ -7,6 +7,7 @@ rule compute_accuracy:
         **table_inputs("accuracy"),
     output:
         f"{RESULTS}/metrics/accuracy.csv",
+        comparisons=comparisons_output("accuracy"),
     params:
         **table_params("accuracy"),
     log:

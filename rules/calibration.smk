@@ -8,6 +8,7 @@ rule compute_calibration:
         **table_inputs("calibration"),
     output:
         f"{RESULTS}/metrics/calibration.csv",
+        comparisons=comparisons_output("calibration"),
     params:
         **table_params("calibration"),
     log:

@@ -176,7 +176,27 @@ def table_params(evaluation, items=None):
               "cached": evaluation_items(evaluation) if items is None else items}
     if EVALUATIONS[evaluation].settings:
         params["settings"] = evaluation_settings(evaluation)
+    params.update(uncertainty_params(evaluation))
     return params
+
+
+# The bootstrap of every table (docs/evaluations.md §11): a param of the compute jobs whose record
+# resamples its images (its `samples`), so changing it reruns those jobs and their aggregates only.
+UNCERTAINTY = config["uncertainty"]
+
+
+def uncertainty_params(evaluation):
+    return {"uncertainty": UNCERTAINTY} if EVALUATIONS[evaluation].samples else {}
+
+
+def comparisons_output(evaluation):
+    """The second output of a compute job: its model-against-model paired differences."""
+    return f"{RESULTS}/metrics/comparisons/{evaluation}.csv"
+
+
+def comparison_evaluations():
+    """The study's evaluations with comparisons (a record with `samples`), in registry order."""
+    return [e for e in EVALUATIONS if e in STUDY.evaluations and EVALUATIONS[e].samples]
 
 
 def figure_files(evaluation, name):

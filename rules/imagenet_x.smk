@@ -8,6 +8,7 @@ rule compute_imagenet_x:
         **table_inputs("imagenet_x"),
     output:
         f"{RESULTS}/metrics/imagenet_x.csv",
+        comparisons=comparisons_output("imagenet_x"),
     params:
         **table_params("imagenet_x"),
     log:

@@ -13,6 +13,7 @@ rule compute_invariance:
         manifests=sorted({i["manifest"] for i in INVARIANCE_ITEMS}),
     output:
         f"{RESULTS}/metrics/invariance.csv",
+        comparisons=comparisons_output("invariance"),
     params:
         **table_params("invariance", INVARIANCE_ITEMS),
     log:

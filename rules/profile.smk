@@ -9,6 +9,8 @@ PROFILE_TABLES = profile_tables(list(STUDY.evaluations))
 rule compute_profile:
     input:
         **{evaluation: STUDY.metric(table) for evaluation, table in PROFILE_TABLES.items()},
+        # whether each ranking is significant (rules/comparisons.smk)
+        **({"comparisons": STUDY.metric("comparisons")} if COMPARISON_TABLES else {}),
     output:
         report(f"{RESULTS}/metrics/profile.csv", category="Model profile", caption="../report/profile_table.rst"),
     params:

@@ -8,6 +8,7 @@ rule compute_pug:
         **table_inputs("pug"),
     output:
         f"{RESULTS}/metrics/pug.csv",
+        comparisons=comparisons_output("pug"),
     params:
         **table_params("pug"),
     log:

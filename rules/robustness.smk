@@ -8,6 +8,7 @@ rule compute_robustness:
         **table_inputs("robustness"),
     output:
         f"{RESULTS}/metrics/robustness.csv",
+        comparisons=comparisons_output("robustness"),
     params:
         **table_params("robustness"),
     log:

@@ -7,6 +7,7 @@ rule compute_shape_bias:
         **table_inputs("shape_bias"),
     output:
         f"{RESULTS}/metrics/shape_bias.csv",
+        comparisons=comparisons_output("shape_bias"),
     params:
         **table_params("shape_bias"),
     log:

@@ -64,9 +64,11 @@ rule compute_transfer:
         transfer_evaluation.probe_files(STUDY),
     output:
         f"{RESULTS}/metrics/transfer.csv",
+        comparisons=comparisons_output("transfer"),
     params:
         evaluation="transfer",
         models=MODEL_COLUMNS,
+        **uncertainty_params("transfer"),
     log:
         f"{RESULTS}/logs/compute_transfer.log",
     conda:

@@ -62,6 +62,30 @@ class Figure:
 
 
 @dataclasses.dataclass(frozen=True)
+class Sample:
+    """One model's images of one set (a dataset, a VTAB task), as the bootstrap resamples them
+    (docs/evaluations.md §11; beyond_imagenet/uncertainty.py).
+
+    ``unit``: the name of the set of images: it seeds the resamples, so models scored on the same
+    images get identical ones, and pairs the samples of two models. ``ids``: one per image (what
+    pairs images across models). ``data``: per-image arrays (first axis: the images), reduced once
+    from the output (correct vectors, confidences, factor memberships), not the logits. ``rows``:
+    ``data`` -> the table rows of this sample with their grouping columns (``dataset`` ...) but not
+    the model's, counts left out (they get no interval); run on the data and on every resample.
+    ``strata``: one label per image to resample within (each stratum keeps its size), or None.
+    ``correct``: metric -> the ``data`` key of its per-image 0/1 vector (McNemar's test).
+    """
+
+    model: str
+    unit: str
+    ids: Any
+    data: dict[str, Any]
+    rows: Callable[[dict[str, Any]], Rows]
+    strata: Any = None
+    correct: dict[str, str] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
 class Evaluation:
     """One evaluation; see the module docstring. Field by field:
 
@@ -73,7 +97,10 @@ class Evaluation:
     what identifies a row besides model and metric. ``check(config)``: extra config problems
     (lines naming keys). ``variants(study, model, dataset)``: extra outputs it needs extracted
     (``<dataset>@<variant>``); ``input_transform(study, dataset)``: the transform it asks for a
-    dataset's standard extraction (None = the study's protocol).
+    dataset's standard extraction (None = the study's protocol). ``samples(job)``: the images
+    behind its rows as :class:`Sample` records (None: its table gets empty ``ci_low`` / ``ci_high``
+    and no comparisons); ``combine(rows)``: a model's rows computed across its samples (e.g. an
+    average over benchmarks) from the rows of its samples, on the data and on every resample.
     """
 
     name: str
@@ -91,6 +118,8 @@ class Evaluation:
     check: Callable[[dict[str, Any]], list[str]] | None = None
     variants: Callable[["Study", str, str], list[str]] | None = None
     input_transform: Callable[["Study", str], str | None] | None = None
+    samples: Callable[["Job"], list[Sample]] | None = None
+    combine: Callable[[Rows], Rows] | None = None
 
     def figure(self, name: str) -> Figure:
         for figure in self.figures:

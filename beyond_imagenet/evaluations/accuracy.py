@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from beyond_imagenet.datasets.readers import class_space_mask
-from beyond_imagenet.evaluations import Evaluation, register
+import numpy as np
+
+from beyond_imagenet.evaluations import Evaluation, Sample, register
 from beyond_imagenet.metrics.accuracy import topk_accuracy
 from beyond_imagenet.profile import Headline
 from beyond_imagenet.workflow import read_items, skipped_row
@@ -21,6 +23,27 @@ def table(job) -> list[dict]:
     return rows
 
 
+def accuracy_rows(data) -> list[dict]:
+    return [{"metric": "top1", "value": float(data["correct1"].mean())},
+            {"metric": "top5", "value": float(data["correct5"].mean())}]
+
+
+def samples(job) -> list[Sample]:
+    """Per image: top-1 and top-5 correct (the same stable sort as ``topk_accuracy``)."""
+    out_samples = []
+    for item, _, out in read_items(job):
+        mask = class_space_mask(item["class_space"])
+        logits = np.asarray(out["logits"])
+        logits = logits[:, np.asarray(mask, dtype=bool)] if mask is not None else logits
+        order = np.argsort(-logits, axis=1, kind="stable")[:, :5]
+        labels = np.asarray(out["labels"])[:, None]
+        data = {"correct1": order[:, 0] == labels[:, 0], "correct5": (order == labels).any(axis=1)}
+        out_samples.append(Sample(item["model"], item["dataset"], np.asarray(out["ids"]), data,
+                                  lambda d, dataset=item["dataset"]: [{"dataset": dataset, **r} for r in accuracy_rows(d)],
+                                  correct={"top1": "correct1"}))
+    return out_samples
+
+
 ACCURACY = register(Evaluation(
     name="accuracy",
     title="Accuracy",
@@ -28,5 +51,6 @@ ACCURACY = register(Evaluation(
     class_spaces=frozenset({"imagenet1k"}),
     table=table,
     sort_by=("dataset", "model", "metric"),
+    samples=samples,
     headlines=(Headline("accuracy", {"metric": "top1"}, True, "top-1 % ({dataset})", scale=100),),
 ))

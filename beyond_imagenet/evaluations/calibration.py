@@ -10,8 +10,12 @@ import numpy as np
 import pandas as pd
 
 from beyond_imagenet.datasets.readers import class_space_mask
-from beyond_imagenet.evaluations import Evaluation, Figure, register
-from beyond_imagenet.metrics.calibration import calibration_from_logits
+from beyond_imagenet.evaluations import Evaluation, Figure, Sample, register
+from beyond_imagenet.metrics.calibration import (
+    calibration_bins,
+    calibration_from_logits,
+    softmax,
+)
 from beyond_imagenet.profile import Headline
 from beyond_imagenet.style import ModelStyle, model_styles, plt, save_figure
 from beyond_imagenet.tables import read_table
@@ -40,6 +44,36 @@ def table(job) -> list[dict]:
                 rows.append({**base, "metric": metric, "bin": b, "bin_lower": bins["lower"][b],
                              "bin_upper": bins["upper"][b], "value": bins[key][b]})
     return rows
+
+
+def calibration_rows(data, n_bins: int) -> list[dict]:
+    """The table's rows but the counts, from per-image confidence and correctness."""
+    confidences, correct = data["confidence"], data["correct"]
+    bins = calibration_bins(confidences, correct, n_bins)
+    accuracy, mean_conf = float(correct.mean()), float(confidences.mean())
+    used = bins["count"] > 0  # ECE and MCE as metrics.calibration computes them, from the one binning
+    gaps = np.abs(bins["confidence"][used] - bins["accuracy"][used])
+    summary = {"ece": float(np.sum(bins["count"][used] / bins["count"].sum() * gaps)), "mce": float(np.max(gaps)),
+               "accuracy": accuracy, "mean_confidence": mean_conf, "overconfidence": mean_conf - accuracy}
+    rows = [{"metric": m, "bin": "", "bin_lower": "", "bin_upper": "", "value": v} for m, v in summary.items()]
+    for b in range(n_bins):
+        for metric, key in (("bin_accuracy", "accuracy"), ("bin_confidence", "confidence")):
+            rows.append({"metric": metric, "bin": b, "bin_lower": bins["lower"][b], "bin_upper": bins["upper"][b],
+                         "value": bins[key][b]})
+    return rows
+
+
+def samples(job) -> list[Sample]:
+    n_bins = job.params.settings["n_bins"]
+    out_samples = []
+    for item, _, out in read_items(job):
+        probs = softmax(out["logits"], class_space_mask(item["class_space"]))
+        data = {"confidence": probs.max(axis=1), "correct": probs.argmax(axis=1) == np.asarray(out["labels"])}
+        out_samples.append(Sample(
+            item["model"], item["dataset"], np.asarray(out["ids"]), data,
+            lambda d, dataset=item["dataset"]: [{"dataset": dataset, **r} for r in calibration_rows(d, n_bins)],
+            correct={"accuracy": "correct"}))
+    return out_samples
 
 
 def published_ece(study, wildcards) -> dict:
@@ -153,6 +187,7 @@ CALIBRATION = register(Evaluation(
     table=table,
     settings=("n_bins",),
     group_columns=("dataset", "bin"),
+    samples=samples,
     figures=(Figure("reliability", draw_reliability, "reliability", data=published_ece),
              Figure("confidence", draw_confidence, "confidence")),
     headlines=(Headline("calibration", {"metric": "ece"}, False, "ECE ({dataset})"),),

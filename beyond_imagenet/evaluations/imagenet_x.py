@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from beyond_imagenet.evaluations import Evaluation, Figure, published_section, register
+from beyond_imagenet.evaluations import Evaluation, Figure, Sample, published_section, register
 from beyond_imagenet.metrics import imagenet_x as inx
 from beyond_imagenet.metrics.imagenet_x import FACTORS
 from beyond_imagenet.profile import Headline
@@ -41,6 +41,41 @@ def table(job) -> list[Row]:
         rows += [{**job.params.models[item["model"]], "dataset": item["dataset"], **r}
                  for r in [*imagenet_x_rows(out), skipped_row(out, factor="")]]
     return rows
+
+
+def factor_rows(data: dict[str, np.ndarray], patterns: np.ndarray) -> list[Row]:
+    """:func:`imagenet_x_rows` but the counts, vectorised (what the bootstrap recomputes: no join
+    per resample). ``data``: per joined image, ``correct`` and ``pattern`` (the row of ``patterns``,
+    the distinct 0/1 top-factor memberships, that is the image's): two bincounts per resample."""
+    correct = data["correct"]
+    images = np.bincount(data["pattern"], minlength=len(patterns)).astype(np.float64)
+    hits = np.bincount(data["pattern"], weights=correct, minlength=len(patterns))
+    count, n_correct = images @ patterns, hits @ patterns
+    with np.errstate(divide="ignore", invalid="ignore"):
+        acc_f = n_correct / count
+        acc = correct.mean()
+        ratio = (1 - acc_f) / (1 - acc)
+    rows = []
+    for k, factor in enumerate(inx.FACTORS):
+        rows += [{"factor": factor, "metric": "error_ratio", "value": float(ratio[k])},
+                 {"factor": factor, "metric": "accuracy", "value": float(acc_f[k])}]
+    rows.append({"factor": "average", "metric": "error_ratio", "value": float(np.nanmean(ratio))
+                 if not np.isnan(ratio).all() else np.nan})
+    rows.append({"factor": "overall", "metric": "accuracy", "value": float(acc)})
+    return rows
+
+
+def samples(job) -> list[Sample]:
+    """Per joined image: correct, and its top-factor membership (joined once)."""
+    out_samples = []
+    for item, _, out in read_items(job):
+        joined = inx._join(list(out["ids"]), np.asarray(out["logits"]).argmax(axis=1), "top")
+        patterns, pattern = np.unique(joined[list(inx.FACTORS)].to_numpy(), axis=0, return_inverse=True)
+        data = {"correct": (joined["predicted_class"] == joined["class"]).to_numpy(), "pattern": pattern.ravel()}
+        out_samples.append(Sample(item["model"], item["dataset"], joined.index.to_numpy(dtype=object), data,
+                                  lambda d, dataset=item["dataset"], p=patterns.astype(np.float64):
+                                  [{"dataset": dataset, **r} for r in factor_rows(d, p)]))
+    return out_samples
 
 
 # ------------------------------------------------------------------------------------ figures
@@ -103,6 +138,7 @@ IMAGENET_X = register(Evaluation(
     kinds=frozenset({"imagenet_val"}),
     table=table,
     group_columns=("dataset", "factor"),
+    samples=samples,
     figures=(Figure("imagenet_x", draw, "imagenet_x", data=published_section("imagenet_x")),),
     headlines=(Headline("imagenet_x", {"factor": "average", "metric": "error_ratio"}, False,
                         "ImageNet-X mean error ratio ({dataset})"),),

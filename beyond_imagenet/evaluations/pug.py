@@ -8,8 +8,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from beyond_imagenet.evaluations import Evaluation, Figure, published_section, register
-from beyond_imagenet.metrics.pug import PUG_SUBSETS, pug_accuracy, pug_average
+from beyond_imagenet.evaluations import Evaluation, Figure, Sample, published_section, register
+from beyond_imagenet.metrics.pug import PUG_SUBSETS, pug_accuracy, pug_average, pug_correct
 from beyond_imagenet.profile import Headline
 from beyond_imagenet.style import grouped_bars, plt, save_figure, styled_models
 from beyond_imagenet.tables import read_table
@@ -47,6 +47,42 @@ def table(job) -> list[Row]:
         rows += [{**job.params.models[item["model"]], "dataset": item["dataset"], **r}
                  for r in [*pug_rows(out, class_map, rule), skipped_row(out, subset="", rule=rule)]]
     return rows
+
+
+def subset_rows(data: dict[str, np.ndarray], rule: str) -> list[Row]:
+    """:func:`pug_rows` but the counts, from per-image correctness and subset."""
+    per_subset, rows = {}, []  # data["subset"]: index in PUG_SUBSETS (-1: none)
+    code = data["subset"]
+    kept = code >= 0
+    counts = np.bincount(code[kept], minlength=len(PUG_SUBSETS))
+    hits = np.bincount(code[kept], weights=data["correct"][kept], minlength=len(PUG_SUBSETS))
+    for k, subset in enumerate(PUG_SUBSETS):
+        if counts[k]:
+            per_subset[subset] = float(hits[k] / counts[k])
+            rows.append({"subset": subset, "metric": "top1", "value": per_subset[subset]})
+    average = pug_average(per_subset) if len(per_subset) == len(PUG_SUBSETS) else np.nan
+    return [{**r, "rule": rule} for r in [*rows, {"subset": "Average", "metric": "top1", "value": average}]]
+
+
+def samples(job) -> list[Sample]:
+    """Per image: correct under the rule, and its factor subset (the stratum: each subset keeps its size)."""
+    from beyond_imagenet.datasets.imagenet_variants import pug_class_map
+
+    rule = job.params.settings["rule"]
+    out_samples = []
+    for item, manifest, out in read_items(job):
+        class_map = pug_class_map(manifest["root"])
+        names = sorted(class_map)
+        predicted = np.asarray(out["logits"]).argmax(axis=1)
+        subsets = np.asarray([sid.split("/", 1)[0] for sid in out["ids"]])
+        correct = np.asarray(pug_correct(predicted, [names[k] for k in np.asarray(out["labels"])], class_map, rule))
+        out_samples.append(Sample(
+            item["model"], item["dataset"], np.asarray(out["ids"]),
+            {"correct": correct, "subset": np.asarray([PUG_SUBSETS.index(x) if x in PUG_SUBSETS else -1
+                                                       for x in subsets])},
+            lambda d, dataset=item["dataset"]: [{"dataset": dataset, **r} for r in subset_rows(d, rule)],
+            strata=subsets))
+    return out_samples
 
 
 def input_transform(study, dataset: str) -> str | None:
@@ -103,6 +139,7 @@ PUG = register(Evaluation(
     table=table,
     settings=("rule",),
     group_columns=("dataset", "subset", "rule"),
+    samples=samples,
     figures=(Figure("pug", draw, "pug", data=published_section("pug")),),
     headlines=(Headline("pug", {"subset": "Average", "metric": "top1"}, True, "PUG mean top-1 % ({dataset})",
                         scale=100),),

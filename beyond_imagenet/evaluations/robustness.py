@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from beyond_imagenet.datasets.readers import class_space_mask
-from beyond_imagenet.evaluations import Evaluation, Figure, published_section, register
+from beyond_imagenet.evaluations import Evaluation, Figure, Sample, published_section, register
 from beyond_imagenet.metrics.robustness import (
     imagenet_c_summary,
     multilabel_top1,
@@ -100,12 +100,16 @@ def score_imagenet_c(out: dict[str, Any], *, class_space: str, **_: Any) -> list
         groups[imagenet_c_condition(sid)].append(i)
     mask = class_space_mask(class_space)
     acc = {cond: top1(logits[idx], labels[idx], mask) for cond, idx in groups.items()}
+    return [*imagenet_c_rows(acc), _row("imagenet_c", "n_images", len(labels))]
+
+
+def imagenet_c_rows(acc: dict[tuple[str, int], float]) -> list[Row]:
+    """The ImageNet-C rows (but the count) from the accuracy per (corruption, severity)."""
     summary = imagenet_c_summary(acc)
     rows = [_row("imagenet_c", "top1", a, c, s) for (c, s), a in sorted(acc.items())]
     rows += [_row("imagenet_c", "top1", a, c) for c, a in summary["per_corruption"].items()]
     rows += [_row("imagenet_c", "ce", v, c) for c, v in summary["ce"].items()]
-    rows += [_row("imagenet_c", "top1", summary["mean_accuracy"]), _row("imagenet_c", "mCE", summary["mCE"]),
-             _row("imagenet_c", "n_images", len(labels))]
+    rows += [_row("imagenet_c", "top1", summary["mean_accuracy"]), _row("imagenet_c", "mCE", summary["mCE"])]
     return rows
 
 
@@ -128,6 +132,79 @@ def robustness_average(rows: list[Row]) -> list[Row]:
               and r["corruption"] == "" and not np.isnan(r["value"])]
     return [_row("average", "top1", np.mean(values) if values else np.nan),
             _row("average", "n_benchmarks", len(values))]
+
+
+def _mean(values: np.ndarray) -> float:
+    """Mean over the images with a value (NaN: left out, e.g. no ReaL label); NaN if none."""
+    kept = values[~np.isnan(values)]
+    return float(kept.mean()) if len(kept) else np.nan
+
+
+def robustness_sample(out: dict[str, Any], kind: str, class_space: str, root=None, real: bool = False):
+    """Per-image data (correct as 1/0, NaN for images a benchmark leaves out), strata and the rows
+    function (the scorer's rows but the counts) of one output, for the bootstrap."""
+    logits = np.asarray(out["logits"])
+    predicted = logits.argmax(axis=1)
+    if kind == "imagenet_hard":
+        from beyond_imagenet.datasets.imagenet_variants import imagenet_hard_label_sets
+
+        label_sets = imagenet_hard_label_sets(root)
+        correct = [_in_set(p, label_sets[i]) for p, i in zip(predicted.tolist(), out["ids"])]
+        return {"correct": np.asarray(correct, dtype=float)}, None, \
+            lambda d: [_row("imagenet_hard", "top1", _mean(d["correct"]))]
+    mask = class_space_mask(class_space)
+    masked = logits[:, mask] if mask is not None else logits
+    correct = (masked.argmax(axis=1) == np.asarray(out["labels"])).astype(float)
+    if kind in ("imagenet_c", "imagenet_c_all"):
+        from beyond_imagenet.datasets.imagenet_variants import imagenet_c_condition
+
+        conditions = [imagenet_c_condition(sid) for sid in out["ids"]]
+        names = sorted(set(conditions))
+        index = {cond: k for k, cond in enumerate(names)}
+        code = np.asarray([index[cond] for cond in conditions], dtype=np.int64)
+
+        def c_rows(d):
+            sums = np.bincount(d["condition"], weights=d["correct"], minlength=len(names))
+            counts = np.bincount(d["condition"], minlength=len(names))
+            return imagenet_c_rows({cond: sums[k] / counts[k] for k, cond in enumerate(names)})
+
+        return {"correct": correct, "condition": code}, code, c_rows
+    data = {"correct": correct}
+    if kind == CLEAN_BENCHMARK and real:
+        from beyond_imagenet.classes import val_file_name
+        from beyond_imagenet.metrics.robustness import real_labels
+
+        table = real_labels()
+        data["real"] = np.asarray([_in_set(p, table.get(val_file_name(i), ())) for p, i in
+                                   zip(predicted.tolist(), out["ids"])], dtype=float)
+
+    def rows(d):
+        found = [_row(kind, "top1", d["correct"].mean())]
+        return found + ([_row("imagenet_real", "top1", _mean(d["real"]))] if "real" in d else [])
+
+    return data, None, rows
+
+
+def _in_set(predicted: int, labels) -> float:
+    valid = {int(v) for v in labels if int(v) >= 0}
+    return float(predicted in valid) if valid else np.nan
+
+
+def samples(job) -> list[Sample]:
+    out_samples = []
+    for item, manifest, out in read_items(job):
+        data, strata, rows = robustness_sample(out, item["kind"], item["class_space"], manifest["root"],
+                                               real=job.params.settings["real"])
+        out_samples.append(Sample(item["model"], item["dataset"], np.asarray(out["ids"]), data,
+                                  lambda d, rows=rows, dataset=item["dataset"]: [{"dataset": dataset, **r}
+                                                                                 for r in rows(d)],
+                                  strata=strata))
+    return out_samples
+
+
+def combine(rows: list[Row]) -> list[Row]:
+    """The 7-set average of one model (over its benchmarks' resampled top-1; the count left out)."""
+    return [{"dataset": "", **r} for r in robustness_average(rows) if r["metric"] != "n_benchmarks"]
 
 
 #: A dataset kind scored as another benchmark: ImageNet-C with the 4 extra corruptions is ImageNet-C.
@@ -236,4 +313,6 @@ ROBUSTNESS = register(Evaluation(
                         "robustness: mean top-1 % of shifted sets", by=(), scale=100),),
     check=check,
     input_transform=input_transform,
+    samples=samples,
+    combine=combine,
 ))

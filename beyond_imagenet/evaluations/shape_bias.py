@@ -9,10 +9,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from beyond_imagenet.evaluations import Evaluation, Figure, published_section, register
+from beyond_imagenet.evaluations import Evaluation, Figure, Sample, published_section, register
 from beyond_imagenet.metrics.calibration import softmax
 from beyond_imagenet.metrics.shape_bias import (
     CATEGORIES,
+    parse_cue_conflict_name,
     probabilities_to_16_class,
     shape_bias,
 )
@@ -34,7 +35,43 @@ def shape_bias_rows(out: dict[str, Any]) -> list[Row]:
     return rows
 
 
-# --------------------------------------------------------------------------------------- PUG
+def bias_rows(data: dict[str, np.ndarray]) -> list[Row]:
+    """:func:`shape_bias_rows` but the counts, from per-image shape / texture hits (metrics.shape_bias)."""
+    def ratio(num, den):
+        return num / den if den else float("nan")
+
+    conflict, shape, texture = data["conflict"], data["hit_shape"], data["hit_texture"]
+    n_shape, n_texture, n_conflict = int(shape.sum()), int(texture.sum()), int(conflict.sum())
+    values = {"shape_bias": ratio(n_shape, n_shape + n_texture), "shape_fraction": ratio(n_shape, n_conflict),
+              "texture_fraction": ratio(n_texture, n_conflict), "accuracy_16": float(np.mean(data["correct16"]))}
+    rows = [{"category": "", "metric": m, "value": float(v)} for m, v in values.items()]
+    n = len(CATEGORIES)  # data["category"]: index of the shape category in CATEGORIES
+    has = np.bincount(data["category"], weights=conflict, minlength=n)
+    per_shape = np.bincount(data["category"], weights=shape, minlength=n)
+    per_texture = np.bincount(data["category"], weights=texture, minlength=n)
+    for k, cat in enumerate(CATEGORIES):
+        if has[k]:
+            s, t = int(per_shape[k]), int(per_texture[k])
+            rows.append({"category": cat, "metric": "shape_bias", "value": float(ratio(s, s + t))})
+    return rows
+
+
+def samples(job) -> list[Sample]:
+    out_samples = []
+    for item, _, out in read_items(job):
+        decisions = probabilities_to_16_class(softmax(out["logits"]))
+        parsed = [parse_cue_conflict_name(f) for f in out["ids"]]
+        shape = np.asarray([s for s, _ in parsed], dtype=object)
+        texture = np.asarray([t for _, t in parsed], dtype=object)
+        conflict = shape != texture
+        data = {"conflict": conflict, "hit_shape": (decisions == shape) & conflict,
+                "hit_texture": (decisions == texture) & conflict, "correct16": decisions == shape,
+                "category": np.asarray([CATEGORIES.index(c) for c in shape], dtype=np.int64)}
+        out_samples.append(Sample(item["model"], item["dataset"], np.asarray(out["ids"]), data,
+                                  lambda d, dataset=item["dataset"]: [{"dataset": dataset, **r} for r in bias_rows(d)]))
+    return out_samples
+
+
 def table(job) -> list[Row]:
     rows = []
     for item, _, out in read_items(job):
@@ -102,6 +139,7 @@ SHAPE_BIAS = register(Evaluation(
     class_spaces=frozenset({"cue_conflict"}),
     table=table,
     group_columns=("dataset", "category"),
+    samples=samples,
     figures=(Figure("shape_bias", draw, "shape_bias", data=published_section("shape_bias")),),
     headlines=(Headline("shape_bias", {"metric": "shape_bias", "category": ""}, True, "shape bias ({dataset})"),),
 ))

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from beyond_imagenet.datasets.vtab import GROUPS, TASKS
-from beyond_imagenet.evaluations import Evaluation, Figure, register
+from beyond_imagenet.evaluations import Evaluation, Figure, Sample, register
 from beyond_imagenet.profile import Headline
 from beyond_imagenet.style import model_styles, plt, save_figure
 
@@ -56,6 +56,7 @@ def probe_vtab_task(train: Split, val: Split, test: Split, n_classes: int, confi
     result = select_and_evaluate(train, val, trainval, test, n_classes, config, device)
     return {
         "test_top1": result["test_top1"],
+        "test_correct": result["test_correct"],
         "val_top1": result["val_top1_best"],
         "weight_decay": result["weight_decay"],
         "val_top1_per_wd": result["val_top1_per_wd"],
@@ -252,6 +253,49 @@ def table(job) -> list[dict]:
     return transfer_rows(results, job.params.models)
 
 
+def samples(job) -> list[Sample]:
+    """One sample per probe: its per-image test correctness (the fitted probe is not refitted). A
+    model with a probe file that lacks ``test_correct`` (an older version) gets no sample: its
+    rows keep empty intervals, with a warning naming the rerun."""
+    import json
+
+    results, stale = [], set()
+    for path in job.input:
+        with open(path) as f:
+            result = json.load(f)
+        results.append(result)
+        if "test_correct" not in result:
+            stale.add(result["model"])
+            log.warning("%s has no per-image test correctness (made by an older version): the transfer rows "
+                        "of %s get no interval; rerun with --forcerun probe_transfer", path, result["model"])
+    out_samples = []
+    for r in results:
+        if r["model"] in stale:
+            continue
+        task = TASKS[r["task"]]
+        head = {"dataset": r["dataset"], "task": task.folder, "task_label": task.label, "group": task.group}
+        ids = np.asarray(r.get("test_ids") or [str(i) for i in range(len(r["test_correct"]))], dtype=object)
+        out_samples.append(Sample(r["model"], f"{r['dataset']}/{r['task']}", ids,
+                                  {"correct": np.asarray(r["test_correct"], dtype=float)},
+                                  lambda d, head=head: [{**head, "metric": "test_top1", "value": float(d["correct"].mean())}],
+                                  correct={"test_top1": "correct"}))
+    return out_samples
+
+
+def combine(rows: list[dict]) -> list[dict]:
+    """The group and overall means of a model's tasks (as :func:`transfer_rows`), from its task rows."""
+    out = []
+    for dataset in dict.fromkeys(r["dataset"] for r in rows):
+        tasks = [r for r in rows if r["dataset"] == dataset and r["task"] != "mean" and r["metric"] == "test_top1"]
+        for group in (*GROUPS, "all"):
+            members = [r["value"] for r in tasks if group == "all" or r["group"] == group]
+            if members:
+                out.append({"dataset": dataset, "task": "mean", "group": group, "metric": "test_top1",
+                            "task_label": "mean" if group == "all" else f"{group} mean",
+                            "value": float(np.mean(members))})
+    return out
+
+
 def published(study, wildcards) -> dict:
     """The paper's per-task top-1 (%), drawn beside models that declare a paper_key."""
     from beyond_imagenet.paper_results import load_paper_results
@@ -275,6 +319,8 @@ TRANSFER = register(Evaluation(
     reads="features",
     table=table,
     group_columns=("dataset", "task", "group"),
+    samples=samples,
+    combine=combine,
     figures=(Figure("transfer", draw, "transfer", data=published),),
     headlines=(Headline("transfer", {"task": "mean", "group": "all", "metric": "test_top1"}, True,
                         "VTAB linear probe mean top-1 % ({dataset})", scale=100),),

@@ -67,15 +67,19 @@ def pug_accuracy(
     if unknown:
         raise ValueError(f"PUG classes missing from class_to_imagenet_idx: {unknown[:5]}")
 
+    return float(np.mean(pug_correct(pred, true_pug_class_names, class_to_imagenet_idx, rule)))
+
+
+def pug_correct(pred, true_pug_class_names: Sequence[str], class_to_imagenet_idx: Mapping[str, Sequence[int]],
+                rule: str = "membership") -> list[bool]:
+    """Per image: whether the predicted ImageNet index counts as its PUG class under ``rule``."""
     if rule == "membership":
         members = {name: {int(i) for i in idx} for name, idx in class_to_imagenet_idx.items()}
-        correct = [int(p) in members[t] for p, t in zip(pred.tolist(), true_pug_class_names)]
-    elif rule == "paper":
+        return [int(p) in members[t] for p, t in zip(np.asarray(pred).tolist(), true_pug_class_names)]
+    if rule == "paper":
         inverse = _inverse_map(class_to_imagenet_idx)
-        correct = [inverse.get(int(p)) == t for p, t in zip(pred.tolist(), true_pug_class_names)]
-    else:
-        raise ValueError(f"rule must be 'membership' or 'paper', got {rule!r}")
-    return float(np.mean(correct))
+        return [inverse.get(int(p)) == t for p, t in zip(np.asarray(pred).tolist(), true_pug_class_names)]
+    raise ValueError(f"rule must be 'membership' or 'paper', got {rule!r}")
 
 
 def pug_average(per_subset: Mapping[str, float]) -> float:

@@ -366,7 +366,7 @@ def select_and_evaluate(
     """Full §7 protocol for one task: sweep on train→val, refit on trainval, score test.
 
     ``test`` is touched only after the weight decay is fixed, so it cannot influence the choice.
-    Returns ``test_top1``, ``val_top1_best``, ``weight_decay``, ``val_top1_per_wd`` (fractions) and
+    Returns ``test_top1``, ``test_correct`` (0/1 per test image), ``val_top1_best``, ``weight_decay``, ``val_top1_per_wd`` (fractions) and
     ``refit_diverged`` (weight decays whose refit on trainval was not finite, in the order tried).
     """
     wds = list(config.weight_decays)
@@ -393,6 +393,8 @@ def select_and_evaluate(
     test_top1 = float(final.accuracy(test[0], test[1])[0])
     return {
         "test_top1": test_top1,
+        # per test image, 1 if the probe is right (the bootstrap of docs/evaluations.md §11 resamples it)
+        "test_correct": (final.predict(test[0])[0] == np.asarray(test[1])).astype(int).tolist(),
         "val_top1_best": float(val_acc[best]),
         "weight_decay": weight_decay,
         "val_top1_per_wd": [float(a) for a in val_acc],

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from beyond_imagenet.evaluations import Evaluation, Figure, register
+from beyond_imagenet.evaluations import Evaluation, Figure, Sample, register
 from beyond_imagenet.metrics.invariance import invariance_metrics
 from beyond_imagenet.profile import Headline
 from beyond_imagenet.style import model_styles, plt, save_figure
@@ -74,6 +74,12 @@ def invariance_rows(outputs: Mapping[Variant, Mapping[str, Any]], subset: Sequen
         rows.append({**head, "metric": "n_skipped", "value": int(out["attrs"].get("n_skipped", 0))})
         baseline = float(variant.value) == float(STANDARD_VALUES[variant.kind])
         per_kind.setdefault(variant.kind, []).append((scores["top1"], baseline))
+    return rows + summary_rows(per_kind, base)
+
+
+def summary_rows(per_kind: Mapping[str, list[tuple[float, bool]]], base: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per transform: ``mean_top1`` and ``retained_top1`` from its levels' (top-1, is baseline)."""
+    rows = []
     for kind, scored in per_kind.items():
         # retained_top1: mean top-1 of the other levels over the baseline level's top-1 (scale 1,
         # shift 0, resolution 224; reused from the standard extraction or, for shift 0, extracted).
@@ -214,6 +220,52 @@ def table(job) -> list[dict[str, Any]]:
     return rows
 
 
+def samples(job) -> list[Sample]:
+    """One sample per (model, dataset): every variant's per-image correctness and true-class
+    probability on the common images, so a resample draws the same images for all variants."""
+    from beyond_imagenet.datasets.readers import class_space_mask
+    from beyond_imagenet.evaluations.invariance.transforms import STANDARD_VALUES
+    from beyond_imagenet.evaluations.invariance.variants import Variant, spread_subset
+    from beyond_imagenet.metrics.calibration import softmax
+    from beyond_imagenet.workflow import read_item
+
+    grouped: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for item in job.params.cached:
+        grouped.setdefault((item["dataset"], item["model"]), []).append(item)
+    out_samples = []
+    for (dataset, model), group in grouped.items():
+        outputs, manifest = {}, None
+        for item in group:
+            manifest, out = read_item(item)
+            outputs[Variant.parse(item["level"])] = out
+        subset = [sid for sid, _ in spread_subset(manifest["samples"], job.params.settings["max_images"])]
+        common = set(subset).intersection(*(set(out["ids"]) for out in outputs.values()))
+        ids = [sid for sid in subset if sid in common]
+        mask = class_space_mask(group[0]["class_space"])
+        heads, correct, prob = [], [], []
+        for variant, out in outputs.items():
+            logits, labels = restrict(out, ids)
+            probs = softmax(logits, mask)
+            correct.append(probs.argmax(axis=1) == labels)
+            prob.append(probs[np.arange(len(labels)), labels])
+            heads.append(({"dataset": dataset, "transform": variant.kind, "level": variant.value,
+                           "variant": variant.name, "standard": out["attrs"].get("variant", "") == ""},
+                          float(variant.value) == float(STANDARD_VALUES[variant.kind])))
+
+        def rows(d, heads=heads, dataset=dataset):
+            found, per_kind = [], {}
+            for v, (head, baseline) in enumerate(heads):
+                top1 = float(np.mean(d["correct"][:, v]))
+                found += [{**head, "metric": "top1", "value": top1},
+                          {**head, "metric": "true_class_prob", "value": float(np.mean(d["prob"][:, v]))}]
+                per_kind.setdefault(head["transform"], []).append((top1, baseline))
+            return found + summary_rows(per_kind, {"dataset": dataset})
+
+        data = {"correct": np.stack(correct, axis=1), "prob": np.stack(prob, axis=1)}
+        out_samples.append(Sample(model, dataset, np.asarray(ids, dtype=object), data, rows))
+    return out_samples
+
+
 def metric_variants(study) -> list[str]:
     return list(INVARIANCE_FIGURE_METRICS)
 
@@ -252,4 +304,5 @@ INVARIANCE = register(Evaluation(
                         "{transform}: % of top-1 retained ({dataset})", by=("dataset", "transform"), scale=100),),
     check=check,
     variants=extraction_variants,
+    samples=samples,
 ))
