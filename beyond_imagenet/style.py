@@ -95,7 +95,7 @@ PAPER_MARKER = dict(marker="D", color="black", markersize=4, linestyle="none", z
 #: The interval columns of a metric table (e.g. a bootstrap CI; same units as ``value``).
 CI_COLUMNS = ("ci_low", "ci_high")
 #: Error bars on bars and points: thin black lines with small caps, below the published marker.
-ERRORBAR_STYLE = dict(fmt="none", ecolor="black", elinewidth=0.6, capsize=2, capthick=0.6, zorder=4)
+ERRORBAR_STYLE = {"fmt": "none", "ecolor": "black", "elinewidth": 0.6, "capsize": 2, "capthick": 0.6, "zorder": 4}
 
 
 def _text(value: Any) -> str:

@@ -10,8 +10,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from beyond_imagenet.style import draw_intervals, interval, interval_lookup, interval_text, plt
-from tests.test_style import LABELS, STUDY, _figures, tables  # noqa: F401  (tables: the module's fixture)
+import tests.test_style as style_tests
+from beyond_imagenet.style import (
+    draw_intervals,
+    interval,
+    interval_lookup,
+    interval_text,
+    plt,
+)
+from tests.test_style import LABELS, STUDY, _figures
+
+tables = style_tests.tables  # the tables tests/test_style.py builds (module fixture), without intervals
 
 MODEL_LABEL = {r["model"]: r["label"] for r in STUDY}
 #: Rows that are counts (or settings): no interval, as the bootstrap leaves them.
@@ -243,8 +252,8 @@ def test_shape_bias_intervals(ci_tables, ci_figures):
         else:
             (band,) = bands
             assert (band.get_x(), band.get_x() + band.get_width()) == pytest.approx(bounds)
-            assert legend == [f"{MODEL_LABEL[model]}: {rows.loc[rows['category'] == '', 'value'].iloc[0]:.3f}"
-                              f" [{bounds[0]:.3f}, {bounds[1]:.3f}]"]
+            mean = rows.loc[rows["category"] == "", "value"].iloc[0]
+            assert legend == [f"{MODEL_LABEL[model]}: {mean:.3f} [{bounds[0]:.3f}, {bounds[1]:.3f}]"]
     assert drew > 0
 
 

@@ -12,7 +12,14 @@ from beyond_imagenet.evaluations import Evaluation, Figure, published_section, r
 from beyond_imagenet.metrics import imagenet_x as inx
 from beyond_imagenet.metrics.imagenet_x import FACTORS
 from beyond_imagenet.profile import Headline
-from beyond_imagenet.style import as_text, grouped_bars, interval_lookup, plt, save_figure, styled_models
+from beyond_imagenet.style import (
+    as_text,
+    grouped_bars,
+    interval_lookup,
+    plt,
+    save_figure,
+    styled_models,
+)
 from beyond_imagenet.tables import read_table
 from beyond_imagenet.workflow import read_items, skipped_row
 

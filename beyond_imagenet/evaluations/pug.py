@@ -11,7 +11,13 @@ import pandas as pd
 from beyond_imagenet.evaluations import Evaluation, Figure, published_section, register
 from beyond_imagenet.metrics.pug import PUG_SUBSETS, pug_accuracy, pug_average
 from beyond_imagenet.profile import Headline
-from beyond_imagenet.style import grouped_bars, interval_lookup, plt, save_figure, styled_models
+from beyond_imagenet.style import (
+    grouped_bars,
+    interval_lookup,
+    plt,
+    save_figure,
+    styled_models,
+)
 from beyond_imagenet.tables import read_table
 from beyond_imagenet.workflow import read_items, skipped_row
 

@@ -24,7 +24,14 @@ from beyond_imagenet.metrics.robustness import (
     top1,
 )
 from beyond_imagenet.profile import Headline
-from beyond_imagenet.style import as_text, grouped_bars, interval_lookup, plt, save_figure, styled_models
+from beyond_imagenet.style import (
+    as_text,
+    grouped_bars,
+    interval_lookup,
+    plt,
+    save_figure,
+    styled_models,
+)
 from beyond_imagenet.tables import read_table
 from beyond_imagenet.workflow import read_items, skipped_row
 

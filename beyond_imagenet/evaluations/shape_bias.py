@@ -17,7 +17,16 @@ from beyond_imagenet.metrics.shape_bias import (
     shape_bias,
 )
 from beyond_imagenet.profile import Headline
-from beyond_imagenet.style import as_text, draw_intervals, interval, interval_lookup, interval_text, plt, save_figure, styled_models
+from beyond_imagenet.style import (
+    as_text,
+    draw_intervals,
+    interval,
+    interval_lookup,
+    interval_text,
+    plt,
+    save_figure,
+    styled_models,
+)
 from beyond_imagenet.tables import read_table
 from beyond_imagenet.workflow import read_items, skipped_row
 

@@ -18,7 +18,13 @@ import pandas as pd
 from beyond_imagenet.datasets.vtab import GROUPS, TASKS
 from beyond_imagenet.evaluations import Evaluation, Figure, register
 from beyond_imagenet.profile import Headline
-from beyond_imagenet.style import draw_intervals, interval_lookup, model_styles, plt, save_figure
+from beyond_imagenet.style import (
+    draw_intervals,
+    interval_lookup,
+    model_styles,
+    plt,
+    save_figure,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
