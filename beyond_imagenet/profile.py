@@ -6,6 +6,8 @@ is lives in each evaluation's registry record (``beyond_imagenet.evaluations``: 
 which rows, higher or lower is better), so a new evaluation joins the profile with no change here.
 
 The profile reads only the tidy metric tables (``results/metrics/<table>.csv``), never outputs.
+Where the selected rows carry an interval (``ci_low`` / ``ci_high``), the profile carries it too,
+scaled like the value; a profile of tables without intervals has no such columns.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from beyond_imagenet.style import plt, save_figure
 log = logging.getLogger(__name__)
 
 MODEL_COLUMNS = ("model", "label", "family", "paradigm", "paper_key")
+CI_COLUMNS = ("ci_low", "ci_high")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,7 +84,8 @@ def _text(series: pd.Series) -> pd.Series:
 
 
 def headline_rows(evaluation: str, headline: Headline, table: pd.DataFrame) -> list[dict[str, Any]]:
-    """The profile rows of one headline: one per (model, by-group)."""
+    """The profile rows of one headline: one per (model, by-group); with ``ci_low`` / ``ci_high``
+    (x scale, NaN for an empty cell) when the table has those columns."""
     keep = pd.Series(True, index=table.index)
     for column, wanted in headline.select.items():
         if column not in table.columns:
@@ -100,13 +104,23 @@ def headline_rows(evaluation: str, headline: Headline, table: pd.DataFrame) -> l
     if duplicated.any():
         raise ValueError(f"profile: {evaluation} headline selects several rows per {keys} in {headline.table}, e.g.\n"
                          f"{rows[duplicated].head(4).to_string()}")
+    with_ci = all(c in rows.columns for c in CI_COLUMNS)
     for _, row in rows.iterrows():
         groups = {c: ("" if pd.isna(row[c]) else row[c]) for c in by}
         name = headline.name.format_map(_Blank(groups)).replace(" ()", "")
         out.append({**{c: ("" if c not in row or pd.isna(row[c]) else row[c]) for c in MODEL_COLUMNS},
                     "evaluation": evaluation, "headline": name, "value": float(row["value"]) * headline.scale,
+                    **(_interval(row, headline.scale) if with_ci else {}),
                     "higher_is_better": headline.higher_is_better})
     return out
+
+
+def _interval(row: pd.Series, scale: float) -> dict[str, float]:
+    """ci_low / ci_high of a table row x scale (ordered again if the scale is negative)."""
+    low, high = (pd.to_numeric(pd.Series([row[c]]), errors="coerce").iloc[0] * scale for c in CI_COLUMNS)
+    if low > high:
+        low, high = high, low
+    return {"ci_low": float(low), "ci_high": float(high)}
 
 
 class _Blank(dict):
@@ -120,7 +134,8 @@ def build_profile(tables: Mapping[str, pd.DataFrame], models: Sequence[str] | No
 
     Adds per headline ``rank`` (1 = best model) and ``score`` (0 = worst, 1 = best, linear in the
     value; NaN when all models tie or the value is missing), so the figure can colour by "better".
-    ``models``: the study's order of models (rows keep it within each headline). ``comparisons``
+    ``models``: the study's order of models (rows keep it within each headline). ``ci_low`` /
+    ``ci_high`` (after ``value``) only when some headline row has an interval. ``comparisons``
     (``comparisons.csv``) adds ``rank_significant``: whether the interval of the paired difference
     to the next-ranked model excludes 0 (the last-ranked model: to the one above it); empty
     without a comparison or a better direction.
@@ -129,7 +144,9 @@ def build_profile(tables: Mapping[str, pd.DataFrame], models: Sequence[str] | No
     for evaluation, table in tables.items():
         for headline in headlines(evaluation):
             rows += headline_rows(evaluation, headline, table)
-    frame = pd.DataFrame(rows, columns=[*MODEL_COLUMNS, "evaluation", "headline", "value", "higher_is_better"])
+    with_ci = any(np.isfinite(row.get(c, np.nan)) for row in rows for c in CI_COLUMNS)
+    frame = pd.DataFrame(rows, columns=[*MODEL_COLUMNS, "evaluation", "headline", "value",
+                                        *(CI_COLUMNS if with_ci else ()), "higher_is_better"])
     if frame.empty:
         return frame.assign(rank=pd.Series(dtype=float), score=pd.Series(dtype=float))
     ranks, scores = [], []
@@ -199,12 +216,20 @@ def _direction(value) -> bool | None:
     return bool(value)
 
 
-def plot_profile(profile: pd.DataFrame, paths: Sequence, title: str = "Model profile") -> None:
+def _interval_text(value: float, low: float, high: float) -> str:
+    """``[low, high]`` with the decimals of the value's 3 significant digits."""
+    magnitude = max(abs(value), abs(low), abs(high))
+    decimals = max(0, 2 - int(np.floor(np.log10(magnitude)))) if magnitude > 0 else 0
+    return f"[{low:.{decimals}f}, {high:.{decimals}f}]"
+
+
+def plot_profile(profile: pd.DataFrame, paths: Sequence, title: str = "Model profile"):
     """Every model (rows) across every evaluation headline (columns) on one page.
 
     Cell colour: how good the model is on that headline relative to the others (green = best,
-    red = worst; grey = no spread, missing, or no better direction); cell text: the value.
-    Column names carry ↑ / ↓ for higher / lower is better.
+    red = worst; grey = no spread, missing, or no better direction); cell text: the value, and
+    below it the interval ``[ci_low, ci_high]`` where the profile has one. Column names carry
+    ↑ / ↓ for higher / lower is better. Returns the saved (closed) figure.
     """
     import textwrap
 
@@ -213,12 +238,17 @@ def plot_profile(profile: pd.DataFrame, paths: Sequence, title: str = "Model pro
         ax.axis("off")
         ax.text(0.5, 0.5, "no evaluation with a headline number in this study", ha="center", va="center")
         save_figure(fig, paths)
-        return
+        return fig
     headlines = list(dict.fromkeys(profile["headline"]))
     models = list(dict.fromkeys(profile["model"]))
     labels = profile.drop_duplicates("model").set_index("model")["label"].to_dict()
     score = profile.pivot(index="model", columns="headline", values="score").reindex(index=models, columns=headlines)
     value = profile.pivot(index="model", columns="headline", values="value").reindex(index=models, columns=headlines)
+    bounds = None
+    if all(c in profile.columns for c in CI_COLUMNS):
+        bounds = [profile.assign(**{c: pd.to_numeric(profile[c], errors="coerce")})
+                  .pivot(index="model", columns="headline", values=c).reindex(index=models, columns=headlines)
+                  for c in CI_COLUMNS]
     better = profile.drop_duplicates("headline").set_index("headline")["higher_is_better"].to_dict()
     # "*": the ranking against the next-ranked model is not significant (its interval includes 0).
     marks = profile["rank_significant"].map(lambda v: _direction(v) is not False) if "rank_significant" in profile \
@@ -233,7 +263,12 @@ def plot_profile(profile: pd.DataFrame, paths: Sequence, title: str = "Model pro
         for j in range(len(headlines)):
             v = value.iat[i, j]
             text = "–" if pd.isna(v) else f"{v:.3g}" + ("*" if not significant.iat[i, j] else "")
-            ax.text(j, i, text, ha="center", va="center", fontsize=7)
+            low, high = (np.nan, np.nan) if bounds is None else (bounds[0].iat[i, j], bounds[1].iat[i, j])
+            if pd.isna(v) or pd.isna(low) or pd.isna(high):
+                ax.text(j, i, text, ha="center", va="center", fontsize=7)
+            else:
+                ax.text(j, i, f"{text}\n{_interval_text(v, low, high)}", ha="center", va="center", fontsize=6,
+                        linespacing=1.1)
     ax.set_xticks(range(len(headlines)))
     arrows = {True: " ↑", False: " ↓"}
     ax.set_xticklabels([textwrap.fill(f"{h}{arrows.get(_direction(better[h]), '')}", 18) for h in headlines],
@@ -247,3 +282,4 @@ def plot_profile(profile: pd.DataFrame, paths: Sequence, title: str = "Model pro
                  "includes 0", fontsize=6)
     fig.tight_layout()
     save_figure(fig, paths)
+    return fig

@@ -25,13 +25,21 @@ Assignment rule
 The rule only looks at the model list, so the same study gives the same styles on every run and in
 every figure. :data:`PAPER_MARKER` is the black diamond drawn for published numbers, and
 :func:`save_figure` writes every figure (fixed metadata, so unchanged figures are byte-stable).
+
+Intervals
+---------
+A metric table may carry a confidence interval per row in :data:`CI_COLUMNS` (``ci_low``,
+``ci_high``, same units as ``value``; empty where a row has none, e.g. counts). Figures read them
+with :func:`interval` / :func:`interval_lookup` and draw them with :func:`draw_intervals`
+(:data:`ERRORBAR_STYLE`: thin black lines with caps) or a band; a table without the columns, or
+with only empty cells, draws exactly as before (no artist is added).
 """
 
 from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,8 +53,9 @@ import pandas as pd  # noqa: E402
 
 from beyond_imagenet.io import atomic_path  # noqa: E402
 
-__all__ = ["FAMILY_STYLES", "as_text", "grouped_bars", "styled_models", "plt", "OTHER_PALETTE", "PAPER_COLORS", "PAPER_MARKER", "PARADIGM_PALETTES", "QUALITATIVE",
-           "ModelStyle", "model_styles", "save_figure"]
+__all__ = ["CI_COLUMNS", "ERRORBAR_STYLE", "FAMILY_STYLES", "as_text", "draw_intervals", "grouped_bars", "interval",
+           "interval_lookup", "interval_text", "styled_models", "plt", "OTHER_PALETTE", "PAPER_COLORS", "PAPER_MARKER",
+           "PARADIGM_PALETTES", "QUALITATIVE", "ModelStyle", "model_styles", "save_figure"]
 
 
 @dataclass(frozen=True)
@@ -83,6 +92,10 @@ FAMILY_STYLES: dict[str, tuple[str, str, str]] = {
 }
 # Published numbers: a small black diamond on our bar / point.
 PAPER_MARKER = dict(marker="D", color="black", markersize=4, linestyle="none", zorder=5)
+#: The interval columns of a metric table (e.g. a bootstrap CI; same units as ``value``).
+CI_COLUMNS = ("ci_low", "ci_high")
+#: Error bars on bars and points: thin black lines with small caps, below the published marker.
+ERRORBAR_STYLE = {"fmt": "none", "ecolor": "black", "elinewidth": 0.6, "capsize": 2, "capthick": 0.6, "zorder": 4}
 
 
 def _text(value: Any) -> str:
@@ -171,8 +184,91 @@ def styled_models(data: pd.DataFrame, table: pd.DataFrame) -> pd.DataFrame:
                          hatch=[s.hatch for s in chosen]).reset_index(drop=True)
 
 
-def grouped_bars(ax, groups: list[str], models: pd.DataFrame, value, paper=None, scale: float = 1.0) -> None:
-    """Bars per group (x) and model; ``value(model, group)`` -> float or NaN; ``paper(key, group)``."""
+# ------------------------------------------------------------------ intervals (ci_low, ci_high)
+Interval = tuple[float, float]
+
+
+def _intervals(rows: pd.DataFrame) -> tuple[pd.Series, pd.Series, pd.Series] | None:
+    """(low, high, both finite) of ``rows`` as floats; None when the table lacks the columns."""
+    if not all(column in rows.columns for column in CI_COLUMNS):
+        return None
+    low, high = (pd.to_numeric(rows[column], errors="coerce").astype(float) for column in CI_COLUMNS)
+    return low, high, np.isfinite(low) & np.isfinite(high)
+
+
+def _scaled(low: float, high: float, scale: float) -> Interval:
+    a, b = float(low) * scale, float(high) * scale
+    return (a, b) if a <= b else (b, a)
+
+
+def interval(rows: pd.DataFrame, scale: float = 1.0) -> Interval | None:
+    """The interval (low, high) x ``scale`` of the first of ``rows`` that has one; None when the
+    table has no interval columns, ``rows`` is empty, or their cells are empty."""
+    found = _intervals(rows)
+    if found is None or not found[2].any():
+        return None
+    low, high, ok = found
+    first = ok.to_numpy().nonzero()[0][0]
+    return _scaled(low.iloc[first], high.iloc[first], scale)
+
+
+def interval_lookup(rows: pd.DataFrame, keys: Sequence[str],
+                    scale: float = 1.0) -> Callable[..., Interval | None] | None:
+    """``lookup(*values)``: the interval x ``scale`` of the (first) row of ``rows`` whose ``keys``
+    columns hold ``values``, or None. None instead of a lookup when no row has an interval, so a
+    figure of a table without intervals draws nothing extra."""
+    found = _intervals(rows)
+    if found is None or not found[2].any():
+        return None
+    low, high, ok = found
+    table: dict[tuple, Interval] = {}
+    for key, lo, hi in zip(rows.loc[ok, list(keys)].itertuples(index=False, name=None), low[ok], high[ok]):
+        table.setdefault(key, _scaled(lo, hi, scale))
+
+    def lookup(*values: Any) -> Interval | None:
+        return table.get(values)
+
+    return lookup
+
+
+def interval_text(bounds: Interval | None, fmt: str = "{:.3f}") -> str:
+    """`` [low, high]`` for a title or label; "" without an interval."""
+    if bounds is None:
+        return ""
+    return f" [{fmt.format(bounds[0])}, {fmt.format(bounds[1])}]"
+
+
+def draw_intervals(ax, positions: Sequence[float], bounds: Sequence[Interval | None], horizontal: bool = False,
+                   at: Sequence[float] | None = None, label: str | None = None, **style: Any):
+    """Error bars spanning each ``(low, high)`` at ``positions`` (x; y when ``horizontal``);
+    entries None or not finite are skipped. The bars span exactly [low, high], whether or not the
+    point estimate lies inside. ``at``: the point estimate of each entry; an entry whose estimate
+    is NaN (a bar drawn as n/a) gets no bar either. Returns the ErrorbarContainer, or None when
+    there is nothing to draw (then nothing is added to ``ax``)."""
+    keep = []
+    for k, (position, bound) in enumerate(zip(positions, bounds)):
+        if bound is None or not (np.isfinite(bound[0]) and np.isfinite(bound[1]) and np.isfinite(position)):
+            continue
+        if at is not None and not np.isfinite(at[k]):
+            continue
+        keep.append((position, bound))
+    if not keep:
+        return None
+    where = np.asarray([p for p, _ in keep], dtype=float)
+    low = np.asarray([b[0] for _, b in keep], dtype=float)
+    high = np.asarray([b[1] for _, b in keep], dtype=float)
+    middle, half = (low + high) / 2, (high - low) / 2
+    style = {**ERRORBAR_STYLE, **style}
+    if horizontal:
+        return ax.errorbar(middle, where, xerr=half, label=label, **style)
+    return ax.errorbar(where, middle, yerr=half, label=label, **style)
+
+
+def grouped_bars(ax, groups: list[str], models: pd.DataFrame, value, paper=None, scale: float = 1.0,
+                 interval=None) -> None:
+    """Bars per group (x) and model; ``value(model, group)`` -> float or NaN; ``paper(key, group)``;
+    ``interval(model, group)`` -> (low, high) in the units of ``value``, or None: an error bar on
+    the bar (x ``scale`` like the bar), labelled ``_ci:<model>`` (kept out of the legend)."""
     width = 0.8 / max(len(models), 1)
     x = np.arange(len(groups))
     drew_paper = False
@@ -184,6 +280,10 @@ def grouped_bars(ax, groups: list[str], models: pd.DataFrame, value, paper=None,
         for xi, h in zip(offset, heights):
             if np.isnan(h):
                 ax.text(xi, 0, "n/a", rotation=90, ha="center", va="bottom", fontsize=6, color="gray")
+        if interval is not None:
+            bounds = [interval(m["model"], g) for g in groups]
+            draw_intervals(ax, offset, [None if b is None else _scaled(*b, scale) for b in bounds], at=heights,
+                           label=f"_ci:{m['model']}")
         if paper is not None and m["paper_key"]:
             published = np.asarray([paper(m["paper_key"], g) for g in groups], dtype=float)
             if np.isfinite(published).any():

@@ -17,7 +17,16 @@ from beyond_imagenet.metrics.calibration import (
     softmax,
 )
 from beyond_imagenet.profile import Headline
-from beyond_imagenet.style import ModelStyle, model_styles, plt, save_figure
+from beyond_imagenet.style import (
+    ModelStyle,
+    draw_intervals,
+    interval,
+    interval_lookup,
+    interval_text,
+    model_styles,
+    plt,
+    save_figure,
+)
 from beyond_imagenet.tables import read_table
 from beyond_imagenet.workflow import read_items, skipped_row
 
@@ -118,6 +127,11 @@ def _summary(rows: pd.DataFrame, metric: str) -> float:
     return float(rows.loc[rows["metric"] == metric, "value"].iloc[0])
 
 
+def _summary_interval(rows: pd.DataFrame, metric: str, scale: float = 1.0):
+    """(low, high) of a summary metric's row, or None (no interval columns / empty cells)."""
+    return interval(rows[rows["metric"] == metric], scale)
+
+
 def _bins(rows: pd.DataFrame, metric: str) -> pd.DataFrame:
     sel = rows[rows["metric"] == metric].copy()
     sel["bin"] = sel["bin"].astype(int)
@@ -125,7 +139,11 @@ def _bins(rows: pd.DataFrame, metric: str) -> pd.DataFrame:
 
 
 def plot_reliability(table: pd.DataFrame, dataset: str, paths, paper: dict[str, dict] | None = None):
-    """Per-bin accuracy bars, the gap to the diagonal, and the diagonal (one panel per model)."""
+    """Per-bin accuracy bars, the gap to the diagonal, and the diagonal (one panel per model).
+
+    With ci_low / ci_high in the rows: error bars on the per-bin accuracies, and the intervals of
+    ECE and accuracy in the panel title ("ECE 0.031 [0.025, 0.037]").
+    """
 
     def draw(ax, rows, style: ModelStyle):
         acc, conf = _bins(rows, "bin_accuracy"), _bins(rows, "bin_confidence")
@@ -137,6 +155,10 @@ def plot_reliability(table: pd.DataFrame, dataset: str, paths, paper: dict[str, 
         filled = ~np.isnan(confidence)
         ax.bar(centers[filled], (confidence - accuracy)[filled], bottom=accuracy[filled], width=width[filled],
                color="none", edgecolor="#ff7f0e", hatch="//", linewidth=0.5, label="gap")
+        bin_interval = interval_lookup(acc, ["bin"])
+        if bin_interval is not None:
+            draw_intervals(ax, centers, [bin_interval(b) for b in acc["bin"]], at=acc["value"].astype(float).to_numpy(),
+                           label="_ci:accuracy")
         ax.plot([0, 1], [0, 1], "k--", linewidth=1)
         ece = _summary(rows, "ece")
         label = rows["label"].iloc[0]
@@ -144,7 +166,12 @@ def plot_reliability(table: pd.DataFrame, dataset: str, paths, paper: dict[str, 
         key = rows["paper_key"].iloc[0]
         if paper and isinstance(key, str) and key in paper:
             extra = f" (paper {paper[key]:.3f})"
-        ax.set_title(f"{label}\nECE {ece:.3f}{extra}, acc {_summary(rows, 'accuracy'):.1%}", fontsize=9)
+        ece_ci, acc_ci = _summary_interval(rows, "ece"), _summary_interval(rows, "accuracy", 100)
+        if ece_ci is None and acc_ci is None:
+            ax.set_title(f"{label}\nECE {ece:.3f}{extra}, acc {_summary(rows, 'accuracy'):.1%}", fontsize=9)
+        else:  # one line each: the intervals make them long
+            ax.set_title(f"{label}\nECE {ece:.3f}{interval_text(ece_ci)}{extra}\n"
+                         f"acc {_summary(rows, 'accuracy'):.1%}{interval_text(acc_ci, '{:.1f}')}", fontsize=8)
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1)
         ax.set_xlabel("confidence")
@@ -155,7 +182,9 @@ def plot_reliability(table: pd.DataFrame, dataset: str, paths, paper: dict[str, 
 
 
 def plot_confidence_histogram(table: pd.DataFrame, dataset: str, paths):
-    """Percentage of samples per confidence bin (one panel per model)."""
+    """Percentage of samples per confidence bin (one panel per model); with ci_low / ci_high in the
+    rows, light bands over the intervals of the mean confidence and the accuracy (the bin shares
+    are counts and have none)."""
 
     def draw(ax, rows, style: ModelStyle):
         counts = _bins(rows, "bin_count")
@@ -164,6 +193,10 @@ def plot_confidence_histogram(table: pd.DataFrame, dataset: str, paths):
         values = counts["value"].astype(float).to_numpy()
         share = 100 * values / max(values.sum(), 1)
         ax.bar((lower + upper) / 2, share, width=upper - lower, color=style.color, edgecolor="black", linewidth=0.5)
+        for metric, color in (("mean_confidence", "k"), ("accuracy", "#2ca02c")):
+            bounds = _summary_interval(rows, metric)
+            if bounds is not None:
+                ax.axvspan(*bounds, color=color, alpha=0.12, linewidth=0, zorder=0, label=f"_band:{metric}")
         ax.axvline(_summary(rows, "mean_confidence"), color="k", linestyle="--", linewidth=1, label="mean confidence")
         ax.axvline(_summary(rows, "accuracy"), color="#2ca02c", linestyle=":", linewidth=1.5, label="accuracy")
         ax.set_title(rows["label"].iloc[0], fontsize=9)

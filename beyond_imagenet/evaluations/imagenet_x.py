@@ -12,7 +12,14 @@ from beyond_imagenet.evaluations import Evaluation, Figure, Sample, published_se
 from beyond_imagenet.metrics import imagenet_x as inx
 from beyond_imagenet.metrics.imagenet_x import FACTORS
 from beyond_imagenet.profile import Headline
-from beyond_imagenet.style import as_text, grouped_bars, plt, save_figure, styled_models
+from beyond_imagenet.style import (
+    as_text,
+    grouped_bars,
+    interval_lookup,
+    plt,
+    save_figure,
+    styled_models,
+)
 from beyond_imagenet.tables import read_table
 from beyond_imagenet.workflow import read_items, skipped_row
 
@@ -86,7 +93,8 @@ IMAGENET_X_ORDER = ("color", "darker", "brighter", "larger", "smaller", "object_
 
 
 def plot_imagenet_x(table: pd.DataFrame, dataset: str, paths, paper: dict | None = None):
-    """Error ratio per factor; supervised and CLIP models in separate panels, as in the paper."""
+    """Error ratio per factor; supervised and CLIP models in separate panels, as in the paper; the
+    rows' ci_low / ci_high (if any) as error bars on the bars."""
     table = as_text(table, "factor")
     data = table[(table["dataset"] == dataset) & (table["metric"] == "error_ratio")]
     if data.empty:
@@ -95,6 +103,7 @@ def plot_imagenet_x(table: pd.DataFrame, dataset: str, paths, paper: dict | None
     factors = [f for f in IMAGENET_X_ORDER if f in FACTORS or f == "average"]
     lookup = data.set_index(["model", "factor"])["value"]
     ratios = (paper or {}).get("error_ratio", {})
+    intervals = interval_lookup(data, ["model", "factor"])
 
     def value(model, factor):
         return lookup.get((model, factor), np.nan)
@@ -109,7 +118,7 @@ def plot_imagenet_x(table: pd.DataFrame, dataset: str, paths, paper: dict | None
         if group.empty:
             ax.text(0.5, 0.5, f"no {title} model in this study", transform=ax.transAxes, ha="center")
         else:
-            grouped_bars(ax, factors, group, value, published if paper else None)
+            grouped_bars(ax, factors, group, value, published if paper else None, interval=intervals)
             ax.legend(fontsize=7, ncol=3, loc="upper left")
         ax.axhline(1.0, color="black", linestyle="--", linewidth=0.8)
         ax.set_ylabel("error ratio")

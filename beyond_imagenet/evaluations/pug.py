@@ -11,7 +11,13 @@ import pandas as pd
 from beyond_imagenet.evaluations import Evaluation, Figure, Sample, published_section, register
 from beyond_imagenet.metrics.pug import PUG_SUBSETS, pug_accuracy, pug_average, pug_correct
 from beyond_imagenet.profile import Headline
-from beyond_imagenet.style import grouped_bars, plt, save_figure, styled_models
+from beyond_imagenet.style import (
+    grouped_bars,
+    interval_lookup,
+    plt,
+    save_figure,
+    styled_models,
+)
 from beyond_imagenet.tables import read_table
 from beyond_imagenet.workflow import read_items, skipped_row
 
@@ -95,7 +101,8 @@ def input_transform(study, dataset: str) -> str | None:
 
 # ------------------------------------------------------------------------------------ figures
 def plot_pug(table: pd.DataFrame, dataset: str, paths, paper: dict | None = None):
-    """Top-1 (%) per PUG-ImageNet factor subset and the average of the 10."""
+    """Top-1 (%) per PUG-ImageNet factor subset and the average of the 10; the rows' ci_low /
+    ci_high (if any) as error bars on the bars."""
     data = table[(table["dataset"] == dataset) & (table["metric"] == "top1")]
     if data.empty:
         raise ValueError(f"no PUG rows for dataset {dataset!r}")
@@ -115,7 +122,8 @@ def plot_pug(table: pd.DataFrame, dataset: str, paths, paper: dict | None = None
         return paper_top1.get(key, {}).get(subset, np.nan)
 
     fig, ax = plt.subplots(figsize=(10, 3.8))
-    grouped_bars(ax, subsets, models, value, published if paper else None, scale=100)
+    grouped_bars(ax, subsets, models, value, published if paper else None, scale=100,
+                 interval=interval_lookup(data, ["model", "subset"]))
     ax.set_xticklabels([s.replace("_", " ") for s in subsets], rotation=30, ha="right", fontsize=8)
     ax.set_ylabel("top-1 accuracy (%)")
     ax.set_ylim(0, 100)

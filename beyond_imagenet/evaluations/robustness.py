@@ -24,7 +24,14 @@ from beyond_imagenet.metrics.robustness import (
     top1,
 )
 from beyond_imagenet.profile import Headline
-from beyond_imagenet.style import as_text, grouped_bars, plt, save_figure, styled_models
+from beyond_imagenet.style import (
+    as_text,
+    grouped_bars,
+    interval_lookup,
+    plt,
+    save_figure,
+    styled_models,
+)
 from beyond_imagenet.tables import read_table
 from beyond_imagenet.workflow import read_items, skipped_row
 
@@ -256,7 +263,8 @@ BENCHMARK_LABELS = {"imagenet_val": "ImageNet", "imagenet_v2": "V2", "imagenet_a
 
 
 def plot_robustness(table: pd.DataFrame, paths, paper: dict | None = None):
-    """Top-1 (%) per benchmark and model, clean ImageNet first and the 7-set average last."""
+    """Top-1 (%) per benchmark and model, clean ImageNet first and the 7-set average last; the
+    rows' ci_low / ci_high (if any) as error bars on the bars."""
     table = as_text(table, "benchmark", "corruption", "dataset")
     overall = table[(table["metric"] == "top1") & (table["corruption"] == "")]
     found = list(dict.fromkeys(overall["benchmark"]))
@@ -281,7 +289,8 @@ def plot_robustness(table: pd.DataFrame, paths, paper: dict | None = None):
     n_shifted = int(counts.max()) if len(counts) else 0
     labels = {**BENCHMARK_LABELS, "average": f"Average ({n_shifted})"}
     fig, ax = plt.subplots(figsize=(max(6.0, 1.0 * len(present) + 2), 3.8))
-    grouped_bars(ax, present, models, value, published if paper else None, scale=100)
+    grouped_bars(ax, present, models, value, published if paper else None, scale=100,
+                 interval=interval_lookup(overall, ["model", "benchmark"]))
     ax.set_xticklabels([labels.get(b, b) for b in present])
     if CLEAN_BENCHMARK in present:
         ax.axvline(present.index(CLEAN_BENCHMARK) + 0.5, color="gray", linewidth=0.6)

@@ -18,7 +18,16 @@ from beyond_imagenet.metrics.shape_bias import (
     shape_bias,
 )
 from beyond_imagenet.profile import Headline
-from beyond_imagenet.style import as_text, plt, save_figure, styled_models
+from beyond_imagenet.style import (
+    as_text,
+    draw_intervals,
+    interval,
+    interval_lookup,
+    interval_text,
+    plt,
+    save_figure,
+    styled_models,
+)
 from beyond_imagenet.tables import read_table
 from beyond_imagenet.workflow import read_items, skipped_row
 
@@ -82,7 +91,12 @@ def table(job) -> list[Row]:
 
 # ------------------------------------------------------------------------------------ figures
 def plot_shape_bias(table: pd.DataFrame, dataset: str, paths, paper: dict | None = None):
-    """Per-category shape bias (points) and each model's overall shape bias (vertical line)."""
+    """Per-category shape bias (points) and each model's overall shape bias (vertical line).
+
+    With ci_low / ci_high in the rows: a horizontal error bar (model colour) through each
+    per-category point, a light band of the model's colour over its overall interval, and the
+    interval in the legend ("0.412 [0.380, 0.445]").
+    """
     table = as_text(table, "category")
     data = table[(table["dataset"] == dataset) & (table["metric"] == "shape_bias")]
     if data.empty:
@@ -99,12 +113,21 @@ def plot_shape_bias(table: pd.DataFrame, dataset: str, paths, paper: dict | None
         rows = data[data["model"] == m["model"]]
         per_cat = rows[rows["category"] != ""]
         jitter = (k - (len(models) - 1) / 2) * 0.12
-        ax.plot(per_cat["value"], [y[c] + jitter for c in per_cat["category"]], marker=m["marker"], linestyle="none",
+        positions = [y[c] + jitter for c in per_cat["category"]]
+        ax.plot(per_cat["value"], positions, marker=m["marker"], linestyle="none",
                 color=m["color"], markeredgecolor="black", markeredgewidth=0.3, markersize=6)
+        per_cat_interval = interval_lookup(per_cat, ["category"])
+        if per_cat_interval is not None:
+            draw_intervals(ax, positions, [per_cat_interval(c) for c in per_cat["category"]], horizontal=True,
+                           at=per_cat["value"].astype(float).to_numpy(), label=f"_ci:{m['model']}",
+                           ecolor=m["color"], elinewidth=0.8, capsize=1.5, capthick=0.8, zorder=1.5)
         overall = rows.loc[rows["category"] == "", "value"]
         mean = float(overall.iloc[0]) if len(overall) else np.nan
+        bounds = interval(rows[rows["category"] == ""])
         if not math.isnan(mean):
-            ax.axvline(mean, color=m["color"], linewidth=1.6, label=f"{m['label']}: {mean:.3f}")
+            if bounds is not None:
+                ax.axvspan(*bounds, color=m["color"], alpha=0.15, linewidth=0, zorder=0, label=f"_band:{m['model']}")
+            ax.axvline(mean, color=m["color"], linewidth=1.6, label=f"{m['label']}: {mean:.3f}{interval_text(bounds)}")
         else:
             ax.plot([], [], color=m["color"], label=f"{m['label']}: n/a")
         if m["paper_key"] in published:

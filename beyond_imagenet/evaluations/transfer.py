@@ -18,7 +18,13 @@ import pandas as pd
 from beyond_imagenet.datasets.vtab import GROUPS, TASKS
 from beyond_imagenet.evaluations import Evaluation, Figure, Sample, register
 from beyond_imagenet.profile import Headline
-from beyond_imagenet.style import model_styles, plt, save_figure
+from beyond_imagenet.style import (
+    draw_intervals,
+    interval_lookup,
+    model_styles,
+    plt,
+    save_figure,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -128,12 +134,15 @@ def _models(data: pd.DataFrame, table: pd.DataFrame) -> list[dict]:
     return models
 
 
-def _bars(ax, positions, values, paper, models, width):
-    """One bar per model at each position; the paper's value (if any) as a black tick on the bar."""
+def _bars(ax, positions, values, paper, models, width, intervals=None):
+    """One bar per model at each position; the paper's value (if any) as a black tick on the bar;
+    ``intervals[j]``: model j's (low, high) per position (or None), an error bar on the bar."""
     for j, model in enumerate(models):
         x = positions + (j - (len(models) - 1) / 2) * width
         ax.bar(x, values[j], width=width, color=model["color"], hatch=model["hatch"], edgecolor="black",
                linewidth=0.4, label=model["label"])
+        if intervals is not None:
+            draw_intervals(ax, x, intervals[j], at=values[j], label=f"_ci:{model['model']}")
         if paper[j] is not None:
             ax.scatter(x, paper[j], marker="_", s=40, color="black", linewidths=1.8, zorder=3)
 
@@ -142,8 +151,9 @@ def plot_transfer(table: pd.DataFrame, dataset: str, paths, paper_top1: Mapping[
     """Top-1 (%) per task, grouped natural / specialized / structured, and the group means.
 
     ``paper_top1``: the paper's per-task top-1 (percent) by paper model key and paper task key; drawn
-    beside ours for models that declare a ``paper_key`` (group means over the same tasks). Returns
-    the saved (closed) figure.
+    beside ours for models that declare a ``paper_key`` (group means over the same tasks). The
+    rows' ci_low / ci_high (if any), x 100, as error bars on the bars. Returns the saved (closed)
+    figure.
     """
     data = table[(table["dataset"] == dataset) & (table["metric"] == "test_top1")]
     if data.empty:
@@ -152,6 +162,8 @@ def plot_transfer(table: pd.DataFrame, dataset: str, paths, paper_top1: Mapping[
     per_task = data[data["task"] != "mean"]
     tasks = [t for t in TASKS if t in set(per_task["task"])]
     groups = [g for g in (*GROUPS, "all") if g in set(data.loc[data["task"] == "mean", "group"])]
+    task_interval = interval_lookup(per_task, ["model", "task"], scale=100)
+    mean_interval = interval_lookup(data[data["task"] == "mean"], ["model", "group"], scale=100)
 
     def ours(model: str, task: str, group: str | None = None) -> float:
         rows = data[(data["model"] == model) & (data["task"] == task)]
@@ -180,7 +192,8 @@ def plot_transfer(table: pd.DataFrame, dataset: str, paths, paper_top1: Mapping[
         gridspec_kw={"width_ratios": [max(len(tasks), 2), max(len(groups), 1) + 0.5]}, squeeze=True)
     values = [[ours(m["model"], t) for t in tasks] for m in models]
     paper = [None if theirs(m) is None else [theirs(m)[TASKS[t].paper_key] for t in tasks] for m in models]
-    _bars(ax_tasks, positions, values, paper, models, width)
+    intervals = None if task_interval is None else [[task_interval(m["model"], t) for t in tasks] for m in models]
+    _bars(ax_tasks, positions, values, paper, models, width, intervals)
     ax_tasks.set_xticks(positions, [TASKS[t].label for t in tasks], rotation=45, ha="right", fontsize=8)
     ax_tasks.set_ylabel("linear-probe top-1 (%)")
     ax_tasks.set_ylim(0, 100)
@@ -198,7 +211,8 @@ def plot_transfer(table: pd.DataFrame, dataset: str, paths, paper_top1: Mapping[
         top1 = theirs(m)
         means = paper_means(top1, tasks) if top1 is not None else None
         gpaper.append(None if means is None else [means.get(g, np.nan) for g in groups])
-    _bars(ax_groups, gpos, gvalues, gpaper, models, width)
+    gintervals = None if mean_interval is None else [[mean_interval(m["model"], g) for g in groups] for m in models]
+    _bars(ax_groups, gpos, gvalues, gpaper, models, width, gintervals)
     n_all = len(tasks)
     ax_groups.set_xticks(gpos, [GROUP_LABELS[g] if g != "all" else f"Mean of {n_all}" for g in groups],
                          rotation=45, ha="right", fontsize=8)

@@ -22,7 +22,7 @@ import pandas as pd
 from beyond_imagenet.evaluations import Evaluation, Figure, Sample, register
 from beyond_imagenet.metrics.invariance import invariance_metrics
 from beyond_imagenet.profile import Headline
-from beyond_imagenet.style import model_styles, plt, save_figure
+from beyond_imagenet.style import interval_lookup, model_styles, plt, save_figure
 
 if TYPE_CHECKING:  # pragma: no cover
     from beyond_imagenet.evaluations.invariance.variants import Variant
@@ -159,7 +159,8 @@ def plot_invariance(table: pd.DataFrame, dataset: str, metric: str, paths: Seque
     """Three panels (scale, shift, resolution): ``metric`` against the level, one line per model.
 
     ``paper``: the published ``invariance`` section (top-1 %); drawn thin and dotted for models
-    with a ``paper_key`` when ``metric`` is top1. Returns the saved (closed) figure.
+    with a ``paper_key`` when ``metric`` is top1. With ci_low / ci_high in the rows: a light band of
+    the model's colour over the interval at each level. Returns the saved (closed) figure.
     """
     data = table[(table["dataset"] == dataset) & (table["metric"] == metric) & (table["level"].notna())]
     if data.empty:
@@ -176,6 +177,11 @@ def plot_invariance(table: pd.DataFrame, dataset: str, metric: str, paths: Seque
             style = styles[str(model)]
             ax.plot(sub["level"], sub["value"].astype(float) * scale, label=first["label"], color=style.color,
                     linestyle=style.linestyle, marker=style.marker)
+            band = interval_lookup(sub, ["level"], scale)
+            if band is not None:
+                bounds = [band(level) or (np.nan, np.nan) for level in sub["level"]]
+                ax.fill_between(sub["level"].to_numpy(), [b[0] for b in bounds], [b[1] for b in bounds],
+                                color=style.color, alpha=0.15, linewidth=0, label=f"_band:{model}")
             key = first.get("paper_key")
             published = (paper or {}).get(kind, {}).get("top1", {}).get(key) if metric == "top1" else None
             if published:
