@@ -33,7 +33,7 @@ def transfer_probes():
         f"{RESULTS}/probes/{m}/{d}/{t}.json"
         for d in STUDY.evaluation_datasets("transfer")
         for t in STUDY.datasets[d].tasks
-        for m in STUDY.models
+        for m in STUDY.evaluation_models("transfer")
     ]
 
 
@@ -91,7 +91,7 @@ rule compute_transfer:
         f"{RESULTS}/metrics/transfer.csv",
     params:
         evaluation="transfer",
-        models=MODEL_COLUMNS,
+        models=evaluation_columns("transfer"),
     log:
         f"{RESULTS}/logs/compute_transfer.log",
     conda:
