@@ -437,13 +437,19 @@ def _assemble(parts: Path, n_shards: int, out_path: Path, ids: list[str], labels
     return out_path
 
 
+def _raw_bytes(data: np.ndarray):
+    """The C-order bytes of a contiguous array without a copy; none for an empty one (a features-only
+    model's (N, 0) logits: memoryview cannot cast a view with a zero in its shape)."""
+    return memoryview(data).cast("B") if data.size else b""
+
+
 def _digest(name: str, data) -> str:
     """sha256 of an array as a reader gets it back (dtype, shape, C-order bytes; strings as UTF-8)."""
     h = hashlib.sha256()
     if isinstance(data, np.ndarray) and data.dtype != object:
         data = np.ascontiguousarray(data)
         h.update(f"{name}|{data.dtype.str}|{data.shape}|".encode())
-        h.update(memoryview(data).cast("B"))
+        h.update(_raw_bytes(data))
     else:
         h.update(f"{name}|str|{len(data)}|".encode())
         for x in data:
@@ -460,7 +466,7 @@ class _RowDigest:
         self.dtype = dtype
 
     def update(self, block: np.ndarray) -> None:
-        self.h.update(memoryview(np.ascontiguousarray(block, dtype=self.dtype)).cast("B"))
+        self.h.update(_raw_bytes(np.ascontiguousarray(block, dtype=self.dtype)))
 
     def hexdigest(self) -> str:
         return self.h.hexdigest()

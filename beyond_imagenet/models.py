@@ -6,6 +6,11 @@ Two sources, each a small adapter registered in ``SOURCES`` (no if/else over mod
   ``logit_scale * normalize(features) @ W`` with W the zero-shot head built by open_clip's own
   ``build_zero_shot_classifier`` (IMAGENET_CLASSNAMES x OPENAI_IMAGENET_TEMPLATES).
 
+A ``features_only: true`` entry (IN-21k-only or self-supervised weights without an ImageNet-1k
+classifier) is built without one (timm ``num_classes=0``; open_clip without a zero-shot head): its
+logits are an empty ``(N, 0)`` array, so its outputs keep the same layout; only the feature
+evaluations (``reads: features`` / ``images``) ever see it (``Study.evaluation_models``).
+
 Weights: the libraries' hub loading (``pretrained``), a local checkpoint (``torch.load`` with
 ``weights_only=True``), or random weights under a seed. Preprocessing protocols ``paper`` and
 ``native`` follow docs/evaluations.md §0 and are recorded with every output.
@@ -53,6 +58,7 @@ class ModelSpec:
     paper_key: str | None = None
     checkpoint_format: str = "auto"
     preprocessing: str | None = None  # None = the study's protocol
+    features_only: bool = False  # no ImageNet-1k classifier: empty logits, feature evaluations only
 
     @classmethod
     def from_config(cls, name: str, entry: dict[str, Any]) -> "ModelSpec":
@@ -67,6 +73,7 @@ class ModelSpec:
             checkpoint=entry.get("checkpoint"),
             checkpoint_format=entry.get("checkpoint_format", "auto"),
             preprocessing=entry.get("preprocessing"),
+            features_only=bool(entry.get("features_only", False)),
             seed=entry.get("seed", 0),
             family=entry.get("family") or _guess_family(entry["name"]),
             paradigm=paradigm,
@@ -95,7 +102,7 @@ class ModelSpec:
 
     @property
     def needs_zero_shot_head(self) -> bool:
-        return SOURCES[self.source].needs_head
+        return SOURCES[self.source].needs_head and not self.features_only
 
 
 def _guess_family(arch: str) -> str:
@@ -169,17 +176,26 @@ def _fp32(device_type: str):
     return torch.autocast(device_type, enabled=False)
 
 
+def _no_logits(features: torch.Tensor) -> torch.Tensor:
+    """The logits of a features-only model: an empty (N, 0) array (same output layout)."""
+    return features.new_zeros((features.shape[0], 0), dtype=torch.float32)
+
+
 class _TimmNet(nn.Module):
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, features_only: bool = False):
         super().__init__()
         self.model = model
+        self.features_only = features_only
         # timm's forward_head(pre_logits=True) is the classifier's input for its models; where a
         # model's head does more than that (checked once here), its own forward_head gives logits.
-        self.classifier = model.get_classifier() if _classifier_takes_pre_logits(model) else None
+        self.classifier = (model.get_classifier() if not features_only and _classifier_takes_pre_logits(model)
+                           else None)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         tokens = self.model.forward_features(x)
         features = self.model.forward_head(tokens, pre_logits=True)
+        if self.features_only:
+            return _no_logits(features), features
         if self.classifier is None:
             return self.model.forward_head(tokens), features
         with _fp32(x.device.type):
@@ -203,6 +219,16 @@ def _classifier_takes_pre_logits(model: nn.Module) -> bool:
         log.warning("cannot check the classifier of %s (%s); its logits follow the forward pass's precision",
                     type(model).__name__, err)
         return False
+
+
+def _native_size(model: nn.Module) -> int | None:
+    """The square input size a timm ViT's position embedding is built for (None: no fixed size)."""
+    if getattr(model, "pos_embed", None) is None:
+        return None
+    size = getattr(getattr(model, "patch_embed", None), "img_size", None)
+    if not size or len(set(size)) != 1:
+        return None
+    return int(size[0])
 
 
 class TimmSource:
@@ -231,8 +257,10 @@ class TimmSource:
             arch = f"{arch}.{spec.pretrained}"
         pretrained = bool(spec.pretrained) and not spec.checkpoint
         torch.manual_seed(spec.seed)
+        # features_only: no classifier (timm drops a pretrained head of another size when loading).
+        kwargs = {"num_classes": 0} if spec.features_only else {}
         try:
-            model = timm.create_model(arch, pretrained=pretrained)
+            model = timm.create_model(arch, pretrained=pretrained, **kwargs)
         except Exception as err:
             if pretrained and _is_fetch_error(err):
                 raise weights_unavailable(spec, f"timm {arch}", err) from None
@@ -245,10 +273,17 @@ class TimmSource:
             from beyond_imagenet.evaluations.invariance.transforms import resize_vit_pos_embed
 
             resize_vit_pos_embed(model, image_size)
-        if model.num_classes != 1000:
+        elif protocol == "paper" and _native_size(model) not in (None, 224):
+            # The paper protocol feeds 224-px crops: a ViT built for another size (DINOv2: 518)
+            # gets its position embedding resampled to 224 px, as for a resolution variant.
+            from beyond_imagenet.evaluations.invariance.transforms import resize_vit_pos_embed
+
+            resize_vit_pos_embed(model, 224)
+        if not spec.features_only and model.num_classes != 1000:
             raise ModelError(
-                f"models.{spec.name}: {arch} has {model.num_classes} output classes; the evaluations need "
-                "ImageNet-1k logits (choose an in1k fine-tuned tag)"
+                f"models.{spec.name}: {arch} has {model.num_classes} output classes; the logit evaluations need "
+                "ImageNet-1k logits (choose an in1k fine-tuned tag, or set `features_only: true` to use it in "
+                "the feature evaluations only: transfer, cka)"
             )
         model.eval()
         if protocol == "paper":
@@ -262,7 +297,7 @@ class TimmSource:
         else:
             transform = _dataset_transform(input_transform, params["mean"], params["std"])
             params = {**params, "input_transform": input_transform}
-        return LoadedModel(spec, _TimmNet(model), transform, _transform_record(transform, protocol=protocol, **params))
+        return LoadedModel(spec, _TimmNet(model, spec.features_only), transform, _transform_record(transform, protocol=protocol, **params))
 
 
 #: Per-dataset transforms for supervised models that replace the protocol's resize and crop
@@ -294,14 +329,18 @@ def _register_bundled_open_clip_configs() -> None:
 
 
 class _ClipNet(nn.Module):
-    def __init__(self, model: nn.Module, head: torch.Tensor, logit_scale: float):
+    """``head`` None: a features-only model (no zero-shot head), logits an empty (N, 0) array."""
+
+    def __init__(self, model: nn.Module, head: torch.Tensor | None, logit_scale: float):
         super().__init__()
         self.model = model
-        self.register_buffer("head", head.float())
+        self.register_buffer("head", None if head is None else head.float())
         self.logit_scale = float(logit_scale)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         features = self.model.encode_image(x)
+        if self.head is None:
+            return _no_logits(features), features
         with _fp32(x.device.type):
             logits = self.logit_scale * F.normalize(features.float(), dim=-1) @ self.head
         return logits, features
@@ -388,8 +427,10 @@ class OpenClipSource:
     @staticmethod
     def build(spec: ModelSpec, protocol: str, head: torch.Tensor | None = None,
               logit_scale: float = 100.0, image_size: int | None = None, **_: Any) -> LoadedModel:
-        if head is None:
+        if head is None and not spec.features_only:
             raise ModelError(f"models.{spec.name}: open_clip models need their zero-shot head")
+        if spec.features_only:
+            head = None  # features only: no zero-shot head, empty logits
         model, preprocess, _ = _create_open_clip(spec, image_size)
         # Both protocols use open_clip's own eval transform for CLIP weights (Resize(224, bicubic),
         # CenterCrop, OpenAI mean/std): the weights' own config is the native one.

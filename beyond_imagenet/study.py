@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,8 @@ from beyond_imagenet.models import (
 )
 
 SCHEMA_PATH = Path(__file__).resolve().parents[1] / "schemas" / "config.schema.yaml"
+
+log = logging.getLogger(__name__)
 
 class ConfigError(ValueError):
     """The study config is invalid; the message names every offending key."""
@@ -147,7 +150,29 @@ def validate_config(config: dict[str, Any], schema_path: str | os.PathLike = SCH
     problems += _group_problems(config)
     if problems:
         raise ConfigError("invalid study config:\n" + "\n".join(problems))
+    for note in features_only_notes(config):
+        log.warning("%s", note)
     return config
+
+
+def takes_part(entry: dict[str, Any], evaluation: str) -> bool:
+    """Whether a model entry takes part in an evaluation: a ``features_only`` model has no
+    ImageNet-1k logits, so it is left out of every evaluation that reads them."""
+    return not (entry.get("features_only") and EVALUATIONS[evaluation].reads == "logits")
+
+
+def features_only_notes(config: dict[str, Any]) -> list[str]:
+    """One line per features-only model: the evaluations of the study it is left out of."""
+    notes = []
+    for name, entry in config["models"].items():
+        if not entry.get("features_only"):
+            continue
+        left_out = [ev for ev in config["evaluations"] if not takes_part(entry, ev)]
+        if left_out:
+            kept = [ev for ev in config["evaluations"] if takes_part(entry, ev)]
+            notes.append(f"models.{name}: features_only; left out of {', '.join(left_out)} (they need ImageNet-1k "
+                         f"logits); it takes part in {', '.join(kept) if kept else 'no evaluation of this study'}")
+    return notes
 
 
 class _StrictLoader(yaml.SafeLoader):
@@ -272,9 +297,19 @@ class Study:
         spec = self.datasets[dataset]
         return list(spec.split_datasets().values()) if hasattr(spec, "split_datasets") else [dataset]
 
+    def evaluation_models(self, evaluation: str) -> list[str]:
+        """The models (config order) an evaluation runs on: all of them, but a ``features_only``
+        model is left out of the evaluations that read ImageNet-1k logits."""
+        return [m for m in self.models if takes_part(self.config["models"][m], evaluation)]
+
+    def model_evaluations(self, model: str) -> list[str]:
+        """The study's evaluations ``model`` takes part in (config order)."""
+        return [ev for ev in self.evaluations if takes_part(self.config["models"][model], ev)]
+
     def extraction_targets(self) -> list[str]:
-        pairs = {(m, x) for ev in self.evaluations for d in self.evaluation_datasets(ev)
-                 for x in self.extraction_datasets(d) for m in self.models}
+        pairs = {(m, x) for ev in self.evaluations if EVALUATIONS[ev].reads != "images"
+                 for d in self.evaluation_datasets(ev) for x in self.extraction_datasets(d)
+                 for m in self.evaluation_models(ev)}
         return sorted(self.output(m, d) for m, d in pairs)
 
     def all_outputs(self) -> list[str]:
@@ -307,12 +342,17 @@ class Study:
         settings = self.config["extraction"]
         explicit = {d: g for g, names in settings.get("groups", {}).items() for d in names}
         by_model = settings.get("group", "dataset") == "model"
-        used = [d for d in self.config["datasets"] if any(d in self.evaluation_datasets(ev) for ev in self.evaluations)]
+        # Only the datasets of the evaluations the model takes part in that read cached outputs (cka runs
+        # its own pass over the images): a dataset only logit evaluations read is not extracted for a
+        # features-only model.
+        evaluations = self.model_evaluations(model)
+        used = [d for d in self.config["datasets"] if any(d in self.evaluation_datasets(ev) for ev in evaluations
+                                                          if EVALUATIONS[ev].reads != "images")]
         plan: dict[str, list[tuple[str, str | None]]] = {}
         for d in used:
             group = explicit.get(d) or ("all" if by_model else d)
             plan.setdefault(group, []).extend((x, None) for x in self.extraction_datasets(d))
-        for record in (EVALUATIONS[ev] for ev in self.evaluations):  # extra outputs an evaluation asks for
+        for record in (EVALUATIONS[ev] for ev in evaluations):  # extra outputs an evaluation asks for
             if not record.variants:
                 continue
             for d in self.evaluation_datasets(record.name):
@@ -347,6 +387,8 @@ class Study:
         identity = {**self.head_identity(model), "protocol": self.model_protocol(model)}
         if self.models[model].needs_zero_shot_head:
             identity["logit_scale"] = float(self.config["zero_shot"]["logit_scale"])
+        if self.models[model].features_only:  # only when set: the other models' cache keys are unchanged
+            identity["features_only"] = True
         return identity
 
     def model_protocol(self, model: str) -> str:

@@ -3,22 +3,24 @@
 # outputs). Its record: beyond_imagenet/evaluations/cka/.
 from beyond_imagenet.evaluations import cka as cka_evaluation
 
+CKA_MODELS = {m: STUDY.models[m] for m in STUDY.evaluation_models("cka")}
+
 
 rule compute_cka:
     input:
         manifest=f"{RESULTS}/manifests/{{dataset}}.json",
-        heads=[STUDY.head(m) for m, spec in STUDY.models.items() if spec.needs_zero_shot_head],
-        weights=[str(spec.checkpoint_path) for spec in STUDY.models.values() if spec.checkpoint],
+        heads=[STUDY.head(m) for m, spec in CKA_MODELS.items() if spec.needs_zero_shot_head],
+        weights=[str(spec.checkpoint_path) for spec in CKA_MODELS.values() if spec.checkpoint],
     output:
         f"{RESULTS}/metrics/cka_{{dataset}}.h5",
     params:
         # The pass's own settings only (not its list of datasets: adding one reruns no pass).
         settings={k: config["evaluations"].get("cka", {}).get(k) for k in cka_evaluation.PASS_SETTINGS},
         pairs=cka_evaluation.pairs(STUDY) if "cka" in STUDY.evaluations else [],
-        models={m: STUDY.model_entry(m) for m in STUDY.models},
-        identities={m: STUDY.model_identity(m) for m in STUDY.models},
-        head_identities={m: STUDY.head_identity(m) for m in STUDY.models},
-        heads={m: STUDY.head(m) for m, spec in STUDY.models.items() if spec.needs_zero_shot_head},
+        models={m: STUDY.model_entry(m) for m in CKA_MODELS},
+        identities={m: STUDY.model_identity(m) for m in CKA_MODELS},
+        head_identities={m: STUDY.head_identity(m) for m in CKA_MODELS},
+        heads={m: STUDY.head(m) for m, spec in CKA_MODELS.items() if spec.needs_zero_shot_head},
         protocol=config["preprocessing"],
         logit_scale=config["zero_shot"]["logit_scale"],
         on_bad_image=config["extraction"]["on_bad_image"],
@@ -43,7 +45,7 @@ rule compute_cka_summary:
                caption="../report/cka_summary.rst"),
     params:
         evaluation="cka",
-        models=MODEL_COLUMNS,
+        models=evaluation_columns("cka"),
     log:
         f"{RESULTS}/logs/compute_cka_summary.log",
     conda:

@@ -150,11 +150,17 @@ def checkpoint_input(wildcards):
 MODEL_COLUMNS = {m: STUDY.model_columns(m) for m in STUDY.models}
 
 
+def evaluation_columns(evaluation):
+    """MODEL_COLUMNS of the models an evaluation runs on (STUDY.evaluation_models: a features-only
+    model is in no logit evaluation's table), so relabelling one redraws only its own tables."""
+    return {m: MODEL_COLUMNS[m] for m in STUDY.evaluation_models(evaluation)}
+
+
 # ---- an evaluation's jobs, from its registry record (beyond_imagenet/evaluations/<name>.py)
 def evaluation_items(evaluation):
     """Every standard output an evaluation reads, as Study.item records: datasets in config
-    order, models in config order within each."""
-    return [STUDY.item(m, d) for d in STUDY.evaluation_datasets(evaluation) for m in STUDY.models]
+    order, models in config order within each (the models it runs on: STUDY.evaluation_models)."""
+    return [STUDY.item(m, d) for d in STUDY.evaluation_datasets(evaluation) for m in STUDY.evaluation_models(evaluation)]
 
 
 def evaluation_settings(evaluation):
@@ -172,7 +178,7 @@ def table_inputs(evaluation):
 
 def table_params(evaluation, items=None):
     """The params of a compute_<evaluation> job (scripts/compute_table.py)."""
-    params = {"evaluation": evaluation, "models": MODEL_COLUMNS,
+    params = {"evaluation": evaluation, "models": evaluation_columns(evaluation),
               "cached": evaluation_items(evaluation) if items is None else items}
     if EVALUATIONS[evaluation].settings:
         params["settings"] = evaluation_settings(evaluation)

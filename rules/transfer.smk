@@ -67,7 +67,7 @@ rule compute_transfer:
         comparisons=comparisons_output("transfer"),
     params:
         evaluation="transfer",
-        models=MODEL_COLUMNS,
+        models=evaluation_columns("transfer"),
         **uncertainty_params("transfer"),
     log:
         f"{RESULTS}/logs/compute_transfer.log",

@@ -43,6 +43,27 @@ def run_snakemake(configfile, workdir, targets=(), dryrun=False, cores=2, forcer
         os.chdir(cwd)
 
 
+def dry_run_jobs(configfile, workdir, targets=()) -> list[tuple[str, dict[str, str]]]:
+    """The jobs a dry run plans, as (rule name, wildcards) pairs (``run_snakemake`` counts only rules)."""
+    from snakemake.api import SnakemakeApi
+    from snakemake.settings.types import (ConfigSettings, DAGSettings, OutputSettings, Quietness,
+                                          ResourceSettings, StorageSettings)
+
+    cwd = os.getcwd()
+    try:
+        with SnakemakeApi(OutputSettings(quiet={Quietness.PROGRESS, Quietness.RULES})) as api:
+            workflow = api.workflow(
+                resource_settings=ResourceSettings(cores=1, resources={"gpu": 1}),
+                config_settings=ConfigSettings(configfiles=[Path(configfile).resolve()]),
+                storage_settings=StorageSettings(), snakefile=REPO / "Snakefile", workdir=Path(workdir))
+            dag = workflow.dag(dag_settings=DAGSettings(targets=set(targets)))
+            dag.execute_workflow(executor="dryrun")
+            return [(job.rule.name, dict(job.wildcards_dict))
+                    for job in dag.workflow_api._workflow.dag.needrun_jobs()]
+    finally:
+        os.chdir(cwd)
+
+
 def lint_workflow(configfile) -> bool:
     """True if Snakemake printed any lint."""
     from snakemake.api import SnakemakeApi

@@ -252,7 +252,8 @@ def probe_items(study, wildcards) -> dict[str, dict]:
 def probe_files(study) -> list[str]:
     """Every probe result of the study: results/probes/<model>/<dataset>/<task>.json."""
     return [str(study.results / "probes" / m / d / f"{t}.json")
-            for d in study.evaluation_datasets("transfer") for t in study.datasets[d].tasks for m in study.models]
+            for d in study.evaluation_datasets("transfer") for t in study.datasets[d].tasks
+            for m in study.evaluation_models("transfer")]
 
 
 # ------------------------------------------------------------------------------ the evaluation

@@ -25,7 +25,8 @@ def pairs(study) -> list[tuple[str, str]]:
     from beyond_imagenet.evaluations.cka.passes import model_pairs
 
     section = study.evaluations.get("cka", {})
-    models = {m: {"family": s.family, "paradigm": s.paradigm} for m, s in study.models.items()}
+    models = {m: {"family": study.models[m].family, "paradigm": study.models[m].paradigm}
+              for m in study.evaluation_models("cka")}
     return model_pairs(models, section.get("pairs", "both"), section.get("cross_pairs", "contrast"))
 
 

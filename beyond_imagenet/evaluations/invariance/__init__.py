@@ -13,6 +13,7 @@ The table: the standard outputs hold every image, a variant may have been run on
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
@@ -122,7 +123,7 @@ def items(study) -> list[dict[str, Any]]:
     from the standard output (its item records the variant it stands for)."""
     out = []
     for dataset in study.evaluation_datasets("invariance"):
-        for model in study.models:
+        for model in study.evaluation_models("invariance"):  # no features-only model
             for name in study_variant_names(study):
                 standard = is_standard_variant(study, model, name, dataset)
                 out.append({**study.item(model, dataset, None if standard else name), "level": name})
@@ -130,21 +131,114 @@ def items(study) -> list[dict[str, Any]]:
 
 
 def check(config: dict[str, Any]) -> list[str]:
-    """The variants are defined for 224-px CLIP models (docs/evaluations.md §8)."""
+    """The variants are defined for 224-px CLIP models and the supervised / clip paradigms
+    (docs/evaluations.md §8); every resolution level must be one the architecture can run at (a
+    ConvNet whose total stride exceeds the image cannot). Features-only models take no part."""
     if "invariance" not in config["evaluations"]:
         return []
+    from beyond_imagenet.evaluations.invariance.transforms import PARADIGMS
     from beyond_imagenet.models import OpenClipSource, unknown_architecture_message
 
+    section = config["evaluations"]["invariance"]
+    levels = sorted(int(r) for r in section.get("resolution", []))
     problems = []
     for name, entry in config["models"].items():
-        if entry["source"] != "open_clip" or unknown_architecture_message(entry["source"], entry["name"]):
+        if entry.get("features_only") or unknown_architecture_message(entry["source"], entry["name"]):
             continue
-        size = OpenClipSource.image_size(entry["name"])
-        if size not in (None, 224):
+        paradigm = entry.get("paradigm") or ("clip" if entry["source"] == "open_clip" else "supervised")
+        if paradigm not in PARADIGMS:
+            problems.append(f"  models.{name}.paradigm: the invariance variants are defined for paradigms "
+                            f"{sorted(PARADIGMS)}, not {paradigm!r} (leave it out of the invariance study)")
+        if entry["source"] == "open_clip":
+            size = OpenClipSource.image_size(entry["name"])
+            if size not in (None, 224):
+                problems.append(
+                    f"  models.{name}.name: {entry['name']} is built at {size} px; the invariance variants "
+                    "(docs/evaluations.md §8) are defined for 224-px CLIP models (leave it out of the invariance study)")
+                continue
+        too_small = _levels_too_small(entry["source"], entry["name"], tuple(levels))
+        if too_small:
+            sizes, reason = too_small
             problems.append(
-                f"  models.{name}.name: {entry['name']} is built at {size} px; the invariance variants "
-                "(docs/evaluations.md §8) are defined for 224-px CLIP models (leave it out of the invariance study)")
+                f"  evaluations.invariance.resolution: models.{name} ({entry['source']} {entry['name']}) cannot run "
+                f"at {', '.join(f'{s} px' for s in sizes)} ({reason}); remove these levels or the model")
     return problems
+
+
+def _levels_too_small(source: str, arch: str, levels: tuple[int, ...]) -> tuple[list[int], str] | None:
+    """The resolution levels below 224 px ``arch`` cannot run at, with the first error, or None.
+
+    Each level is tried by building the architecture (random weights) on the ``meta`` device,
+    resized as for the variant, and running a shape-only forward pass: no memory, a fraction of a
+    second per architecture. Only levels below 224 px are tried, smallest first, and none above
+    the smallest that runs (a network that runs at s px runs at any larger size)."""
+    failed, reason = [], ""
+    for level in (lv for lv in levels if lv < 224):
+        error = _run_error(source, arch, level)
+        if error is None:
+            break
+        failed.append(level)
+        reason = reason or error
+    return (failed, reason) if failed else None
+
+
+@functools.lru_cache(maxsize=256)
+def _run_error(source: str, arch: str, size: int) -> str | None:
+    """None if ``arch`` runs on a ``size``-px image (shape-only pass on the meta device), else why not.
+    An architecture that cannot be built or traced this way is not refused here (None)."""
+    import torch
+
+    from beyond_imagenet.evaluations.invariance.transforms import resize_vit_pos_embed
+
+    try:
+        with torch.device("meta"):
+            if source == "timm":
+                import timm
+
+                tower = resize_vit_pos_embed(timm.create_model(arch, pretrained=False), size)
+            else:
+                tower = _open_clip_meta_tower(arch, size)
+                if tower is None:
+                    return None
+            tower.eval()
+    except Exception as err:  # not the size's fault: the extraction reports it with its own message
+        log.debug("cannot build %s %s on the meta device (%s); resolution not checked", source, arch, err)
+        return None
+    try:
+        with torch.no_grad(), torch.device("meta"):
+            tower(torch.empty(1, 3, size, size, device="meta"))
+    except NotImplementedError as err:  # an operation without a meta kernel: cannot tell
+        log.debug("cannot trace %s %s on the meta device (%s); resolution not checked", source, arch, err)
+        return None
+    except Exception as err:
+        return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return None
+
+
+def _open_clip_meta_tower(arch: str, size: int):
+    """The image tower of an open_clip architecture built at ``size`` px (random weights), inside a
+    meta-device context: a timm trunk through timm, a native ViT through open_clip's own class."""
+    import open_clip
+
+    from beyond_imagenet.models import _register_bundled_open_clip_configs
+
+    _register_bundled_open_clip_configs()
+    cfg = open_clip.get_model_config(arch)
+    if not cfg:
+        return None
+    vision = cfg.get("vision_cfg", {})
+    if vision.get("timm_model_name"):
+        import timm
+
+        from beyond_imagenet.evaluations.invariance.transforms import resize_vit_pos_embed
+
+        trunk = timm.create_model(vision["timm_model_name"], pretrained=False, num_classes=0)
+        return resize_vit_pos_embed(trunk, size)
+    if isinstance(vision.get("layers"), int):  # a native open_clip ViT
+        from open_clip.model import _build_vision_tower
+
+        return _build_vision_tower(cfg["embed_dim"], {**vision, "image_size": size})
+    return None  # ModifiedResNet (RN50 ...): not checked here
 
 
 # ------------------------------------------------------------------------------------ figures
