@@ -3,6 +3,7 @@ reliability diagrams and confidence histograms."""
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Callable
 
@@ -11,7 +12,7 @@ import pandas as pd
 
 from beyond_imagenet.datasets.readers import class_space_mask
 from beyond_imagenet.evaluations import Evaluation, Figure, register
-from beyond_imagenet.metrics.calibration import calibration_from_logits
+from beyond_imagenet.metrics.calibration import calibration_from_logits, temperature_scaled_calibration
 from beyond_imagenet.profile import Headline
 from beyond_imagenet.style import ModelStyle, model_styles, plt, save_figure
 from beyond_imagenet.tables import read_table
@@ -20,6 +21,11 @@ from beyond_imagenet.workflow import read_items, skipped_row
 SUMMARY_METRICS = ("ece", "mce", "accuracy", "mean_confidence", "overconfidence", "n_images")
 #: Published ECE is given for these dataset kinds (paper_results.yaml calibration.<section>).
 PAPER_SECTIONS = {"imagenet_val": "imagenet", "imagenet_r": "imagenet_r"}
+#: Rows of temperature scaling (docs/evaluations.md §4), in this order.
+TEMPERATURE_METRICS = ("ece_heldout", "ece_temperature_scaled", "nll_heldout", "nll_temperature_scaled",
+                       "temperature")
+
+log = logging.getLogger(__name__)
 
 
 def table(job) -> list[dict]:
@@ -34,12 +40,29 @@ def table(job) -> list[dict]:
         for metric in SUMMARY_METRICS:
             rows.append({**base, "metric": metric, **no_bin, "value": result[metric]})
         rows.append({**base, **skipped_row(out, **no_bin)})
+        rows += temperature_scaling_rows(base, out, mask, job.params.settings)
         bins = result["bins"]
         for b in range(n_bins):
             for metric, key in (("bin_count", "count"), ("bin_accuracy", "accuracy"), ("bin_confidence", "confidence")):
                 rows.append({**base, "metric": metric, "bin": b, "bin_lower": bins["lower"][b],
                              "bin_upper": bins["upper"][b], "value": bins[key][b]})
     return rows
+
+
+def temperature_scaling_rows(base: dict, out: dict, mask, settings) -> list[dict]:
+    """Summary rows (empty bin columns) of temperature scaling for one (model, dataset) output:
+    T fitted on a seeded half of the images, ECE / NLL before and after on the other half. None
+    when ``temperature_scaling`` is off, or (with a warning) when there are fewer than 2 images."""
+    enabled, seed, n_bins = settings["temperature_scaling"], settings["temperature_seed"], settings["n_bins"]
+    if not enabled:
+        return []
+    if len(out["labels"]) < 2:
+        log.warning("temperature scaling: %s on %s has %d image(s), fewer than the 2 a fit/held-out split "
+                    "needs; no temperature rows", base.get("model"), base.get("dataset"), len(out["labels"]))
+        return []
+    result = temperature_scaled_calibration(out["logits"], out["labels"], n_bins=n_bins, class_mask=mask, seed=seed)
+    no_bin = {"bin": "", "bin_lower": "", "bin_upper": ""}
+    return [{**base, "metric": metric, **no_bin, "value": result[metric]} for metric in TEMPERATURE_METRICS]
 
 
 def published_ece(study, wildcards) -> dict:
@@ -151,7 +174,7 @@ CALIBRATION = register(Evaluation(
     description="ECE (15 bins), MCE, reliability diagrams, confidence histograms",
     class_spaces=frozenset({"imagenet1k", "imagenet_r", "imagenet_a"}),
     table=table,
-    settings=("n_bins",),
+    settings=("n_bins", "temperature_scaling", "temperature_seed"),
     group_columns=("dataset", "bin"),
     figures=(Figure("reliability", draw_reliability, "reliability", data=published_ece),
              Figure("confidence", draw_confidence, "confidence")),
