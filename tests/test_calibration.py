@@ -195,3 +195,28 @@ def test_table_writes_temperature_rows_only_when_enabled(monkeypatch):
         rows = [r for r in evaluation.table(job) if r["metric"] in evaluation.TEMPERATURE_METRICS]
         assert len(rows) == (5 if enabled else 0)
         assert all(r["bin"] == "" and r["dataset"] == "d" for r in rows)
+
+
+def test_reliability_title_shows_the_temperature_scaled_ece(tmp_path):
+    import pandas as pd
+
+    from beyond_imagenet.evaluations.calibration import TEMPERATURE_METRICS, plot_reliability
+
+    z, labels = _simulated(seed=0, n=400)
+    base = {"model": "m", "label": "M", "family": "vit", "paradigm": "supervised", "paper_key": "", "dataset": "d"}
+    result = calibration_from_logits(2 * z, labels, n_bins=5)
+    scaled = temperature_scaled_calibration(2 * z, labels, n_bins=5)
+    no_bin = {"bin": "", "bin_lower": "", "bin_upper": ""}
+    rows = [{**base, "metric": m, **no_bin, "value": result[m]} for m in ("ece", "accuracy")]
+    rows += [{**base, "metric": m, **no_bin, "value": scaled[m]} for m in TEMPERATURE_METRICS]
+    bins = result["bins"]
+    rows += [{**base, "metric": metric, "bin": b, "bin_lower": bins["lower"][b], "bin_upper": bins["upper"][b],
+              "value": bins[key][b]} for b in range(5)
+             for metric, key in (("bin_accuracy", "accuracy"), ("bin_confidence", "confidence"))]
+    table = pd.DataFrame(rows)
+    fig = plot_reliability(table, "d", [tmp_path / "r.png"])
+    title = fig.axes[0].get_title()
+    assert f"-> {scaled['ece_temperature_scaled']:.3f}" in title and f"T {scaled['temperature']:.2f}" in title
+    # a table without temperature rows (temperature_scaling: false) keeps the old title
+    fig = plot_reliability(table[~table["metric"].isin(TEMPERATURE_METRICS)], "d", [tmp_path / "r2.png"])
+    assert "held-out" not in fig.axes[0].get_title()

@@ -113,6 +113,14 @@ def _bins(rows: pd.DataFrame, metric: str) -> pd.DataFrame:
     return sel.sort_values("bin")
 
 
+def _scaled_note(rows: pd.DataFrame) -> str:
+    """Third title line: held-out ECE before -> after temperature scaling, when the table has it."""
+    if not (rows["metric"] == "ece_temperature_scaled").any():
+        return ""
+    return (f"\nheld-out ECE {_summary(rows, 'ece_heldout'):.3f} -> {_summary(rows, 'ece_temperature_scaled'):.3f}"
+            f" (T {_summary(rows, 'temperature'):.2f})")
+
+
 def plot_reliability(table: pd.DataFrame, dataset: str, paths, paper: dict[str, dict] | None = None):
     """Per-bin accuracy bars, the gap to the diagonal, and the diagonal (one panel per model)."""
 
@@ -133,7 +141,8 @@ def plot_reliability(table: pd.DataFrame, dataset: str, paths, paper: dict[str, 
         key = rows["paper_key"].iloc[0]
         if paper and isinstance(key, str) and key in paper:
             extra = f" (paper {paper[key]:.3f})"
-        ax.set_title(f"{label}\nECE {ece:.3f}{extra}, acc {_summary(rows, 'accuracy'):.1%}", fontsize=9)
+        ax.set_title(f"{label}\nECE {ece:.3f}{extra}, acc {_summary(rows, 'accuracy'):.1%}{_scaled_note(rows)}",
+                     fontsize=9)
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1)
         ax.set_xlabel("confidence")
