@@ -8,8 +8,12 @@ from beyond_imagenet.metrics.calibration import (
     calibration_bins,
     calibration_from_logits,
     expected_calibration_error,
+    fit_temperature,
     maximum_calibration_error,
+    nll,
     softmax,
+    temperature_scaled_calibration,
+    temperature_split,
 )
 
 
@@ -85,12 +89,6 @@ def test_topk():
 
 
 # ------------------------------------------------------------------------ temperature scaling
-from beyond_imagenet.metrics.calibration import (  # noqa: E402
-    fit_temperature,
-    nll,
-    temperature_scaled_calibration,
-    temperature_split,
-)
 
 
 def _simulated(seed: int, n: int = 4000, k: int = 10, scale: float = 3.0):
@@ -200,7 +198,10 @@ def test_table_writes_temperature_rows_only_when_enabled(monkeypatch):
 def test_reliability_title_shows_the_temperature_scaled_ece(tmp_path):
     import pandas as pd
 
-    from beyond_imagenet.evaluations.calibration import TEMPERATURE_METRICS, plot_reliability
+    from beyond_imagenet.evaluations.calibration import (
+        TEMPERATURE_METRICS,
+        plot_reliability,
+    )
 
     z, labels = _simulated(seed=0, n=400)
     base = {"model": "m", "label": "M", "family": "vit", "paradigm": "supervised", "paper_key": "", "dataset": "d"}

@@ -12,7 +12,10 @@ import pandas as pd
 
 from beyond_imagenet.datasets.readers import class_space_mask
 from beyond_imagenet.evaluations import Evaluation, Figure, register
-from beyond_imagenet.metrics.calibration import calibration_from_logits, temperature_scaled_calibration
+from beyond_imagenet.metrics.calibration import (
+    calibration_from_logits,
+    temperature_scaled_calibration,
+)
 from beyond_imagenet.profile import Headline
 from beyond_imagenet.style import ModelStyle, model_styles, plt, save_figure
 from beyond_imagenet.tables import read_table
