@@ -8,8 +8,12 @@ from beyond_imagenet.metrics.calibration import (
     calibration_bins,
     calibration_from_logits,
     expected_calibration_error,
+    fit_temperature,
     maximum_calibration_error,
+    nll,
     softmax,
+    temperature_scaled_calibration,
+    temperature_split,
 )
 
 
@@ -82,3 +86,138 @@ def test_topk():
     logits = np.array([[0.1, 0.5, 0.4], [0.9, 0.02, 0.08]])
     acc = topk_accuracy(logits, np.array([2, 1]), ks=(1, 2))
     assert acc[1] == 0.0 and acc[2] == 0.5
+
+
+# ------------------------------------------------------------------------ temperature scaling
+
+
+def _simulated(seed: int, n: int = 4000, k: int = 10, scale: float = 3.0):
+    """Calibrated scores z (labels drawn from softmax(z))."""
+    rng = np.random.default_rng(seed)
+    z = rng.normal(scale=scale, size=(n, k))
+    p = softmax(z)
+    labels = (rng.random((n, 1)) > np.cumsum(p, axis=1)).sum(axis=1)
+    return z, np.minimum(labels, k - 1)
+
+
+def test_nll_hand_computed():
+    logits = np.array([[0.0, np.log(3.0)], [np.log(4.0), 0.0]])  # p = [1/4, 3/4], [4/5, 1/5]
+    assert nll(logits, [1, 1]) == pytest.approx(-(np.log(0.75) + np.log(0.2)) / 2)
+    # T = 2 halves the logits: p = [1/(1+sqrt3), sqrt3/(1+sqrt3)], [2/3, 1/3].
+    expected = -(np.log(np.sqrt(3) / (1 + np.sqrt(3))) + np.log(1 / 3)) / 2
+    assert nll(logits, [1, 1], temperature=2.0) == pytest.approx(expected)
+    with pytest.raises(ValueError):
+        nll(logits, [1, 1], temperature=0.0)
+
+
+@pytest.mark.parametrize("t_true", [0.4, 0.7, 1.5, 3.0])
+def test_fit_temperature_recovers_a_known_temperature(t_true):
+    # logits = z / t_true with labels ~ softmax(z): softmax(logits / T) is calibrated at T = 1 / t_true.
+    z, labels = _simulated(seed=1, n=20000)
+    assert fit_temperature(z / t_true, labels) == pytest.approx(1 / t_true, rel=0.05)
+
+
+def test_calibrated_data_gets_a_temperature_near_one():
+    for seed in range(5):
+        z, labels = _simulated(seed)
+        assert fit_temperature(z, labels) == pytest.approx(1.0, abs=0.1)
+
+
+@pytest.mark.parametrize("t_true", [1.0, 0.3, 0.6, 2.0, 4.0])
+def test_heldout_nll_is_never_raised(t_true):
+    # Miscalibrated (t_true != 1): held-out NLL strictly lower. Calibrated (t_true = 1): the fitted
+    # T is 1 up to sampling noise, so the held-out NLL may rise only by that noise (< 0.2 %).
+    for seed in range(20):
+        z, labels = _simulated(seed, n=2000)
+        r = temperature_scaled_calibration(z / t_true, labels, seed=seed)
+        if t_true == 1.0:
+            assert r["nll_temperature_scaled"] <= r["nll_heldout"] * 1.002
+        else:
+            assert r["nll_temperature_scaled"] < r["nll_heldout"]
+            assert r["ece_temperature_scaled"] < r["ece_heldout"]
+        # on the fit half the fitted T never raises the NLL (T = 1 is kept otherwise)
+        fit, _ = temperature_split(len(labels), seed)
+        t = r["temperature"]
+        assert nll(z[fit] / t_true, labels[fit], t) <= nll(z[fit] / t_true, labels[fit]) + 1e-12
+
+
+def test_split_depends_only_on_seed_and_count():
+    fit, held = temperature_split(11, seed=3)
+    assert len(fit) == 5 and len(held) == 6
+    assert sorted(np.concatenate([fit, held]).tolist()) == list(range(11))
+    again = temperature_split(11, seed=3)
+    np.testing.assert_array_equal(fit, again[0])
+    np.testing.assert_array_equal(held, again[1])
+    assert not np.array_equal(fit, temperature_split(11, seed=4)[0])
+    with pytest.raises(ValueError):
+        temperature_split(1)
+
+
+def test_split_is_identical_across_models():
+    # Two "models" on the same 1,000 images: the held-out ECE before scaling equals the ECE of the
+    # same held-out rows computed directly, for both models, with one split.
+    z, labels = _simulated(seed=7, n=1000)
+    _, held = temperature_split(1000, seed=0)
+    for logits in (z, 2.5 * z + 1.0):
+        r = temperature_scaled_calibration(logits, labels, seed=0)
+        assert r["ece_heldout"] == pytest.approx(calibration_from_logits(logits[held], labels[held])["ece"])
+        assert r["nll_heldout"] == pytest.approx(nll(logits[held], labels[held]))
+
+
+def test_temperature_scaling_on_a_masked_200_class_set():
+    mask = imagenet_r_mask()
+    z, labels = _simulated(seed=2, n=3000, k=200)
+    logits = np.full((3000, 1000), 0.0)
+    logits[:, mask] = z * 2.0  # over-confident by 2
+    logits[:, np.flatnonzero(~mask)[0]] = 80.0  # outside the 200: must not matter
+    r = temperature_scaled_calibration(logits, labels, class_mask=mask)
+    assert r["temperature"] == pytest.approx(2.0, rel=0.1)
+    assert r["nll_temperature_scaled"] < r["nll_heldout"]
+    assert fit_temperature(logits, labels, class_mask=mask) == pytest.approx(r["temperature"], rel=0.1)
+
+
+def test_table_writes_temperature_rows_only_when_enabled(monkeypatch):
+    import types
+
+    from beyond_imagenet.evaluations import calibration as evaluation
+
+    z, labels = _simulated(seed=0, n=200)
+    item = {"model": "m", "dataset": "d", "class_space": "imagenet1k"}
+    out = {"logits": z, "labels": labels, "attrs": {}}
+    monkeypatch.setattr(evaluation, "class_space_mask", lambda space: None)
+    monkeypatch.setattr(evaluation, "read_items", lambda job: iter([(item, {}, out)]))
+    for enabled in (True, False):
+        job = types.SimpleNamespace(params=types.SimpleNamespace(
+            settings={"n_bins": 5, "temperature_scaling": enabled, "temperature_seed": 0},
+            models={"m": {"model": "m"}}))
+        rows = [r for r in evaluation.table(job) if r["metric"] in evaluation.TEMPERATURE_METRICS]
+        assert len(rows) == (5 if enabled else 0)
+        assert all(r["bin"] == "" and r["dataset"] == "d" for r in rows)
+
+
+def test_reliability_title_shows_the_temperature_scaled_ece(tmp_path):
+    import pandas as pd
+
+    from beyond_imagenet.evaluations.calibration import (
+        TEMPERATURE_METRICS,
+        plot_reliability,
+    )
+
+    z, labels = _simulated(seed=0, n=400)
+    base = {"model": "m", "label": "M", "family": "vit", "paradigm": "supervised", "paper_key": "", "dataset": "d"}
+    result = calibration_from_logits(2 * z, labels, n_bins=5)
+    scaled = temperature_scaled_calibration(2 * z, labels, n_bins=5)
+    no_bin = {"bin": "", "bin_lower": "", "bin_upper": ""}
+    rows = [{**base, "metric": m, **no_bin, "value": result[m]} for m in ("ece", "accuracy")]
+    rows += [{**base, "metric": m, **no_bin, "value": scaled[m]} for m in TEMPERATURE_METRICS]
+    bins = result["bins"]
+    rows += [{**base, "metric": metric, "bin": b, "bin_lower": bins["lower"][b], "bin_upper": bins["upper"][b],
+              "value": bins[key][b]} for b in range(5)
+             for metric, key in (("bin_accuracy", "accuracy"), ("bin_confidence", "confidence"))]
+    table = pd.DataFrame(rows)
+    fig = plot_reliability(table, "d", [tmp_path / "r.png"])
+    title = fig.axes[0].get_title()
+    assert f"-> {scaled['ece_temperature_scaled']:.3f}" in title and f"T {scaled['temperature']:.2f}" in title
+    # a table without temperature rows (temperature_scaling: false) keeps the old title
+    fig = plot_reliability(table[~table["metric"].isin(TEMPERATURE_METRICS)], "d", [tmp_path / "r2.png"])
+    assert "held-out" not in fig.axes[0].get_title()

@@ -1,4 +1,4 @@
-"""Class masks, masked/multi-label top-1 and the ImageNet-C summary."""
+"""Class masks, masked/multi-label top-1, the ImageNet-C summary and effective robustness."""
 
 from __future__ import annotations
 
@@ -16,7 +16,10 @@ from beyond_imagenet.metrics.robustness import (
     ALEXNET_IMAGENET_C_MEAN_ERROR,
     IMAGENET_C_CORRUPTIONS,
     IMAGENET_C_EXTRA,
+    effective_robustness,
     imagenet_c_summary,
+    logit,
+    logit_linear_fit,
     multilabel_top1,
     real_accuracy,
     real_labels,
@@ -160,3 +163,137 @@ def test_real_labels_other_than_the_published_file_are_refused(tmp_path, monkeyp
             robustness.real_labels()
     finally:
         robustness._real_label_table.cache_clear()
+
+
+# ------------------------------------------------------------------------ effective robustness
+def _sig(x: float) -> float:
+    return 1 / (1 + np.exp(-x))
+
+
+def test_logit_clips_away_from_0_and_1() -> None:
+    assert logit(0.5) == 0.0
+    assert logit(_sig(2.0)) == pytest.approx(2.0)
+    assert logit(0.0) == pytest.approx(np.log(1e-4 / (1 - 1e-4)))
+    assert logit(1.0) == pytest.approx(-logit(0.0))
+
+
+def test_three_models_on_an_exact_line() -> None:
+    # logit(clean) = 0, 1, 2 and logit(shifted) = 2 * logit(clean) - 1 = -1, 1, 3.
+    clean = np.array([_sig(0), _sig(1), _sig(2)])
+    shifted = np.array([_sig(-1), _sig(1), _sig(3)])
+    a, c = logit_linear_fit(clean, shifted)
+    assert a == pytest.approx(2.0) and c == pytest.approx(-1.0)
+    er, predicted = effective_robustness(clean, shifted, a, c)
+    np.testing.assert_allclose(er, 0.0, atol=1e-12)
+    np.testing.assert_allclose(predicted, shifted)
+
+
+def test_a_model_above_the_line_has_positive_effective_robustness() -> None:
+    # x = 0, 1, 2; y = 0, 1, 3. x̄ = 1, ȳ = 4/3; Σ dx dy = (-1)(-4/3) + 0 + (1)(5/3) = 3, Σ dx² = 2
+    # -> a = 3/2, c = 4/3 - 3/2 = -1/6. Third model: predicted sigmoid(3 - 1/6) = sigmoid(17/6),
+    # ER = sigmoid(3) - sigmoid(17/6) = 0.952574 - 0.944451 ≈ 0.008123; the middle one is below the line.
+    clean = np.array([_sig(0), _sig(1), _sig(2)])
+    shifted = np.array([_sig(0), _sig(1), _sig(3)])
+    a, c = logit_linear_fit(clean, shifted)
+    assert a == pytest.approx(1.5) and c == pytest.approx(-1 / 6)
+    er, predicted = effective_robustness(clean, shifted, a, c)
+    assert predicted[2] == pytest.approx(1 / (1 + np.exp(-17 / 6)))
+    assert er[2] == pytest.approx(_sig(3) - _sig(17 / 6)) and er[2] == pytest.approx(0.008123, abs=1e-6)
+    assert er[0] == pytest.approx(0.5 - _sig(-1 / 6)) and er[0] > 0
+    assert er[1] == pytest.approx(_sig(1) - _sig(4 / 3)) and er[1] < 0
+
+
+def test_logit_linear_fit_refuses_undetermined_lines() -> None:
+    with pytest.raises(ValueError, match="at least 2"):
+        logit_linear_fit([0.7], [0.5])
+    with pytest.raises(ValueError, match="same clean accuracy"):
+        logit_linear_fit([0.7, 0.7, 0.7], [0.5, 0.6, 0.4])
+    with pytest.raises(ValueError, match="NaN"):
+        logit_linear_fit([0.7, 0.8, np.nan], [0.5, 0.6, 0.4])
+
+
+def _table_rows(accuracies: dict[str, dict[str, float]]) -> tuple[list[dict], dict[str, dict]]:
+    """Rows as the robustness table has them: per model, a top1 per benchmark (ImageNet-C with a
+    per-corruption row too, which must not enter)."""
+    models = {m: {"model": m, "label": m.upper()} for m in accuracies}
+    rows = []
+    for m, accs in accuracies.items():
+        for benchmark, value in accs.items():
+            dataset = "" if benchmark == "average" else benchmark
+            rows.append({**models[m], "dataset": dataset, "benchmark": benchmark, "corruption": "", "severity": "",
+                         "metric": "top1", "value": value})
+            rows.append({**models[m], "dataset": dataset, "benchmark": benchmark, "corruption": "", "severity": "",
+                         "metric": "n_images", "value": 10})
+        rows.append({**models[m], "dataset": "imagenet_c", "benchmark": "imagenet_c", "corruption": "fog",
+                     "severity": "", "metric": "top1", "value": 0.01})
+    return rows, models
+
+
+def test_effective_robustness_rows(caplog) -> None:
+    from beyond_imagenet.evaluations.robustness import effective_robustness_rows
+
+    accuracies = {
+        "m1": {"imagenet_val": _sig(0), "imagenet_r": _sig(0), "average": _sig(-1)},
+        "m2": {"imagenet_val": _sig(1), "imagenet_r": _sig(1), "average": _sig(1)},
+        "m3": {"imagenet_val": _sig(2), "imagenet_r": _sig(3), "average": _sig(3)},
+        "m4": {"imagenet_r": 0.9},  # no clean top-1: neither fitted nor reported
+    }
+    rows, models = _table_rows(accuracies)
+    got = effective_robustness_rows(rows, models, {"effective_robustness_min_models": 3})
+    assert {(r["benchmark"], r["metric"]) for r in got} == {
+        (b, m) for b in ("imagenet_r", "average") for m in ("effective_robustness", "predicted_top1")}
+    assert all(r["corruption"] == "" and r["severity"] == "" and r["dataset"] == "" for r in got)
+    value = {(r["model"], r["benchmark"], r["metric"]): r["value"] for r in got}
+    assert value[("m3", "imagenet_r", "effective_robustness")] == pytest.approx(_sig(3) - _sig(17 / 6))
+    assert value[("m3", "imagenet_r", "predicted_top1")] == pytest.approx(_sig(17 / 6))
+    for m in ("m1", "m2", "m3"):  # average: on the exact line 2x - 1
+        assert value[(m, "average", "effective_robustness")] == pytest.approx(0.0, abs=1e-12)
+    assert got[0]["label"] == "M1" and not any(r["model"] == "m4" for r in got)
+
+    # Fewer models than the setting: no rows, and a warning naming the benchmark and the reason.
+    with caplog.at_level("WARNING"):
+        assert effective_robustness_rows(rows, models, {"effective_robustness_min_models": 4}) == []
+    assert "imagenet_r: 3 model(s)" in caplog.text and "effective_robustness_min_models" in caplog.text
+    caplog.clear()
+    two = {m: accuracies[m] for m in ("m1", "m2")}
+    with caplog.at_level("WARNING"):
+        assert effective_robustness_rows(*_table_rows(two), {"effective_robustness_min_models": 3}) == []
+    assert "average: 2 model(s)" in caplog.text
+
+
+def test_effective_robustness_skips_nan_and_undetermined_fits(caplog) -> None:
+    from beyond_imagenet.evaluations.robustness import effective_robustness_rows
+
+    accuracies = {f"m{i}": {"imagenet_val": 0.7, "imagenet_real": 0.6 + i / 100, "imagenet_a": np.nan}
+                  for i in range(3)}
+    rows, models = _table_rows(accuracies)
+    with caplog.at_level("WARNING"):
+        assert effective_robustness_rows(rows, models, {"effective_robustness_min_models": 3}) == []
+    assert "imagenet_real: every model has the same clean accuracy" in caplog.text
+    assert "imagenet_a: 0 model(s)" in caplog.text
+
+
+def test_robustness_table_adds_effective_robustness(monkeypatch) -> None:
+    import types
+
+    from beyond_imagenet.evaluations import robustness as evaluation
+
+    rng = np.random.default_rng(0)
+    items = []
+    for m, (clean, sketch) in {"m1": (0.5, 0.2), "m2": (0.7, 0.3), "m3": (0.9, 0.6)}.items():
+        for dataset, acc in (("imagenet_val", clean), ("imagenet_sketch", sketch)):
+            labels = rng.integers(0, 1000, 10)
+            predicted = np.where(np.arange(10) < round(acc * 10), labels, (labels + 1) % 1000)
+            out = {"logits": np.eye(1000)[predicted], "labels": labels, "ids": [f"i{k}" for k in range(10)],
+                   "attrs": {}}
+            items.append(({"model": m, "dataset": dataset, "kind": dataset, "class_space": "imagenet1k"},
+                          {"root": ""}, out))
+    monkeypatch.setattr(evaluation, "read_items", lambda job: iter(items))
+    job = types.SimpleNamespace(params=types.SimpleNamespace(
+        settings={"real": False, "effective_robustness_min_models": 3},
+        models={m: {"model": m} for m in ("m1", "m2", "m3")}))
+    rows = evaluation.table(job)
+    er = {(r["model"], r["benchmark"]): r["value"] for r in rows if r["metric"] == "effective_robustness"}
+    assert set(er) == {(m, b) for m in ("m1", "m2", "m3") for b in ("imagenet_sketch", "average")}
+    a, c = logit_linear_fit([0.5, 0.7, 0.9], [0.2, 0.3, 0.6])
+    assert er[("m2", "imagenet_sketch")] == pytest.approx(effective_robustness([0.7], [0.3], a, c)[0][0])

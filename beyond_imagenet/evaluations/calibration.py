@@ -3,6 +3,7 @@ reliability diagrams and confidence histograms."""
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Callable
 
@@ -15,6 +16,7 @@ from beyond_imagenet.metrics.calibration import (
     calibration_bins,
     calibration_from_logits,
     softmax,
+    temperature_scaled_calibration,
 )
 from beyond_imagenet.profile import Headline
 from beyond_imagenet.style import (
@@ -33,6 +35,11 @@ from beyond_imagenet.workflow import read_items, skipped_row
 SUMMARY_METRICS = ("ece", "mce", "accuracy", "mean_confidence", "overconfidence", "n_images")
 #: Published ECE is given for these dataset kinds (paper_results.yaml calibration.<section>).
 PAPER_SECTIONS = {"imagenet_val": "imagenet", "imagenet_r": "imagenet_r"}
+#: Rows of temperature scaling (docs/evaluations.md §4), in this order.
+TEMPERATURE_METRICS = ("ece_heldout", "ece_temperature_scaled", "nll_heldout", "nll_temperature_scaled",
+                       "temperature")
+
+log = logging.getLogger(__name__)
 
 
 def table(job) -> list[dict]:
@@ -47,6 +54,7 @@ def table(job) -> list[dict]:
         for metric in SUMMARY_METRICS:
             rows.append({**base, "metric": metric, **no_bin, "value": result[metric]})
         rows.append({**base, **skipped_row(out, **no_bin)})
+        rows += temperature_scaling_rows(base, out, mask, job.params.settings)
         bins = result["bins"]
         for b in range(n_bins):
             for metric, key in (("bin_count", "count"), ("bin_accuracy", "accuracy"), ("bin_confidence", "confidence")):
@@ -83,6 +91,22 @@ def samples(job) -> list[Sample]:
             lambda d, dataset=item["dataset"]: [{"dataset": dataset, **r} for r in calibration_rows(d, n_bins)],
             correct={"accuracy": "correct"}))
     return out_samples
+
+
+def temperature_scaling_rows(base: dict, out: dict, mask, settings) -> list[dict]:
+    """Summary rows (empty bin columns) of temperature scaling for one (model, dataset) output:
+    T fitted on a seeded half of the images, ECE / NLL before and after on the other half. None
+    when ``temperature_scaling`` is off, or (with a warning) when there are fewer than 2 images."""
+    enabled, seed, n_bins = settings["temperature_scaling"], settings["temperature_seed"], settings["n_bins"]
+    if not enabled:
+        return []
+    if len(out["labels"]) < 2:
+        log.warning("temperature scaling: %s on %s has %d image(s), fewer than the 2 a fit/held-out split "
+                    "needs; no temperature rows", base.get("model"), base.get("dataset"), len(out["labels"]))
+        return []
+    result = temperature_scaled_calibration(out["logits"], out["labels"], n_bins=n_bins, class_mask=mask, seed=seed)
+    no_bin = {"bin": "", "bin_lower": "", "bin_upper": ""}
+    return [{**base, "metric": metric, **no_bin, "value": result[metric]} for metric in TEMPERATURE_METRICS]
 
 
 def published_ece(study, wildcards) -> dict:
@@ -138,6 +162,14 @@ def _bins(rows: pd.DataFrame, metric: str) -> pd.DataFrame:
     return sel.sort_values("bin")
 
 
+def _scaled_note(rows: pd.DataFrame) -> str:
+    """Third title line: held-out ECE before -> after temperature scaling, when the table has it."""
+    if not (rows["metric"] == "ece_temperature_scaled").any():
+        return ""
+    return (f"\nheld-out ECE {_summary(rows, 'ece_heldout'):.3f} -> {_summary(rows, 'ece_temperature_scaled'):.3f}"
+            f" (T {_summary(rows, 'temperature'):.2f})")
+
+
 def plot_reliability(table: pd.DataFrame, dataset: str, paths, paper: dict[str, dict] | None = None):
     """Per-bin accuracy bars, the gap to the diagonal, and the diagonal (one panel per model).
 
@@ -168,10 +200,12 @@ def plot_reliability(table: pd.DataFrame, dataset: str, paths, paper: dict[str, 
             extra = f" (paper {paper[key]:.3f})"
         ece_ci, acc_ci = _summary_interval(rows, "ece"), _summary_interval(rows, "accuracy", 100)
         if ece_ci is None and acc_ci is None:
-            ax.set_title(f"{label}\nECE {ece:.3f}{extra}, acc {_summary(rows, 'accuracy'):.1%}", fontsize=9)
+            ax.set_title(f"{label}\nECE {ece:.3f}{extra}, acc {_summary(rows, 'accuracy'):.1%}{_scaled_note(rows)}",
+                         fontsize=9)
         else:  # one line each: the intervals make them long
             ax.set_title(f"{label}\nECE {ece:.3f}{interval_text(ece_ci)}{extra}\n"
-                         f"acc {_summary(rows, 'accuracy'):.1%}{interval_text(acc_ci, '{:.1f}')}", fontsize=8)
+                         f"acc {_summary(rows, 'accuracy'):.1%}{interval_text(acc_ci, '{:.1f}')}{_scaled_note(rows)}",
+                         fontsize=8)
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1)
         ax.set_xlabel("confidence")
@@ -218,7 +252,7 @@ CALIBRATION = register(Evaluation(
     description="ECE (15 bins), MCE, reliability diagrams, confidence histograms",
     class_spaces=frozenset({"imagenet1k", "imagenet_r", "imagenet_a"}),
     table=table,
-    settings=("n_bins",),
+    settings=("n_bins", "temperature_scaling", "temperature_seed"),
     group_columns=("dataset", "bin"),
     samples=samples,
     figures=(Figure("reliability", draw_reliability, "reliability", data=published_ece),

@@ -8,6 +8,7 @@ one decorated scorer (:func:`robustness_scorer`) and, for its bar label and plac
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
 from pathlib import Path
 from typing import Any, Callable
@@ -18,7 +19,9 @@ import pandas as pd
 from beyond_imagenet.datasets.readers import class_space_mask
 from beyond_imagenet.evaluations import Evaluation, Figure, Sample, published_section, register
 from beyond_imagenet.metrics.robustness import (
+    effective_robustness,
     imagenet_c_summary,
+    logit_linear_fit,
     multilabel_top1,
     real_accuracy,
     top1,
@@ -36,6 +39,7 @@ from beyond_imagenet.tables import read_table
 from beyond_imagenet.workflow import read_items, skipped_row
 
 Row = dict[str, Any]
+log = logging.getLogger(__name__)
 
 #: The paper's robustness benchmarks in its figure order; "average" = mean of the 7 shifted ones.
 CLEAN_BENCHMARK = "imagenet_val"
@@ -214,6 +218,41 @@ def combine(rows: list[Row]) -> list[Row]:
     return [{"dataset": "", **r} for r in robustness_average(rows) if r["metric"] != "n_benchmarks"]
 
 
+def effective_robustness_rows(rows: list[Row], models: dict[str, dict], settings: dict[str, Any]) -> list[Row]:
+    """Effective robustness (Taori et al. 2020; docs/evaluations.md §6) per shifted benchmark
+    (every benchmark with a ``top1`` other than clean ImageNet val, the average included) and model:
+    the line logit(top1_b) = a * logit(top1_val) + c fitted over the study's models with both
+    top-1s, then ``effective_robustness`` = top1_b - sigmoid(a * logit(top1_val) + c) and
+    ``predicted_top1`` = that sigmoid. ``rows`` are the table's rows (with model columns); a
+    benchmark with fewer than ``effective_robustness_min_models`` such models gets no rows and a
+    warning, as does one whose line is not determined (every model with the same val top-1)."""
+    min_models = settings["effective_robustness_min_models"]
+    overall = [r for r in rows if r["metric"] == "top1" and r["corruption"] == ""]
+    top1s = {(r["model"], r["benchmark"]): float(r["value"]) for r in overall if not np.isnan(float(r["value"]))}
+    benchmarks = [b for b in dict.fromkeys(r["benchmark"] for r in overall) if b != CLEAN_BENCHMARK]
+    out: list[Row] = []
+    for benchmark in benchmarks:
+        names = [m for m in models if (m, CLEAN_BENCHMARK) in top1s and (m, benchmark) in top1s]
+        if len(names) < min_models:
+            log.warning("effective robustness on %s: %d model(s) have both an %s and a %s top-1, fewer than "
+                        "the %d (effective_robustness_min_models) a logit-linear fit over the study's models "
+                        "needs; no effective_robustness rows for it", benchmark, len(names), CLEAN_BENCHMARK,
+                        benchmark, min_models)
+            continue
+        clean = np.array([top1s[(m, CLEAN_BENCHMARK)] for m in names])
+        shifted = np.array([top1s[(m, benchmark)] for m in names])
+        try:
+            a, c = logit_linear_fit(clean, shifted)
+        except ValueError as err:
+            log.warning("effective robustness on %s: %s; no effective_robustness rows for it", benchmark, err)
+            continue
+        gains, predicted = effective_robustness(clean, shifted, a, c)
+        for model, gain, pred in zip(names, gains, predicted):
+            out += [{**models[model], "dataset": "", **_row(benchmark, "effective_robustness", gain)},
+                    {**models[model], "dataset": "", **_row(benchmark, "predicted_top1", pred)}]
+    return out
+
+
 #: A dataset kind scored as another benchmark: ImageNet-C with the 4 extra corruptions is ImageNet-C.
 BENCHMARK_OF_KIND = {"imagenet_c_all": "imagenet_c"}
 
@@ -233,6 +272,7 @@ def table(job) -> list[Row]:
     for model, rows in per_model.items():
         rows += [{"dataset": "", **r} for r in robustness_average(rows)]
         out_rows += [{**job.params.models[model], **r} for r in rows]
+    out_rows += effective_robustness_rows(out_rows, job.params.models, job.params.settings)
     return out_rows
 
 
@@ -315,7 +355,7 @@ ROBUSTNESS = register(Evaluation(
     description="top-1 on ImageNet-V2/A/R/Sketch/C/Hard/ReaL and their average",
     class_spaces=frozenset({"imagenet1k", "imagenet_r", "imagenet_a", "imagenet1k_multilabel"}),
     table=table,
-    settings=("real",),
+    settings=("real", "effective_robustness_min_models"),
     group_columns=("dataset", "benchmark", "corruption", "severity"),
     figures=(Figure("robustness", draw, "robustness", per_dataset=False, data=published_section("robustness")),),
     headlines=(Headline("robustness", {"benchmark": "average", "metric": "top1"}, True,

@@ -85,3 +85,84 @@ def calibration_from_logits(logits, labels, n_bins: int = 15, class_mask=None) -
         "n_images": int(len(correct)),
         "bins": bins,
     }
+
+
+# ------------------------------------------------------------------------ temperature scaling
+#: Bounds of the 1-D search for the temperature (searched over log T).
+TEMPERATURE_BOUNDS = (1e-2, 1e2)
+
+
+def log_softmax(logits: np.ndarray, class_mask: np.ndarray | None = None) -> np.ndarray:
+    """Log-softmax in float64, restricted to ``class_mask`` first like :func:`softmax`."""
+    logits = np.asarray(logits, dtype=np.float64)
+    if class_mask is not None:
+        logits = logits[:, np.asarray(class_mask, dtype=bool)]
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+
+
+def nll(logits, labels, temperature: float = 1.0, class_mask=None) -> float:
+    """Mean negative log-likelihood -1/N Σ_i log softmax(logits_i / T)[y_i] (natural log), the
+    labels in the (masked) label space."""
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    labels = np.asarray(labels, dtype=np.int64)
+    logp = log_softmax(np.asarray(logits, dtype=np.float64) / float(temperature), class_mask)
+    if labels.shape != (logp.shape[0],) or labels.size == 0:
+        raise ValueError(f"need one label per row (and at least one row); got {labels.shape} for {logp.shape[0]} rows")
+    if labels.min() < 0 or labels.max() >= logp.shape[1]:
+        raise ValueError(f"labels must lie in 0..{logp.shape[1] - 1} (the masked space)")
+    return float(-np.mean(logp[np.arange(len(labels)), labels]))
+
+
+def fit_temperature(logits, labels, class_mask=None, bounds: tuple[float, float] = TEMPERATURE_BOUNDS) -> float:
+    """The temperature T > 0 minimising ``nll(logits, labels, T)`` (Guo et al. 2017).
+
+    A bounded scalar search (scipy's ``minimize_scalar(method="bounded")``) over u = log T in
+    [log bounds[0], log bounds[1]]: the NLL is convex in 1/T, hence unimodal in log T. T = 1 is
+    kept when the search's point is not better on the given data, so the fitted temperature never
+    raises the NLL of the data it was fitted on.
+    """
+    from scipy.optimize import minimize_scalar
+
+    lo, hi = bounds
+    if not 0 < lo < 1 < hi:
+        raise ValueError(f"bounds must satisfy 0 < low < 1 < high, got {bounds}")
+    logits = np.asarray(logits, dtype=np.float64)
+    if class_mask is not None:
+        logits = logits[:, np.asarray(class_mask, dtype=bool)]
+    result = minimize_scalar(lambda u: nll(logits, labels, np.exp(u)), bounds=(np.log(lo), np.log(hi)),
+                             method="bounded", options={"xatol": 1e-8})
+    temperature = float(np.exp(result.x))
+    return temperature if nll(logits, labels, temperature) < nll(logits, labels, 1.0) else 1.0
+
+
+def temperature_split(n_images: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``(fit, heldout)`` row indices (each sorted): a permutation of 0..n-1 seeded with ``seed``,
+    its first n // 2 entries to fit the temperature, the other n - n // 2 held out. It depends
+    only on ``seed`` and ``n_images``, so every model gets the same split of the same outputs."""
+    if n_images < 2:
+        raise ValueError(f"need at least 2 images to split for temperature scaling, got {n_images}")
+    order = np.random.default_rng(seed).permutation(n_images)
+    half = n_images // 2
+    return np.sort(order[:half]), np.sort(order[half:])
+
+
+def temperature_scaled_calibration(logits, labels, n_bins: int = 15, class_mask=None, seed: int = 0) -> dict:
+    """Fit T on one half of the images (:func:`temperature_split`) and report on the other half
+    the ECE and NLL before (T = 1) and after (T fitted) scaling, and the temperature."""
+    logits = np.asarray(logits, dtype=np.float64)
+    if class_mask is not None:
+        logits = logits[:, np.asarray(class_mask, dtype=bool)]
+    labels = np.asarray(labels, dtype=np.int64)
+    fit, held = temperature_split(len(labels), seed)
+    temperature = fit_temperature(logits[fit], labels[fit])
+    before = calibration_from_logits(logits[held], labels[held], n_bins)
+    after = calibration_from_logits(logits[held] / temperature, labels[held], n_bins)
+    return {
+        "ece_heldout": before["ece"],
+        "ece_temperature_scaled": after["ece"],
+        "nll_heldout": nll(logits[held], labels[held]),
+        "nll_temperature_scaled": nll(logits[held], labels[held], temperature),
+        "temperature": temperature,
+    }

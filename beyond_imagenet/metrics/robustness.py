@@ -28,6 +28,11 @@ __all__ = [
     "real_labels",
     "real_accuracy",
     "imagenet_c_summary",
+    "LOGIT_CLIP",
+    "logit",
+    "sigmoid",
+    "logit_linear_fit",
+    "effective_robustness",
 ]
 
 
@@ -252,3 +257,51 @@ def imagenet_c_summary(acc: Mapping[tuple[str, int], float]) -> dict[str, object
         "mean_accuracy": float(np.mean([per_corruption[c] for c in IMAGENET_C_CORRUPTIONS])),
         "mCE": float(np.mean([ce[c] for c in IMAGENET_C_CORRUPTIONS])),
     }
+
+
+# ------------------------------------------------------------------------ effective robustness
+#: Accuracies are clipped to [LOGIT_CLIP, 1 - LOGIT_CLIP] before the logit (0 and 1 have none).
+LOGIT_CLIP = 1e-4
+
+
+def logit(p, eps: float = LOGIT_CLIP) -> np.ndarray:
+    """log(p / (1 - p)) of accuracies given as fractions, clipped to [eps, 1 - eps] first."""
+    p = np.clip(np.asarray(p, dtype=np.float64), eps, 1.0 - eps)
+    return np.log(p) - np.log1p(-p)
+
+
+def sigmoid(x) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def logit_linear_fit(acc_clean, acc_shifted, eps: float = LOGIT_CLIP) -> tuple[float, float]:
+    """Least-squares ``(a, c)`` of logit(acc_shifted) = a * logit(acc_clean) + c over models
+    (Taori et al. 2020's baseline, as the imagenet-testbed fits it on logit axes).
+
+    a = Σ (x - x̄)(y - ȳ) / Σ (x - x̄)², c = ȳ - a x̄ with x = logit(acc_clean), y = logit(acc_shifted).
+    Raises ValueError for fewer than 2 models, NaN accuracies, or models that all have the same
+    (clipped) clean accuracy, where no line is determined.
+    """
+    x, y = logit(acc_clean, eps), logit(acc_shifted, eps)
+    if x.ndim != 1 or x.shape != y.shape:
+        raise ValueError(f"need two 1-D arrays of the same length; got {x.shape} and {y.shape}")
+    if len(x) < 2:
+        raise ValueError(f"need at least 2 models to fit a line, got {len(x)}")
+    if np.isnan(x).any() or np.isnan(y).any():
+        raise ValueError("accuracies must not be NaN")
+    dx = x - x.mean()
+    var = float(np.sum(dx * dx))
+    if var == 0.0:
+        raise ValueError("every model has the same clean accuracy: the line is not determined")
+    a = float(np.sum(dx * (y - y.mean())) / var)
+    return a, float(y.mean() - a * x.mean())
+
+
+def effective_robustness(acc_clean, acc_shifted, a: float, c: float,
+                         eps: float = LOGIT_CLIP) -> tuple[np.ndarray, np.ndarray]:
+    """``(effective_robustness, predicted)``: predicted = sigmoid(a * logit(acc_clean) + c), the
+    shifted accuracy the fitted line expects at the model's clean accuracy, and effective
+    robustness = acc_shifted - predicted (as fractions; > 0: more robust than the trend)."""
+    predicted = sigmoid(a * logit(acc_clean, eps) + c)
+    return np.asarray(acc_shifted, dtype=np.float64) - predicted, predicted
