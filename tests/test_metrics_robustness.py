@@ -269,8 +269,21 @@ def test_effective_robustness_skips_nan_and_undetermined_fits(caplog) -> None:
     rows, models = _table_rows(accuracies)
     with caplog.at_level("WARNING"):
         assert effective_robustness_rows(rows, models, {"effective_robustness_min_models": 3}) == []
-    assert "imagenet_real: every model has the same clean accuracy" in caplog.text
+    assert "imagenet_real: the 3 models have only 1 distinct imagenet_val top-1s" in caplog.text
     assert "imagenet_a: 0 model(s)" in caplog.text
+
+
+def test_effective_robustness_needs_distinct_clean_accuracies(caplog) -> None:
+    """Three models, two at the same ImageNet accuracy (e.g. random weights at 0): a line through
+    two points fits every model exactly, so no effective robustness is reported (and it says why)."""
+    from beyond_imagenet.evaluations.robustness import effective_robustness_rows
+
+    accuracies = {"r1": {"imagenet_val": 0.0, "imagenet_v2": 0.0}, "r2": {"imagenet_val": 0.0, "imagenet_v2": 0.01},
+                  "real": {"imagenet_val": 0.9, "imagenet_v2": 0.8}}
+    rows, models = _table_rows(accuracies)
+    with caplog.at_level("WARNING"):
+        assert effective_robustness_rows(rows, models, {"effective_robustness_min_models": 3}) == []
+    assert "only 2 distinct imagenet_val top-1s" in caplog.text
 
 
 def test_robustness_table_adds_effective_robustness(monkeypatch) -> None:

@@ -19,6 +19,7 @@ import pandas as pd
 from beyond_imagenet.datasets.readers import class_space_mask
 from beyond_imagenet.evaluations import Evaluation, Figure, Sample, published_section, register
 from beyond_imagenet.metrics.robustness import (
+    LOGIT_CLIP,
     effective_robustness,
     imagenet_c_summary,
     logit_linear_fit,
@@ -241,6 +242,15 @@ def effective_robustness_rows(rows: list[Row], models: dict[str, dict], settings
             continue
         clean = np.array([top1s[(m, CLEAN_BENCHMARK)] for m in names])
         shifted = np.array([top1s[(m, benchmark)] for m in names])
+        # Models at the same ImageNet accuracy (after the logit's clipping: e.g. several random-weight
+        # models at 0) are one point of the fit: a line through 2 points gives every model ER 0.
+        distinct = len(np.unique(np.clip(clean, LOGIT_CLIP, 1 - LOGIT_CLIP)))
+        if distinct < min_models:
+            log.warning("effective robustness on %s: the %d models have only %d distinct %s top-1s, fewer than "
+                        "the %d (effective_robustness_min_models) a logit-linear fit needs; no "
+                        "effective_robustness rows for it", benchmark, len(names), distinct, CLEAN_BENCHMARK,
+                        min_models)
+            continue
         try:
             a, c = logit_linear_fit(clean, shifted)
         except ValueError as err:
