@@ -65,9 +65,9 @@ def test_changing_bins_reruns_only_calibration(default_study, tmp_path):
     config = default_config()
     config["evaluations"]["calibration"]["n_bins"] = 10
     jobs = run_snakemake(write_config(tmp_path / "bins.yaml", config), workdir, dryrun=True)
-    # The calibration table, its figures, and the profile that summarises it; no extraction.
+    # The calibration table, its figures, and the study-wide profile and comparisons; no extraction.
     assert set(jobs) == {"compute_calibration", "plot_reliability", "plot_confidence", "compute_profile",
-                         "plot_profile", "all"}
+                         "plot_profile", "compute_comparisons", "plot_comparisons", "all"}
 
 
 def test_relabelling_a_model_redraws_tables_and_figures_only(default_study, tmp_path):
