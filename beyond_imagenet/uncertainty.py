@@ -188,8 +188,12 @@ def compare(record: "Evaluation", samples: Sequence["Sample"], replicates: Mappi
                 entries_b = model_replicates([by_model[b][u] for u in units], uncertainty, record.combine,
                                              {u: p[1] for u, p in positions.items() if p[1] is not None})
             for headline in record.headlines:
+                # Rows of the two models pair on their columns but the record's `pair_ignore` (e.g.
+                # the CKA within-model row's partner, which is the model itself).
+                paired = {_pair_key(k, record.pair_ignore): e for k, e in entries_b.items()
+                          if _selected(k, headline.select)}
                 for key, ea in entries_a.items():
-                    eb = entries_b.get(key)
+                    eb = paired.get(_pair_key(key, record.pair_ignore))
                     if eb is None or not _selected(key, headline.select):
                         continue
                     columns = dict(key)
@@ -206,6 +210,10 @@ def compare(record: "Evaluation", samples: Sequence["Sample"], replicates: Mappi
                         "distinguishable": bool(low > 0 or high < 0) if not np.isnan(low) else "",
                     })
     return out
+
+
+def _pair_key(key: Key, ignore: Sequence[str]) -> Key:
+    return tuple((c, v) for c, v in key if c not in ignore)
 
 
 def _mcnemar(ea: Entry, eb: Entry, metric: str | None) -> float:

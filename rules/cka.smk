@@ -43,9 +43,11 @@ rule compute_cka_summary:
     output:
         report(f"{RESULTS}/metrics/cka.csv", category="Representation similarity",
                caption="../report/cka_summary.rst"),
+        comparisons=comparisons_output("cka"),
     params:
         evaluation="cka",
         models=evaluation_columns("cka"),
+        **uncertainty_params("cka"),
     log:
         f"{RESULTS}/logs/compute_cka_summary.log",
     conda:

@@ -296,3 +296,46 @@ def test_unreadable_images_are_collected_and_left_out_for_every_model(tmp_path):
     # Batch 1 (images 0-4) is whole; batch 2 keeps 3 of 5, too few for the unbiased HSIC: left out.
     assert len(batches) == 1 and set(batches[0]) == {"a", "b"} and batches[0]["a"].shape[0] == 5
     assert [i for i, _ in bad] == [5, 7] and all("Error" in reason for _, reason in bad)
+
+
+# --- the bootstrap over minibatches (docs/evaluations.md §11) -------------------------------------
+def test_per_batch_terms_give_the_matrix_and_survive_the_file(tmp_path):
+    from beyond_imagenet.metrics.cka import cka_from_batch_terms
+
+    result = cka_pass({"a": _hooked(TinyConv(0)), "b": _hooked(TinyConv(1))}, _batches(5, batch=8, size=8),
+                      [("a", "a"), ("a", "b")])
+    for acc in result.values():
+        terms = acc.batch_terms()
+        assert terms["ab"].shape == (5, 3, 3) and terms["aa"].shape == (5, 3) and terms["bb"].shape == (5, 3)
+        np.testing.assert_allclose(cka_from_batch_terms(**terms), acc.compute(), rtol=1e-12, atol=1e-12)
+        assert sum(t.numel() for t in acc.state_dict().values()) == 3 * 3 + 3 + 3  # running state unchanged
+    path = tmp_path / "cka.h5"
+    write_cka(path, result, {"a": ["l0", "l2", "l4"], "b": ["l0", "l2", "l4"]}, {"n_images": 40})
+    matrices, _ = read_cka(path)
+    for m in matrices:
+        np.testing.assert_array_equal(m.batches["ab"], result[(m.model_a, m.model_b)].batch_terms()["ab"])
+
+
+def test_cka_table_gets_intervals_over_minibatches(tmp_path):
+    """cka.csv rows get a percentile interval over resampled minibatches that holds the estimate; the
+    comparison of a model with a copy of itself (same batches, same weights) is 0 with zero width."""
+    from types import SimpleNamespace
+
+    from beyond_imagenet.evaluations import get
+    from beyond_imagenet.uncertainty import table_and_comparisons
+
+    result = cka_pass({"a": _hooked(TinyConv(0)), "a2": _hooked(TinyConv(0)), "b": _hooked(TinyConv(1))},
+                      _batches(6, batch=8, size=8), [("a", "a"), ("a2", "a2"), ("b", "b"), ("a", "b")])
+    path = tmp_path / "cka_set.h5"
+    write_cka(path, result, {m: ["l0", "l2", "l4"] for m in ("a", "a2", "b")}, {"n_images": 48})
+    columns = {m: {"model": m, "label": m.upper(), "family": "convnet", "paradigm": "supervised", "paper_key": ""}
+               for m in ("a", "a2", "b")}
+    job = SimpleNamespace(input=SimpleNamespace(items=lambda: [("set", str(path))]),
+                          params=SimpleNamespace(models=columns, uncertainty={"level": 0.9, "resamples": 200, "seed": 0}))
+    rows, comparisons = table_and_comparisons(get("cka"), job)
+    for row in rows:
+        assert row["ci_low"] <= row["value"] <= row["ci_high"], row
+    within = [r for r in rows if r["metric"] == "mean_layer_similarity"]
+    assert all(r["ci_high"] > r["ci_low"] for r in within)  # 6 different batches: a real spread
+    same = [c for c in comparisons if {c["model_a"], c["model_b"]} == {"a", "a2"}]
+    assert same and all(c["difference"] == 0 and c["ci_low"] == 0 == c["ci_high"] for c in same)

@@ -117,6 +117,8 @@ class Evaluation:
     headlines: tuple[Headline, ...] = ()
     check: Callable[[dict[str, Any]], list[str]] | None = None
     variants: Callable[["Study", str, str], list[str]] | None = None
+    # Columns that do not pair two models' rows in the comparisons (CKA: a within row's partner).
+    pair_ignore: tuple[str, ...] = ()
     input_transform: Callable[["Study", str], str | None] | None = None
     samples: Callable[["Job"], list[Sample]] | None = None
     combine: Callable[[Rows], Rows] | None = None

@@ -165,6 +165,9 @@ class MinibatchCKA:
         self._within: bool | None = None
         self.n_batches: int = 0
         self.n_samples: int = 0
+        # Per-batch HSIC terms (host float64; n_a·n_b + n_a + n_b numbers a batch), for the
+        # bootstrap over minibatches (docs/evaluations.md §11); not part of the running state.
+        self._per_batch: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
 
     def reset(self) -> None:
         """Forget all accumulated batches."""
@@ -253,6 +256,7 @@ class MinibatchCKA:
         self._hsic_ab += hab
         self._hsic_aa += haa
         self._hsic_bb += hbb
+        self._per_batch.append((hab.cpu().numpy().copy(), haa.cpu().numpy().copy(), hbb.cpu().numpy().copy()))
         self.n_batches += 1
         self.n_samples += n
 
@@ -261,6 +265,13 @@ class MinibatchCKA:
         if self._hsic_ab is None:
             return {}
         return {"hsic_ab": self._hsic_ab, "hsic_aa": self._hsic_aa, "hsic_bb": self._hsic_bb}  # type: ignore[dict-item]
+
+    def batch_terms(self) -> dict[str, np.ndarray]:
+        """Each batch's unbiased HSICs: ``ab`` (n_batches, n_a, n_b), ``aa`` (n_batches, n_a), ``bb``
+        (n_batches, n_b); :func:`cka_from_batch_terms` of them is :meth:`compute`."""
+        if not self._per_batch:
+            return {}
+        return {name: np.stack([terms[k] for terms in self._per_batch]) for k, name in enumerate(("ab", "aa", "bb"))}
 
     def compute(self) -> np.ndarray:
         """The CKA matrix (n_layers_a, n_layers_b) as float64 numpy; NaN where a self-HSIC is ≤ 0."""
@@ -277,3 +288,15 @@ class MinibatchCKA:
             logger.warning("CKA undefined for %d layer pair(s): non-positive self-HSIC", int((~ok).sum()))
         out[ok] = hab[ok] / np.sqrt(denom[ok])
         return out
+
+
+def cka_from_batch_terms(ab: np.ndarray, aa: np.ndarray, bb: np.ndarray) -> np.ndarray:
+    """The minibatch CKA matrix from per-batch HSIC terms (first axis: batches), as
+    :meth:`MinibatchCKA.compute` forms it: mean HSIC_ab / sqrt(mean HSIC_aa · mean HSIC_bb); NaN
+    where a self-HSIC mean is <= 0. The bootstrap over minibatches resamples the first axis."""
+    hab, haa, hbb = ab.mean(axis=0), aa.mean(axis=0), bb.mean(axis=0)
+    denom = np.outer(haa, hbb)
+    out = np.full_like(hab, np.nan)
+    ok = denom > 0
+    out[ok] = hab[ok] / np.sqrt(denom[ok])
+    return out

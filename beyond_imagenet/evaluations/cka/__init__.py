@@ -51,6 +51,35 @@ def table(job) -> list[dict[str, Any]]:
     return rows
 
 
+def samples(job) -> list:
+    """The bootstrap over **minibatches** (docs/evaluations.md §11): every model of a pass saw the
+    same batches, so a matrix's per-batch HSIC terms are resampled (the batches of a pass are one
+    unit, identical across models) and the matrix recomputed; a file without the terms (written
+    before they were kept) gives empty intervals."""
+    import numpy as np
+
+    from beyond_imagenet.evaluations import Sample
+    from beyond_imagenet.evaluations.cka.passes import matrix_rows, read_cka
+    from beyond_imagenet.metrics.cka import cka_from_batch_terms
+
+    models = job.params.models
+    out = []
+    for dataset, path in job.input.items():
+        matrices, _ = read_cka(path)
+        for m in matrices:
+            if m.batches is None:
+                continue
+            owners = [m.model_a] if m.kind == "within" else [m.model_a, m.model_b]
+            for owner in owners:
+                partner = m.model_b if owner == m.model_a else m.model_a
+                unit = f"{dataset}:within" if m.kind == "within" else f"{dataset}:cross:{partner}"
+                n = len(m.batches["ab"])
+                out.append(Sample(owner, unit, np.asarray([f"batch-{i}" for i in range(n)]), dict(m.batches),
+                                  lambda d, m=m, dataset=dataset, owner=owner: matrix_rows(
+                                      m, cka_from_batch_terms(d["ab"], d["aa"], d["bb"]), models, dataset, owner)))
+    return out
+
+
 def labels(study, wildcards) -> dict:
     return {"labels": {m: spec.label for m, spec in study.models.items()}}
 
@@ -123,6 +152,8 @@ CKA = register(Evaluation(
     description="minibatch linear CKA (unbiased HSIC) within and across models",
     reads="images",
     table=table,
+    samples=samples,
+    pair_ignore=("partner", "partner_label"),
     group_columns=("dataset", "partner", "kind"),
     figures=(Figure("cka", draw, "cka", variants=figure_kinds, variant_wildcard="kind", data=labels,
                     source=lambda study, w: matrix_file(study, w.dataset)),),

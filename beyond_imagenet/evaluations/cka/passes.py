@@ -266,8 +266,9 @@ def batch_plan(n_images: int, batch_size: int) -> tuple[int, int]:
 def write_cka(path: str | os.PathLike, results: Mapping[tuple[str, str], MinibatchCKA],
               layer_names: Mapping[str, Sequence[str]], attrs: Mapping[str, Any], ids: Sequence[str] = (),
               skipped_ids: Sequence[str] = ()) -> None:
-    """One HDF5 file: group ``<a>__<b>`` per pair with dataset ``cka`` (n_layers_a, n_layers_b);
-    datasets ``ids`` (the images, in batch order) and ``skipped_ids`` (unreadable, left out)."""
+    """One HDF5 file: group ``<a>__<b>`` per pair with dataset ``cka`` (n_layers_a, n_layers_b) and
+    the per-batch HSIC terms ``batch_hsic_ab`` / ``_aa`` / ``_bb`` (first axis: the minibatches,
+    for the bootstrap); datasets ``ids`` (the images, in batch order) and ``skipped_ids``."""
     string = h5py.string_dtype("utf-8")
     with atomic_path(path) as tmp:
         with h5py.File(tmp, "w", track_order=True) as f:
@@ -278,6 +279,8 @@ def write_cka(path: str | os.PathLike, results: Mapping[tuple[str, str], Minibat
             for (a, b), acc in results.items():
                 group = f.create_group(f"{a}__{b}", track_order=True)
                 group.create_dataset("cka", data=acc.compute(), track_times=False)
+                for term, values in acc.batch_terms().items():
+                    group.create_dataset(f"batch_hsic_{term}", data=values, track_times=False)
                 group.attrs.update(model_a=a, model_b=b, kind="within" if a == b else "cross",
                                    layers_a=h5_attr(list(layer_names[a])), layers_b=h5_attr(list(layer_names[b])),
                                    n_batches=acc.n_batches, n_samples=acc.n_samples)
@@ -291,6 +294,8 @@ class CkaMatrix:
     layers_a: list[str]
     layers_b: list[str]
     cka: np.ndarray
+    # Per-batch HSIC terms {"ab", "aa", "bb"} (None: a file written before they were kept).
+    batches: dict[str, np.ndarray] | None = None
 
 
 def read_cka(path: str | os.PathLike) -> tuple[list[CkaMatrix], dict[str, Any]]:
@@ -302,8 +307,11 @@ def read_cka(path: str | os.PathLike) -> tuple[list[CkaMatrix], dict[str, Any]]:
             g = f[name]
             if not isinstance(g, h5py.Group):  # ids, skipped_ids
                 continue
+            batches = ({t: g[f"batch_hsic_{t}"][()] for t in ("ab", "aa", "bb")}
+                       if "batch_hsic_ab" in g else None)
             out.append(CkaMatrix(str(g.attrs["model_a"]), str(g.attrs["model_b"]), str(g.attrs["kind"]),
-                                 json.loads(g.attrs["layers_a"]), json.loads(g.attrs["layers_b"]), g["cka"][()]))
+                                 json.loads(g.attrs["layers_a"]), json.loads(g.attrs["layers_b"]), g["cka"][()],
+                                 batches))
     return out, attrs
 
 
@@ -317,23 +325,30 @@ def cka_summary_rows(matrices: Sequence[CkaMatrix], model_columns: Mapping[str, 
       both models of the pair.
     """
     rows = []
+    for m in matrices:
+        rows += matrix_rows(m, m.cka, model_columns, dataset)
+    return rows
 
-    def row(model: str, partner: str, kind: str, metric: str, value: float) -> dict[str, Any]:
-        return {**model_columns[model], "dataset": dataset, "partner": partner,
+
+def matrix_rows(m: CkaMatrix, cka: np.ndarray, model_columns: Mapping[str, Mapping[str, Any]], dataset: str,
+                model: str | None = None) -> list[dict[str, Any]]:
+    """The summary rows of one matrix (``cka``: its values, or a bootstrap replicate's); ``model``:
+    only the rows of that model (a cross matrix gives rows for both)."""
+
+    def row(owner: str, partner: str, kind: str, metric: str, value: float) -> dict[str, Any]:
+        return {**model_columns[owner], "dataset": dataset, "partner": partner,
                 "partner_label": model_columns[partner].get("label", partner), "kind": kind,
                 "metric": metric, "value": float(value)}
 
-    for m in matrices:
-        cka = np.asarray(m.cka, dtype=float)
-        if m.kind == "within":
-            off = cka[~np.eye(cka.shape[0], dtype=bool)]
-            rows.append(row(m.model_a, m.model_a, "within", "mean_layer_similarity",
-                            off.mean() if off.size else np.nan))
-            rows.append(row(m.model_a, m.model_a, "within", "first_last", cka[0, -1]))
-        else:
-            rows.append(row(m.model_a, m.model_b, "cross", "last_layer", cka[-1, -1]))
-            rows.append(row(m.model_b, m.model_a, "cross", "last_layer", cka[-1, -1]))
-    return rows
+    cka = np.asarray(cka, dtype=float)
+    if m.kind == "within":
+        off = cka[~np.eye(cka.shape[0], dtype=bool)]
+        rows = [row(m.model_a, m.model_a, "within", "mean_layer_similarity", off.mean() if off.size else np.nan),
+                row(m.model_a, m.model_a, "within", "first_last", cka[0, -1])]
+    else:
+        rows = [row(m.model_a, m.model_b, "cross", "last_layer", cka[-1, -1]),
+                row(m.model_b, m.model_a, "cross", "last_layer", cka[-1, -1])]
+    return [r for r in rows if model is None or r["model"] == model]
 
 
 def iterate_batches(loader: Iterable[Any], progress_every: int = 10) -> Iterator[Any]:
