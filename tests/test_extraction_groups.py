@@ -162,9 +162,9 @@ def test_grouped_jobs_write_the_per_dataset_files_and_rerun_only_what_changed(ti
 @pytest.mark.workflow
 def test_paper_study_dry_run_has_one_vtab_extraction_job_per_model(tmp_path):
     """The paper study's DAG (no data needed): 4 VTAB extraction jobs (not 228), one output per split."""
-    from test_workflow_imagenet_evals import planned_jobs
+    from conftest import dry_run_jobs
 
-    jobs = planned_jobs(REPO / "studies" / "paper.yaml", tmp_path)
+    jobs = dry_run_jobs(REPO / "studies" / "paper.yaml", tmp_path)
     groups = [(w["model"], w["group"]) for rule, w in jobs if rule == "extract_outputs"]
     assert len(groups) == len(set(groups))
     vtab = [g for g in groups if g[1] == "vtab"]

@@ -4,42 +4,17 @@ extraction (one pass per model), and a tiny study produces the four tables and f
 from __future__ import annotations
 
 import copy
-import os
 from collections import Counter
-from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from beyond_imagenet.metrics.shape_bias import CATEGORIES
-from conftest import REPO, default_config, write_config
+from conftest import REPO, default_config, dry_run_jobs, write_config
 
 pytestmark = pytest.mark.workflow
 
 NEW_EVALUATIONS = ("robustness", "imagenet_x", "shape_bias", "pug")
-
-
-def planned_jobs(configfile, workdir) -> list[tuple[str, dict]]:
-    """Dry-run the workflow; return (rule, wildcards) of every job it would run."""
-    from snakemake.api import SnakemakeApi
-    from snakemake.settings.types import (ConfigSettings, DAGSettings, OutputSettings, Quietness,
-                                          ResourceSettings, StorageSettings)
-
-    cwd = os.getcwd()
-    try:
-        with SnakemakeApi(OutputSettings(quiet={Quietness.PROGRESS, Quietness.RULES})) as api:
-            workflow = api.workflow(
-                resource_settings=ResourceSettings(cores=1, resources={"gpu": 1}),
-                config_settings=ConfigSettings(configfiles=[Path(configfile).resolve()]),
-                storage_settings=StorageSettings(),
-                snakefile=REPO / "Snakefile",
-                workdir=Path(workdir),
-            )
-            dag = workflow.dag(dag_settings=DAGSettings())
-            dag.execute_workflow(executor="dryrun")
-            return [(job.rule.name, dict(job.wildcards_dict)) for job in dag.workflow_api._workflow.dag.needrun_jobs()]
-    finally:
-        os.chdir(cwd)
 
 
 def extraction_counts(jobs) -> Counter:
@@ -50,7 +25,7 @@ def extraction_counts(jobs) -> Counter:
 
 def test_imagenet_val_is_extracted_once_per_model(tmp_path):
     config = default_config()
-    jobs = planned_jobs(write_config(tmp_path / "default.yaml", config), tmp_path / "a")
+    jobs = dry_run_jobs(write_config(tmp_path / "default.yaml", config), tmp_path / "a")
     counts = extraction_counts(jobs)
     models = set(config["models"])
     datasets = {d for name in NEW_EVALUATIONS for d in config["evaluations"][name]["datasets"]}
@@ -60,14 +35,14 @@ def test_imagenet_val_is_extracted_once_per_model(tmp_path):
     without = copy.deepcopy(config)
     for name in NEW_EVALUATIONS:
         without["evaluations"].pop(name)
-    counts_without = extraction_counts(planned_jobs(write_config(tmp_path / "without.yaml", without), tmp_path / "b"))
+    counts_without = extraction_counts(dry_run_jobs(write_config(tmp_path / "without.yaml", without), tmp_path / "b"))
     val = lambda c: sorted(k for k, n in c.items() for _ in range(n) if k[1] == "imagenet_val")  # noqa: E731
     assert val(counts) == val(counts_without)
     assert Counter(r for r, _ in jobs)["compute_robustness"] == 1
 
 
 def test_paper_study_downloads_every_file_of_multi_file_sets(tmp_path):
-    jobs = planned_jobs(REPO / "studies" / "paper.yaml", tmp_path)
+    jobs = dry_run_jobs(REPO / "studies" / "paper.yaml", tmp_path)
     downloads = {(w["dataset"], w["filename"]) for rule, w in jobs if rule == "download_dataset"}
     assert {f for d, f in downloads if d == "imagenet_c"} == {"noise.tar", "blur.tar", "weather.tar", "digital.tar"}
     unpacked = {w["dataset"] for rule, w in jobs if rule == "unpack_dataset"}
