@@ -100,7 +100,8 @@ def run_group(job) -> dict[str, Any]:
                                                 params.compile)
                 loaded = built[key]
             else:
-                samples = spread_subset(manifest["samples"], item["max_images"])
+                # the subset the variant's identity records (0: every image)
+                samples = spread_subset(manifest["samples"], item["expect"]["max_images"] or None)
                 log.info("%s on %d of %d images of %s", variant, len(samples), manifest["n_images"], dataset)
                 loaded = _maybe_compile(build_variant_model(spec, Variant.parse(variant), params.protocol, head=head,
                                                             logit_scale=params.logit_scale), params.compile)

@@ -375,12 +375,6 @@ class Study:
         return {"model": model, "label": spec.label, "family": spec.family, "paradigm": spec.paradigm,
                 "paper_key": spec.paper_key or ""}
 
-    @staticmethod
-    def versions() -> dict[str, str]:
-        from beyond_imagenet.workflow import versions
-
-        return versions()
-
     # -------------------------------------------------------------------------- cache keys
     def model_identity(self, model: str) -> dict[str, Any]:
         """What a model's outputs depend on: part of every cache key and recorded in every output."""

@@ -79,12 +79,6 @@ def model_entry(wildcards):
     return STUDY.model_entry(wildcards.model)
 
 
-def model_params(wildcards):
-    """Everything that changes a model's outputs (source, architecture, weights incl. a checkpoint's
-    sha256, protocol, zero-shot settings): a change reruns its extraction jobs, a new label does not."""
-    return STUDY.model_identity(wildcards.model)
-
-
 def head_params(wildcards):
     return STUDY.head_identity(wildcards.model)
 
@@ -108,12 +102,10 @@ def group_manifests(wildcards):
 
 def group_items(wildcards):
     """Each output one extraction job writes: dataset, variant, where, from which manifest, what
-    it must record, the transform (standard outputs) or image subset (variants) it uses."""
-    max_images = config["evaluations"].get("invariance", {}).get("max_images")
+    it must record (for a variant also the image subset it runs on: ``max_images``)."""
     return [{"dataset": d, "variant": v or "", "manifest": STUDY.manifest(d),
              "extracted": STUDY.extracted(wildcards.model, d, v),
-             "expect": STUDY.output_identity(wildcards.model, d, v),
-             **({"max_images": max_images} if v else {})}
+             "expect": STUDY.output_identity(wildcards.model, d, v)}
             for d, v in _group_items(wildcards)]
 
 
