@@ -44,6 +44,21 @@ def check_slurm_jobs():
         raise WorkflowError(str(err))
 
 
+def check_study_ready():
+    """Before any job runs: the doctor's table (python -m beyond_imagenet.doctor, no network); a
+    FAIL row (a GPU torch cannot use, weights not cached under HF_HUB_OFFLINE=1, a missing package,
+    too little disk) stops the run here instead of in a job hours later."""
+    from snakemake.logging import logger
+
+    from beyond_imagenet.doctor import check
+
+    preflight = check(config)  # (not `report`: a Snakemake keyword)
+    logger.info("pre-flight check (python -m beyond_imagenet.doctor):\n" + preflight.table())
+    if not preflight.ready:
+        raise WorkflowError("the pre-flight check found problems that would stop the run; no job was "
+                            "started:\n" + "\n".join(f"{r.check} {r.item}: {r.detail}" for r in preflight.failed))
+
+
 def dataset_folder(wildcards):
     """What the manifest of a dataset depends on: the generated or unpacked folder (none if manual)."""
     spec = STUDY.datasets[wildcards.dataset]
