@@ -29,6 +29,9 @@ SBIN = ["/usr/sbin", "/usr/bin", "/sbin", "/bin"]
 CLUSTER = "bi-test"
 SYSTEM_CONF = Path("/etc/slurm/slurm.conf")
 FAKE_GPUS = 1
+# Typed, so that a GPU-type request (profiles/slurm: BEYOND_IMAGENET_SLURM_GPU_MODEL) can be met and
+# is accounted; an untyped --gpus=1 matches it as well.
+FAKE_GPU_TYPE = "h100"
 ACCOUNT = "bi-test"
 
 
@@ -167,7 +170,8 @@ class Cluster:
             "StorageUser=slurm\nStoragePass=slurm\nStorageLoc=slurm_acct_db\n")
         os.chmod(d / "slurmdbd.conf", 0o600)
         # GPUs by count only (no device files): jobs can ask for --gpus and are accounted, see none.
-        (d / "gres.conf").write_text(f"NodeName={node_name} Name=gpu Count={FAKE_GPUS} File=/dev/null\n")
+        (d / "gres.conf").write_text(
+            f"NodeName={node_name} Name=gpu Type={FAKE_GPU_TYPE} Count={FAKE_GPUS} File=/dev/null\n")
         (d / "slurm.conf").write_text(
             common + f"ClusterName={CLUSTER}\nSlurmctldHost={node_name}(127.0.0.1)\n"
             f"SlurmctldPort={ctld_port}\nSlurmdPort={slurmd_port}\nSlurmUser=root\nSlurmdUser=root\n"
@@ -178,11 +182,11 @@ class Cluster:
             "SelectType=select/cons_tres\nSelectTypeParameters=CR_Core_Memory\n"
             "AccountingStorageType=accounting_storage/slurmdbd\nAccountingStorageHost=127.0.0.1\n"
             f"AccountingStoragePort={dbd_port}\nAccountingStoragePass={msock}\n"
-            "GresTypes=gpu\nAccountingStorageTRES=gres/gpu\n"
+            f"GresTypes=gpu\nAccountingStorageTRES=gres/gpu,gres/gpu:{FAKE_GPU_TYPE}\n"
             "JobCompType=jobcomp/none\nMpiDefault=none\nReturnToService=2\nSchedulerType=sched/backfill\n"
             "SchedulerParameters=sched_interval=2\nSlurmctldTimeout=30\nSlurmdTimeout=30\nInactiveLimit=0\n"
             "MinJobAge=600\nKillWait=5\nWaitTime=0\n"
-            f"{self.node} Gres=gpu:{FAKE_GPUS} State=UNKNOWN\n"
+            f"{self.node} Gres=gpu:{FAKE_GPU_TYPE}:{FAKE_GPUS} State=UNKNOWN\n"
             f"PartitionName=cpu Nodes={node_name} Default=YES MaxTime=INFINITE State=UP\n"
             f"PartitionName=gpu Nodes={node_name} MaxTime=INFINITE State=UP\n")
         # Job steps need the config too, and snakemake-executor-plugin-slurm-jobstep drops SLURM_* variables

@@ -183,6 +183,10 @@ def test_prefetch_then_extract_with_the_network_refused(login_node, tmp_path, mo
     for key in ("HF_HOME", "TORCH_HOME", "XDG_CACHE_HOME"):
         monkeypatch.setenv(key, env[key])
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    # Snakemake runs in this process (its onstart doctor too): huggingface_hub read HF_HOME at import.
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(guard), env["PYTHONPATH"]]))
     original = socket.socket.connect, socket.socket.connect_ex
     exec(NO_NETWORK, {})  # noqa: S102 - this process too (Snakemake itself)

@@ -244,13 +244,39 @@ def test_cpu_study_on_slurm_equals_a_local_run(cluster, tmp_path):
 @pytest.mark.workflow
 @pytest.mark.slurm
 def test_gpu_study_asks_slurm_for_a_gpu_per_model_job(cluster, tmp_path):
-    """With extraction.device: auto the zero-shot head job is an `sbatch --gpus=1` job (the fake GPU
-    is counted by SLURM: ReqTRES gres/gpu=1); its dataset-free target needs no other job."""
-    out, jobs, _ = run_on_slurm(cluster, study(tmp_path, "auto"), tmp_path / "gpu", ["results/heads/vit_clip.h5"])
+    """With extraction.device: auto the zero-shot head job is an `sbatch --gpus=h100:1` job with the
+    README's GPU-type recipe (BEYOND_IMAGENET_SLURM_GPU_MODEL=h100), which keeps the profile's other
+    resources (the capped memory and CPUs below); the fake GPU is counted by SLURM (ReqTRES). The
+    node has no GPU torch can use: if SLURM hands the job its GPU variables, the job stops naming the
+    CUDA build and the fix (beyond_imagenet/devices.py), never running silently on the CPU."""
+    workdir = tmp_path / "gpu"
+    out, jobs, rc = run_on_slurm(cluster, study(tmp_path, "auto"), workdir, ["results/heads/vit_clip.h5"],
+                                 env={"BEYOND_IMAGENET_SLURM_GPU_MODEL": slurm_cluster.FAKE_GPU_TYPE}, check=False)
     acct = accounting(cluster)
-    assert list(jobs.values()) == ["build_zero_shot_head"], out[-3000:]
-    state, tres = acct[next(iter(jobs))]
-    assert state == "COMPLETED" and "gres/gpu=1" in tres, tres
+    assert set(jobs.values()) == {"build_zero_shot_head"}, out[-3000:]
+    for jid in jobs:
+        state, tres = acct[jid]
+        assert "gres/gpu=1" in tres and f"gres/gpu:{slurm_cluster.FAKE_GPU_TYPE}=1" in tres, tres
+        assert "mem=4000M" in tres and "cpu=1" in tres, tres  # the profile's sizes, capped as documented
+        if state != "COMPLETED":
+            logs = out + "".join(p.read_text() for p in (workdir / "results").rglob("*.log"))
+            assert "this job was given a GPU" in logs and "Stopping instead of running on the CPU" in logs, logs[-3000:]
+    assert (rc == 0) == all(acct[j][0] == "COMPLETED" for j in jobs), out[-3000:]
+
+
+def test_gpu_model_recipe_keeps_the_profile():
+    """BEYOND_IMAGENET_SLURM_GPU_MODEL adds gpu_model to the GPU rules only; every other setting of the
+    profile stays as it is (unlike `--default-resources gpu_model=h100`, which replaces the list)."""
+    plain, typed = profile_values(), profile_values({"BEYOND_IMAGENET_SLURM_GPU_MODEL": "h100"})
+    added = [item for item in typed["set-resources"] if item not in plain["set-resources"]]
+    on_gpu = sorted(item.split(":")[0] for item in plain["set-resources"] if item.endswith(":slurm_partition=gpu"))
+    assert sorted(added) == [f"{rule}:gpu_model=h100" for rule in on_gpu]
+    assert {k: v for k, v in typed.items() if k != "set-resources"} == {k: v for k, v in plain.items()
+                                                                        if k != "set-resources"}
+    args = effective_profile({"BEYOND_IMAGENET_SLURM_GPU_MODEL": "h100"})
+    assert args.set_resources["extract_outputs"]["mem_mb"].value == 48000
+    assert "gpu_model" in args.set_resources["extract_outputs"]
+    assert "BEYOND_IMAGENET_SLURM_GPU_MODEL=h100" in (REPO / "README.md").read_text()
 
 
 @pytest.mark.workflow
