@@ -80,8 +80,10 @@ def _torch_rows(device: str) -> list[Row]:
             Row("driver", "NVIDIA", OK if env.driver else "-", env.driver or "no NVIDIA driver on this machine")]
     usable = torch.cuda.is_available()
     if usable:
-        names = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
-        rows.append(Row("gpus", "visible to torch", OK, f"{len(names)}: {', '.join(names)}"))
+        # Counted without initialising CUDA (names from nvidia-smi): Snakemake's own process runs
+        # this in onstart and must not hold a CUDA context on a GPU its jobs lease.
+        count = torch.cuda.device_count()
+        rows.append(Row("gpus", "visible to torch", OK, f"{count}" + (f": {', '.join(env.gpus)}" if env.gpus else "")))
     else:
         rows.append(Row("gpus", "visible to torch", "-", "none" + (f" (machine: {'; '.join(env.given_by)})"
                                                                if env.has_gpu else "")))
