@@ -194,15 +194,22 @@ def _existing(path: Path) -> Path:
     return path
 
 
-def _disk_rows(study, config: dict[str, Any]) -> list[Row]:
-    free = shutil.disk_usage(_existing(Path(study.resources))).free
+def _disk_rows(study) -> list[Row]:
+    """beyond_imagenet.diskspace (the study's outputs still to write) against the free space where
+    they go; "unknown" where that module is not part of this checkout."""
+    where = study.results
+    free = shutil.disk_usage(_existing(Path(where))).free
     try:
         from beyond_imagenet.diskspace import required_bytes
     except ImportError:
-        return [Row("disk", "needed / free", "-", f"needed unknown; free {_gb(free)} under {study.resources}")]
-    needed = int(required_bytes(config))
+        return [Row("disk", "needed / free", "-", f"needed unknown; free {_gb(free)} under {where}")]
+    try:
+        needed = int(required_bytes(study))
+    except Exception as err:  # noqa: BLE001 - an estimate that fails must not stop the run
+        return [Row("disk", "needed / free", WARN, f"needed unknown ({type(err).__name__}: {err}); "
+                                                    f"free {_gb(free)} under {where}")]
     status = OK if needed <= free else FAIL
-    return [Row("disk", "needed / free", status, f"needed {_gb(needed)}, free {_gb(free)} under {study.resources}")]
+    return [Row("disk", "needed / free", status, f"needed {_gb(needed)}, free {_gb(free)} under {where}")]
 
 
 def check(config: dict[str, Any], offline: bool | None = None) -> Report:
@@ -216,7 +223,7 @@ def check(config: dict[str, Any], offline: bool | None = None) -> Report:
     rows += _model_rows(study, offline)
     notes: list[str] = []
     dataset_rows, packages = _dataset_rows(study, offline, notes)
-    rows += dataset_rows + _package_rows(packages) + _disk_rows(study, config)
+    rows += dataset_rows + _package_rows(packages) + _disk_rows(study)
     return Report(rows, notes)
 
 
