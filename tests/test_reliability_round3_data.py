@@ -150,6 +150,11 @@ def test_a_non_ascii_digit_folder_is_named_not_crashed_or_misread(tmp_path, name
     message = str(err.value)
     assert f"{tmp_path / 'mine'}: 1 folder(s)" in message and name in message
     assert "Name each class folder by its wnid (n01440764) or its ImageNet-1k index (0)" in message
+    # ImageNet-V2's reader (class-index folders only) refuses it too.
+    for index, path in enumerate(sorted((tmp_path / "mine").glob("n*"))):
+        path.rename(tmp_path / "mine" / str(index))
+    with pytest.raises(DatasetError, match=f"1 folder\\(s\\) are not class indices 0..999: {name}"):
+        read_samples("class_index_folders", tmp_path / "mine", "imagenet1k")
 
 
 # ----------------------------------------------------------------------- the flat ImageNet val folder
@@ -263,3 +268,38 @@ def test_a_tiff_without_a_defined_intensity_scale_is_a_named_bad_image(tmp_path,
     samples = read_samples("wnid_folders", tmp_path / "data", "imagenet1k")
     with pytest.raises(BadImagesError, match=f"odd.tif: ValueError: {why}.*Convert it to an 8- or 16-bit image"):
         run(tmp_path / "data", samples, tmp_path / "out.h5")
+
+
+# ------------------------------------------------------------------ the same through the workflow
+@pytest.mark.workflow
+def test_a_copied_then_moved_project_extracts_from_its_own_folder(tmp_path):
+    """The real workflow: a project run to the end, copied with `cp -a`, the copy moved, and the
+    original's images then broken. A model added to the copy is extracted from the copy's images
+    (the manifest is not rebuilt: nothing it was made from changed in the copy)."""
+    from test_real_images import photo_folder
+
+    from conftest import run_snakemake
+
+    original = tmp_path / "original"
+    photo_folder(original / "photos")
+    models = default_config()["models"]
+    config = {
+        "study": "copy", "zero_shot": {"templates": 1},
+        "extraction": {"batch_size": 8, "num_workers": 0, "shard_size": 8, "device": "cpu"},
+        "models": {"vit_sup": models["vit_sup"]},
+        "datasets": {"photos": {"kind": "image_folder", "source": "manual", "root": "photos"}},
+        "evaluations": {"accuracy": {"datasets": ["photos"]}},
+    }
+    run_snakemake(write_config(original / "study.yaml", config), original)
+    subprocess.run(["cp", "-a", str(original), str(tmp_path / "copy")], check=True)
+    os.rename(tmp_path / "copy", tmp_path / "moved")
+    for path in (original / "photos").rglob("*.jpg"):
+        path.write_bytes(b"not an image any more")  # were the copy to read these, its extraction would fail
+    moved = tmp_path / "moved"
+    config["models"]["convnet_sup"] = models["convnet_sup"]
+    jobs = run_snakemake(write_config(moved / "study.yaml", config), moved)
+    assert "build_manifest" not in jobs  # the copied manifest is used as it is
+    from beyond_imagenet.extract import read_outputs
+
+    out = read_outputs(moved / "results" / "outputs" / "convnet_sup" / "photos.h5", fields=("logits", "ids"))
+    assert len(out["ids"]) == 20 and np.isfinite(out["logits"]).all()
