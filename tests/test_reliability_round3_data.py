@@ -137,6 +137,30 @@ def test_tilde_is_expanded_in_every_path_setting(tmp_path, monkeypatch):
     assert load_config(write_config(tmp_path / "plain.yaml", config))["results_dir"] == "results"
 
 
+@pytest.mark.workflow
+def test_tilde_paths_through_the_workflow(tmp_path, monkeypatch):
+    """The same through Snakemake: the plan finds `root: ~/photos` (the check of manual folders
+    used to stop the run: "does not exist") and puts results under ~/runs, not in a folder `~`."""
+    from conftest import dry_run_jobs
+
+    home = tmp_path / "home"
+    monkeypatch.setenv("HOME", str(home))
+    make_images(home / "photos", n=4)
+    config = {
+        "study": "tilde", "results_dir": "~/runs",
+        "extraction": {"batch_size": 8, "num_workers": 0, "shard_size": 8, "device": "cpu"},
+        "models": {"vit_sup": default_config()["models"]["vit_sup"]},
+        "datasets": {"mine": {"kind": "image_folder", "source": "manual", "root": "~/photos"}},
+        "evaluations": {"accuracy": {"datasets": ["mine"]}},
+    }
+    work = tmp_path / "work"
+    work.mkdir()
+    jobs = dry_run_jobs(write_config(tmp_path / "study.yaml", config), work,
+                        targets=[str(home / "runs" / "manifests" / "mine.json")])
+    assert ("build_manifest", {"dataset": "mine"}) in jobs
+    assert not (work / "~").exists()
+
+
 # ------------------------------------------------------------------------- class folder names
 @pytest.mark.parametrize("name", ["²", "١", "٣٣"])
 def test_a_non_ascii_digit_folder_is_named_not_crashed_or_misread(tmp_path, name):
