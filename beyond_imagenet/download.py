@@ -6,8 +6,12 @@ clusters where no download manager can be installed. Why each piece exists:
 * Downloads go to ``dest + ".part"`` and resume with HTTP ``Range`` after a dropped connection or a
   killed job, because restarting a 60 GB transfer from zero is not an option.
 * The file only appears at ``dest`` (atomic ``os.replace``) once its size and sha256 (published, or
-  recorded at first download) check out; a bad file is moved to ``dest + ".quarantine"`` so that
-  neither Snakemake nor the next run mistakes it for a good one.
+  recorded at first download) check out -- those of the file renamed into place, read back from
+  disk; a bad file is moved to ``dest + ".quarantine"`` so that neither Snakemake nor the next run
+  mistakes it for a good one.
+* One process downloads a file at a time (``dest + ".lock"``, an flock): a second download of it (a
+  job outliving a killed Snakemake, two working directories sharing one resources folder) waits
+  and then finds it complete, instead of appending to the same ``.part``.
 * Hosts such as Google Drive answer quota / login problems with an HTML page and status 200; that
   page is detected and reported instead of being saved as the "archive".
 * Archives are unpacked into a temporary sibling directory and renamed into place when complete,
