@@ -636,13 +636,13 @@ def test_two_downloads_of_one_file_at_once(
     server.routes["/shared.bin"] = Route(payload, hold=hold)
     dest = tmp_path / "shared.bin"
     record = tmp_path / "shared.bin.sha256"
-    options = dict(sha256=hashlib.sha256(payload).hexdigest()) if published else dict(record_checksum=record)
+    options = {"sha256": hashlib.sha256(payload).hexdigest()} if published else {"record_checksum": record}
     results: list[object] = []
 
     def one() -> None:
         try:
             results.append(download(server.url("/shared.bin"), dest, **options, **FAST))
-        except BaseException as exc:  # reported by the assertion below
+        except Exception as exc:  # noqa: BLE001 - reported by the assertion below
             results.append(exc)
 
     caplog.set_level(logging.INFO, logger="beyond_imagenet.download")

@@ -28,10 +28,11 @@ from beyond_imagenet.datasets.generate import imagenet_val_file_names
 from beyond_imagenet.datasets.manifest import build_manifest, load_manifest, write_manifest
 from beyond_imagenet.datasets.readers import read_imagenet_val_folders, read_samples
 from beyond_imagenet.datasets.vtab import read_split
-from beyond_imagenet.extract import BadImagesError, load_rgb
+from beyond_imagenet.extract import BadImagesError, load_rgb, read_outputs
 from beyond_imagenet.study import Study, load_config
-from conftest import REPO, default_config, write_config
+from conftest import REPO, default_config, dry_run_jobs, run_snakemake, write_config
 from test_extract import make_images, run
+from test_real_images import photo_folder
 
 A = "n01440764"
 
@@ -62,8 +63,6 @@ def test_a_copied_project_reads_its_own_images(tmp_path, monkeypatch):
     assert (tmp_path / "copy" / "photos" / sid).read_bytes() != (tmp_path / "original" / "photos" / sid).read_bytes()
     copy_out = run(manifest["root"], manifest["samples"], tmp_path / "copy.h5")
     own_out = run(tmp_path / "copy" / "photos", manifest["samples"], tmp_path / "own.h5")
-    from beyond_imagenet.extract import read_outputs
-
     np.testing.assert_array_equal(read_outputs(copy_out)["logits"], read_outputs(own_out)["logits"])
 
 
@@ -141,8 +140,6 @@ def test_tilde_is_expanded_in_every_path_setting(tmp_path, monkeypatch):
 def test_tilde_paths_through_the_workflow(tmp_path, monkeypatch):
     """The same through Snakemake: the plan finds `root: ~/photos` (the check of manual folders
     used to stop the run: "does not exist") and puts results under ~/runs, not in a folder `~`."""
-    from conftest import dry_run_jobs
-
     home = tmp_path / "home"
     monkeypatch.setenv("HOME", str(home))
     make_images(home / "photos", n=4)
@@ -197,7 +194,7 @@ def test_the_flat_val_folder_is_named_and_the_printed_command_sorts_it(tmp_path)
     message = str(err.value)
     assert "4 files directly and no class folders" in message and "ILSVRC2012_img_val.tar" in message
     assert "archive: /path/to/ILSVRC2012_img_val.tar" in message
-    command = re.search(r"^  (python -m beyond_imagenet\.datasets\.imagenet_val .*)$", message, re.M).group(1)
+    command = re.search(r"^  (python -m beyond_imagenet\.datasets\.imagenet_val .*)$", message, re.MULTILINE).group(1)
     argv = shlex.split(command)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     done = subprocess.run([sys.executable, *argv[1:]], capture_output=True, text=True, env=env, check=False)
@@ -300,10 +297,6 @@ def test_a_copied_then_moved_project_extracts_from_its_own_folder(tmp_path):
     """The real workflow: a project run to the end, copied with `cp -a`, the copy moved, and the
     original's images then broken. A model added to the copy is extracted from the copy's images
     (the manifest is not rebuilt: nothing it was made from changed in the copy)."""
-    from test_real_images import photo_folder
-
-    from conftest import run_snakemake
-
     original = tmp_path / "original"
     photo_folder(original / "photos")
     models = default_config()["models"]
@@ -323,7 +316,5 @@ def test_a_copied_then_moved_project_extracts_from_its_own_folder(tmp_path):
     config["models"]["convnet_sup"] = models["convnet_sup"]
     jobs = run_snakemake(write_config(moved / "study.yaml", config), moved)
     assert "build_manifest" not in jobs  # the copied manifest is used as it is
-    from beyond_imagenet.extract import read_outputs
-
     out = read_outputs(moved / "results" / "outputs" / "convnet_sup" / "photos.h5", fields=("logits", "ids"))
     assert len(out["ids"]) == 20 and np.isfinite(out["logits"]).all()
