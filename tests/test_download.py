@@ -703,3 +703,41 @@ def test_a_lock_left_by_a_killed_downloader_does_not_block(server: ServerState, 
     assert download(server.url("/k.bin"), dest, sha256=PAYLOAD_SHA, **FAST).read_bytes() == PAYLOAD
     assert server.seen("/k.bin") == ["bytes=1000-"]
     assert leftovers(dest) == {"k.bin"}
+
+
+def test_the_printed_remedy_for_a_stuck_downloader_works(
+    server: ServerState, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A download waiting for another process names its pid and says to end it if it is stuck;
+    ending it (the kernel drops its lock) lets the waiting download take over and finish."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    monkeypatch.setattr(dl, "_LOCK_POLL_S", 0.01)
+    server.routes["/stuck.bin"] = Route(PAYLOAD)
+    dest = tmp_path / "stuck.bin"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from beyond_imagenet.io import LockFile; "
+         "lock = LockFile(sys.argv[1]); assert lock.acquire(); print('held', flush=True); time.sleep(60)",
+         str(tmp_path / "stuck.bin.lock")],
+        stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        caplog.set_level(logging.INFO, logger="beyond_imagenet.download")
+        results: list[object] = []
+        waiter = threading.Thread(target=lambda: results.append(
+            download(server.url("/stuck.bin"), dest, sha256=PAYLOAD_SHA, **FAST)))
+        waiter.start()
+        _wait_for(lambda: "is being downloaded by another process" in caplog.text, "the download to wait")
+        assert f"(pid {holder.pid}," in caplog.text and f"end it (kill {holder.pid})" in caplog.text
+        assert not server.seen("/stuck.bin") and waiter.is_alive()
+        os.kill(holder.pid, signal.SIGTERM)  # the remedy the message prints
+        waiter.join(10)
+        assert results == [dest] and dest.read_bytes() == PAYLOAD
+        assert leftovers(dest) == {"stuck.bin"}
+    finally:
+        holder.kill()
+        holder.wait()
