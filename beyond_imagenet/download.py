@@ -564,6 +564,7 @@ def _download_locked(url, dest, part, size, expected_sha, record, checks, retrie
     # The checks below are of the file that is renamed into place, read back from disk, not of the
     # bytes streamed (one more read of the file): a writer that ignores the lock (another tool, a
     # copy) must not leave a file whose checksum was never computed behind a "verified" message.
+    log.info("verifying %s (reading it back)", part)
     with open(part, "rb") as f:
         hashed = os.fstat(f.fileno())
         on_disk = _hash_open(f)
@@ -579,7 +580,7 @@ def _download_locked(url, dest, part, size, expected_sha, record, checks, retrie
     digest = _verify(part, url, digest=on_disk, **checks)
     os.replace(part, dest)
     moved = os.stat(dest)
-    if not os.path.samestat(hashed, moved) or (moved.st_size, moved.st_mtime_ns) != (hashed.st_size, hashed.st_mtime_ns):
+    if not os.path.samestat(hashed, moved) or moved.st_size != hashed.st_size:
         _quarantine(dest, quarantine)
         raise DownloadError(
             f"{part} was replaced or written to between its checksum and its rename to {dest}: another process "
