@@ -6,8 +6,12 @@ clusters where no download manager can be installed. Why each piece exists:
 * Downloads go to ``dest + ".part"`` and resume with HTTP ``Range`` after a dropped connection or a
   killed job, because restarting a 60 GB transfer from zero is not an option.
 * The file only appears at ``dest`` (atomic ``os.replace``) once its size and sha256 (published, or
-  recorded at first download) check out; a bad file is moved to ``dest + ".quarantine"`` so that
-  neither Snakemake nor the next run mistakes it for a good one.
+  recorded at first download) check out -- those of the file renamed into place, read back from
+  disk; a bad file is moved to ``dest + ".quarantine"`` so that neither Snakemake nor the next run
+  mistakes it for a good one.
+* One process downloads a file at a time (``dest + ".lock"``, an flock): a second download of it (a
+  job outliving a killed Snakemake, two working directories sharing one resources folder) waits
+  and then finds it complete, instead of appending to the same ``.part``.
 * Hosts such as Google Drive answer quota / login problems with an HTML page and status 200; that
   page is detected and reported instead of being saved as the "archive".
 * Archives are unpacked into a temporary sibling directory and renamed into place when complete,
@@ -41,7 +45,7 @@ from typing import Any, BinaryIO
 from tqdm import tqdm
 
 from beyond_imagenet import faults
-from beyond_imagenet.io import CHUNK_SIZE, atomic_folder, atomic_write_text, file_chunks, sha256_file, tmp_name
+from beyond_imagenet.io import CHUNK_SIZE, LockFile, atomic_folder, atomic_write_text, file_chunks, sha256_file, tmp_name
 
 __all__ = ["COMPLETE_MARKER", "DownloadError", "download", "safe_extract", "sha256_file"]
 
@@ -420,13 +424,77 @@ def download(
     checks = dict(size=size, expected_sha=expected_sha, sha_source=sha_source, quarantine=quarantine)
 
     if dest.exists():
-        digest = _verify(dest, url, digest=None, **checks)
-        if record is not None and not record.exists():
-            _write_record(record, digest or sha256_file(dest), dest.name)
-        log.info("%s already present and verified; not downloading", dest)
-        return dest
-
+        return _present(dest, url, record, checks)
     dest.parent.mkdir(parents=True, exist_ok=True)
+    # One downloader of a file at a time: a second one (a download job left running by a killed
+    # Snakemake, or another working directory sharing this resources folder) waits, then finds the
+    # file complete. Without it both appended to one .part and the second renamed an empty one.
+    with _download_lock(dest):
+        if dest.exists():  # completed by the process we waited for
+            return _present(dest, url, record, checks)
+        return _download_locked(url, dest, part, size, expected_sha, record, checks, retries, timeout, progress,
+                                backoff, quarantine)
+
+
+def _present(dest: pathlib.Path, url: str, record: pathlib.Path | None, checks: dict[str, Any]) -> pathlib.Path:
+    digest = _verify(dest, url, digest=None, **checks)
+    if record is not None and not record.exists():
+        _write_record(record, digest or sha256_file(dest), dest.name)
+    log.info("%s already present and verified; not downloading", dest)
+    return dest
+
+
+#: seconds between two looks at a download lock held by another process
+_LOCK_POLL_S = 2.0
+#: seconds between two "still waiting" messages
+_LOCK_NOTICE_S = 60.0
+
+
+@contextlib.contextmanager
+def _download_lock(dest: pathlib.Path) -> Iterator[None]:
+    """Hold ``<dest>.lock`` (an flock: a killed holder frees it) for the whole download, waiting
+    while another process holds it. The holder removes the file before it lets go, so no lock
+    file is left beside the download; a lock taken on a file removed meanwhile is taken again."""
+    path = _sibling(dest, ".lock")
+    last_notice = None
+    while True:
+        lock = LockFile(path)
+        if lock.acquire():
+            try:
+                current = os.path.samestat(os.fstat(lock.handle.fileno()), os.stat(path))
+            except FileNotFoundError:
+                current = False
+            if current:
+                break
+            lock.release()
+            continue
+        now = time.monotonic()
+        if last_notice is None or now - last_notice >= _LOCK_NOTICE_S:
+            log.warning(
+                "%s is being downloaded by another process (pid %s, lock %s): waiting for it to finish. "
+                "If that process is stuck, end it (kill %s) and this one takes over, resuming its partial file.",
+                dest, lock.holder, path, lock.holder,
+            )  # fmt: skip
+            last_notice = now
+        time.sleep(_LOCK_POLL_S)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            path.unlink()
+        lock.release()
+
+
+def _hash_open(f: BinaryIO) -> str:
+    h = hashlib.sha256()
+    while chunk := f.read(CHUNK_SIZE):
+        h.update(chunk)
+    return h.hexdigest()
+
+
+def _download_locked(url, dest, part, size, expected_sha, record, checks, retries, timeout, progress, backoff,
+                     quarantine) -> pathlib.Path:
+    """download() once it holds the lock of ``dest``."""
     if part.exists():
         with open(part, "rb") as f:
             head = f.read(1024)
@@ -493,8 +561,32 @@ def download(
 
     if not part.exists():  # an empty file served in one go still becomes a .part first
         part.touch()
-    digest = _verify(part, url, digest=state.hasher.hexdigest(), **checks)
+    # The checks below are of the file that is renamed into place, read back from disk, not of the
+    # bytes streamed (one more read of the file): a writer that ignores the lock (another tool, a
+    # copy) must not leave a file whose checksum was never computed behind a "verified" message.
+    log.info("verifying %s (reading it back)", part)
+    with open(part, "rb") as f:
+        hashed = os.fstat(f.fileno())
+        on_disk = _hash_open(f)
+    streamed = state.hasher.hexdigest()
+    if on_disk != streamed or hashed.st_size != state.nbytes:
+        _quarantine(part, quarantine)
+        raise DownloadError(
+            f"{part} changed while {url} was downloaded into it: it holds {hashed.st_size} bytes (sha256 "
+            f"{on_disk}), the download wrote {state.nbytes} (sha256 {streamed}). Another process wrote to it. "
+            f"It was moved to {quarantine}; make sure nothing else writes to {dest.parent}, delete the "
+            "quarantined file and rerun."
+        )
+    digest = _verify(part, url, digest=on_disk, **checks)
     os.replace(part, dest)
+    moved = os.stat(dest)
+    if not os.path.samestat(hashed, moved) or moved.st_size != hashed.st_size:
+        _quarantine(dest, quarantine)
+        raise DownloadError(
+            f"{part} was replaced or written to between its checksum and its rename to {dest}: another process "
+            f"wrote to it. It was moved to {quarantine}; make sure nothing else writes to {dest.parent}, delete the "
+            "quarantined file and rerun."
+        )
     if record is not None and not record.exists():
         _write_record(record, digest or sha256_file(dest), dest.name)
     log.info("downloaded %s (%d bytes)", dest, dest.stat().st_size)

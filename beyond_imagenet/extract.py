@@ -89,6 +89,39 @@ def _disk_full(path: Path, err: BaseException, resume: str) -> DiskFullError:
 MAX_ASPECT_RATIO = 100
 
 
+def _grey_to_8bit(image: Image.Image) -> np.ndarray:
+    """A 16-bit, 32-bit integer or 32-bit float greyscale image as 8 bits. PIL's convert() clips
+    each of them at 255: a [0, 1] float image came out black, a 16- or 32-bit one saturated.
+
+    * integers: 0 is black; white is 65,535 when every value fits 16 bits (16-bit PNG / TIFF /
+      PGM, and 16-bit data stored as 32-bit: both give the same pixels), else 2**31 - 1 (the full
+      signed 32-bit range that PIL reads). Negative values have no defined black: refused.
+    * floats: [0, 1] is scaled to [0, 255] (the convention of float images: scikit-image,
+      tifffile, microscopy); values in [0, 255] but not within [0, 1] are taken as 8-bit levels
+      (PIL's own reading of float images). Anything else (negative, above 255, NaN, inf: depth
+      maps, HDR, raw sensor values) has no intensity mapping that holds for every file: refused,
+      naming the range, so the image is converted by someone who knows what it holds.
+    A refused image is a bad image (named at extraction; ``extraction.on_bad_image``)."""
+    array = np.asarray(image).astype(np.float64)
+    low, high = (float(array.min()), float(array.max())) if array.size else (0.0, 0.0)
+    if image.mode == "F":
+        if not (np.isfinite(low) and np.isfinite(high)) or low < 0 or high > 255:
+            raise ValueError(
+                f"32-bit float image with values in [{low:g}, {high:g}]; only [0, 1] (scaled to 0-255) and "
+                "[0, 255] have a defined meaning. Convert it to an 8- or 16-bit image with the intensity "
+                "mapping that suits your data"
+            )
+        scale = 255.0 if high <= 1.0 else 1.0
+    else:
+        if low < 0:
+            raise ValueError(
+                f"integer image with negative values (down to {low:g}); 0 must be black. Convert it to an "
+                "8- or 16-bit image with the intensity mapping that suits your data"
+            )
+        scale = 255.0 / (65535.0 if high <= 65535 else float(2**31 - 1))
+    return np.clip(np.round(array * scale), 0, 255).astype(np.uint8)
+
+
 def load_rgb(path: str | os.PathLike) -> Image.Image:
     """Decode fully (truncation raises) and convert odd-but-valid modes to 8-bit RGB.
 
@@ -105,12 +138,8 @@ def load_rgb(path: str | os.PathLike) -> Image.Image:
                 "would need memory without bound, so it is refused"
             )
         image.load()
-        if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-            # 16-bit (or 32-bit integer) grayscale: PIL's convert("RGB") would clip at 255;
-            # rescale the 16-bit range to 8 bits instead.
-            array = np.asarray(image).astype(np.float64)
-            array = np.clip(np.round(array / 257.0), 0, 255).astype(np.uint8)
-            return Image.fromarray(array, mode="L").convert("RGB")
+        if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+            return Image.fromarray(_grey_to_8bit(image), mode="L").convert("RGB")
         if image.mode == "RGB":
             return image.copy()
         # CMYK, grayscale, palette, RGBA (alpha dropped, as torchvision's loader does).

@@ -89,7 +89,7 @@ def run_group(job) -> dict[str, Any]:
     with lease_device(resources.device, resources.lock_dir or None) as device:
         for item in items:
             dataset, variant = item["dataset"], item["variant"] or None
-            manifest = load_manifest(item["manifest"])
+            manifest = load_manifest(item["manifest"], images=True)
             attrs = expected_attrs(item["expect"], manifest)
             if variant is None:
                 samples = manifest["samples"]

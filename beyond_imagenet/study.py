@@ -82,6 +82,7 @@ def validate_config(config: dict[str, Any], schema_path: str | os.PathLike = SCH
                 message = f"{err.instance!r} is not valid: " + "; or ".join(sorted({c.message for c in err.context}))
             lines.append(f"  {_key(err.absolute_path)}: {message}")
         raise ConfigError("invalid study config:\n" + "\n".join(lines))
+    expand_user_paths(config)
     problems = []
     for evaluation, body in config["evaluations"].items():
         for name in body.get("datasets", []):
@@ -153,6 +154,28 @@ def validate_config(config: dict[str, Any], schema_path: str | os.PathLike = SCH
     for note in features_only_notes(config):
         log.warning("%s", note)
     return config
+
+
+def expand_user_paths(config: dict[str, Any]) -> None:
+    """Expand ``~`` / ``~user`` in the settings that are paths on this machine, in place, once, at
+    load: nothing below the shell expands them, so ``root: ~/photos`` was looked up as a folder
+    literally named ``~`` (and ``results_dir: ~/runs`` created one). Every job sees the expanded
+    path (its params and the Study's paths); a path without ``~`` is left exactly as written, so
+    no cached output changes identity."""
+
+    def expand(holder: dict[str, Any], key: str) -> None:
+        value = holder.get(key)
+        if isinstance(value, str) and value.startswith("~"):
+            holder[key] = os.path.expanduser(value)
+
+    for key in ("results_dir", "resources_dir"):
+        expand(config, key)
+    expand(config.get("extraction", {}), "lock_dir")
+    for entry in config.get("datasets", {}).values():
+        expand(entry, "root")
+        expand(entry, "archive")
+    for entry in config.get("models", {}).values():
+        expand(entry, "checkpoint")  # pkg://... does not start with ~
 
 
 def takes_part(entry: dict[str, Any], evaluation: str) -> bool:

@@ -30,7 +30,7 @@ torch.set_num_threads(forward_threads(job))  # the loader workers take the job's
 dataset = job.wildcards.dataset
 section = job.params.settings
 on_bad_image = job.params.on_bad_image
-manifest = load_manifest(job.input.manifest)
+manifest = load_manifest(job.input.manifest, images=True)
 samples, dropped = cka_sample(manifest["samples"], section["n_images"], section["batch_size"], section["seed"])
 n_batches = len(samples) // section["batch_size"]
 if dropped:

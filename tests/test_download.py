@@ -46,6 +46,7 @@ class Route:
     reset: bool = False  # drop with a TCP RST instead of a clean close
     ignore_range: bool = False  # answer 200 with the whole body even to Range requests
     no_length: bool = False  # send no Content-Length (HTTP/1.0: the body ends when the connection closes)
+    hold: threading.Event | None = None  # send half the body, then wait for this before the rest
     served: int = 0
 
 
@@ -111,6 +112,11 @@ class Handler(BaseHTTPRequestHandler):
                 self.connection.close()
             self.close_connection = True
             return
+        if route.hold is not None:
+            self.wfile.write(payload[: len(payload) // 2])
+            self.wfile.flush()
+            route.hold.wait(timeout=10)
+            payload = payload[len(payload) // 2 :]
         self.wfile.write(payload)
 
 
@@ -597,3 +603,141 @@ def test_a_recorded_checksum_is_dropped_when_the_file_fails_to_unpack(server: Se
     assert record.read_text().split()[0] == hashlib.sha256(body).hexdigest()
     unpack_dataset(spec, [archive], out)
     assert (out / "pkg" / "big.bin").read_bytes() == PAYLOAD
+
+
+# --------------------------------------------------------------------------------------------
+# Two downloads of one file at once (issue 24)
+# --------------------------------------------------------------------------------------------
+
+
+def _wait_for(condition, what: str, timeout: float = 10.0) -> None:
+    import time
+
+    end = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.005)
+
+
+@pytest.mark.parametrize("published", [True, False], ids=["published-sha", "recorded-sha"])
+def test_two_downloads_of_one_file_at_once(
+    server: ServerState, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+    published: bool,
+) -> None:
+    """Guards: a second download of the same file (a download job outliving a killed Snakemake, or
+    two working directories sharing one resources folder) appended to the same .part; both reported
+    a verified file and the second renamed an empty one into place. The second now waits for the
+    first and finds the file complete: one transfer, the right bytes, nothing left beside it."""
+    monkeypatch.setattr(dl, "_LOCK_POLL_S", 0.01)
+    hold = threading.Event()
+    # Larger than two read chunks (1 MiB), so the first half reaches the .part before the hold.
+    payload = random.Random(1).randbytes(3 * dl.CHUNK_SIZE)
+    server.routes["/shared.bin"] = Route(payload, hold=hold)
+    dest = tmp_path / "shared.bin"
+    record = tmp_path / "shared.bin.sha256"
+    options = {"sha256": hashlib.sha256(payload).hexdigest()} if published else {"record_checksum": record}
+    results: list[object] = []
+
+    def one() -> None:
+        try:
+            results.append(download(server.url("/shared.bin"), dest, **options, **FAST))
+        except Exception as exc:  # noqa: BLE001 - reported by the assertion below
+            results.append(exc)
+
+    caplog.set_level(logging.INFO, logger="beyond_imagenet.download")
+    first = threading.Thread(target=one)
+    first.start()
+    part = tmp_path / "shared.bin.part"
+    _wait_for(lambda: part.exists() and part.stat().st_size > 0, "the first download to write")
+    second = threading.Thread(target=one)
+    second.start()
+    # It waits for the lock (or, without one, sends its own request, or ends).
+    _wait_for(lambda: "is being downloaded by another process" in caplog.text
+              or len(server.seen("/shared.bin")) > 1 or not second.is_alive(), "the second download")
+    hold.set()  # the first one finishes while the second waits
+    first.join(10)
+    second.join(10)
+    assert results == [dest, dest]
+    assert dest.read_bytes() == payload
+    assert len(server.seen("/shared.bin")) == 1
+    assert leftovers(dest) == ({"shared.bin"} if published else {"shared.bin", "shared.bin.sha256"})
+    if not published:
+        assert record.read_text().split()[0] == hashlib.sha256(payload).hexdigest()
+
+
+def test_a_part_file_written_by_another_process_is_not_renamed_into_place(
+    server: ServerState, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Guards: the checksum was that of the bytes streamed, not of the file renamed into place, so a
+    .part changed behind the download's back (a writer that ignores the lock) was "verified"."""
+    server.routes["/f.bin"] = Route(PAYLOAD)
+    fetch = dl._fetch_once
+
+    def fetch_then_foreign_write(url, dest, part, *args, **kwargs):
+        done = fetch(url, dest, part, *args, **kwargs)
+        with open(part, "ab") as f:
+            f.write(b"written by someone else")
+        return done
+
+    monkeypatch.setattr(dl, "_fetch_once", fetch_then_foreign_write)
+    dest = tmp_path / "f.bin"
+    record = tmp_path / "f.bin.sha256"
+    with pytest.raises(DownloadError, match=r"f\.bin\.part changed while .* was downloaded into it.*Another "
+                                            r"process wrote to it\. It was moved to .*f\.bin\.quarantine"):
+        download(server.url("/f.bin"), dest, record_checksum=record, **FAST)
+    assert not dest.exists() and not record.exists()
+    assert leftovers(dest) == {"f.bin.quarantine"}
+    # The remedy: delete the quarantined file and rerun.
+    (tmp_path / "f.bin.quarantine").unlink()
+    monkeypatch.setattr(dl, "_fetch_once", fetch)
+    assert download(server.url("/f.bin"), dest, record_checksum=record, **FAST).read_bytes() == PAYLOAD
+
+
+def test_a_lock_left_by_a_killed_downloader_does_not_block(server: ServerState, tmp_path: Path) -> None:
+    """A lock file left behind (its holder killed: the kernel dropped the flock) is taken over."""
+    server.routes["/k.bin"] = Route(PAYLOAD)
+    dest = tmp_path / "k.bin"
+    (tmp_path / "k.bin.lock").write_text("12345\n")
+    (tmp_path / "k.bin.part").write_bytes(PAYLOAD[:1000])
+    assert download(server.url("/k.bin"), dest, sha256=PAYLOAD_SHA, **FAST).read_bytes() == PAYLOAD
+    assert server.seen("/k.bin") == ["bytes=1000-"]
+    assert leftovers(dest) == {"k.bin"}
+
+
+def test_the_printed_remedy_for_a_stuck_downloader_works(
+    server: ServerState, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A download waiting for another process names its pid and says to end it if it is stuck;
+    ending it (the kernel drops its lock) lets the waiting download take over and finish."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    monkeypatch.setattr(dl, "_LOCK_POLL_S", 0.01)
+    server.routes["/stuck.bin"] = Route(PAYLOAD)
+    dest = tmp_path / "stuck.bin"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from beyond_imagenet.io import LockFile; "
+         "lock = LockFile(sys.argv[1]); assert lock.acquire(); print('held', flush=True); time.sleep(60)",
+         str(tmp_path / "stuck.bin.lock")],
+        stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        caplog.set_level(logging.INFO, logger="beyond_imagenet.download")
+        results: list[object] = []
+        waiter = threading.Thread(target=lambda: results.append(
+            download(server.url("/stuck.bin"), dest, sha256=PAYLOAD_SHA, **FAST)))
+        waiter.start()
+        _wait_for(lambda: "is being downloaded by another process" in caplog.text, "the download to wait")
+        assert f"(pid {holder.pid}," in caplog.text and f"end it (kill {holder.pid})" in caplog.text
+        assert not server.seen("/stuck.bin") and waiter.is_alive()
+        os.kill(holder.pid, signal.SIGTERM)  # the remedy the message prints
+        waiter.join(10)
+        assert results == [dest] and dest.read_bytes() == PAYLOAD
+        assert leftovers(dest) == {"stuck.bin"}
+    finally:
+        holder.kill()
+        holder.wait()

@@ -7,6 +7,7 @@ Labels come from the imagenet-x package's ``filename_label.csv`` (sorted-wnid in
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import tarfile
 from pathlib import Path
@@ -48,3 +49,50 @@ def reorganise_val_tar(archive: str | Path, out: str | Path, subdir: str = "val"
                                f"(missing e.g. {', '.join(missing[:3])}); download it again")
     log.info("reorganised %d images into %s", n, out / subdir)
     return n
+
+
+def sort_flat_val_folder(folder: str | Path) -> int:
+    """Move the files of an unpacked ILSVRC2012_img_val.tar (one flat folder) into wnid folders,
+    in place: the layout the ``imagenet_val`` reader reads. Every file is checked first (a name
+    that is not an ImageNet val file stops it before anything moves); each move is one rename, so
+    a run cut short is finished by running it again. Returns the number of files moved."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DatasetError(f"{folder} is not a folder")
+    label_of = {name: label for label, names in imagenet_val_file_names().items() for name in names}
+    wnids = classes.imagenet_wnids()
+    files = sorted(p for p in folder.iterdir() if not p.name.startswith(".") and not p.is_dir())
+    unknown = [p.name for p in files if p.name not in label_of]
+    if unknown:
+        raise DatasetError(f"{folder}: {len(unknown)} file(s) are not ImageNet val images (e.g. "
+                           f"{', '.join(unknown[:3])}); nothing was moved. Move them out of the folder and rerun.")
+    taken = [p.name for p in files if (folder / wnids[label_of[p.name]] / p.name).exists()]
+    if taken:
+        raise DatasetError(f"{folder}: {len(taken)} file(s) are in both the flat folder and their wnid folder (e.g. "
+                           f"{taken[0]}); nothing was moved. Remove one copy of each, then rerun.")
+    for path in files:
+        target = folder / wnids[label_of[path.name]] / path.name
+        target.parent.mkdir(exist_ok=True)
+        os.rename(path, target)
+    log.info("sorted %d ImageNet val files into wnid folders under %s", len(files), folder)
+    return len(files)
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m beyond_imagenet.datasets.imagenet_val",
+        description="Sort an unpacked ILSVRC2012_img_val.tar (a flat folder of 50,000 JPEGs) into wnid "
+                    "folders in place, the layout a `kind: imagenet_val` dataset's `root:` needs.")
+    parser.add_argument("folder", help="the folder holding ILSVRC2012_val_XXXXXXXX.JPEG")
+    args = parser.parse_args(argv)
+    try:
+        n = sort_flat_val_folder(args.folder)
+    except DatasetError as err:
+        raise SystemExit(f"error: {err}") from None
+    print(f"moved {n} files into wnid folders under {args.folder}; use it as the dataset's `root:`")
+
+
+if __name__ == "__main__":
+    main()

@@ -78,7 +78,8 @@ def read_class_index_folders(root: Path, class_space: str) -> list[Sample]:
     _require_dir(root)
     n_classes = len(class_space_wnids(class_space))
     folders = _dirs(root)
-    bad = [e.name for e in folders if not re.fullmatch(r"\d+", e.name) or int(e.name) >= n_classes]
+    # ASCII digits: \d also matches e.g. "١" (Arabic-Indic one), which int() reads as class 1.
+    bad = [e.name for e in folders if not re.fullmatch(r"[0-9]+", e.name) or int(e.name) >= n_classes]
     if bad:
         raise DatasetError(
             f"{root}: {len(bad)} folder(s) are not class indices 0..{n_classes - 1}: {_shown(bad)}. "

@@ -94,7 +94,7 @@ def build_manifest(spec: DatasetSpec) -> dict[str, Any]:
         "dataset": spec.name,
         "kind": spec.kind,
         "class_space": spec.class_space,
-        "root": str(root.resolve()),
+        "root": stored_root(root),
         "n_images": len(samples),
         "n_images_full": n_full,
         "subset": json.dumps(subset, sort_keys=True) if subset else "",
@@ -129,8 +129,29 @@ def write_manifest(manifest: dict[str, Any], path: str | os.PathLike) -> None:
     atomic_write_text(path, json.dumps(manifest, separators=(",", ":")))
 
 
-def load_manifest(path: str | os.PathLike) -> dict[str, Any]:
+def stored_root(root: Path) -> str:
+    """The dataset folder as a manifest records it: as the study gives it. A relative root (every
+    generated and downloaded dataset under ``resources_dir``, a ``root:`` inside the project) stays
+    relative to the working directory, so a copied (``cp -a``) or moved project reads its own images;
+    an absolute one (a shared ImageNet copy) is absolute wherever the project is."""
+    root = Path(root)
+    return str(root.resolve()) if root.is_absolute() else os.path.normpath(root)
+
+
+def load_manifest(path: str | os.PathLike, images: bool = False) -> dict[str, Any]:
+    """A manifest, its ``root`` made absolute (a relative one is relative to the working directory:
+    the workflow's, in every job). ``images``: the caller reads the images, so a root that does
+    not exist is refused here, once, naming the manifest (not once per image at decode)."""
     with open(path) as f:
         manifest = json.load(f)
     manifest["samples"] = [(s, int(l)) for s, l in manifest["samples"]]
+    manifest["root"] = os.path.abspath(manifest["root"])
+    if images and not os.path.isdir(manifest["root"]):
+        raise DatasetError(
+            f"{path}: dataset {manifest.get('dataset', '?')!r} lists its images under {manifest['root']}, which does "
+            "not exist (the project or the dataset folder was moved or renamed since the manifest was written; "
+            "manifests written before this check recorded absolute paths). Delete the manifest and rerun: it is "
+            "rebuilt from the study's dataset entry (fix its `root:` first if the folder moved), and the "
+            "outputs of that dataset are recomputed from the images found there."
+        )
     return manifest

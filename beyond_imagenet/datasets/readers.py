@@ -8,6 +8,8 @@ which is the sorted-wnid convention of the whole project (docs/evaluations.md).
 from __future__ import annotations
 
 import os
+import re
+import shlex
 from pathlib import Path
 from typing import Callable
 
@@ -132,6 +134,8 @@ def read_wnid_folders(root: Path, class_space: str) -> list[Sample]:
             f"{root}: class folder(s) {', '.join(broken)} are symlinks that lead nowhere (dangling or a "
             "loop). Point them at the class folders or remove them."
         )
+    if not folders:
+        _refuse_flat(root, top)
     unexpected = [e.name for e in folders if e.name not in index]
     if unexpected:
         raise DatasetError(
@@ -165,6 +169,31 @@ def _class_folder_samples(root: Path, folders: list[os.DirEntry], label_of: dict
     if not samples:
         raise DatasetError(f"{root}: no image files found in any class folder")
     return samples
+
+
+VAL_FILE_NAME = re.compile(r"ILSVRC2012_val_\d{8}\.JPEG")
+
+
+def _refuse_flat(root: Path, top: list[os.DirEntry]) -> None:
+    """A root with image files but no class folders: the flat layout (ILSVRC2012_img_val.tar
+    unpacked, or a folder of one's own photos), which would otherwise read as "no image files"."""
+    files = [e.name for e in top if _is_sample(e)]
+    if not files:
+        return  # an empty folder: "no image files found" says it
+    if any(VAL_FILE_NAME.fullmatch(name) for name in files):
+        raise DatasetError(
+            f"{root} holds {len(files)} files directly and no class folders: the flat layout "
+            "ILSVRC2012_img_val.tar unpacks to. The dataset is read from <root>/<wnid>/<file>. Sort the "
+            f"files into wnid folders in place (offline; labels from imagenet-x's filename_label.csv):\n"
+            f"  python -m beyond_imagenet.datasets.imagenet_val {shlex.quote(str(root))}\n"
+            "or give the tar instead of the folder: `archive: /path/to/ILSVRC2012_img_val.tar` in place of "
+            "`root:` (the workflow sorts a copy), then rerun."
+        )
+    raise DatasetError(
+        f"{root} holds {len(files)} files directly and no class folders (e.g. {_printable(files[0])}). The "
+        "dataset is read from <root>/<class folder>/<file>, one folder per class; move the images into "
+        "class folders, or point `root:` at the folder that holds them, then rerun."
+    )
 
 
 def _printable(name: str) -> str:
@@ -219,13 +248,18 @@ def read_image_folder(root: Path, class_space: str) -> list[Sample]:
         raise DatasetError(f"dataset folder {root} does not exist or is not a directory")
     wnids = class_space_wnids(class_space)
     index = {w: i for i, w in enumerate(wnids)}
-    folders = sub_folders(root)
+    top = _list(root, "dataset folder")
+    folders = [e for e in top if _is_dir(e)]
+    if not folders:
+        _refuse_flat(root, top)
     labels, bad = {}, []
     for folder in folders:
         name = folder.name
         if name in index:
             labels[name] = index[name]
-        elif name.isdigit() and int(name) < len(wnids):
+        # ASCII digits only: str.isdigit() also takes "²" (int() then raises) and "١" (Arabic-Indic
+        # one, which int() would read as class 1).
+        elif name.isascii() and name.isdigit() and int(name) < len(wnids):
             labels[name] = int(name)
         else:
             bad.append(_printable(name))

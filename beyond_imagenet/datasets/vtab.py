@@ -164,6 +164,13 @@ def _split_file(task_dir: Path, split: str) -> Path:
     return Path(task_dir) / f"{split}.txt"
 
 
+def _split_lines(path: Path) -> list[str]:
+    """The lines of a split file; a UTF-8 byte-order mark (Windows editors write one) is dropped,
+    since it would otherwise stick to the first image path and make that image "missing"."""
+    with open(path, encoding="utf-8-sig") as f:
+        return f.readlines()
+
+
 def read_split(task_dir: str | os.PathLike, split: str, check_files: bool = True) -> list[Sample]:
     """``<task_dir>/<split>.txt`` -> [(relative image path, label)] in file order."""
     task_dir = Path(task_dir)
@@ -180,21 +187,24 @@ def read_split(task_dir: str | os.PathLike, split: str, check_files: bool = True
             f"Each task folder must hold {', '.join(s + '.txt' for s in SPLITS)}; see docs/vtab.md."
         )
     samples: list[Sample] = []
-    with open(path) as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            parts = line.rsplit(None, 1)
-            try:
-                rel, label = parts[0].strip(), int(parts[1])
-            except (IndexError, ValueError):
-                raise DatasetError(f"{path}:{number}: expected 'relative/path label', got {line.rstrip()!r}") from None
-            rel = os.path.normpath(rel)
-            if os.path.isabs(rel) or rel.startswith(".."):
-                raise DatasetError(f"{path}:{number}: image path {rel!r} must be relative to {task_dir}")
-            if label < 0:
-                raise DatasetError(f"{path}:{number}: negative label {label}")
-            samples.append((rel, label))
+    try:
+        lines = _split_lines(path)
+    except UnicodeDecodeError as err:
+        raise DatasetError(f"{path}: not UTF-8 text ({err}); save it as UTF-8 (e.g. `iconv -t UTF-8`) and rerun") from None
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        parts = line.rsplit(None, 1)
+        try:
+            rel, label = parts[0].strip(), int(parts[1])
+        except (IndexError, ValueError):
+            raise DatasetError(f"{path}:{number}: expected 'relative/path label', got {line.rstrip()!r}") from None
+        rel = os.path.normpath(rel)
+        if os.path.isabs(rel) or rel.startswith(".."):
+            raise DatasetError(f"{path}:{number}: image path {rel!r} must be relative to {task_dir}")
+        if label < 0:
+            raise DatasetError(f"{path}:{number}: negative label {label}")
+        samples.append((rel, label))
     if not samples:
         raise DatasetError(f"VTAB split file {path} lists no images")
     if check_files:
