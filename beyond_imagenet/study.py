@@ -34,6 +34,30 @@ class ConfigError(ValueError):
     """The study config is invalid; the message names every offending key."""
 
 
+#: Resamples a percentile interval needs beyond each of its ends (docs/evaluations.md §11): with
+#: fewer, an end is the minimum or maximum of a handful of replicates, and one differing image
+#: makes two models "distinguishable".
+MIN_TAIL_RESAMPLES = 5
+
+
+def min_resamples(level: float) -> int:
+    """The fewest bootstrap resamples for a ``level`` interval: ``MIN_TAIL_RESAMPLES`` in each tail
+    of ``(1 - level) / 2`` (200 at 0.95, 1,000 at 0.99)."""
+    import math
+
+    return math.ceil(round(MIN_TAIL_RESAMPLES / ((1 - level) / 2), 6))
+
+
+def _uncertainty_problems(config: dict[str, Any]) -> list[str]:
+    section = config["uncertainty"]
+    level, resamples = section["level"], section["resamples"]
+    if resamples >= min_resamples(level):
+        return []
+    return [f"  uncertainty.resamples: {resamples} resamples leave {resamples * (1 - level) / 2:g} beyond each end "
+            f"of a {level:g} interval; use at least {min_resamples(level)} for level {level:g} "
+            f"({MIN_TAIL_RESAMPLES} in each tail, docs/evaluations.md §11), or a lower level"]
+
+
 @functools.lru_cache(maxsize=4)
 def load_schema(path: str | os.PathLike = SCHEMA_PATH) -> dict[str, Any]:
     """The study schema, with each registered evaluation's settings schema
@@ -148,6 +172,7 @@ def validate_config(config: dict[str, Any], schema_path: str | os.PathLike = SCH
                 if not path.is_file():
                     problems.append(f"  models.{name}.checkpoint: file {path} does not exist")
     problems += _group_problems(config)
+    problems += _uncertainty_problems(config)
     if problems:
         raise ConfigError("invalid study config:\n" + "\n".join(problems))
     for note in features_only_notes(config):
@@ -458,6 +483,7 @@ class Study:
         entry = dataclasses.asdict(self.models[model])
         entry.pop("label")
         entry.pop("paper_key")
+        entry.pop("checkpoint_sha256")  # given to a job by its identity params (workflow.model_spec)
         return entry
 
     def dataset_entry(self, dataset: str) -> dict[str, Any]:
