@@ -53,9 +53,9 @@ def _uncertainty_problems(config: dict[str, Any]) -> list[str]:
     level, resamples = section["level"], section["resamples"]
     if resamples >= min_resamples(level):
         return []
-    return [f"  uncertainty.resamples: {resamples} resamples leave {resamples * (1 - level) / 2:g} beyond each end "
-            f"of a {level:g} interval; use at least {min_resamples(level)} for level {level:g} "
-            f"({MIN_TAIL_RESAMPLES} in each tail, docs/evaluations.md §11), or a lower level"]
+    return [(f"  uncertainty.resamples: {resamples} resamples leave {resamples * (1 - level) / 2:g} beyond each "
+             f"end of a {level:g} interval; use at least {min_resamples(level)} for level {level:g} "
+             f"({MIN_TAIL_RESAMPLES} in each tail, docs/evaluations.md §11), or a lower level")]
 
 
 @functools.lru_cache(maxsize=4)

@@ -10,9 +10,9 @@ import copy
 import numpy as np
 import pytest
 import torch
+from test_extract import TinyNet, make_images, run
 
 from beyond_imagenet.extract import NonFiniteOutputError, nonfinite_rows, read_outputs
-from test_extract import TinyNet, make_images, run
 
 
 class NaNNet(TinyNet):
@@ -109,10 +109,10 @@ def test_a_checkpoint_replaced_after_planning_is_refused_and_a_rerun_plans_again
     outputs recorded under the old file's sha256. The job gets the planned identity; the loader
     hashes the bytes it reads and refuses a different file, naming the key, the file and the remedy
     (rerun: planning again records the new hash, and the job then loads it)."""
+    from test_checkpoints import timm_state
+
     from beyond_imagenet.models import ModelError, build_model
     from beyond_imagenet.workflow import model_spec
-
-    from test_checkpoints import timm_state
 
     path = tmp_path / "last.pth"
     torch.save(timm_state(seed=1), path)
