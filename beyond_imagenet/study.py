@@ -93,9 +93,71 @@ def _key(path) -> str:
     return ".".join(str(p) for p in path) or "<top level>"
 
 
+def _resolve(schema: dict[str, Any], root: dict[str, Any]) -> dict[str, Any]:
+    """A subschema with its local ``$ref`` (``#/$defs/...``) followed."""
+    while isinstance(schema, dict) and "$ref" in schema and schema["$ref"].startswith("#/"):
+        target = root
+        for part in schema["$ref"][2:].split("/"):
+            target = target[part]
+        schema = target
+    return schema
+
+
+def _types(schema: dict[str, Any], root: dict[str, Any]) -> set[str]:
+    """Every JSON type a subschema (or any of its oneOf/anyOf branches) accepts."""
+    schema = _resolve(schema, root)
+    if not isinstance(schema, dict):
+        return set()
+    kind = schema.get("type", [])
+    found = {kind} if isinstance(kind, str) else set(kind)
+    for branch in schema.get("oneOf", []) + schema.get("anyOf", []):
+        found |= _types(branch, root)
+    return found
+
+
+def _whole_number(value: Any, schema: dict[str, Any], root: dict[str, Any]) -> Any:
+    """``value`` as an int where it is a float with no fraction (``15.0``, as YAML tools and
+    ``--config n_bins=15.0`` write it) and the schema wants an integer: JSON Schema accepts 15.0 as
+    an integer, but jobs use it as one (``range(15.0)`` fails inside a job) and its text is part of
+    the params (``15.0`` and ``15`` would be two cache keys)."""
+    if isinstance(value, float) and value.is_integer() and "integer" in (t := _types(schema, root)) \
+            and "number" not in t:
+        return int(value)
+    return value
+
+
+def normalise_integers(instance: Any, schema: dict[str, Any], root: dict[str, Any]) -> None:
+    """Make every whole-number float the schema wants as an integer an int, in place, recursively
+    (properties, additionalProperties, array items, oneOf/anyOf branches), so every job sees ints."""
+    schema = _resolve(schema, root)
+    if not isinstance(schema, dict):
+        return
+    branches = [_resolve(b, root) for b in schema.get("oneOf", []) + schema.get("anyOf", [])]
+    if isinstance(instance, dict):
+        for sub in [schema, *branches]:
+            properties = sub.get("properties", {}) if isinstance(sub, dict) else {}
+            extra = sub.get("additionalProperties") if isinstance(sub, dict) else None
+            for key in list(instance):
+                child = properties.get(key, extra if isinstance(extra, dict) else None)
+                if child is not None:
+                    instance[key] = _whole_number(instance[key], child, root)
+                    normalise_integers(instance[key], child, root)
+    elif isinstance(instance, list):
+        for sub in [schema, *branches]:
+            items = sub.get("items") if isinstance(sub, dict) else None
+            if isinstance(items, dict):
+                for i, item in enumerate(instance):
+                    instance[i] = _whole_number(item, items, root)
+                    normalise_integers(instance[i], items, root)
+
+
 def validate_config(config: dict[str, Any], schema_path: str | os.PathLike = SCHEMA_PATH) -> dict[str, Any]:
-    """Validate in place (filling defaults) and cross-check names; raise ConfigError naming keys."""
+    """Validate in place (filling defaults) and cross-check names; raise ConfigError naming keys.
+
+    Whole-number floats of integer settings (``n_bins: 15.0``) become ints first
+    (:func:`normalise_integers`); a fractional one (``15.5``) is refused naming the key."""
     schema = load_schema(str(schema_path))
+    normalise_integers(config, schema, schema)
     validator = _with_defaults(jsonschema.Draft202012Validator)(schema)
     errors = sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path)))
     if errors:

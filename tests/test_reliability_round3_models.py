@@ -170,3 +170,82 @@ def test_at_the_minimum_a_one_image_difference_is_not_distinguishable():
     for seed in range(5):
         _, low, high = paired_difference(np.mean, a, b, min_resamples(0.95), seed, level=0.95)
         assert low <= 0 <= high
+
+
+# ------------------------------------------------------------- integer settings written as floats
+def _integer_settings(schema, root, path=()):
+    """Every setting the schema types as an integer (or a list of them): (path, is_list), with the
+    names of the default study's entries under models/datasets (split_sizes: its vtab dataset)."""
+    from beyond_imagenet.study import _resolve, _types
+
+    schema = _resolve(schema, root)
+    if "integer" in _types(schema, root) and "number" not in _types(schema, root):
+        yield path, False
+        return
+    items = schema.get("items")
+    if isinstance(items, dict) and "integer" in _types(items, root):
+        yield path, True
+        return
+    for key, sub in schema.get("properties", {}).items():
+        yield from _integer_settings(sub, root, (*path, key))
+    extra = schema.get("additionalProperties")
+    if isinstance(extra, dict) and path in (("models",), ("datasets",)):
+        entry = "vit_sup" if path == ("models",) else "imagenet_val"
+        for found, is_list in _integer_settings(extra, root, (*path, entry)):
+            yield (found if "split_sizes" not in found else (*path, "vtab", *found[2:])), is_list
+
+
+def _get(config, path):
+    for key in path:
+        config = config.get(key) if isinstance(config, dict) else None
+    return config
+
+
+def _set(config, path, value):
+    for key in path[:-1]:
+        config = config.setdefault(key, {})
+    config[path[-1]] = value
+
+
+def test_every_integer_setting_written_as_a_float_is_read_as_an_int(tiny_config):
+    """Guards: `n_bins: 15.0`, `batch_size: 8.0`, `seed: 1.0` passed validation (JSON Schema calls
+    15.0 an integer) and crashed inside jobs without naming the key, or changed a cache key (the
+    params' text). Every integer setting of the schemas (walked, so a new one is covered): a whole
+    float becomes the int everything downstream sees; a fractional one is refused naming the key."""
+    from beyond_imagenet.study import ConfigError, Study, load_schema, validate_config
+
+    schema = load_schema()
+    settings = list(_integer_settings(schema, schema))
+    names = {".".join(p) for p, _ in settings}
+    assert {"evaluations.calibration.n_bins", "extraction.batch_size", "models.vit_sup.seed", "uncertainty.seed",
+            "evaluations.invariance.shift", "zero_shot.templates", "evaluations.transfer.probe.epochs",
+            "datasets.imagenet_val.subset.images", "datasets.vtab.split_sizes.test"} <= names, names
+    print(f"{len(settings)} integer settings:", sorted(names))
+    base = validate_config(copy.deepcopy(tiny_config))  # every default filled in
+    for path, is_list in settings:
+        config = copy.deepcopy(tiny_config)
+        current = _get(base, path)
+        if path[-1] in ("images", "per_class"):
+            current = 1
+        elif current is None:
+            current = [224] if is_list else 1
+        if path[-2:] == ("subset", "seed"):
+            _set(config, (*path[:-1], "images"), 1)
+        if path[-1] == "max_images" and current is None:
+            current = 8
+        floats = [float(x) for x in current] if is_list else float(current)
+        _set(config, path, floats)
+        validate_config(config)
+        got = _get(config, path)
+        assert (all(type(x) is int for x in got) if is_list else type(got) is int), (path, got)
+        assert got == current, (path, got)
+        if path == ("evaluations", "calibration", "n_bins"):  # and so in the job's params
+            assert type(Study(config).evaluations["calibration"]["n_bins"]) is int
+
+        config = copy.deepcopy(tiny_config)
+        if path[-2:] == ("subset", "seed"):
+            _set(config, (*path[:-1], "images"), 1)
+        _set(config, path, [x + 0.5 for x in floats] if is_list else floats + 0.5)
+        with pytest.raises(ConfigError) as err:
+            validate_config(config)
+        assert ".".join(path) in str(err.value), (path, str(err.value))
