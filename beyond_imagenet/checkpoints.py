@@ -79,6 +79,35 @@ def checkpoint_exists(checkpoint: str) -> bool:
         return False
 
 
+#: Seconds a checkpoint may be dated ahead of this machine's clock (a file server whose clock runs a
+#: little ahead): shorter than any job that reads it, so its outputs still end up newer.
+CLOCK_TOLERANCE_S = 2.0
+
+
+def future_mtime_problem(path: str | Path, where: str, now: float | None = None) -> str | None:
+    """What is wrong with a checkpoint dated in the future (None if nothing): Snakemake would see it
+    newer than every output made from it, so every run would recompute the model's outputs and then
+    stop on its own clock-skew check (an output older than its input)."""
+    import datetime
+    import os
+    import time
+
+    path = Path(path)
+    try:
+        mtime = os.stat(path).st_mtime
+    except OSError:
+        return None  # a missing file is reported by validation
+    ahead = mtime - (time.time() if now is None else now)
+    if ahead <= CLOCK_TOLERANCE_S:
+        return None
+    stamp = datetime.datetime.fromtimestamp(mtime).isoformat(sep=" ", timespec="seconds")
+    return (f"{where}: {path} is dated {stamp}, {datetime.timedelta(seconds=round(ahead))} ahead of this "
+            "machine's clock (copied from a machine whose clock runs ahead, or unpacked with future times). "
+            "Snakemake would recompute every output of the model on every run and then stop on its clock-skew "
+            f"check. Give the file the current time and rerun: touch {path} (the model's outputs are then "
+            "recomputed once).")
+
+
 def _unsupported_global(message: str) -> str | None:
     found = re.search(r"GLOBAL ([\w.]+)", message) or re.search(r"Unsupported global: ([\w.]+)", message)
     return found.group(1) if found else None

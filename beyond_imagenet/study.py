@@ -239,7 +239,48 @@ def validate_config(config: dict[str, Any], schema_path: str | os.PathLike = SCH
         raise ConfigError("invalid study config:\n" + "\n".join(problems))
     for note in features_only_notes(config):
         log.warning("%s", note)
+    canonical_order(config)
     return config
+
+
+#: Top-level mappings whose entries keep the study's order (each entry's own keys are sorted): the
+#: models' order is the row order of the tables, of figures and of every comparison pair (a - b);
+#: the order of datasets and evaluations is the order of planning and messages only (no job's
+#: params depend on it: an extraction job's items are sorted, rules/common.smk group_items).
+ORDERED_MAPPINGS = ("models", "datasets", "evaluations")
+
+
+def canonical_order(config: dict[str, Any]) -> dict[str, Any]:
+    """Sort the keys of every mapping of the config, recursively and in place, but keep the order
+    of the entries of ``ORDERED_MAPPINGS`` (their own keys are sorted). Snakemake compares a job's
+    params by their text, where a dict's keys come in insertion order: the same study with its keys
+    in another order (a YAML tool rewrote it) would rerun every job. Lists keep their order."""
+    for key, value in list(config.items()):
+        if key in ORDERED_MAPPINGS and isinstance(value, dict):
+            for entry in value.values():
+                _sort_keys(entry)
+        else:
+            _sort_keys(value)
+    _reorder(config, sorted(config, key=str))
+    return config
+
+
+def _sort_keys(value: Any) -> None:
+    if isinstance(value, dict):
+        for child in value.values():
+            _sort_keys(child)
+        _reorder(value, sorted(value, key=str))
+    elif isinstance(value, list):
+        for child in value:
+            _sort_keys(child)
+
+
+def _reorder(mapping: dict[str, Any], keys: list) -> None:
+    """Put ``mapping``'s keys in ``keys`` order in place (Snakemake holds the config object itself)."""
+    if list(mapping) != keys:
+        items = [(k, mapping[k]) for k in keys]
+        mapping.clear()
+        mapping.update(items)
 
 
 def takes_part(entry: dict[str, Any], evaluation: str) -> bool:
