@@ -39,6 +39,11 @@ def test_nonfinite_rows_counts_images_per_chunk():
     # per chunk: the counts of the chunks add up to the whole array's
     assert sum(int(nonfinite_rows(block[i:i + 2]).sum()) for i in range(0, 5, 2)) == 2
     assert nonfinite_rows(np.zeros((4, 0), np.float32)).tolist() == [False] * 4  # a features-only model's logits
+    huge = np.full((2, 8), 3e38, np.float32)  # finite, though a float32 sum of a row overflows
+    huge[1, 3] = -np.inf
+    assert nonfinite_rows(huge).tolist() == [False, True]
+    assert nonfinite_rows(huge.astype(np.float64)).tolist() == [False, True]
+    assert nonfinite_rows(np.asarray([[1, np.nan], [1, 2]], np.float16)).tolist() == [True, False]
 
 
 @pytest.mark.parametrize("rows, value, expected", [((0,), float("nan"), 5), ((0, 1, 2, 3), float("nan"), 20),
