@@ -647,11 +647,11 @@ def read_outputs(path: str | os.PathLike, expected: dict[str, Any] | None = None
                 if name not in f:  # not removed: the caller may have asked for the wrong array
                     raise _corrupt(path, f"it has no {name!r} array (it has {', '.join(sorted(f))})", remove=False)
                 data = f[name][()]
-                if name in ("logits", "features") and nonfinite_rows(data).any():  # written before it was refused
-                    raise nonfinite_output(path, name, int(nonfinite_rows(data).sum()), len(data))
                 if name in checksums and _digest(name, data) != checksums[name]:
                     raise ValueError(f"its {name!r} array does not match the sha256 recorded when it was written "
                                      "(changed after it was written: bit rot, a bad copy, an edit)")
+                if name in ("logits", "features") and (count := int(nonfinite_rows(data).sum())):
+                    raise nonfinite_output(path, name, count, len(data))  # written before extraction refused it
                 if h5py.check_string_dtype(f[name].dtype):  # ids, skipped_ids, skipped_reasons
                     data = np.asarray([x.decode() if isinstance(x, bytes) else x for x in data], dtype=object)
                 out[name] = data
