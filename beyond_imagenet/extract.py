@@ -61,6 +61,45 @@ class CorruptOutputError(StaleOutputError):
     """An output file cannot be read (truncated) or its arrays no longer match their checksums."""
 
 
+class NonFiniteOutputError(RuntimeError):
+    """A model gave NaN or infinite logits or features: its numbers would be wrong, not missing."""
+
+
+def nonfinite_rows(block: np.ndarray) -> np.ndarray:
+    """Which rows (images) of a 2-D logits/features array, or a chunk of one, hold a NaN or an
+    infinity. Row-wise so a streamed read can call it per chunk and add the counts."""
+    block = np.asarray(block)
+    if block.ndim != 2 or block.size == 0:
+        return np.zeros(len(block), dtype=bool)
+    if block.dtype != np.float32:
+        return ~np.isfinite(block).all(axis=1)
+    # One BLAS pass (several times faster than isfinite over every value; benchmarks/reliability_checks.py):
+    # a NaN or inf anywhere in a row makes its sum NaN or inf. Rows flagged are checked exactly, since
+    # a sum of huge finite values can also overflow.
+    out = np.zeros(len(block), dtype=bool)
+    suspect = ~np.isfinite(block @ np.ones(block.shape[1], dtype=np.float32))
+    if suspect.any():
+        out[suspect] = ~np.isfinite(block[suspect]).all(axis=1)
+    return out
+
+
+def nonfinite_output(path, name: str, count: int, n_rows: int) -> NonFiniteOutputError:
+    """Refuse an output file (written before extraction checked this) whose ``name`` array has
+    ``count`` of ``n_rows`` rows with NaN or inf (argmax would score all-NaN rows as class 0, the
+    ECE would be NaN while the accuracy ignores them), and remove it so a rerun re-extracts it."""
+    path = Path(path)
+    removed = _discard(path)
+    then = ("It was removed: rerun the same snakemake command" if removed else
+            f"Delete it (rm {path}) and rerun the same snakemake command")
+    return NonFiniteOutputError(
+        f"{path}: {count} of its {n_rows} images have NaN or infinite {name}, so every metric computed from "
+        "it would be wrong (an all-NaN row is scored as a prediction of class 0); it was written before "
+        f"extraction refused such outputs. {then} once the model's weights are fixed (a diverged or NaN "
+        "checkpoint is the usual cause): the extraction recomputes it, and stops naming the model, the "
+        "dataset and the count of images if its outputs are still not finite."
+    )
+
+
 class DiskFullError(OSError):
     """No space left while writing an extraction file; says what was kept and how to resume."""
 
@@ -440,12 +479,18 @@ def _assemble(parts: Path, n_shards: int, out_path: Path, ids: list[str], labels
     shards = [_shard_path(parts, k) for k in range(n_shards)]
     bad: list[tuple[int, str]] = []
     n_good, n_classes, dim, fdtype = 0, 0, 0, np.float16
+    nonfinite: dict[str, list[int]] = {"logits": [], "features": []}  # image indices, per array
     for path in shards:
         with np.load(path) as z:
             bad += list(zip(z["bad_index"].tolist(), z["bad_reason"].tolist()))
             n_good += len(z["index"])
             if len(z["index"]):
                 n_classes, dim, fdtype = z["logits"].shape[1], z["features"].shape[1], z["features"].dtype
+                for name in nonfinite:
+                    nonfinite[name] += z["index"][nonfinite_rows(z[name])].tolist()
+    if nonfinite["logits"] or nonfinite["features"]:
+        shutil.rmtree(parts)  # nothing of this run is kept: the weights or the settings must change first
+        raise _nonfinite_extraction(attrs, ids, nonfinite, fdtype, out_path)
     if bad and on_bad_image == "error":
         shutil.rmtree(parts)
         raise BadImagesError(str(root), [(ids[i], reason) for i, reason in bad])
@@ -464,6 +509,27 @@ def _assemble(parts: Path, n_shards: int, out_path: Path, ids: list[str], labels
         log.warning("%d unreadable image(s) skipped and recorded in %s", len(bad), out_path)
     log.info("wrote %s (%d images)", out_path, n_good)
     return out_path
+
+
+def _nonfinite_extraction(attrs: dict[str, Any], ids: list[str], nonfinite: dict[str, list[int]], fdtype,
+                          out_path: Path) -> NonFiniteOutputError:
+    """Why an extraction stopped: which model, dataset and how many images gave NaN/inf, and what to do."""
+    what = " and ".join(f"{name} of {len(set(rows))} image(s)" for name, rows in nonfinite.items() if rows)
+    affected = sorted(set(nonfinite["logits"]) | set(nonfinite["features"]))
+    examples = ", ".join(ids[i] for i in affected[:5]) + (", ..." if len(affected) > 5 else "")
+    variant = f" ({attrs['variant']})" if attrs.get("variant") else ""
+    if not nonfinite["logits"] and np.dtype(fdtype) == np.float16:
+        hint = ("Only the features are affected and they are stored as float16, which overflows above 65,504: "
+                "set extraction.features_dtype: float32 and rerun.")
+    else:
+        hint = ("Check the model's weights (a diverged fine-tune or a checkpoint saved after its loss became "
+                "NaN gives NaN for every image); if only a few images are affected on a GPU, the bfloat16 "
+                "autocast may overflow: compare with extraction.device: cpu. Rerun once fixed.")
+    return NonFiniteOutputError(
+        f"model {attrs.get('model', '?')} on dataset {attrs.get('dataset', '?')}{variant}: {len(affected)} of "
+        f"{len(ids)} images gave NaN or infinite outputs ({what}; e.g. {examples}). Metrics would be wrong "
+        f"(an all-NaN row scores as class 0), so nothing was written ({out_path} not made). {hint}"
+    )
 
 
 def _raw_bytes(data: np.ndarray):
@@ -542,17 +608,22 @@ def _write_output(parts, shards, out_path: Path, ids, labels, attrs, bad, n_good
 
 
 # ------------------------------------------------------------------------------------- reading
+def _discard(path: Path) -> bool:
+    """Remove a cached output that must not be used, so the next run recomputes it; False if it
+    cannot be removed (a read-only results folder)."""
+    from beyond_imagenet.extraction_jobs import forget_extracted
+
+    forget_extracted(path)  # else the next run would hard-link the same file again
+    with contextlib.suppress(OSError):
+        path.unlink()
+        return True
+    return False
+
+
 def _corrupt(path, why: str, remove: bool = True) -> CorruptOutputError:
     """Remove a damaged cached output (so the next run recomputes it) and say so."""
     path = Path(path)
-    removed = False
-    if remove:
-        from beyond_imagenet.extraction_jobs import forget_extracted
-
-        forget_extracted(path)  # else the next run would hard-link the same damaged file again
-        with contextlib.suppress(OSError):
-            path.unlink()
-            removed = True
+    removed = _discard(path) if remove else False
     what = ("It was removed: run the same snakemake command again and it is recomputed (Snakemake "
             "re-extracts a missing output)." if removed else
             f"Remove it (rm {path}) and rerun the workflow to recompute it.")
@@ -608,6 +679,8 @@ def read_outputs(path: str | os.PathLike, expected: dict[str, Any] | None = None
                 if name in checksums and _digest(name, data) != checksums[name]:
                     raise ValueError(f"its {name!r} array does not match the sha256 recorded when it was written "
                                      "(changed after it was written: bit rot, a bad copy, an edit)")
+                if name in ("logits", "features") and (count := int(nonfinite_rows(data).sum())):
+                    raise nonfinite_output(path, name, count, len(data))  # written before extraction refused it
                 if h5py.check_string_dtype(f[name].dtype):  # ids, skipped_ids, skipped_reasons
                     data = np.asarray([x.decode() if isinstance(x, bytes) else x for x in data], dtype=object)
                 out[name] = data

@@ -76,7 +76,7 @@ def run_group(job) -> dict[str, Any]:
     torch.set_num_threads(forward_threads(job))
     model, group, marker = job.wildcards.model, job.wildcards.group, job.output[0]
     items = params.cached
-    spec = model_spec(params.model)
+    spec = model_spec(params.model, params.head_identity)  # the checkpoint is checked against its planned sha256
     head_path = job.input.get("head") or None
     compile_cache = params.compile_cache
     if params.compile:

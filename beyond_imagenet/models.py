@@ -59,6 +59,9 @@ class ModelSpec:
     checkpoint_format: str = "auto"
     preprocessing: str | None = None  # None = the study's protocol
     features_only: bool = False  # no ImageNet-1k classifier: empty logits, feature evaluations only
+    # In a job: the checkpoint's sha256 the run was planned with (its identity); the file is refused
+    # if it differs when loaded. Not part of the job's params (Study.model_entry leaves it out).
+    checkpoint_sha256: str | None = None
 
     @classmethod
     def from_config(cls, name: str, entry: dict[str, Any]) -> "ModelSpec":
@@ -130,7 +133,7 @@ def _load_checkpoint(network: nn.Module, spec: ModelSpec) -> None:
 
     try:
         used = load_checkpoint_into(network, spec.checkpoint_path, spec.arch, spec.checkpoint_format,
-                                    where=f"models.{spec.name}.checkpoint")
+                                    where=f"models.{spec.name}.checkpoint", expected_sha256=spec.checkpoint_sha256)
     except CheckpointError as err:
         raise ModelError(f"models.{spec.name}: {err}" if not str(err).startswith("models.") else str(err)) from err
     log.info("loaded %s for %s as checkpoint_format %s", spec.checkpoint, spec.name, used)

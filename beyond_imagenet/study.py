@@ -34,6 +34,30 @@ class ConfigError(ValueError):
     """The study config is invalid; the message names every offending key."""
 
 
+#: Resamples a percentile interval needs beyond each of its ends (docs/evaluations.md §11): with
+#: fewer, an end is the minimum or maximum of a handful of replicates, and one differing image
+#: makes two models "distinguishable".
+MIN_TAIL_RESAMPLES = 5
+
+
+def min_resamples(level: float) -> int:
+    """The fewest bootstrap resamples for a ``level`` interval: ``MIN_TAIL_RESAMPLES`` in each tail
+    of ``(1 - level) / 2`` (200 at 0.95, 1,000 at 0.99)."""
+    import math
+
+    return math.ceil(round(MIN_TAIL_RESAMPLES / ((1 - level) / 2), 6))
+
+
+def _uncertainty_problems(config: dict[str, Any]) -> list[str]:
+    section = config["uncertainty"]
+    level, resamples = section["level"], section["resamples"]
+    if resamples >= min_resamples(level):
+        return []
+    return [(f"  uncertainty.resamples: {resamples} resamples leave {resamples * (1 - level) / 2:g} beyond each "
+             f"end of a {level:g} interval; use at least {min_resamples(level)} for level {level:g} "
+             f"({MIN_TAIL_RESAMPLES} in each tail, docs/evaluations.md §11), or a lower level")]
+
+
 @functools.lru_cache(maxsize=4)
 def load_schema(path: str | os.PathLike = SCHEMA_PATH) -> dict[str, Any]:
     """The study schema, with each registered evaluation's settings schema
@@ -69,9 +93,71 @@ def _key(path) -> str:
     return ".".join(str(p) for p in path) or "<top level>"
 
 
+def _resolve(schema: dict[str, Any], root: dict[str, Any]) -> dict[str, Any]:
+    """A subschema with its local ``$ref`` (``#/$defs/...``) followed."""
+    while isinstance(schema, dict) and "$ref" in schema and schema["$ref"].startswith("#/"):
+        target = root
+        for part in schema["$ref"][2:].split("/"):
+            target = target[part]
+        schema = target
+    return schema
+
+
+def _types(schema: dict[str, Any], root: dict[str, Any]) -> set[str]:
+    """Every JSON type a subschema (or any of its oneOf/anyOf branches) accepts."""
+    schema = _resolve(schema, root)
+    if not isinstance(schema, dict):
+        return set()
+    kind = schema.get("type", [])
+    found = {kind} if isinstance(kind, str) else set(kind)
+    for branch in schema.get("oneOf", []) + schema.get("anyOf", []):
+        found |= _types(branch, root)
+    return found
+
+
+def _whole_number(value: Any, schema: dict[str, Any], root: dict[str, Any]) -> Any:
+    """``value`` as an int where it is a float with no fraction (``15.0``, as YAML tools and
+    ``--config n_bins=15.0`` write it) and the schema wants an integer: JSON Schema accepts 15.0 as
+    an integer, but jobs use it as one (``range(15.0)`` fails inside a job) and its text is part of
+    the params (``15.0`` and ``15`` would be two cache keys)."""
+    if isinstance(value, float) and value.is_integer() and "integer" in (t := _types(schema, root)) \
+            and "number" not in t:
+        return int(value)
+    return value
+
+
+def normalise_integers(instance: Any, schema: dict[str, Any], root: dict[str, Any]) -> None:
+    """Make every whole-number float the schema wants as an integer an int, in place, recursively
+    (properties, additionalProperties, array items, oneOf/anyOf branches), so every job sees ints."""
+    schema = _resolve(schema, root)
+    if not isinstance(schema, dict):
+        return
+    branches = [_resolve(b, root) for b in schema.get("oneOf", []) + schema.get("anyOf", [])]
+    if isinstance(instance, dict):
+        for sub in [schema, *branches]:
+            properties = sub.get("properties", {}) if isinstance(sub, dict) else {}
+            extra = sub.get("additionalProperties") if isinstance(sub, dict) else None
+            for key in list(instance):
+                child = properties.get(key, extra if isinstance(extra, dict) else None)
+                if child is not None:
+                    instance[key] = _whole_number(instance[key], child, root)
+                    normalise_integers(instance[key], child, root)
+    elif isinstance(instance, list):
+        for sub in [schema, *branches]:
+            items = sub.get("items") if isinstance(sub, dict) else None
+            if isinstance(items, dict):
+                for i, item in enumerate(instance):
+                    instance[i] = _whole_number(item, items, root)
+                    normalise_integers(instance[i], items, root)
+
+
 def validate_config(config: dict[str, Any], schema_path: str | os.PathLike = SCHEMA_PATH) -> dict[str, Any]:
-    """Validate in place (filling defaults) and cross-check names; raise ConfigError naming keys."""
+    """Validate in place (filling defaults) and cross-check names; raise ConfigError naming keys.
+
+    Whole-number floats of integer settings (``n_bins: 15.0``) become ints first
+    (:func:`normalise_integers`); a fractional one (``15.5``) is refused naming the key."""
     schema = load_schema(str(schema_path))
+    normalise_integers(config, schema, schema)
     validator = _with_defaults(jsonschema.Draft202012Validator)(schema)
     errors = sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path)))
     if errors:
@@ -149,10 +235,12 @@ def validate_config(config: dict[str, Any], schema_path: str | os.PathLike = SCH
                 if not path.is_file():
                     problems.append(f"  models.{name}.checkpoint: file {path} does not exist")
     problems += _group_problems(config)
+    problems += _uncertainty_problems(config)
     if problems:
         raise ConfigError("invalid study config:\n" + "\n".join(problems))
     for note in features_only_notes(config):
         log.warning("%s", note)
+    canonical_order(config)
     return config
 
 
@@ -176,6 +264,46 @@ def expand_user_paths(config: dict[str, Any]) -> None:
         expand(entry, "archive")
     for entry in config.get("models", {}).values():
         expand(entry, "checkpoint")  # pkg://... does not start with ~
+
+
+#: Top-level mappings whose entries keep the study's order (each entry's own keys are sorted): the
+#: models' order is the row order of the tables, of figures and of every comparison pair (a - b);
+#: the order of datasets and evaluations is the order of planning and messages only (no job's
+#: params depend on it: an extraction job's items are sorted, rules/common.smk group_items).
+ORDERED_MAPPINGS = ("models", "datasets", "evaluations")
+
+
+def canonical_order(config: dict[str, Any]) -> dict[str, Any]:
+    """Sort the keys of every mapping of the config, recursively and in place, but keep the order
+    of the entries of ``ORDERED_MAPPINGS`` (their own keys are sorted). Snakemake compares a job's
+    params by their text, where a dict's keys come in insertion order: the same study with its keys
+    in another order (a YAML tool rewrote it) would rerun every job. Lists keep their order."""
+    for key, value in list(config.items()):
+        if key in ORDERED_MAPPINGS and isinstance(value, dict):
+            for entry in value.values():
+                _sort_keys(entry)
+        else:
+            _sort_keys(value)
+    _reorder(config, sorted(config, key=str))
+    return config
+
+
+def _sort_keys(value: Any) -> None:
+    if isinstance(value, dict):
+        for child in value.values():
+            _sort_keys(child)
+        _reorder(value, sorted(value, key=str))
+    elif isinstance(value, list):
+        for child in value:
+            _sort_keys(child)
+
+
+def _reorder(mapping: dict[str, Any], keys: list) -> None:
+    """Put ``mapping``'s keys in ``keys`` order in place (Snakemake holds the config object itself)."""
+    if list(mapping) != keys:
+        items = [(k, mapping[k]) for k in keys]
+        mapping.clear()
+        mapping.update(items)
 
 
 def takes_part(entry: dict[str, Any], evaluation: str) -> bool:
@@ -481,6 +609,7 @@ class Study:
         entry = dataclasses.asdict(self.models[model])
         entry.pop("label")
         entry.pop("paper_key")
+        entry.pop("checkpoint_sha256")  # given to a job by its identity params (workflow.model_spec)
         return entry
 
     def dataset_entry(self, dataset: str) -> dict[str, Any]:

@@ -107,8 +107,11 @@ def dataset_spec(record: dict[str, Any]):
     return expand_dataset(spec, record["entry"])[record["name"]]  # a vtab entry stands for its task splits too
 
 
-def model_spec(entry: dict[str, Any]):
-    """The ModelSpec of a ``Study.model_entry`` record (a job's ``model`` param)."""
+def model_spec(entry: dict[str, Any], identity: dict[str, Any] | None = None):
+    """The ModelSpec of a ``Study.model_entry`` record (a job's ``model`` param). ``identity``: the
+    model's identity the job was planned with (``Study.head_identity``/``model_identity``): its
+    ``checkpoint_sha256`` is checked when the checkpoint is loaded (a file replaced since is refused)."""
     from beyond_imagenet.models import ModelSpec
 
-    return ModelSpec(**{**entry, "label": entry["name"], "paper_key": None})
+    return ModelSpec(**{**entry, "label": entry["name"], "paper_key": None,
+                        "checkpoint_sha256": (identity or {}).get("checkpoint_sha256")})

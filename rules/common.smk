@@ -34,6 +34,19 @@ def check_manual_datasets():
         raise WorkflowError("missing manual dataset(s); no job was started:\n\n" + "\n\n".join(problems))
 
 
+def check_checkpoint_times():
+    """While the workflow is read (before any job, dry runs too): no checkpoint dated in the future."""
+    from beyond_imagenet.checkpoints import future_mtime_problem
+
+    problems = [problem for name, spec in STUDY.models.items() if spec.checkpoint
+                for problem in [future_mtime_problem(spec.checkpoint_path, f"models.{name}.checkpoint")] if problem]
+    if problems:
+        raise WorkflowError("checkpoint(s) dated in the future; no job was started:\n\n" + "\n\n".join(problems))
+
+
+check_checkpoint_times()
+
+
 def check_slurm_jobs():
     """Under the SLURM executor, before any job is submitted: every job fits a node of its partition."""
     from beyond_imagenet.slurm import check_workflow
@@ -118,10 +131,12 @@ def group_manifests(wildcards):
 def group_items(wildcards):
     """Each output one extraction job writes: dataset, variant, where, from which manifest, what
     it must record (for a variant also the image subset it runs on: ``max_images``)."""
+    # Sorted: the order of the study's datasets does not change what the job computes, so it is not
+    # part of its params (a study with its datasets reordered reruns nothing).
     return [{"dataset": d, "variant": v or "", "manifest": STUDY.manifest(d),
              "extracted": STUDY.extracted(wildcards.model, d, v),
              "expect": STUDY.output_identity(wildcards.model, d, v)}
-            for d, v in _group_items(wildcards)]
+            for d, v in sorted(_group_items(wildcards), key=lambda item: (item[0], item[1] or ""))]
 
 
 def split_item(item):

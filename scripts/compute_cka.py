@@ -41,7 +41,7 @@ used = list(dict.fromkeys(m for pair in pairs for m in pair))
 
 models, transforms, identities = {}, {}, {}
 for name in used:
-    spec = model_spec(job.params.models[name])
+    spec = model_spec(job.params.models[name], job.params.head_identities[name])
     head = read_head(job.params.heads[name], job.params.head_identities[name]) if spec.needs_zero_shot_head else None
     loaded = build_model(spec, job.params.protocol, head=head, logit_scale=job.params.logit_scale)
     layers = select_layers(IMAGE_TOWERS[spec.source](loaded.network), spec.family, section["layers"])

@@ -158,12 +158,12 @@ def test_changing_the_bootstrap_reruns_no_extraction(tiny_config, tmp_path):
     tiny_config["datasets"] = {k: v for k, v in tiny_config["datasets"].items() if k in ("imagenet_val", "vtab")}
     tiny_config["datasets"]["vtab"].update(tasks=["dtd"], split_sizes={"train800": 8, "val200": 4, "test": 8})
     tiny_config["evaluations"]["transfer"]["probe"] = {"device": "cpu", "epochs": 1, "weight_decays": {"num": 2}}
-    tiny_config["uncertainty"] = {"resamples": 50}
+    tiny_config["uncertainty"] = {"resamples": 200}
     configfile = write_config(tmp_path / "study.yaml", tiny_config)
     workdir = tmp_path / "work"
     workdir.mkdir()
     run_snakemake(configfile, workdir)
-    tiny_config["uncertainty"] = {"resamples": 60}
+    tiny_config["uncertainty"] = {"resamples": 210}
     planned = run_snakemake(write_config(tmp_path / "study2.yaml", tiny_config), workdir, dryrun=True)
     assert planned, "the changed bootstrap reran nothing"
     assert not {"extract_outputs", "link_output", "probe_transfer", "build_manifest"} & set(planned), planned
