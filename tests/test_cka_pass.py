@@ -428,3 +428,34 @@ def test_pairs_job_refuses_stale_or_mismatched_pass_files(tmp_path):
         pairs_from_grams({"a": files["a"], "b": other["b"]}, pairs, _expected(models))
     with pytest.raises(ValueError, match=r"no pass file for model\(s\) \['c'\]"):
         pairs_from_grams(files, [("a", "c")], _expected(models))
+
+
+# --- through Snakemake: adding a model to a finished study ----------------------------------------
+@pytest.mark.workflow
+def test_adding_a_model_runs_its_cka_pass_and_the_pairs_only(tmp_path):
+    """A finished CKA study plus one model plans that model's pass, the pairs job over the stored
+    passes and the study-wide tables and figures: no other model's pass reruns (dry run)."""
+    from collections import Counter
+
+    from conftest import dry_run_jobs, run_snakemake, write_config
+
+    config = default_config()
+    models = config["models"]
+    config["models"] = {"convnet_sup": models["convnet_sup"], "vit_sup": models["vit_sup"]}
+    config["datasets"] = {"imagenet_val": {**config["datasets"]["imagenet_val"], "num_classes": 4,
+                                           "images_per_class": 2}}
+    config["evaluations"] = {"cka": {"datasets": ["imagenet_val"], "n_images": 8, "batch_size": 4,
+                                     "cross_pairs": "all"}}
+    config["resources_dir"] = str(tmp_path / "resources")
+    jobs = run_snakemake(write_config(tmp_path / "two.yaml", config), tmp_path)
+    assert jobs["compute_cka_pass"] == 2 and jobs["compute_cka"] == 1
+    assert dry_run_jobs(tmp_path / "two.yaml", tmp_path) == []  # finished
+
+    config["models"]["vit_sup2"] = {**models["vit_sup"], "seed": 1, "label": "another ViT"}
+    planned = dry_run_jobs(write_config(tmp_path / "three.yaml", config), tmp_path)
+    passes = [w for rule, w in planned if rule == "compute_cka_pass"]
+    assert passes == [{"model": "vit_sup2", "dataset": "imagenet_val"}]
+    # The study-wide aggregates read every table (tests/test_job_params.py AGGREGATES).
+    assert Counter(rule for rule, _ in planned) - Counter({"compute_cka_pass": 1}) == Counter(
+        {"compute_cka": 1, "compute_cka_summary": 1, "plot_cka": 2, "compute_profile": 1, "plot_profile": 1,
+         "compute_comparisons": 1, "plot_comparisons": 1, "list_skipped_images": 1, "all": 1})
