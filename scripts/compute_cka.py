@@ -4,11 +4,16 @@
 import json
 import logging
 
+import torch
+
 from beyond_imagenet.datasets.manifest import load_manifest
 from beyond_imagenet.evaluations.cka.passes import pairs_from_grams, write_cka
 from beyond_imagenet.workflow import setup, versions
 
 job = setup(snakemake)
+# The job's threads only (1 unless --set-threads): on a shared node more intra-op threads than
+# cores made these small products 50x slower (benchmarks/cka_pairs.py).
+torch.set_num_threads(job.threads)
 dataset = job.wildcards.dataset
 manifest = load_manifest(job.input.manifest)
 identities = job.params.identities  # model -> its identity, in the order of the passes input

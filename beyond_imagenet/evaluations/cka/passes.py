@@ -286,8 +286,9 @@ def pairs_from_grams(files: Mapping[str, str | os.PathLike], pairs: Sequence[tup
                     "(different image lists, unreadable images or batch sizes); CKA pairs need both. "
                     f"Delete both (rm {files[m]} {files[first]}) and rerun the workflow.")
         layer_names = {m: json.loads(attrs[m]["layer_names"]) for m in used}
-        accumulators = {pair: MinibatchCKA() for pair in pairs}
-        for key in handles[first]["grams"]:
+        batches = list(handles[first]["grams"])
+        accumulators = {pair: MinibatchCKA(expected_batches=len(batches)) for pair in pairs}
+        for key in batches:
             grams = {m: list(torch.from_numpy(handles[m]["grams"][key][()])) for m in used}
             for (a, b), acc in accumulators.items():
                 acc.update(grams[a], None if a == b else grams[b], grams=True)
