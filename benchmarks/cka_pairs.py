@@ -28,16 +28,15 @@ def write_files(folder: Path, models: int, images: int, batch: int, layers: int)
 
     files = {}
     ids = [f"img{i}" for i in range(images // batch * batch)]
+    def grams(seed: int):
+        g = torch.Generator().manual_seed(seed)
+        for _ in range(images // batch):
+            yield [(x := torch.randn(batch, 32, generator=g, dtype=torch.float64)) @ x.T for _ in range(layers)]
+
     for m in range(models):
-        g = torch.Generator().manual_seed(m)
-
-        def grams():
-            for _ in range(images // batch):
-                yield [(x := torch.randn(batch, 32, generator=g, dtype=torch.float64)) @ x.T for _ in range(layers)]
-
         name = f"m{m}"
         files[name] = folder / f"{name}.h5"
-        write_grams(files[name], [f"blocks.{i}" for i in range(layers)], grams(),
+        write_grams(files[name], [f"blocks.{i}" for i in range(layers)], grams(m),
                     lambda name=name: ({"model": name}, ids, []))
     return files
 

@@ -195,9 +195,11 @@ def cka_pass(models: Mapping[str, HookedModel], batches: Iterable[Any], pairs: S
 # ------------------------------------------------- one model's pass, and the pairs from its file
 @torch.no_grad()
 def gram_pass(model: HookedModel, batches: Iterable[torch.Tensor],
-              device: torch.device = torch.device("cpu")) -> Iterator[list[torch.Tensor]]:
-    """One model over ``batches``: per batch, the float64 (B, B) Gram matrix of each selected layer
-    (what every pair with this model needs from it; :func:`pairs_from_grams` forms the pairs)."""
+              device: torch.device | None = None) -> Iterator[list[torch.Tensor]]:
+    """One model over ``batches`` (on ``device``, default the CPU): per batch, the float64 (B, B)
+    Gram matrix of each selected layer (what every pair with this model needs from it;
+    :func:`pairs_from_grams` forms the pairs)."""
+    device = device or torch.device("cpu")
     with GramRecorder(model.layers) as recorder:
         model.network.eval().to(device)
         for images in batches:
@@ -219,22 +221,21 @@ def write_grams(path: str | os.PathLike, layer_names: Sequence[str], grams: Iter
     Returns the number of batches."""
     string = h5py.string_dtype("utf-8")
     n = 0
-    with atomic_path(path) as tmp:
-        with h5py.File(tmp, "w", track_order=True) as f:
-            group = f.create_group("grams", track_order=True)
-            for layers in grams:
-                if len(layers) != len(layer_names):
-                    raise ValueError(f"{len(layers)} Gram matrices for {len(layer_names)} layers")
-                # float64 as formed: the pairs job replays exactly the arithmetic of a joint pass.
-                stacked = torch.stack([g.detach().to("cpu", torch.float64) for g in layers]).numpy()
-                group.create_dataset(f"{n:05d}", data=stacked, track_times=False)
-                n += 1
-            attrs, ids, skipped_ids = finish()
-            write_h5_attrs(f.attrs, {**attrs, "format": GRAMS_FORMAT, "layer_names": list(layer_names),
-                                     "n_batches": n})
-            for name, values in (("ids", ids), ("skipped_ids", skipped_ids)):
-                f.create_dataset(name, data=np.asarray(list(values), dtype=object), dtype=string,
-                                 shape=(len(values),), track_times=False)
+    with atomic_path(path) as tmp, h5py.File(tmp, "w", track_order=True) as f:
+        group = f.create_group("grams", track_order=True)
+        for layers in grams:
+            if len(layers) != len(layer_names):
+                raise ValueError(f"{len(layers)} Gram matrices for {len(layer_names)} layers")
+            # float64 as formed: the pairs job replays exactly the arithmetic of a joint pass.
+            stacked = torch.stack([g.detach().to("cpu", torch.float64) for g in layers]).numpy()
+            group.create_dataset(f"{n:05d}", data=stacked, track_times=False)
+            n += 1
+        attrs, ids, skipped_ids = finish()
+        write_h5_attrs(f.attrs, {**attrs, "format": GRAMS_FORMAT, "layer_names": list(layer_names),
+                                 "n_batches": n})
+        for name, values in (("ids", ids), ("skipped_ids", skipped_ids)):
+            f.create_dataset(name, data=np.asarray(list(values), dtype=object), dtype=string,
+                             shape=(len(values),), track_times=False)
     return n
 
 
