@@ -7,6 +7,11 @@ matrix on the spot, so no activation outlives its layer's forward call; per batc
 :class:`~beyond_imagenet.metrics.cka.MinibatchCKA`. Memory is therefore independent of the
 number of images (tests/test_cka_pass.py checks this on a real process).
 
+In the workflow each model runs alone (:func:`gram_pass`) and its Grams are written per batch to
+its pass file (:func:`write_grams`); the pairs are formed later, without any model, from those
+files (:func:`pairs_from_grams`), with exactly the arithmetic of a joint pass (:func:`cka_pass`,
+which runs several models in one process, as the tests do).
+
 Which layers: a *selector* of :data:`LAYER_SELECTORS` (``blocks``, ``stages``) resolved per
 architecture family by regular expressions over module names of the image tower
 (:data:`IMAGE_TOWERS`, per model source), or a list of such expressions from the config.
