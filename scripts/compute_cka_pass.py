@@ -29,6 +29,7 @@ job = setup(snakemake)
 torch.set_num_threads(forward_threads(job))  # the loader workers take the job's other threads
 dataset, name = job.wildcards.dataset, job.wildcards.model
 section = job.params.settings
+on_bad_image = job.params.on_bad_image
 manifest = load_manifest(job.input.manifest)
 # The same seeded draw and batches in every model's job (cka_sample is a function of the manifest
 # and the settings only), so the pairs job can pair any two models' batches.
@@ -53,7 +54,7 @@ bad = []
 
 def finish():
     """After the last batch: every bad file named and nothing written, or the file's record."""
-    if bad and job.params.on_bad_image == "error":
+    if bad and on_bad_image == "error":
         raise BadImagesError(manifest["root"], [(ids[i], reason) for i, reason in sorted(bad)])
     if bad:
         logging.warning("CKA on %s: %d unreadable image(s) skipped", dataset, len(bad))
