@@ -1,38 +1,72 @@
-# Representation similarity (docs/evaluations.md §9): minibatch linear CKA with the unbiased HSIC,
-# online with forward hooks, all models in one job on the same images (its own pass: no cached
-# outputs). Its record: beyond_imagenet/evaluations/cka/.
+# Representation similarity (docs/evaluations.md §9): minibatch linear CKA with the unbiased HSIC.
+# One pass job per (model, dataset) runs the model over the seeded CKA batches (the same in every
+# model's job) and stores each selected layer's Gram matrix per batch; one CPU job per dataset forms
+# every pair from those files, building no model. Adding a model runs its pass and the pairs job;
+# every other model's pass file is reused. Its record: beyond_imagenet/evaluations/cka/.
 from beyond_imagenet.evaluations import cka as cka_evaluation
 
 CKA_MODELS = {m: STUDY.models[m] for m in STUDY.evaluation_models("cka")}
+CKA_PAIRS = cka_evaluation.pairs(STUDY) if "cka" in STUDY.evaluations else []
+# The models some pair names, in study order: only their passes are needed.
+CKA_USED = [m for m in CKA_MODELS if any(m in pair for pair in CKA_PAIRS)]
 
 
-rule compute_cka:
+def cka_settings():
+    """The pass's own settings only (not its list of datasets: adding one reruns no pass)."""
+    return {k: config["evaluations"].get("cka", {}).get(k) for k in cka_evaluation.PASS_SETTINGS}
+
+
+def cka_model(wildcards):
+    if wildcards.model not in CKA_MODELS:
+        raise WorkflowError(f"{wildcards.model} takes no part in this study's CKA ({', '.join(CKA_MODELS)})")
+    return wildcards.model
+
+
+rule compute_cka_pass:
     input:
         manifest=f"{RESULTS}/manifests/{{dataset}}.json",
-        heads=[STUDY.head(m) for m, spec in CKA_MODELS.items() if spec.needs_zero_shot_head],
-        weights=[str(spec.checkpoint_path) for spec in CKA_MODELS.values() if spec.checkpoint],
+        head=head_input,
+        weights=checkpoint_input,
     output:
-        f"{RESULTS}/metrics/cka_{{dataset}}.h5",
+        cka_evaluation.pass_file(STUDY, "{model}", "{dataset}"),
     params:
-        # The pass's own settings only (not its list of datasets: adding one reruns no pass).
-        settings={k: config["evaluations"].get("cka", {}).get(k) for k in cka_evaluation.PASS_SETTINGS},
-        pairs=cka_evaluation.pairs(STUDY) if "cka" in STUDY.evaluations else [],
-        models={m: STUDY.model_entry(m) for m in CKA_MODELS},
-        identities={m: STUDY.model_identity(m) for m in CKA_MODELS},
-        head_identities={m: STUDY.head_identity(m) for m in CKA_MODELS},
-        heads={m: STUDY.head(m) for m, spec in CKA_MODELS.items() if spec.needs_zero_shot_head},
+        settings=cka_settings(),
+        model=lambda w: STUDY.model_entry(cka_model(w)),
+        identity=lambda w: STUDY.model_identity(w.model),
+        head_identity=head_params,
         protocol=config["preprocessing"],
         logit_scale=config["zero_shot"]["logit_scale"],
         on_bad_image=config["extraction"]["on_bad_image"],
     log:
-        f"{RESULTS}/logs/compute_cka/{{dataset}}.log",
+        f"{RESULTS}/logs/compute_cka_pass/{{model}}/{{dataset}}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/compute_cka/{{dataset}}.tsv"
+        f"{RESULTS}/benchmarks/compute_cka_pass/{{model}}/{{dataset}}.tsv"
     threads: MODEL_JOB_THREADS
     conda:
         "../envs/torch.yaml"
     resources:
         **EXECUTION,
+    script:
+        "../scripts/compute_cka_pass.py"
+
+
+rule compute_cka:
+    input:
+        manifest=f"{RESULTS}/manifests/{{dataset}}.json",
+        passes=lambda w: [cka_evaluation.pass_file(STUDY, m, w.dataset) for m in CKA_USED],
+    output:
+        cka_evaluation.matrix_file(STUDY, "{dataset}"),
+    params:
+        settings=cka_settings(),
+        pairs=CKA_PAIRS,
+        # What each pass file must record (a stale one is refused); in the order of input.passes.
+        identities={m: STUDY.model_identity(m) for m in CKA_USED},
+    log:
+        f"{RESULTS}/logs/compute_cka/{{dataset}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/compute_cka/{{dataset}}.tsv"
+    conda:
+        "../envs/analysis.yaml"
     script:
         "../scripts/compute_cka.py"
 

@@ -339,3 +339,123 @@ def test_cka_table_gets_intervals_over_minibatches(tmp_path):
     assert all(r["ci_high"] > r["ci_low"] for r in within)  # 6 different batches: a real spread
     same = [c for c in comparisons if {c["model_a"], c["model_b"]} == {"a", "a2"}]
     assert same and all(c["difference"] == 0 and c["ci_low"] == 0 == c["ci_high"] for c in same)
+
+
+# --- one pass file per model, the pairs from the files (no model) ---------------------------------
+def _pass_files(tmp_path, models: dict, n_batches: int = 4, skipped=(), attrs_of=None):
+    """Each model's pass file over the same batches (as compute_cka_pass writes them)."""
+    from beyond_imagenet.evaluations.cka.passes import gram_pass, write_grams
+
+    files = {}
+    for name, hooked in models.items():
+        path = tmp_path / name / "set.h5"
+        ids = [f"img{i}" for i in range(n_batches * 8)]
+        attrs = {"model": name, "identity": {"model": name}, "settings": {"n_images": 8 * n_batches},
+                 "n_images": len(ids), **(attrs_of(name) if attrs_of else {})}
+        write_grams(path, hooked.layer_names, gram_pass(hooked, _batches(n_batches, batch=8, size=8)),
+                    lambda attrs=attrs, ids=ids: (attrs, ids, list(skipped)))
+        files[name] = path
+    return files
+
+
+def _expected(models):
+    return {m: {"model": m, "identity": {"model": m}, "settings": {"n_images": 32}} for m in models}
+
+
+def test_pairs_from_pass_files_equal_the_joint_pass_exactly(tmp_path):
+    """Per-model passes + the pairs job give bit for bit what one joint pass of all models gives."""
+    from beyond_imagenet.evaluations.cka.passes import pairs_from_grams
+
+    models = {"a": _hooked(TinyConv(0)), "b": _hooked(TinyConv(1)), "c": _hooked(TinyConv(2))}
+    pairs = [("a", "a"), ("b", "b"), ("c", "c"), ("a", "b"), ("b", "c")]
+    joint = cka_pass(models, list(_batches(4, batch=8, size=8)), pairs)
+    files = _pass_files(tmp_path, models)
+    found = pairs_from_grams(files, pairs, _expected(models))
+    assert list(found.results) == pairs
+    for pair in pairs:
+        np.testing.assert_array_equal(found.results[pair].compute(), joint[pair].compute())
+        for term, values in joint[pair].batch_terms().items():
+            np.testing.assert_array_equal(found.results[pair].batch_terms()[term], values)
+    assert found.layer_names["b"] == ["layers.0", "layers.2", "layers.4"] and len(found.ids) == 32
+    # Round trip through the matrix file the table and figures read.
+    write_cka(tmp_path / "cka.h5", found.results, found.layer_names, {"n_images": 32})
+    matrices, _ = read_cka(tmp_path / "cka.h5")
+    np.testing.assert_array_equal(matrices[3].cka, joint[("a", "b")].compute())
+
+
+def test_pass_file_holds_one_batch_at_a_time_and_is_atomic(tmp_path):
+    """A pass whose end fails (bad images under on_bad_image: error) leaves no file; a finished one
+    stores (n_layers, B, B) float64 per batch."""
+    import h5py
+
+    from beyond_imagenet.evaluations.cka.passes import gram_pass, write_grams
+
+    hooked = _hooked(TinyConv(0))
+    path = tmp_path / "m" / "set.h5"
+
+    def fail():
+        raise RuntimeError("bad images")
+
+    with pytest.raises(RuntimeError, match="bad images"):
+        write_grams(path, hooked.layer_names, gram_pass(hooked, _batches(2, batch=8, size=8)), fail)
+    assert not path.exists() and not list(path.parent.iterdir())
+    n = write_grams(path, hooked.layer_names, gram_pass(hooked, _batches(3, batch=8, size=8)),
+                    lambda: ({"model": "m"}, ["x"] * 24, []))
+    with h5py.File(path, "r") as f:
+        assert n == 3 and list(f["grams"]) == ["00000", "00001", "00002"]
+        assert f["grams"]["00001"].shape == (3, 8, 8) and f["grams"]["00001"].dtype == np.float64
+
+
+def test_pairs_job_refuses_stale_or_mismatched_pass_files(tmp_path):
+    from beyond_imagenet.evaluations.cka.passes import pairs_from_grams
+    from beyond_imagenet.extract import StaleOutputError
+
+    models = {"a": _hooked(TinyConv(0)), "b": _hooked(TinyConv(1))}
+    files = _pass_files(tmp_path, models)
+    pairs = [("a", "a"), ("a", "b")]
+    # Another model's weights (identity), another pass setting: the file is named and refused.
+    wrong = _expected(models)
+    wrong["b"]["identity"] = {"model": "b", "weights": "other"}
+    with pytest.raises(StaleOutputError, match=r"b/set\.h5 was made for something else(.|\n)*identity"):
+        pairs_from_grams(files, pairs, wrong)
+    wrong = _expected(models)
+    wrong["a"]["settings"] = {"n_images": 64}
+    with pytest.raises(StaleOutputError, match="settings"):
+        pairs_from_grams(files, pairs, wrong)
+    # Same identities, but different images left out: the batches do not pair.
+    other = _pass_files(tmp_path / "other", {"b": models["b"]}, skipped=["img3"])
+    with pytest.raises(StaleOutputError, match="same images in the same batches"):
+        pairs_from_grams({"a": files["a"], "b": other["b"]}, pairs, _expected(models))
+    with pytest.raises(ValueError, match=r"no pass file for model\(s\) \['c'\]"):
+        pairs_from_grams(files, [("a", "c")], _expected(models))
+
+
+# --- through Snakemake: adding a model to a finished study ----------------------------------------
+@pytest.mark.workflow
+def test_adding_a_model_runs_its_cka_pass_and_the_pairs_only(tmp_path):
+    """A finished CKA study plus one model plans that model's pass, the pairs job over the stored
+    passes and the study-wide tables and figures: no other model's pass reruns (dry run)."""
+    from collections import Counter
+
+    from conftest import dry_run_jobs, run_snakemake, write_config
+
+    config = default_config()
+    models = config["models"]
+    config["models"] = {"convnet_sup": models["convnet_sup"], "vit_sup": models["vit_sup"]}
+    config["datasets"] = {"imagenet_val": {**config["datasets"]["imagenet_val"], "num_classes": 4,
+                                           "images_per_class": 2}}
+    config["evaluations"] = {"cka": {"datasets": ["imagenet_val"], "n_images": 8, "batch_size": 4,
+                                     "cross_pairs": "all"}}
+    config["resources_dir"] = str(tmp_path / "resources")
+    jobs = run_snakemake(write_config(tmp_path / "two.yaml", config), tmp_path)
+    assert jobs["compute_cka_pass"] == 2 and jobs["compute_cka"] == 1
+    assert dry_run_jobs(tmp_path / "two.yaml", tmp_path) == []  # finished
+
+    config["models"]["vit_sup2"] = {**models["vit_sup"], "seed": 1, "label": "another ViT"}
+    planned = dry_run_jobs(write_config(tmp_path / "three.yaml", config), tmp_path)
+    passes = [w for rule, w in planned if rule == "compute_cka_pass"]
+    assert passes == [{"model": "vit_sup2", "dataset": "imagenet_val"}]
+    # The study-wide aggregates read every table (tests/test_job_params.py AGGREGATES).
+    assert Counter(rule for rule, _ in planned) - Counter({"compute_cka_pass": 1}) == Counter(
+        {"compute_cka": 1, "compute_cka_summary": 1, "plot_cka": 2, "compute_profile": 1, "plot_profile": 1,
+         "compute_comparisons": 1, "plot_comparisons": 1, "list_skipped_images": 1, "all": 1})

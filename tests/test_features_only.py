@@ -168,12 +168,13 @@ def test_reviewers_study_plans_features_only_models_in_feature_evaluations_only(
     n_tasks = 19
     for model in features_only:
         mine = Counter(rule for rule, w in jobs if w.get("model") == model)
-        # 19 VTAB probes, the VTAB task splits (3 each) extracted by one job; nothing else.
-        assert mine == {"probe_transfer": n_tasks, "extract_outputs": 1, "link_output": 3 * n_tasks}, model
+        # 19 VTAB probes, the VTAB task splits (3 each) extracted by one job, its CKA pass; nothing else.
+        assert mine == {"probe_transfer": n_tasks, "extract_outputs": 1, "link_output": 3 * n_tasks,
+                        "compute_cka_pass": 1}, model
         assert {w["group"] for rule, w in jobs if rule == "extract_outputs" and w["model"] == model} == {"vtab"}
     assert not any(rule == "build_zero_shot_head" and w["model"] != "vit_clip" for rule, w in jobs)
     counts = Counter(rule for rule, _ in jobs)
-    assert counts["compute_cka"] == 1 and counts["compute_transfer"] == 1 and counts["probe_transfer"] == 6 * n_tasks
+    assert counts["compute_cka"] == 1 and counts["compute_cka_pass"] == 6 and counts["compute_transfer"] == 1 and counts["probe_transfer"] == 6 * n_tasks
     # The three reference models run everything (ImageNet val, 7 shifted sets, PUG, cue-conflict, VTAB,
     # the invariance variants).
     assert Counter(rule for rule, w in jobs if w.get("model") == "vit_sup")["extract_outputs"] == 11

@@ -298,10 +298,11 @@ def dataset_jobs(config, dataset):
 # evaluation -> (config change, allowed jobs besides the dataset's and the aggregates, required jobs)
 SCENARIOS = {
     "cka": (add_to_cka,
-            lambda d: {"compute_cka": lambda wc: wc.get("dataset") == d,
+            lambda d: {"compute_cka_pass": lambda wc: wc.get("dataset") == d,
+                       "compute_cka": lambda wc: wc.get("dataset") == d,
                        "plot_cka": lambda wc: wc.get("dataset") == d,
                        "compute_cka_summary": lambda wc: True},
-            lambda d: [("compute_cka", {"dataset": d})]),
+            lambda d: [("compute_cka_pass", {"dataset": d}), ("compute_cka", {"dataset": d})]),
     "calibration": (add_to_calibration,
                     lambda d: {"compute_calibration": lambda wc: True, "plot_reliability": lambda wc: True,
                                "plot_confidence": lambda wc: True},

@@ -203,3 +203,21 @@ def test_minibatch_on_cuda() -> None:
     acc.update([x.cuda().float()], [y.cuda().float()])
     assert all(v.is_cuda and v.dtype == torch.float64 for v in acc.state_dict().values())
     assert acc.compute()[0, 0] == pytest.approx(linear_cka(x, y), abs=1e-6)
+
+
+def test_minibatch_batch_terms_survive_growing_their_storage() -> None:
+    """The per-batch terms are kept in preallocated rows (grown when full): all batches come back,
+    in order, whatever the initial capacity, and reset forgets them."""
+    xs = [(_rand(8, 5, seed=k), _rand(8, 3, seed=100 + k)) for k in range(7)]
+    small, large = MinibatchCKA(expected_batches=1), MinibatchCKA(expected_batches=64)
+    for x, y in xs:
+        small.update([x, x * 2], [y])
+        large.update([x, x * 2], [y])
+    for name, values in small.batch_terms().items():
+        assert values.shape[0] == 7
+        np.testing.assert_array_equal(values, large.batch_terms()[name])
+    one = MinibatchCKA()
+    one.update([xs[3][0], xs[3][0] * 2], [xs[3][1]])
+    np.testing.assert_array_equal(small.batch_terms()["ab"][3], one.batch_terms()["ab"][0])
+    small.reset()
+    assert small.batch_terms() == {} and small.n_batches == 0

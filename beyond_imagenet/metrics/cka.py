@@ -158,7 +158,7 @@ class MinibatchCKA:
         cka = acc.compute()                       # np.ndarray (len(acts_a), len(acts_b))
     """
 
-    def __init__(self) -> None:
+    def __init__(self, expected_batches: int = 16) -> None:
         self._hsic_ab: torch.Tensor | None = None  # (n_a, n_b) running sum
         self._hsic_aa: torch.Tensor | None = None  # (n_a,) running sum
         self._hsic_bb: torch.Tensor | None = None  # (n_b,) running sum
@@ -167,11 +167,15 @@ class MinibatchCKA:
         self.n_samples: int = 0
         # Per-batch HSIC terms (host float64; n_a·n_b + n_a + n_b numbers a batch), for the
         # bootstrap over minibatches (docs/evaluations.md §11); not part of the running state.
-        self._per_batch: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        # Kept in arrays of ``expected_batches`` rows (doubled when full), not one small array per
+        # batch: thousands of small long-lived allocations between each batch's large temporary
+        # Grams fragment glibc's heap, and a pairs job's resident memory then grew with the batches.
+        self._capacity = max(1, int(expected_batches))
+        self._per_batch: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
     def reset(self) -> None:
         """Forget all accumulated batches."""
-        self.__init__()
+        self.__init__(self._capacity)
 
     @staticmethod
     def _gram_stats(acts: Sequence[ArrayLike], device: torch.device | None,
@@ -256,7 +260,15 @@ class MinibatchCKA:
         self._hsic_ab += hab
         self._hsic_aa += haa
         self._hsic_bb += hbb
-        self._per_batch.append((hab.cpu().numpy().copy(), haa.cpu().numpy().copy(), hbb.cpu().numpy().copy()))
+        terms = (hab.cpu().numpy(), haa.cpu().numpy(), hbb.cpu().numpy())
+        if self._per_batch is None or self.n_batches == len(self._per_batch[0]):
+            grown = tuple(np.empty((max(self._capacity, 2 * self.n_batches), *t.shape)) for t in terms)
+            if self._per_batch is not None:
+                for new, old in zip(grown, self._per_batch):
+                    new[: self.n_batches] = old
+            self._per_batch = grown  # type: ignore[assignment]
+        for store, t in zip(self._per_batch, terms):  # type: ignore[arg-type]
+            store[self.n_batches] = t
         self.n_batches += 1
         self.n_samples += n
 
@@ -269,9 +281,9 @@ class MinibatchCKA:
     def batch_terms(self) -> dict[str, np.ndarray]:
         """Each batch's unbiased HSICs: ``ab`` (n_batches, n_a, n_b), ``aa`` (n_batches, n_a), ``bb``
         (n_batches, n_b); :func:`cka_from_batch_terms` of them is :meth:`compute`."""
-        if not self._per_batch:
+        if self._per_batch is None or not self.n_batches:
             return {}
-        return {name: np.stack([terms[k] for terms in self._per_batch]) for k, name in enumerate(("ab", "aa", "bb"))}
+        return {name: store[: self.n_batches].copy() for name, store in zip(("ab", "aa", "bb"), self._per_batch)}
 
     def compute(self) -> np.ndarray:
         """The CKA matrix (n_layers_a, n_layers_b) as float64 numpy; NaN where a self-HSIC is ≤ 0."""

@@ -1,9 +1,11 @@
 """Representation similarity (docs/evaluations.md §9): minibatch linear CKA with the unbiased HSIC,
-online with forward hooks, all models in one job on the same images.
+online with forward hooks, every model on the same images in the same seeded batches.
 
 Unlike the other evaluations it runs its own pass over the images (``passes``: hooks, the pass,
-its HDF5 file), one job per dataset (``rules/cka.smk``: ``compute_cka``); its table
-(``cka.csv``, what the profile reads) and its heatmaps are drawn from those files.
+its files): one job per model and dataset (``rules/cka.smk``: ``compute_cka_pass``) stores each
+selected layer's Gram matrix per batch (:func:`pass_file`), and one job per dataset without any
+model (``compute_cka``) forms every pair's matrix from those files (:func:`matrix_file`); its
+table (``cka.csv``, what the profile reads) and its heatmaps are drawn from the matrix files.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from beyond_imagenet.evaluations import Evaluation, Figure, register
 from beyond_imagenet.profile import Headline
 from beyond_imagenet.style import plt, save_figure
 
-#: The settings of the CKA pass (evaluations.cka.<key>): the compute_cka job's params.
+#: The settings of the CKA pass (evaluations.cka.<key>): params of compute_cka_pass and compute_cka.
 PASS_SETTINGS = ("n_images", "batch_size", "seed", "layers")
 
 
@@ -38,6 +40,11 @@ def figure_kinds(study) -> list[str]:
 
 def matrix_file(study, dataset: str) -> str:
     return str(study.results / "metrics" / f"cka_{dataset}.h5")
+
+
+def pass_file(study, model: str, dataset: str) -> str:
+    """One model's pass over one dataset: its layers' Gram matrices per seeded batch (``passes.write_grams``)."""
+    return str(study.results / "cka" / model / f"{dataset}.h5")
 
 
 def table(job) -> list[dict[str, Any]]:

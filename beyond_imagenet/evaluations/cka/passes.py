@@ -7,6 +7,11 @@ matrix on the spot, so no activation outlives its layer's forward call; per batc
 :class:`~beyond_imagenet.metrics.cka.MinibatchCKA`. Memory is therefore independent of the
 number of images (tests/test_cka_pass.py checks this on a real process).
 
+In the workflow each model runs alone (:func:`gram_pass`) and its Grams are written per batch to
+its pass file (:func:`write_grams`); the pairs are formed later, without any model, from those
+files (:func:`pairs_from_grams`), with exactly the arithmetic of a joint pass (:func:`cka_pass`,
+which runs several models in one process, as the tests do).
+
 Which layers: a *selector* of :data:`LAYER_SELECTORS` (``blocks``, ``stages``) resolved per
 architecture family by regular expressions over module names of the image tower
 (:data:`IMAGE_TOWERS`, per model source), or a list of such expressions from the config.
@@ -190,6 +195,111 @@ def cka_pass(models: Mapping[str, HookedModel], batches: Iterable[Any], pairs: S
                 acc.update(grams[a], None if a == b else grams[b], grams=True)
             del grams
     return accumulators
+
+
+# ------------------------------------------------- one model's pass, and the pairs from its file
+@torch.no_grad()
+def gram_pass(model: HookedModel, batches: Iterable[torch.Tensor],
+              device: torch.device | None = None) -> Iterator[list[torch.Tensor]]:
+    """One model over ``batches`` (on ``device``, default the CPU): per batch, the float64 (B, B)
+    Gram matrix of each selected layer (what every pair with this model needs from it;
+    :func:`pairs_from_grams` forms the pairs)."""
+    device = device or torch.device("cpu")
+    with GramRecorder(model.layers) as recorder:
+        model.network.eval().to(device)
+        for images in batches:
+            recorder.batch = images.shape[0]
+            model.network(images.to(device, non_blocking=True))
+            yield recorder.take()
+
+
+#: What a pass file holds (``format`` attribute); a reader refuses any other.
+GRAMS_FORMAT = "cka-grams-1"
+
+
+def write_grams(path: str | os.PathLike, layer_names: Sequence[str], grams: Iterable[Sequence[torch.Tensor]],
+                finish: Callable[[], tuple[Mapping[str, Any], Sequence[str], Sequence[str]]]) -> int:
+    """One model's pass file, written while ``grams`` (per batch, one Gram per layer) is consumed:
+    ``grams/<batch:05d>`` (n_layers, B, B) float64, so only one batch is ever held. ``finish()``,
+    called once the batches are done, gives ``(attrs, ids, skipped_ids)``; if it raises (bad images
+    under ``on_bad_image: error``) nothing is written. Atomic: a file at ``path`` is whole.
+    Returns the number of batches."""
+    string = h5py.string_dtype("utf-8")
+    n = 0
+    with atomic_path(path) as tmp, h5py.File(tmp, "w", track_order=True) as f:
+        group = f.create_group("grams", track_order=True)
+        for layers in grams:
+            if len(layers) != len(layer_names):
+                raise ValueError(f"{len(layers)} Gram matrices for {len(layer_names)} layers")
+            # float64 as formed: the pairs job replays exactly the arithmetic of a joint pass.
+            stacked = torch.stack([g.detach().to("cpu", torch.float64) for g in layers]).numpy()
+            group.create_dataset(f"{n:05d}", data=stacked, track_times=False)
+            n += 1
+        attrs, ids, skipped_ids = finish()
+        write_h5_attrs(f.attrs, {**attrs, "format": GRAMS_FORMAT, "layer_names": list(layer_names),
+                                 "n_batches": n})
+        for name, values in (("ids", ids), ("skipped_ids", skipped_ids)):
+            f.create_dataset(name, data=np.asarray(list(values), dtype=object), dtype=string,
+                             shape=(len(values),), track_times=False)
+    return n
+
+
+def _strings(dataset: h5py.Dataset) -> list[str]:
+    return [v.decode() if isinstance(v, bytes) else str(v) for v in dataset[()]]
+
+
+@dataclasses.dataclass
+class CkaPairs:
+    """What :func:`pairs_from_grams` forms: the pairs, and what the pass files recorded."""
+
+    results: dict[tuple[str, str], MinibatchCKA]
+    layer_names: dict[str, list[str]]  # by model
+    attrs: dict[str, dict[str, Any]]  # each model's pass-file attributes
+    ids: list[str]  # the images, in batch order (the same in every file)
+    skipped_ids: list[str]
+
+
+def pairs_from_grams(files: Mapping[str, str | os.PathLike], pairs: Sequence[tuple[str, str]],
+                     expected: Mapping[str, Mapping[str, Any]]) -> CkaPairs:
+    """Every pair's :class:`MinibatchCKA` from the models' pass files (no model is built).
+
+    ``files``: model -> pass file; ``expected``: model -> the attributes its file must record (its
+    identity, the pass settings, the manifest fingerprint): a file made for anything else is
+    refused (:class:`~beyond_imagenet.extract.StaleOutputError`, naming it), as are files whose
+    images or batches differ from the first model's (the pairs need the same images in the same
+    batches). Batch by batch, as a joint pass would: memory is one batch's Gram matrices of the
+    models (models x layers x B^2 float64) plus the pairs' per-batch HSIC terms (pairs x batches x
+    layers_a x layers_b), whatever the models' sizes."""
+    from beyond_imagenet.extract import StaleOutputError, check_attrs
+
+    used = list(dict.fromkeys(itertools.chain.from_iterable(pairs)))
+    missing = [m for m in used if m not in files]
+    if missing:
+        raise ValueError(f"no pass file for model(s) {missing} named in the pairs")
+    attrs = {m: check_attrs(files[m], {**expected[m], "format": GRAMS_FORMAT}) for m in used}
+    with contextlib.ExitStack() as stack:
+        handles = {m: stack.enter_context(h5py.File(files[m], "r")) for m in used}
+        def images(m: str) -> tuple:  # the image ids, the left-out ones, each batch's size
+            f = handles[m]
+            return _strings(f["ids"]), _strings(f["skipped_ids"]), [f["grams"][k].shape[1] for k in f["grams"]]
+
+        first = used[0]
+        reference = images(first)
+        for m in used[1:]:
+            if images(m) != reference:
+                raise StaleOutputError(
+                    f"{files[m]} and {files[first]} do not hold the same images in the same batches "
+                    "(different image lists, unreadable images or batch sizes); CKA pairs need both. "
+                    f"Delete both (rm {files[m]} {files[first]}) and rerun the workflow.")
+        layer_names = {m: json.loads(attrs[m]["layer_names"]) for m in used}
+        batches = list(handles[first]["grams"])
+        accumulators = {pair: MinibatchCKA(expected_batches=len(batches)) for pair in pairs}
+        for key in batches:
+            grams = {m: list(torch.from_numpy(handles[m]["grams"][key][()])) for m in used}
+            for (a, b), acc in accumulators.items():
+                acc.update(grams[a], None if a == b else grams[b], grams=True)
+            del grams
+    return CkaPairs(accumulators, layer_names, attrs, *reference[:2])
 
 
 # ------------------------------------------------------------------------------- data and file
