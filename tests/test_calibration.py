@@ -1,3 +1,5 @@
+import itertools
+
 import numpy as np
 import pytest
 
@@ -43,7 +45,7 @@ def _authors_ece(confidences, accuracies, n_bins):
     edges = np.linspace(0, 1, n_bins + 1)
     index = np.full(len(confidences), -1)
     ece = 0.0
-    for i, (lower, upper) in enumerate(zip(edges[:-1], edges[1:])):
+    for i, (lower, upper) in enumerate(itertools.pairwise(edges)):
         in_bin = np.greater(confidences, lower.item()) * np.less_equal(confidences, upper.item())
         index[in_bin] = i
         if np.mean(in_bin) > 0:

@@ -13,20 +13,19 @@ import hashlib
 import threading
 from collections.abc import Iterator
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import SHARED, default_config, run_snakemake, write_config
 
 from beyond_imagenet.metrics.shape_bias import CATEGORIES
-from conftest import SHARED, default_config, run_snakemake, write_config
 
 ARCHIVE = SHARED / "data" / "cue-conflict" / "cue-conflict.tar.gz"
 pytestmark = pytest.mark.skipif(not ARCHIVE.is_file(), reason=f"the real cue-conflict archive {ARCHIVE} is absent")
 
 
 class _Quiet(SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - keep test output quiet
+    def log_message(self, format: str, *args: object) -> None:  # keep test output quiet
         pass
 
 

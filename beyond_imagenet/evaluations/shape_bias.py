@@ -50,7 +50,7 @@ def bias_rows(data: dict[str, np.ndarray]) -> list[Row]:
         return num / den if den else float("nan")
 
     conflict, shape, texture = data["conflict"], data["hit_shape"], data["hit_texture"]
-    n_shape, n_texture, n_conflict = int(shape.sum()), int(texture.sum()), int(conflict.sum())
+    n_shape, n_texture = int(shape.sum()), int(texture.sum())
     n_all = len(conflict)  # the fractions divide by all images, as model-vs-human (metrics.shape_bias)
     values = {"shape_bias": ratio(n_shape, n_shape + n_texture), "shape_fraction": ratio(n_shape, n_all),
               "texture_fraction": ratio(n_texture, n_all), "accuracy_16": float(np.mean(data["correct16"]))}
