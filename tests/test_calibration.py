@@ -1,3 +1,5 @@
+import itertools
+
 import numpy as np
 import pytest
 
@@ -34,6 +36,36 @@ def test_bin_edges_one_in_last_zero_in_first_upper_edge_inclusive():
     assert idx[2] == 0  # exactly on the upper edge of bin 0 -> bin 0 (lower < conf <= upper)
     assert idx[3] == 1
     assert idx[4] == 7  # 0.5 is the upper edge of bin 7 (7.5/15)
+
+
+def _authors_ece(confidences, accuracies, n_bins):
+    """The paper authors' binning and ECE (Beyond-INet inference/calibration.py, CELoss /
+    ECELoss, restated): edges linspace(0, 1, n_bins + 1), a sample in bin i when
+    lower_i < conf <= upper_i (np.greater * np.less_equal), ECE = sum of bin_prop * |conf - acc|."""
+    edges = np.linspace(0, 1, n_bins + 1)
+    index = np.full(len(confidences), -1)
+    ece = 0.0
+    for i, (lower, upper) in enumerate(itertools.pairwise(edges)):
+        in_bin = np.greater(confidences, lower.item()) * np.less_equal(confidences, upper.item())
+        index[in_bin] = i
+        if np.mean(in_bin) > 0:
+            ece += np.mean(in_bin) * abs(np.mean(confidences[in_bin]) - np.mean(accuracies[in_bin]))
+    return index, ece
+
+
+@pytest.mark.parametrize("n_bins", [3, 10, 15])
+def test_binning_is_the_authors(n_bins):
+    """Guards docs/evaluations.md §4: the bins and the ECE are those of the authors' calibration
+    code, on random confidences, on every bin edge (as linspace computes it) and at 1.0. (A
+    confidence of exactly 0, in no bin of theirs and in the first of ours, is no softmax maximum.)"""
+    rng = np.random.default_rng(n_bins)
+    edges = np.linspace(0, 1, n_bins + 1)[1:]
+    conf = np.concatenate([rng.uniform(1e-3, 1, 500), edges, np.nextafter(edges[:-1], 1), [1.0, 1.0]])
+    correct = rng.integers(0, 2, len(conf))
+    index, ece = _authors_ece(conf, correct.astype(bool), n_bins)
+    assert (index >= 0).all()
+    np.testing.assert_array_equal(bin_index(conf, n_bins), index)
+    assert expected_calibration_error(conf, correct, n_bins=n_bins) == pytest.approx(ece, abs=1e-12)
 
 
 def test_all_confident_and_right_is_perfectly_calibrated():

@@ -69,11 +69,14 @@ def test_parse_variant_rejects(bad: str) -> None:
 
 
 def test_is_standard() -> None:
+    """Shift 0 crops in original coordinates, then resizes: its own pipeline, extracted. A CLIP
+    model's scale 1 is bilinear (the authors' CropScale) where its standard transform is bicubic."""
+    expected = {"supervised": [("scale", 1), ("resolution", 224)], "clip": [("resolution", 224)]}
     for paradigm in ("supervised", "clip"):
         standard = [(k, v) for k, vs in VARIANTS.items() for v in vs if is_standard(k, v, paradigm)]
-        # Shift 0 crops in original coordinates, then resizes: its own pipeline, extracted.
-        assert standard == [("scale", 1), ("resolution", 224)]
+        assert standard == expected[paradigm]
         assert not is_standard("scale", 1, paradigm, protocol="native")
+        assert not is_standard("resolution", 224, paradigm, protocol="native")
     with pytest.raises(ValueError):
         is_standard("scale", 1, "selfsup")
 
@@ -91,15 +94,22 @@ def test_pil_crop_out_of_bounds_pads_with_zeros() -> None:
 
 # --- shift ------------------------------------------------------------------------------------
 
-def test_shift_window_arithmetic() -> None:
-    # 500×375, R = 256, crop 224: side = round(224·375/256) = round(328.125) = 328,
-    # left = round(172/2) = 86, top = round(47/2 = 23.5) = 24 (ties up).
-    assert shift_window(500, 375, 0, 256) == (86, 24, 414, 352)
-    assert shift_window(500, 375, 30, 256) == (116, 24, 444, 352)  # landscape: right
-    assert shift_window(375, 500, 30, 256) == (24, 116, 352, 444)  # portrait: down
-    # 300×300, R = 256: side = round(262.5) = 263, left = top = round(18.5) = 19; square: down
-    # (docs/evaluations.md §8: "right if w > h, else down").
-    assert shift_window(300, 300, 5, 256) == (19, 24, 282, 287)
+@pytest.mark.parametrize("shift", VARIANTS["shift"])
+def test_shift_window_arithmetic(shift: int) -> None:
+    """Guards issue 25 item 5: the windows are the authors' CropShift ones, truncated with int()
+    (rounding half up moved them by a pixel: (86, 24, 328) instead of (85, 23, 328) at shift 0).
+    By hand, 500×375, crop 224:
+      R = 256 (supervised): top = int(16·375/256 = 23.4375) = 23,
+        left = int(((500/375·256) − 224)/2 · 375/256 = 85.9375 + v) = 85 + v, side = int(328.125) = 328;
+      R = 224 (CLIP): top = 0, left = int((298.67 − 224)/2 · 375/224 = 62.5 + v) = 62 + v,
+        side = int(375) = 375."""
+    assert shift_window(500, 375, shift, 256) == (85 + shift, 23, 85 + shift + 328, 23 + 328)
+    assert shift_window(500, 375, shift, 224) == (62 + shift, 0, 62 + shift + 375, 375)
+    # portrait: w and h swap roles, the window moves down
+    assert shift_window(375, 500, shift, 256) == (23, 85 + shift, 23 + 328, 85 + shift + 328)
+    # 300×300, R = 256: left = int(16·300/256 = 18.75) = 18, top = 18 + v, side = int(262.5) = 262;
+    # square: down (docs/evaluations.md §8: "right if w > h, else down").
+    assert shift_window(300, 300, shift, 256) == (18, 18 + shift, 280, 280 + shift)
 
 
 @pytest.mark.parametrize("shift", [0, 5, 30])
@@ -182,8 +192,30 @@ def test_scale_resize_sizes() -> None:
     for paradigm, base in (("supervised", 256), ("clip", 224)):
         for s in VARIANTS["scale"]:
             t = variant_transform("scale", s, paradigm, **IMAGENET)
-            assert t.transforms[0].size == round(s * base)
+            assert t.transforms[0].size == int(s * base)
             assert t(_image(500, 375)).shape == (3, 224, 224)
+    # int() truncates as the authors' CropScale does: 1.3 · 256 = 332.8 -> 332 (not 333).
+    assert scale_transform(1.3, 256, interpolation=InterpolationMode.BILINEAR, **IMAGENET).transforms[0].size == 332
+
+
+@pytest.mark.parametrize("paradigm", ["supervised", "clip"])
+def test_interpolation_per_paradigm(paradigm: str) -> None:
+    """Guards issue 25 item 5: the paper protocol's scale and shift resize bilinearly for CLIP
+    models too (the authors' CropScale / CropShift use torchvision's default); resolution keeps
+    each paradigm's own pipeline (supervised bilinear, CLIP open_clip's bicubic)."""
+    kinds = {"scale": 2, "shift": 30, "resolution": 336}
+    got = {}
+    for kind, value in kinds.items():
+        t = variant_transform(kind, value, paradigm, **IMAGENET)
+        step = t.transforms[0]
+        got[kind] = step.resize.interpolation if kind == "shift" else step.interpolation
+    resolution = InterpolationMode.BILINEAR if paradigm == "supervised" else InterpolationMode.BICUBIC
+    assert got == {"scale": InterpolationMode.BILINEAR, "shift": InterpolationMode.BILINEAR,
+                   "resolution": resolution}
+    # A given interpolation (the model's own, under `native`) replaces it for every kind.
+    for kind, value in kinds.items():
+        t = variant_transform(kind, value, paradigm, interpolation=InterpolationMode.BICUBIC, **IMAGENET)
+        assert "bicubic" in repr(t.transforms[0]), kind
     with pytest.raises(ValueError):
         scale_transform(0.5, 256, interpolation=InterpolationMode.BILINEAR, **IMAGENET)
 

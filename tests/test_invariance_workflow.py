@@ -69,9 +69,11 @@ def test_study_variants_and_standard_reuse():
     for model in study.models:
         for name in names:
             path = study.item(model, "imagenet_val", None if is_standard_variant(study, model, name, "imagenet_val") else name)["output"]
-            # the standard level is the standard file for paper-protocol models; a native-protocol model
-            # (the default study's EfficientNet-Lite0) has no standard level
-            if name in ("scale-1", "res-224") and study.model_protocol(model) == "paper":
+            # the standard level is the standard file for paper-protocol models (scale 1 for supervised
+            # ones only: a CLIP model's is bilinear, its standard transform bicubic); a native-protocol
+            # model (the default study's EfficientNets) has no standard level
+            standard = ("scale-1", "res-224") if study.models[model].paradigm == "supervised" else ("res-224",)
+            if name in standard and study.model_protocol(model) == "paper":
                 assert path == study.output(model, "imagenet_val")
             else:
                 assert path.endswith(f"imagenet_val@{name}.h5")
@@ -103,9 +105,26 @@ def test_variant_models_and_transforms(model, tmp_path):
         assert tuple(loaded.preprocessing["mean"]) == pytest.approx(OPENAI_MEAN if clip else IMAGENET_MEAN)
         if name == "scale-2":  # Resize(2·R): R = 224 for CLIP, 256 supervised
             assert loaded.transform.transforms[0].size == (448 if clip else 512)
+        # The paper protocol's (the authors') interpolation: bilinear for scale and shift in both
+        # paradigms, open_clip's bicubic for a CLIP model's resolution.
+        want = "bicubic" if clip and name == "res-112" else "bilinear"
+        assert f"interpolation={want}" in loaded.preprocessing["transform"], name
         with torch.no_grad():
             logits, features = loaded.network(x[None])
         assert logits.shape == (1, 1000) and torch.isfinite(logits).all()
+
+
+@pytest.mark.parametrize("protocol, want", [("native", "bicubic"), ("paper", "bilinear")])
+def test_native_variants_keep_the_models_own_interpolation(protocol, want, tmp_path):
+    """Guards docs/evaluations.md §8: under `native` the variants resize with the model's own
+    interpolation (EfficientNet-Lite0's timm data config: bicubic), under `paper` with the authors'."""
+    entry = {**default_config()["models"]["effnet_lite0"], "preprocessing": protocol}
+    spec = ModelSpec.from_config("effnet_lite0", entry)
+    image = _image(tmp_path / "x.png")
+    for name in ("scale-2", "shift-30", "res-112"):
+        loaded = build_variant_model(spec, Variant.parse(name), "paper")
+        assert f"interpolation={want}" in loaded.preprocessing["transform"], name
+        assert loaded.transform(image).shape[1:] == ((112, 112) if name == "res-112" else (224, 224))
 
 
 # --- the table ---------------------------------------------------------------------------------
@@ -150,10 +169,11 @@ def test_dry_run_has_no_job_for_standard_variants(tmp_path):
     config = default_config()
     config["evaluations"] = {"invariance": {"datasets": ["imagenet_val"]}}
     jobs = run_snakemake(write_config(tmp_path / "c.yaml", config), tmp_path, dryrun=True)
-    # 15 variants; for the 4 paper-protocol models scale 1 and res 224 are the standard evaluation
-    # (13 variant files + the standard one per model), the native-protocol EfficientNet-Lite0 has no
-    # standard level (15 + 1); all written by one extraction job per model (extraction.group: model)
-    assert jobs["link_output"] == 4 * (13 + 1) + (15 + 1) and jobs["extract_outputs"] == 5
+    # 15 variants; for the 2 supervised paper-protocol models scale 1 and res 224 are the standard
+    # evaluation (13 variant files + the standard one per model), for the 2 CLIP ones res 224 only
+    # (14 + 1), the 3 native-protocol EfficientNet-Lites have no standard level (15 + 1); all written
+    # by one extraction job per model (extraction.group: model)
+    assert jobs["link_output"] == 2 * (13 + 1) + 2 * (14 + 1) + 3 * (15 + 1) and jobs["extract_outputs"] == 7
     assert jobs["compute_invariance"] == 1 and jobs["plot_invariance"] == 2
 
 
@@ -164,13 +184,19 @@ def test_invariance_cka_profile_end_to_end(default_study):
     workdir, _ = default_study
     results = workdir / "results"
     models = list(default_config()["models"])
-    # 4 paper-protocol models x 4 non-standard variants (shift 0 included); scale 1 and res 224
-    # have no file. The native-protocol EfficientNet-Lite0 has all 6.
+    # 2 supervised paper-protocol models x 4 non-standard variants (shift 0 included); scale 1 and
+    # res 224 have no file. The 2 CLIP models also extract scale 1 (bilinear, the authors' CropScale).
+    # The 3 native-protocol EfficientNet-Lites have all 6.
+    real = {m for m in models if m.startswith("effnet_lite")}
+    assert real == {"effnet_lite0", "effnet_lite1", "effnet_lite2"}
+    variants = {"supervised": ("scale-3", "shift-0", "shift-150", "res-112"),
+                "clip": ("scale-1", "scale-3", "shift-0", "shift-150", "res-112")}
+    config_models = default_config()["models"]
     variant_files = sorted(p.relative_to(results / "outputs").as_posix()
                            for p in (results / "outputs").glob("*/imagenet_val@*.h5"))
-    assert variant_files == sorted([f"{m}/imagenet_val@{v}.h5" for m in models if m != "effnet_lite0"
-                                    for v in ("scale-3", "shift-0", "shift-150", "res-112")]
-                                   + [f"effnet_lite0/imagenet_val@{v}.h5" for v in
+    assert variant_files == sorted([f"{m}/imagenet_val@{v}.h5" for m in models if m not in real
+                                    for v in variants[config_models[m]["paradigm"]]]
+                                   + [f"{m}/imagenet_val@{v}.h5" for m in real for v in
                                       ("scale-1", "scale-3", "shift-0", "shift-150", "res-112", "res-224")])
     table = pd.read_csv(results / "metrics" / "invariance.csv", keep_default_na=False, na_values=[""])
     assert set(table["variant"]) >= {"scale-1", "scale-3", "shift-0", "shift-150", "res-112", "res-224"}
@@ -188,7 +214,8 @@ def test_invariance_cka_profile_end_to_end(default_study):
         # Within each model, and across the paper's two axes (ConvNet vs ViT, supervised vs CLIP).
         assert set(f) == {f"{m}__{m}" for m in models} | {"convnet_sup__vit_sup", "convnet_clip__vit_clip",
                                                           "convnet_sup__convnet_clip", "vit_sup__vit_clip",
-                                                          "vit_sup__effnet_lite0", "convnet_clip__effnet_lite0",
+                                                          *(f"{m}__effnet_lite{k}" for m in ("vit_sup", "convnet_clip")
+                                                            for k in range(3)),
                                                           "ids", "skipped_ids"}
         assert len(f["ids"]) == 32 and len(set(f["ids"][()])) == 32 and len(f["skipped_ids"]) == 0
         within = f["vit_sup__vit_sup"]["cka"][()]

@@ -72,14 +72,15 @@ def test_parse_names() -> None:
 
 
 def test_hand_computed_case() -> None:
-    """Conflict images: 4 (shape hits 2, texture hits 1) → bias 2/3, shape 2/4, texture 1/4.
-    Accuracy over all 5 images (the no-conflict cat3-cat1 included): 3/5."""
+    """Conflict images: 4 (shape hits 2, texture hits 1) → bias 2/3; the fractions divide the hits
+    by all 5 images as model-vs-human does: shape 2/5, texture 1/5. Accuracy over all 5 images (the
+    no-conflict cat3-cat1 included): 3/5."""
     names = ["cat1-dog2.png", "cat2-dog1.png", "dog1-cat3.png", "dog2-knife1.png", "cat3-cat1.png"]
     decisions = ["cat", "dog", "dog", "car", "cat"]
     out = shape_bias(decisions, names)
     assert out["shape_bias"] == pytest.approx(2 / 3)
-    assert out["shape_fraction"] == pytest.approx(0.5)
-    assert out["texture_fraction"] == pytest.approx(0.25)
+    assert out["shape_fraction"] == pytest.approx(2 / 5)
+    assert out["texture_fraction"] == pytest.approx(1 / 5)
     assert out["accuracy_16"] == pytest.approx(0.6)
     assert out["n_images"] == 4 and out["n_images_all"] == 5
     assert out["per_category"] == pytest.approx({"cat": 0.5, "dog": 1.0})
@@ -109,3 +110,29 @@ def test_humans_are_shape_biased() -> None:
         df = pd.read_csv(path)
         out = shape_bias(df["object_response"].to_numpy(), df["imagename"].tolist())
         assert 0.915 <= out["shape_bias"] <= 0.99, path.name
+
+
+def _model_vs_human_shape_bias(df: pd.DataFrame) -> dict[str, float]:
+    """model-vs-human's ShapeBias.analysis (modelvshuman/plotting/analyses.py), restated: the
+    texture category from the name's last '-' part, rows with shape == texture dropped for the
+    counts, but the fractions divided by all rows."""
+    texture = df["imagename"].map(lambda n: "".join(c for c in n.split("_")[-1].split("-")[-1][:-4] if c.isalpha()))
+    conflict = df[df["category"] != texture]
+    shape = (conflict["object_response"] == conflict["category"]).sum() / len(df)
+    tex = (conflict["object_response"] == texture[conflict.index]).sum() / len(df)
+    return {"shape_fraction": shape, "texture_fraction": tex, "shape_bias": shape / (shape + tex)}
+
+
+@pytest.mark.parametrize("stem", ["deit3-21k", "convnext-clip", "subject-01_session_1", "subject-07_session_1"])
+def test_fractions_match_model_vs_human(stem: str) -> None:
+    """Guards docs/evaluations.md §5: shape_fraction / texture_fraction are model-vs-human's
+    fraction-correct-shape / -texture (hits on the 1,200 conflict images over all 1,280), on the
+    authors' model decisions and on the human observers' (whose 'na' answers count as neither)."""
+    name = f"cue-conflict_{stem}.csv.gz" if "subject" in stem else f"cue-conflict_{stem}_session-1.csv.gz"
+    df = pd.read_csv(DECISIONS / name)
+    assert len(df) == 1280
+    ours = shape_bias(df["object_response"].to_numpy(), df["imagename"].tolist())
+    theirs = _model_vs_human_shape_bias(df)
+    for key, value in theirs.items():
+        assert ours[key] == pytest.approx(value, abs=1e-12), key
+    assert ours["shape_fraction"] * 1280 == pytest.approx(round(ours["shape_fraction"] * 1280))

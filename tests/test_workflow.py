@@ -174,4 +174,9 @@ def test_default_study_real_model_behaves_like_a_real_one(default_study):
     assert (bins["value"] > 0).sum() >= 2
     labels = dict(zip(accuracy["model"], accuracy["label"])) | dict(
         zip(read("accuracy")["model"], read("accuracy")["label"]))
-    assert all(("random weights" in label) == (model != "effnet_lite0") for model, label in labels.items())
+    assert all(("random weights" in label) == (not model.startswith("effnet_lite")) for model, label in labels.items())
+    assert {m for m in labels if m.startswith("effnet_lite")} == {"effnet_lite0", "effnet_lite1", "effnet_lite2"}
+    # Issue 25: with the three real models the study has enough distinct ImageNet top-1s for the
+    # logit-linear fit, so effective robustness is reported (every model, every shifted benchmark).
+    gains = read("robustness").query("metric == 'effective_robustness'")
+    assert set(gains["model"]) == set(labels) and "imagenet_v2" in set(gains["benchmark"])

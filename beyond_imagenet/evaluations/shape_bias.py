@@ -50,9 +50,10 @@ def bias_rows(data: dict[str, np.ndarray]) -> list[Row]:
         return num / den if den else float("nan")
 
     conflict, shape, texture = data["conflict"], data["hit_shape"], data["hit_texture"]
-    n_shape, n_texture, n_conflict = int(shape.sum()), int(texture.sum()), int(conflict.sum())
-    values = {"shape_bias": ratio(n_shape, n_shape + n_texture), "shape_fraction": ratio(n_shape, n_conflict),
-              "texture_fraction": ratio(n_texture, n_conflict), "accuracy_16": float(np.mean(data["correct16"]))}
+    n_shape, n_texture = int(shape.sum()), int(texture.sum())
+    n_all = len(conflict)  # the fractions divide by all images, as model-vs-human (metrics.shape_bias)
+    values = {"shape_bias": ratio(n_shape, n_shape + n_texture), "shape_fraction": ratio(n_shape, n_all),
+              "texture_fraction": ratio(n_texture, n_all), "accuracy_16": float(np.mean(data["correct16"]))}
     rows = [{"category": "", "metric": m, "value": float(v)} for m, v in values.items()]
     n = len(CATEGORIES)  # data["category"]: index of the shape category in CATEGORIES
     has = np.bincount(data["category"], weights=conflict, minlength=n)

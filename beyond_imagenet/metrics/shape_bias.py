@@ -10,7 +10,12 @@ decisions).
 no-conflict ones (shape == texture): this is the definition that reproduces the "16-class acc"
 numbers derived from the authors' raw decision files (deit3-21k 32.4 %, convnext-base-21k 30.5 %,
 vit-clip 39.0 %, convnext-clip 29.3 %); over conflict images only they would equal the shape
-fraction (28.3 %, 26.1 %, 35.1 %, 26.1 %), which matches none of them.
+fraction over conflict images (28.3 %, 26.1 %, 35.1 %, 26.1 %), which matches none of them.
+
+``shape_fraction`` / ``texture_fraction`` follow model-vs-human's ``ShapeBias`` analysis
+(modelvshuman/plotting/analyses.py, also vendored in Beyond-INet): hits counted on the conflict
+images, divided by the number of all images (1,280), so ``shape_bias`` = shape_fraction /
+(shape_fraction + texture_fraction) is the same whichever denominator.
 """
 
 from __future__ import annotations
@@ -124,7 +129,8 @@ def shape_bias(
     """Shape bias and related fractions from per-image 16-class decisions.
 
     Returns a dict with ``shape_bias`` (shape / (shape + texture) on conflict images),
-    ``shape_fraction`` and ``texture_fraction`` (over conflict images), ``accuracy_16`` (decision ==
+    ``shape_fraction`` and ``texture_fraction`` (shape / texture decisions on conflict images, divided
+    by all images given, as model-vs-human's ``fraction-correct-shape`` / ``-texture``), ``accuracy_16`` (decision ==
     shape category over all images given, see module docstring), ``n_images`` (conflict images
     used for the bias), ``n_images_all`` (all images, the accuracy's denominator) and
     ``per_category``: shape category → shape bias among that category's conflict images (NaN when
@@ -155,8 +161,9 @@ def shape_bias(
 
     return {
         "shape_bias": _ratio(n_shape, n_shape + n_texture),
-        "shape_fraction": _ratio(n_shape, n_conflict),
-        "texture_fraction": _ratio(n_texture, n_conflict),
+        # model-vs-human's ShapeBias analysis: conflict-image hits over *all* images given.
+        "shape_fraction": _ratio(n_shape, len(dec)),
+        "texture_fraction": _ratio(n_texture, len(dec)),
         "accuracy_16": float(np.mean(dec == shape)),
         "n_images": n_conflict,
         "n_images_all": len(dec),

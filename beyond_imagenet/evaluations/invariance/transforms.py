@@ -14,7 +14,6 @@ extraction can be reused instead of recomputed.
 from __future__ import annotations
 
 import logging
-import math
 from typing import Any, Callable, Sequence
 
 import torch
@@ -50,23 +49,23 @@ VARIANTS: dict[str, list[float | int]] = {
 #: The value of each kind that reproduces the standard (paper-protocol) evaluation.
 STANDARD_VALUES: dict[str, float | int] = {"scale": 1, "shift": 0, "resolution": 224}
 
-#: Per-paradigm settings of the paper protocol: short-side resize before the 224 centre crop
-#: (R in docs/evaluations.md §8) and the resize interpolation.
+#: Per-paradigm settings of the paper protocol, as the authors' Beyond-INet code has them
+#: (utils/transforms.py CropScale / CropShift, inference/invariance.py): the short-side resize
+#: before the 224 centre crop (R in docs/evaluations.md §8), the scale and shift interpolation
+#: (torchvision's default, bilinear, for CLIP models too: CropScale and CropShift replace the
+#: CLIP transform's bicubic resize) and the resolution interpolation (supervised: the bilinear
+#: Resize(256) pipeline; CLIP: open_clip's own eval transform, bicubic).
 PARADIGMS: dict[str, dict[str, Any]] = {
-    "supervised": {"base_resize": 256, "interpolation": InterpolationMode.BILINEAR},
-    "clip": {"base_resize": 224, "interpolation": InterpolationMode.BICUBIC},
+    "supervised": {"base_resize": 256, "interpolation": InterpolationMode.BILINEAR,
+                   "resolution_interpolation": InterpolationMode.BILINEAR},
+    "clip": {"base_resize": 224, "interpolation": InterpolationMode.BILINEAR,
+             "resolution_interpolation": InterpolationMode.BICUBIC},
 }
 
 _PREFIX = {"scale": "scale", "shift": "shift", "resolution": "res"}
 _KIND_OF_PREFIX = {v: k for k, v in _PREFIX.items()}
 
 Transform = Callable[[Image.Image], torch.Tensor]
-
-
-def _round_half_up(x: float) -> int:
-    """Round to nearest, ties up: Python's round() is banker's rounding, which would make
-    e.g. 23.5 -> 24 but 22.5 -> 22 and the window position depend on parity."""
-    return int(math.floor(x + 0.5))
 
 
 def _check_paradigm(paradigm: str) -> None:
@@ -113,18 +112,22 @@ def parse_variant(name: str) -> tuple[str, float | int]:
 def is_standard(kind: str, value: float, paradigm: str, protocol: str = "paper") -> bool:
     """Whether this variant *is* the standard evaluation, pixel for pixel, so its outputs are reused.
 
-    Scale 1 (Resize(R) -> CenterCrop(224)) and resolution 224 (supervised Resize(256) ->
-    CenterCrop(224); CLIP Resize(224, bicubic) -> CenterCrop(224)) are the ``paper`` protocol's
-    own transforms for both paradigms. Shift 0 is not: its window is cut in original-image
-    coordinates and then resized (docs/evaluations.md §8), which differs from resize-then-crop by resampling order
-    and up to a pixel of window rounding. It is extracted like the other shifts, so the whole
-    shift curve comes from one pipeline and v = 0 is its exact baseline.
+    Under the ``paper`` protocol: resolution 224 for both paradigms (supervised Resize(256,
+    bilinear) -> CenterCrop(224); CLIP open_clip's Resize(224, bicubic) -> CenterCrop(224)) and
+    scale 1 for supervised models (Resize(256, bilinear) -> CenterCrop(224)). Scale 1 of a CLIP
+    model is not: the authors' CropScale resizes bilinearly where the CLIP standard transform is
+    bicubic. Shift 0 is not either: its window is cut in original-image coordinates and then
+    resized (docs/evaluations.md §8), which differs from resize-then-crop by resampling order and
+    up to a pixel of window truncation. Both are extracted like the other levels, so each curve
+    comes from one pipeline and its baseline level is exact.
     Under the ``native`` protocol (each model's own crop_pct/interpolation) nothing is standard.
     """
     _check_paradigm(paradigm)
     if kind not in STANDARD_VALUES:
         raise ValueError(f"unknown variant kind {kind!r}")
-    return protocol == "paper" and kind != "shift" and float(value) == float(STANDARD_VALUES[kind])
+    if protocol != "paper" or kind == "shift" or float(value) != float(STANDARD_VALUES[kind]):
+        return False
+    return kind == "resolution" or paradigm == "supervised"
 
 
 # --- transforms -------------------------------------------------------------------------------
@@ -142,14 +145,15 @@ def scale_transform(
     mean: Sequence[float],
     std: Sequence[float],
 ) -> T.Compose:
-    """Zoom-in variant: Resize(short side -> round(scale·base_resize)) -> CenterCrop(crop).
+    """Zoom-in variant: Resize(short side -> int(scale·base_resize)) -> CenterCrop(crop).
 
     ``base_resize`` is R of the paradigm (256 supervised, 224 CLIP), so ``scale=1`` is the
-    standard evaluation and larger scales show a smaller central part of the image.
+    standard evaluation and larger scales show a smaller central part of the image. ``int()``
+    truncates, as the authors' ``CropScale`` does.
     """
     if scale <= 0:
         raise ValueError(f"scale must be positive, got {scale}")
-    size = _round_half_up(scale * base_resize)
+    size = int(scale * base_resize)
     if size < crop:
         raise ValueError(f"resize {size} smaller than crop {crop}: the crop would be padded")
     return T.Compose([T.Resize(size, interpolation=interpolation), T.CenterCrop(crop), *_to_tensor_normalize(mean, std)])
@@ -159,24 +163,29 @@ def shift_window(width: int, height: int, shift_px: int, base_resize: int, crop:
     """The (left, top, right, bottom) box, in original pixels, of the shifted centre crop.
 
     The standard Resize(base_resize) + CenterCrop(crop) sees a centred square of side
-    ``crop·short/base_resize`` original pixels. In integers::
+    ``crop·short/base_resize`` original pixels. The arithmetic is the authors' ``CropShift``
+    (Beyond-INet utils/transforms.py) expression for expression, floats truncated by ``int()``
+    only at the end (R = base_resize, for w > h; w and h swap roles otherwise)::
 
-        side = round(crop · min(w, h) / base_resize)
-        left = round((w - side) / 2),  top = round((h - side) / 2)      (ties rounded up)
+        top  = int((R - crop) / 2 · h / R)
+        left = int(((w / h · R) - crop) / 2 · h / R + shift_px)
+        side = int(crop · h / R)
 
-    then ``left += shift_px`` if ``w > h`` (landscape: move right, along the long side), else
+    i.e. ``left += shift_px`` if ``w > h`` (landscape: move right, along the long side), else
     ``top += shift_px`` (portrait or square: move down), as docs/evaluations.md §8 words it ("right if w > h,
-    else down"). The box may extend past the image; that part is zero-padded by
-    :func:`shift_transform`.
+    else down"). A 500 x 375 image at R = 256: (left, top, side) = (85, 23, 328) at shift 0.
+    The box may extend past the image; that part is zero-padded by :func:`shift_transform`.
     """
-    short = min(width, height)
-    side = _round_half_up(crop * short / base_resize)
-    left = _round_half_up((width - side) / 2)
-    top = _round_half_up((height - side) / 2)
-    if width > height:
-        left += shift_px
+    w, h, r = width, height, base_resize
+    if w > h:
+        top = ((r - crop) / 2 * h) / r
+        left = ((w / h * r) - crop) / 2 * h / r + shift_px
+        side = crop * h / r
     else:
-        top += shift_px
+        top = ((h / w * r) - crop) / 2 * w / r + shift_px
+        left = ((r - crop) / 2 * w) / r
+        side = crop * w / r
+    left, top, side = int(left), int(top), int(side)
     return left, top, left + side, top + side
 
 
@@ -231,15 +240,16 @@ def resolution_transform(
 ) -> T.Compose:
     """Input pipeline for evaluating at ``resolution`` px (the model must be resized to match).
 
-    supervised: Resize(round(r·256/224)) -> CenterCrop(r), i.e. the standard 0.875 crop ratio
-    kept at every resolution (bilinear unless told otherwise).
+    supervised: Resize(int(r·(256/224))) -> CenterCrop(r), i.e. the standard 0.875 crop ratio
+    kept at every resolution (bilinear unless told otherwise; truncated as the authors'
+    inference/invariance.py does).
     clip: Resize(r) -> CenterCrop(r), bicubic, i.e. open_clip's eval transform at image size r.
     """
     _check_paradigm(paradigm)
     if interpolation is None:
-        interpolation = PARADIGMS[paradigm]["interpolation"]
+        interpolation = PARADIGMS[paradigm]["resolution_interpolation"]
     if paradigm == "supervised":
-        resize = _round_half_up(resolution * 256 / 224)
+        resize = int(resolution * (256 / 224))
     else:
         resize = resolution
     return T.Compose([T.Resize(resize, interpolation=interpolation), T.CenterCrop(resolution),
@@ -256,14 +266,15 @@ def variant_transform(
     interpolation: InterpolationMode | None = None,
     crop: int = 224,
 ) -> T.Compose:
-    """The transform of one variant with the paradigm's paper-protocol R and interpolation."""
+    """The transform of one variant with the paradigm's paper-protocol R and interpolation
+    (``interpolation`` given: that one for every kind instead, e.g. the model's own under ``native``)."""
     _check_paradigm(paradigm)
     interp = interpolation if interpolation is not None else PARADIGMS[paradigm]["interpolation"]
     base = PARADIGMS[paradigm]["base_resize"]
     builders: dict[str, Callable[[], T.Compose]] = {
         "scale": lambda: scale_transform(float(value), base, crop, interpolation=interp, mean=mean, std=std),
         "shift": lambda: shift_transform(int(value), base, crop, interpolation=interp, mean=mean, std=std),
-        "resolution": lambda: resolution_transform(int(value), paradigm, interp, mean=mean, std=std),
+        "resolution": lambda: resolution_transform(int(value), paradigm, interpolation, mean=mean, std=std),
     }
     if kind not in builders:
         raise ValueError(f"unknown variant kind {kind!r}")

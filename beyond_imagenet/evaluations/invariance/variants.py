@@ -12,6 +12,7 @@ import dataclasses
 from typing import Any, Sequence
 
 import numpy as np
+from torchvision.transforms import InterpolationMode
 
 from beyond_imagenet.evaluations.invariance.transforms import (
     PARADIGMS,
@@ -71,9 +72,22 @@ def _normalisation(loaded: LoadedModel) -> tuple[tuple[float, ...], tuple[float,
         raise KeyError(f"preprocessing record of {loaded.spec.name} has no {err}; cannot normalise") from None
 
 
+def _native_interpolation(loaded: LoadedModel) -> InterpolationMode | None:
+    """The model's own resize interpolation (its preprocessing record: timm's data config, open_clip's
+    preprocess_cfg); None (the paradigm's) where the record names none."""
+    name = loaded.preprocessing.get("interpolation")
+    try:
+        return InterpolationMode(str(name)) if name else None
+    except ValueError:
+        raise ValueError(f"models.{loaded.spec.name}: its preprocessing names interpolation {name!r}, which "
+                         f"torchvision does not know ({[m.value for m in InterpolationMode]})") from None
+
+
 def build_variant_model(spec: ModelSpec, variant: Variant, protocol: str, head=None,
                         logit_scale: float = 100.0) -> LoadedModel:
-    """The model (built for the variant's resolution if it is one) with the variant's transform.
+    """The model (built for the variant's resolution if it is one) with the variant's transform:
+    under ``paper`` the authors' (docs/evaluations.md §8), under ``native`` the same windows resized
+    with the model's own interpolation.
 
     The recorded preprocessing says which variant and transform produced the outputs.
     """
@@ -82,7 +96,9 @@ def build_variant_model(spec: ModelSpec, variant: Variant, protocol: str, head=N
     image_size = int(variant.value) if variant.kind == "resolution" else None
     loaded = build_model(spec, protocol, head=head, logit_scale=logit_scale, image_size=image_size)
     mean, std = _normalisation(loaded)
-    transform = variant_transform(variant.kind, variant.value, spec.paradigm, mean=mean, std=std)
+    interpolation = _native_interpolation(loaded) if (spec.preprocessing or protocol) == "native" else None
+    transform = variant_transform(variant.kind, variant.value, spec.paradigm, mean=mean, std=std,
+                                  interpolation=interpolation)
     preprocessing = {**loaded.preprocessing, "transform": repr(transform), "variant": variant.name,
                      "variant_kind": variant.kind, "variant_value": variant.value,
                      "image_size": image_size or 224, "mean": mean, "std": std}
