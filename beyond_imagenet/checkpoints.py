@@ -68,13 +68,6 @@ def package_file(package: str, inner: str, what: str) -> Path:
     return Path(list(found.submodule_search_locations)[0]) / inner
 
 
-def checkpoint_exists(checkpoint: str) -> bool:
-    try:
-        return resolve_checkpoint_path(checkpoint).is_file()
-    except CheckpointError:
-        return False
-
-
 def _unsupported_global(message: str) -> str | None:
     found = re.search(r"GLOBAL ([\w.]+)", message) or re.search(r"Unsupported global: ([\w.]+)", message)
     return found.group(1) if found else None
