@@ -3,7 +3,7 @@
 # and output (beyond_imagenet.workflow.Job), so every setting a job uses is a param here.
 import re
 
-from beyond_imagenet.evaluations import EVALUATIONS
+from beyond_imagenet.evaluations import EVALUATIONS, chance_levels
 
 # GPU slots a model-running job takes. A study pinned to the CPU takes none, so its jobs are not
 # serialised behind the profile's `gpu` resource; `auto`/`cuda` take one (leased inside the job).
@@ -215,11 +215,16 @@ def figure_input(evaluation, name):
     return STUDY.metric(evaluation)
 
 
+# Chance top-1 per dataset (and VTAB task), from the label spaces: figures and the profile grey out
+# a model whose accuracy interval reaches it.
+CHANCE_LEVELS = chance_levels(STUDY)
+
+
 def figure_params(evaluation, name):
     """The params of a plot job (scripts/plot_figure.py): which figure, and what it draws besides
     its input (published numbers, labels: the record's ``data``)."""
     figure = EVALUATIONS[evaluation].figure(name)
-    params = {"figure": f"{evaluation}/{name}"}
+    params = {"figure": f"{evaluation}/{name}", "chance": CHANCE_LEVELS}
     if figure.data:
         params["data"] = lambda wildcards: figure.data(STUDY, wildcards)
     return params

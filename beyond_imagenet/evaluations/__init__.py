@@ -144,6 +144,24 @@ def published_section(section: str) -> Callable[["Study", Any], dict[str, Any]]:
     return data
 
 
+def chance_levels(study) -> dict[str, float]:
+    """The chance top-1 of every study dataset with a known label-space size (``readers.chance_level``),
+    keyed by dataset name; a VTAB dataset's tasks as ``<dataset>/<task folder>``. Figures and the
+    profile get it as a param (a model whose accuracy interval reaches it is drawn as at chance)."""
+    from beyond_imagenet.datasets.readers import chance_level
+
+    out = {}
+    for name, spec in study.datasets.items():
+        level = chance_level(spec.class_space)
+        if level is not None:
+            out[name] = level
+        for task in getattr(spec, "tasks", None) or ():
+            level = chance_level(spec.class_space, task)
+            if level is not None:
+                out[f"{name}/{task}"] = level
+    return out
+
+
 EVALUATIONS: dict[str, Evaluation] = {}
 
 
