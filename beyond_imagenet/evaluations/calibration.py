@@ -300,5 +300,6 @@ CALIBRATION = register(Evaluation(
     samples=samples,
     figures=(Figure("reliability", draw_reliability, "reliability", data=published_ece),
              Figure("confidence", draw_confidence, "confidence")),
-    headlines=(Headline("calibration", {"metric": "ece"}, False, "ECE ({dataset})"),),
+    headlines=(Headline("calibration", {"metric": "ece"}, False, "ECE ({dataset})", accuracy={"metric": "accuracy"},
+                        n={"metric": "n_images"}),),
 ))

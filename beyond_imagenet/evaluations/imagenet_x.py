@@ -172,5 +172,6 @@ IMAGENET_X = register(Evaluation(
     samples=samples,
     figures=(Figure("imagenet_x", draw, "imagenet_x", data=published_section("imagenet_x")),),
     headlines=(Headline("imagenet_x", {"factor": "average", "metric": "error_ratio"}, False,
-                        "ImageNet-X mean error ratio ({dataset})"),),
+                        "ImageNet-X mean error ratio ({dataset})", accuracy={"factor": "overall", "metric": "accuracy"},
+                        n={"factor": "overall", "metric": "n_images"}),),
 ))

@@ -172,6 +172,7 @@ PUG = register(Evaluation(
     samples=samples,
     figures=(Figure("pug", draw, "pug", data=published_section("pug")),),
     headlines=(Headline("pug", {"subset": "Average", "metric": "top1"}, True, "PUG mean top-1 % ({dataset})",
-                        scale=100),),
+                        scale=100, accuracy={"subset": "Average", "metric": "top1"}, n={"metric": "n_images"},
+                        n_per="subset"),),
     input_transform=input_transform,
 ))

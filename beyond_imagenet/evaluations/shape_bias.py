@@ -223,5 +223,6 @@ SHAPE_BIAS = register(Evaluation(
     group_columns=("dataset", "category"),
     samples=samples,
     figures=(Figure("shape_bias", draw, "shape_bias", data=figure_data),),
-    headlines=(Headline("shape_bias", {"metric": "shape_bias", "category": ""}, True, "shape bias ({dataset})"),),
+    headlines=(Headline("shape_bias", {"metric": "shape_bias", "category": ""}, True, "shape bias ({dataset})",
+                        accuracy={"metric": "accuracy_16", "category": ""}, n={"metric": "n_images", "category": ""}),),
 ))

@@ -374,5 +374,6 @@ TRANSFER = register(Evaluation(
     combine=combine,
     figures=(Figure("transfer", draw, "transfer", data=published),),
     headlines=(Headline("transfer", {"task": "mean", "group": "all", "metric": "test_top1"}, True,
-                        "VTAB linear probe mean top-1 % ({dataset})", scale=100),),
+                        "VTAB linear probe mean top-1 % ({dataset})", scale=100,
+                        accuracy={"metric": "test_top1", "task": tuple(TASKS)}, n={"metric": "n_test"}, n_per="task"),),
 ))

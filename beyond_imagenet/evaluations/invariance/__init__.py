@@ -438,7 +438,8 @@ INVARIANCE = register(Evaluation(
                     data=published),),
     # Top-1 kept under the transform: mean over the non-baseline levels / the baseline's top-1.
     headlines=(Headline("invariance", {"metric": "retained_top1"}, True,
-                        "{transform}: % of top-1 retained ({dataset})", by=("dataset", "transform"), scale=100),),
+                        "{transform}: % of top-1 retained ({dataset})", by=("dataset", "transform"), scale=100,
+                        accuracy={"metric": "top1"}, n={"metric": "n_images"}),),
     check=check,
     variants=extraction_variants,
     samples=samples,
