@@ -406,3 +406,95 @@ def grouped_bars(ax, groups: list[str], models: pd.DataFrame, value, paper=None,
                 ax.plot(offset, published, label=None if drew_paper else "published (paper)", **PAPER_MARKER)
                 drew_paper = True
     ax.set_xticks(x)
+
+
+# ------------------------------------------------------------------ the paper's paired reading
+#: ``layout: paired`` (robustness, transfer, shape bias): the families compared within a paradigm.
+PAIRED_FAMILIES = ("vit", "convnet")
+FAMILY_NAMES = {"vit": "ViT", "convnet": "ConvNet"}
+
+
+def paradigm_pairs(models: pd.DataFrame) -> list[tuple[str, pd.Series, pd.Series]]:
+    """(paradigm, ViT row, ConvNet row) of each paradigm with both families (``styled_models``
+    rows, study order); a paper model (``paper_key``) is preferred, else the first of the family."""
+    pairs = []
+    for paradigm in dict.fromkeys(models["paradigm"]):
+        rows = models[models["paradigm"] == paradigm]
+        chosen = []
+        for family in PAIRED_FAMILIES:
+            of_family = rows[rows["family"].str.lower() == family]
+            if of_family.empty:
+                break
+            paper = of_family[of_family["paper_key"] != ""]
+            chosen.append((paper if len(paper) else of_family).iloc[0])
+        if len(chosen) == 2:
+            pairs.append((str(paradigm), chosen[0], chosen[1]))
+    return pairs
+
+
+def margin_lookup(comparisons: pd.DataFrame | None, dataset: str = "") -> Callable[[str, str], tuple | None]:
+    """``lookup(vit, convnet)`` -> (margin, low, high) of ViT - ConvNet from a comparisons table
+    (``uncertainty.compare``: the paired bootstrap of the headline), or None."""
+    found: dict[tuple[str, str], tuple[float, float, float]] = {}
+    if comparisons is not None and len(comparisons):
+        rows = as_text(comparisons, "dataset")
+        rows = rows[rows["dataset"] == dataset] if dataset else rows
+        for _, r in rows.iterrows():
+            d, lo, hi = (float(r[c]) for c in ("difference", "ci_low", "ci_high"))
+            found[(str(r["model_a"]), str(r["model_b"]))] = (d, lo, hi)
+            found[(str(r["model_b"]), str(r["model_a"]))] = (-d, -hi, -lo)
+    return lambda a, b: found.get((a, b))
+
+
+def plot_paired(groups: Sequence[str], labels: Sequence[str], models: pd.DataFrame, value: Callable, paths,
+                title: str, ylabel: str, scale: float = 1.0, margin=None, headline_group: str | None = None,
+                higher_is_better: bool = True, ylim: tuple[float, float] | None = None, unit: str = ""):
+    """The paper's reading: per paradigm (one panel), ViT and ConvNet side by side at each group,
+    with the winner and its margin ("+2.3 ViT") above the pair. ``margin(vit, convnet)`` ->
+    (ViT - ConvNet, low, high) in displayed units from the paired bootstrap (comparisons), shown
+    with its interval at ``headline_group`` (the headline the comparisons cover); elsewhere the
+    margin of the two values (no interval: no paired resampling of it). A panel without both
+    families says so. Returns the saved (closed) figure."""
+    pairs = paradigm_pairs(models)
+    fig, axes = plt.subplots(1, max(1, len(pairs)), figsize=(max(4.0, 0.9 * len(groups) + 2) * max(1, len(pairs)),
+                                                                3.8), squeeze=False)
+    if not pairs:
+        ax = axes[0, 0]
+        ax.axis("off")
+        ax.text(0.5, 0.5, "layout: paired needs a ViT and a ConvNet model of the same paradigm; this study has none",
+                ha="center", va="center", fontsize=9, wrap=True, label="_empty")
+    x = np.arange(len(groups))
+    for ax, (paradigm, vit, conv) in zip(axes[0], pairs):
+        heights = {}
+        for k, m in enumerate((vit, conv)):
+            h = np.asarray([value(m["model"], g) for g in groups], dtype=float) * scale
+            heights[m["model"]] = h
+            ax.bar(x + (k - 0.5) * 0.38, np.nan_to_num(h), width=0.38, color=m["color"], hatch=m["hatch"],
+                   edgecolor="black", linewidth=0.4, label=m["label"])
+        top = ylim[1] if ylim else np.nanmax([*heights[vit["model"]], *heights[conv["model"]], 0]) * 1.25 or 1.0
+        for j, g in enumerate(groups):
+            a, b = heights[vit["model"]][j], heights[conv["model"]][j]
+            if not (np.isfinite(a) and np.isfinite(b)):
+                continue
+            paired = margin(vit["model"], conv["model"]) if (margin and g == headline_group) else None
+            diff = paired[0] if paired else a - b
+            better_vit = diff > 0 if higher_is_better else diff < 0
+            winner = FAMILY_NAMES["vit" if better_vit else "convnet"] if diff != 0 else "tie"
+            text = f"+{abs(diff):.3g}{unit} {winner}" if diff != 0 else "tie"
+            if paired:  # (+ 0.0: no "-0")
+                text += f"\n[{paired[1] + 0.0:+.3g}, {paired[2] + 0.0:+.3g}]"
+            ax.annotate(text, (j, max(a, b)), xytext=(0, 3), textcoords="offset points", ha="center", va="bottom",
+                        fontsize=6.5, label="_margin", annotation_clip=False)
+        empty_note(ax, [*heights[vit["model"]], *heights[conv["model"]]], "both models score 0 everywhere")
+        ax.set_xticks(x)
+        ax.set_xticklabels(labels, fontsize=7, rotation=30 if len(groups) > 4 else 0, ha="right" if len(groups) > 4
+                           else "center")
+        ax.set_ylim(*(ylim or (0, top)))
+        ax.set_title(f"{paradigm}: {FAMILY_NAMES['vit']} vs {FAMILY_NAMES['convnet']}", fontsize=9)
+        ax.set_ylabel(ylabel)
+        legend_outside(ax, loc="upper center", bbox_to_anchor=(0.5, -0.18))
+    fig.suptitle(title + (f"; interval of the margin at {headline_group}: paired bootstrap" if margin and
+                          headline_group else ""), fontsize=9)
+    fig.tight_layout()
+    save_figure(fig, paths)
+    return fig

@@ -3,7 +3,7 @@
 # and output (beyond_imagenet.workflow.Job), so every setting a job uses is a param here.
 import re
 
-from beyond_imagenet.evaluations import EVALUATIONS, chance_levels
+from beyond_imagenet.evaluations import EVALUATIONS, chance_levels, layout
 
 # GPU slots a model-running job takes. A study pinned to the CPU takes none, so its jobs are not
 # serialised behind the profile's `gpu` resource; `auto`/`cuda` take one (leased inside the job).
@@ -212,6 +212,8 @@ def figure_input(evaluation, name):
     figure = EVALUATIONS[evaluation].figure(name)
     if figure.source:
         return lambda wildcards: figure.source(STUDY, wildcards)
+    if figure.paired and layout(STUDY, evaluation) == "paired":  # the margins' intervals
+        return [STUDY.metric(evaluation), comparisons_output(evaluation)]
     return STUDY.metric(evaluation)
 
 
@@ -225,6 +227,8 @@ def figure_params(evaluation, name):
     its input (published numbers, labels: the record's ``data``)."""
     figure = EVALUATIONS[evaluation].figure(name)
     params = {"figure": f"{evaluation}/{name}", "chance": CHANCE_LEVELS}
+    if figure.paired:
+        params["layout"] = layout(STUDY, evaluation)
     if figure.data:
         params["data"] = lambda wildcards: figure.data(STUDY, wildcards)
     return params

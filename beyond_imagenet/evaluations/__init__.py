@@ -50,6 +50,9 @@ class Figure:
     data: Callable[["Study", Any], dict[str, Any]] | None = None
     # What the figure is drawn from: the evaluation's table, or another of its files.
     source: Callable[["Study", Any], str] | None = None
+    # Whether the study's ``layout: paired`` setting (schemas/evaluations) applies: the figure then
+    # also reads the evaluation's comparisons (the margins' intervals), its second input.
+    paired: bool = False
 
     def stem(self, dataset: str | None = None, variant: str | None = None) -> str:
         parts = [self.name, *([variant] if variant else []), *([dataset] if dataset else [])]
@@ -129,6 +132,11 @@ class Evaluation:
                 return figure
         raise KeyError(f"evaluation {self.name} has no figure {name!r}; its figures: "
                        f"{', '.join(f.name for f in self.figures)}")
+
+
+def layout(study, evaluation: str) -> str:
+    """The evaluation's figure layout setting: ``models`` (default) or ``paired``."""
+    return study.evaluations.get(evaluation, {}).get("layout", "models")
 
 
 def published_section(section: str) -> Callable[["Study", Any], dict[str, Any]]:

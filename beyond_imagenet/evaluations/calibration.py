@@ -45,7 +45,9 @@ SUMMARY_METRICS = ("ece", "mce", "accuracy", "mean_confidence", "overconfidence"
 PAPER_SECTIONS = {"imagenet_val": "imagenet", "imagenet_r": "imagenet_r"}
 #: Rows of temperature scaling (docs/evaluations.md §4), in this order.
 TEMPERATURE_METRICS = ("ece_heldout", "ece_temperature_scaled", "nll_heldout", "nll_temperature_scaled",
-                       "temperature", "temperature_at_bound")
+                       "temperature")
+#: Row beside them: 1 when the fitted temperature sits at its search bound (no fit), else 0.
+TEMPERATURE_FLAG = "temperature_at_bound"
 
 log = logging.getLogger(__name__)
 
@@ -114,9 +116,10 @@ def temperature_scaling_rows(base: dict, out: dict, mask, settings) -> list[dict
         return []
     result = temperature_scaled_calibration(out["logits"], out["labels"], n_bins=n_bins, class_mask=mask, seed=seed)
     # 1: the search ended at a bound (metrics.calibration.temperature_at_bound), T is no fit.
-    result = {**result, "temperature_at_bound": float(temperature_at_bound(result["temperature"]))}
+    result = {**result, TEMPERATURE_FLAG: float(temperature_at_bound(result["temperature"]))}
     no_bin = {"bin": "", "bin_lower": "", "bin_upper": ""}
-    return [{**base, "metric": metric, **no_bin, "value": result[metric]} for metric in TEMPERATURE_METRICS]
+    return [{**base, "metric": metric, **no_bin, "value": result[metric]}
+            for metric in (*TEMPERATURE_METRICS, TEMPERATURE_FLAG)]
 
 
 def published_ece(study, wildcards) -> dict:
@@ -177,6 +180,12 @@ def _per_model(table: pd.DataFrame, dataset: str, draw: Callable, title: str, pa
     return fig
 
 
+def _n(rows: pd.DataFrame) -> str:
+    """", n=38" for a panel title; "" when the rows have no count."""
+    counts = rows.loc[rows["metric"] == "n_images", "value"].astype(float)
+    return f", {n_text(counts)}" if len(counts) else ""
+
+
 def _summary(rows: pd.DataFrame, metric: str) -> float:
     return float(rows.loc[rows["metric"] == metric, "value"].iloc[0])
 
@@ -200,7 +209,7 @@ def _scaled_note(rows: pd.DataFrame) -> str:
     temperature = _summary(rows, "temperature")
     flag = " = bound: no fit" if temperature_at_bound(temperature) else ""
     return (f"\nheld-out ECE {_summary(rows, 'ece_heldout'):.3f} -> {_summary(rows, 'ece_temperature_scaled'):.3f}"
-            f" (T {temperature:.3g}{flag})")
+            f" (T {temperature:.2f}{flag})")
 
 
 def _guessing(rows: pd.DataFrame, chance: dict | None) -> bool:
@@ -242,13 +251,13 @@ def plot_reliability(table: pd.DataFrame, dataset: str, paths, paper: dict[str, 
         if paper and isinstance(key, str) and key in paper:
             extra = f" (paper {paper[key]:.3f})"
         ece_ci, acc_ci = _summary_interval(rows, "ece"), _summary_interval(rows, "accuracy", 100)
-        n = n_text([_summary(rows, "n_images")])
+        n = _n(rows)
         if ece_ci is None and acc_ci is None:
-            ax.set_title(f"{label}\nECE {ece:.3f}{extra}, acc {_summary(rows, 'accuracy'):.1%}, {n}{_scaled_note(rows)}",
+            ax.set_title(f"{label}\nECE {ece:.3f}{extra}, acc {_summary(rows, 'accuracy'):.1%}{n}{_scaled_note(rows)}",
                          fontsize=9)
         else:  # one line each: the intervals make them long
             ax.set_title(f"{label}\nECE {ece:.3f}{interval_text(ece_ci)}{extra}\n"
-                         f"acc {_summary(rows, 'accuracy'):.1%}{interval_text(acc_ci, '{:.1f}')}, {n}"
+                         f"acc {_summary(rows, 'accuracy'):.1%}{interval_text(acc_ci, '{:.1f}')}{n}"
                          f"{_scaled_note(rows)}", fontsize=8)
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1)
@@ -276,7 +285,7 @@ def plot_confidence_histogram(table: pd.DataFrame, dataset: str, paths, chance: 
                 ax.axvspan(*bounds, color=color, alpha=0.12, linewidth=0, zorder=0, label=f"_band:{metric}")
         ax.axvline(_summary(rows, "mean_confidence"), color="k", linestyle="--", linewidth=1, label="mean confidence")
         ax.axvline(_summary(rows, "accuracy"), color="#2ca02c", linestyle=":", linewidth=1.5, label="accuracy")
-        ax.set_title(f"{rows['label'].iloc[0]}\n{n_text([_summary(rows, 'n_images')])}", fontsize=9)
+        ax.set_title(f"{rows['label'].iloc[0]}\n{_n(rows)[2:]}", fontsize=9)
         ax.set_xlim(0, 1)
         ax.set_xlabel("confidence")
         ax.set_ylabel("% of samples")

@@ -36,7 +36,9 @@ from beyond_imagenet.style import (
     empty_note,
     grouped_bars,
     legend_outside,
+    margin_lookup,
     n_text,
+    plot_paired,
     interval_lookup,
     plt,
     save_figure,
@@ -390,7 +392,28 @@ def plot_robustness(table: pd.DataFrame, paths, paper: dict | None = None, chanc
     return fig
 
 
+def plot_robustness_paired(table: pd.DataFrame, paths, comparisons: pd.DataFrame | None = None):
+    """``layout: paired``: per paradigm, ViT vs ConvNet top-1 (%) per benchmark with the winner and
+    its margin; the Average's margin with its paired-bootstrap interval (``comparisons``)."""
+    table = as_text(table, "benchmark", "corruption", "dataset")
+    overall = table[(table["metric"] == "top1") & (table["corruption"] == "")]
+    found = list(dict.fromkeys(overall["benchmark"]))
+    present = [b for b in BENCHMARK_ORDER if b in found and b != "average"]
+    present += [b for b in found if b not in BENCHMARK_ORDER] + (["average"] if "average" in found else [])
+    lookup = overall.groupby(["model", "benchmark"])["value"].mean()
+    counts = table.loc[(table["benchmark"] == "average") & (table["metric"] == "n_benchmarks"), "value"]
+    labels = {**BENCHMARK_LABELS, "average": f"Average ({int(counts.max()) if len(counts) else 0})"}
+    return plot_paired(present, [labels.get(b, b) for b in present], styled_models(table, table),
+                       lambda m, b: lookup.get((m, b), np.nan), paths, "Robustness, the paper's reading: ViT vs ConvNet",
+                       "top-1 accuracy (%)", scale=100, margin=margin_lookup(comparisons), headline_group="average",
+                       ylim=(0, 105))
+
+
 def draw(job) -> None:
+    if job.params.layout == "paired":
+        plot_robustness_paired(read_table(job.input[0]), job.figure_paths(),
+                               read_table(job.input[1]) if len(job.input) > 1 else None)
+        return
     plot_robustness(read_table(job.input[0]), job.figure_paths(), paper=job.params.data["paper"],
                     chance=job.params.chance)
 
@@ -403,7 +426,8 @@ ROBUSTNESS = register(Evaluation(
     table=table,
     settings=("real", "effective_robustness_min_models"),
     group_columns=("dataset", "benchmark", "corruption", "severity"),
-    figures=(Figure("robustness", draw, "robustness", per_dataset=False, data=published_section("robustness")),),
+    figures=(Figure("robustness", draw, "robustness", per_dataset=False, data=published_section("robustness"),
+                    paired=True),),
     headlines=(Headline("robustness", {"benchmark": "average", "metric": "top1"}, True,
                         "robustness: mean top-1 % of shifted sets", by=(), scale=100,
                         accuracy={"benchmark": SHIFTED_BENCHMARKS, "metric": "top1", "corruption": ""},

@@ -26,7 +26,9 @@ from beyond_imagenet.style import (
     chance_note,
     chance_of,
     legend_outside,
+    margin_lookup,
     n_text,
+    plot_paired,
     draw_intervals,
     interval,
     interval_lookup,
@@ -202,7 +204,24 @@ def plot_shape_bias(table: pd.DataFrame, dataset: str, paths, paper: dict | None
     return fig
 
 
+def plot_shape_bias_paired(table: pd.DataFrame, dataset: str, paths, comparisons: pd.DataFrame | None = None):
+    """``layout: paired``: per paradigm, ViT vs ConvNet overall shape bias with the winner (the more
+    shape-biased) and the margin's paired-bootstrap interval (``comparisons``)."""
+    table = as_text(table, "category")
+    data = table[(table["dataset"] == dataset) & (table["metric"] == "shape_bias") & (table["category"] == "")]
+    if data.empty:
+        raise ValueError(f"no shape-bias rows for dataset {dataset!r}")
+    lookup = data.set_index("model")["value"]
+    return plot_paired(["overall"], ["shape bias"], styled_models(data, table), lambda m, g: lookup.get(m, np.nan),
+                       paths, f"Shape bias on {dataset}, the paper's reading: ViT vs ConvNet", "shape bias",
+                       margin=margin_lookup(comparisons, dataset), headline_group="overall", ylim=(0, 1.1))
+
+
 def draw(job) -> None:
+    if job.params.layout == "paired":
+        plot_shape_bias_paired(read_table(job.input[0]), job.wildcards.dataset, job.figure_paths(),
+                               read_table(job.input[1]) if len(job.input) > 1 else None)
+        return
     plot_shape_bias(read_table(job.input[0]), job.wildcards.dataset, job.figure_paths(), paper=job.params.data["paper"],
                     chance=job.params.chance, humans=job.params.data.get("humans"))
 
@@ -222,7 +241,7 @@ SHAPE_BIAS = register(Evaluation(
     table=table,
     group_columns=("dataset", "category"),
     samples=samples,
-    figures=(Figure("shape_bias", draw, "shape_bias", data=figure_data),),
+    figures=(Figure("shape_bias", draw, "shape_bias", data=figure_data, paired=True),),
     headlines=(Headline("shape_bias", {"metric": "shape_bias", "category": ""}, True, "shape bias ({dataset})",
                         accuracy={"metric": "accuracy_16", "category": ""}, n={"metric": "n_images", "category": ""}),),
 ))

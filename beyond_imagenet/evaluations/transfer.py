@@ -354,9 +354,35 @@ def published(study, wildcards) -> dict:
     return {"paper_top1": load_paper_results()["vtab"]["top1"]}
 
 
+def plot_transfer_paired(table: pd.DataFrame, dataset: str, paths, comparisons: pd.DataFrame | None = None):
+    """``layout: paired``: per paradigm, ViT vs ConvNet probe top-1 (%) per task and the mean over
+    tasks, with the winner and its margin; the mean's margin with its paired-bootstrap interval."""
+    from beyond_imagenet.style import margin_lookup, plot_paired, styled_models
+
+    data = table[(table["dataset"] == dataset) & (table["metric"] == "test_top1")]
+    if data.empty:
+        raise ValueError(f"no transfer rows for dataset {dataset!r}")
+    tasks = [t for t in TASKS if t in set(data["task"])]
+    per_task = data[data["task"] != "mean"].set_index(["model", "task"])["value"]
+    means = data[(data["task"] == "mean") & (data["group"] == "all")].set_index("model")["value"]
+
+    def value(model, group):
+        return means.get(model, np.nan) if group == "mean" else per_task.get((model, group), np.nan)
+
+    models = styled_models(data.assign(paper_key=data["paper_key"].fillna("")), table)
+    return plot_paired([*tasks, "mean"], [*(TASKS[t].label for t in tasks), f"Mean of {len(tasks)}"], models, value,
+                       paths, f"VTAB-1k linear probes on {dataset}, the paper's reading: ViT vs ConvNet",
+                       "linear-probe top-1 (%)", scale=100, margin=margin_lookup(comparisons, dataset),
+                       headline_group="mean", ylim=(0, 110))
+
+
 def draw(job) -> None:
     from beyond_imagenet.tables import read_table
 
+    if job.params.layout == "paired":
+        plot_transfer_paired(read_table(job.input[0]), job.wildcards.dataset, job.figure_paths(),
+                             read_table(job.input[1]) if len(job.input) > 1 else None)
+        return
     plot_transfer(read_table(job.input[0]), job.wildcards.dataset, job.figure_paths(),
                   paper_top1=job.params.data["paper_top1"], chance=job.params.chance)
 
@@ -372,7 +398,7 @@ TRANSFER = register(Evaluation(
     group_columns=("dataset", "task", "group"),
     samples=samples,
     combine=combine,
-    figures=(Figure("transfer", draw, "transfer", data=published),),
+    figures=(Figure("transfer", draw, "transfer", data=published, paired=True),),
     headlines=(Headline("transfer", {"task": "mean", "group": "all", "metric": "test_top1"}, True,
                         "VTAB linear probe mean top-1 % ({dataset})", scale=100,
                         accuracy={"metric": "test_top1", "task": tuple(TASKS)}, n={"metric": "n_test"}, n_per="task"),),
