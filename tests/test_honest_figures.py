@@ -314,3 +314,52 @@ def test_cka_layers_are_labelled_by_block_index_for_every_source(tmp_path):
                 assert "block (0–" in label
         assert "n=32" in fig._suptitle.get_text()
     plt.close("all")
+
+
+# ------------------------------------------------------------------------- layout: paired
+def test_paired_layout_draws_the_margin_and_its_interval(tmp_path):
+    from beyond_imagenet.evaluations.robustness import plot_robustness_paired
+
+    rows = []
+    models = [{"model": m, "label": m, "family": f, "paradigm": p, "paper_key": ""}
+              for m, f, p in (("vs", "vit", "supervised"), ("cs", "convnet", "supervised"),
+                              ("vc", "vit", "clip"), ("cc", "convnet", "clip"), ("lone", "other", "ssl"))]
+    top1 = {"vs": (0.8, 0.6), "cs": (0.7, 0.65), "vc": (0.5, 0.4), "cc": (0.6, 0.5), "lone": (0.3, 0.3)}
+    for m in models:
+        val, v2 = top1[m["model"]]
+        for benchmark, value in (("imagenet_val", val), ("imagenet_v2", v2), ("average", v2)):
+            rows.append({**m, "dataset": "" if benchmark == "average" else benchmark, "benchmark": benchmark,
+                         "corruption": "", "severity": "", "metric": "top1", "value": value})
+        rows.append({**m, "dataset": "", "benchmark": "average", "corruption": "", "severity": "",
+                     "metric": "n_benchmarks", "value": 1})
+    comparisons = pd.DataFrame([
+        {"evaluation": "robustness", "headline": "h", "dataset": "", "model_a": "cs", "model_b": "vs",
+         "difference": 5.0, "ci_low": 1.0, "ci_high": 9.0},  # ConvNet - ViT: the ConvNet wins by 5
+        {"evaluation": "robustness", "headline": "h", "dataset": "", "model_a": "vc", "model_b": "cc",
+         "difference": -10.0, "ci_low": -14.0, "ci_high": -6.0}])
+    fig = plot_robustness_paired(pd.DataFrame(rows), _paths(tmp_path, "paired"), comparisons)
+    panels = {ax.get_title(): ax for ax in fig.axes}
+    assert set(panels) == {"supervised: ViT vs ConvNet", "clip: ViT vs ConvNet"}  # no panel for a lone family
+    sup = [t.get_text() for t in panels["supervised: ViT vs ConvNet"].texts if t.get_label() == "_margin"]
+    # ImageNet: ViT 80 vs ConvNet 70; V2: ConvNet by 5; the average: the paired interval, as ViT - ConvNet.
+    assert sup[0] == "+10 ViT" and sup[1] == "+5 ConvNet" and sup[2] == "+5 ConvNet\n[-9, -1]"
+    clip = [t.get_text() for t in panels["clip: ViT vs ConvNet"].texts if t.get_label() == "_margin"]
+    assert clip[2] == "+10 ConvNet\n[-14, -6]"
+    assert _legends_clear_of_axes(fig) == 2
+
+
+def test_layout_is_a_setting_of_the_paired_evaluations(tmp_path):
+    from conftest import default_config
+
+    from beyond_imagenet.evaluations import EVALUATIONS, layout
+    from beyond_imagenet.study import Study, validate_config
+
+    assert {name for name, record in EVALUATIONS.items() if any(f.paired for f in record.figures)} == {
+        "robustness", "transfer", "shape_bias"}
+    config = default_config()
+    assert layout(Study(validate_config(default_config())), "robustness") == "models"
+    config["evaluations"]["robustness"]["layout"] = "paired"
+    assert layout(Study(validate_config(config)), "robustness") == "paired"
+    config["evaluations"]["robustness"]["layout"] = "sideways"
+    with pytest.raises(Exception, match="layout"):
+        validate_config(config)
