@@ -3,7 +3,7 @@
 # and output (beyond_imagenet.workflow.Job), so every setting a job uses is a param here.
 import re
 
-from beyond_imagenet.evaluations import EVALUATIONS, chance_levels, layout
+from beyond_imagenet.evaluations import EVALUATIONS, chance_levels, figure_chance, layout
 
 # GPU slots a model-running job takes. A study pinned to the CPU takes none, so its jobs are not
 # serialised behind the profile's `gpu` resource; `auto`/`cuda` take one (leased inside the job).
@@ -217,8 +217,8 @@ def figure_input(evaluation, name):
     return STUDY.metric(evaluation)
 
 
-# Chance top-1 per dataset (and VTAB task), from the label spaces: figures and the profile grey out
-# a model whose accuracy interval reaches it.
+# Chance top-1 per dataset (and VTAB task), from the label spaces: the profile greys out a model
+# whose accuracy interval reaches it (each figure gets its own datasets' levels: figure_chance).
 CHANCE_LEVELS = chance_levels(STUDY)
 
 
@@ -226,7 +226,9 @@ def figure_params(evaluation, name):
     """The params of a plot job (scripts/plot_figure.py): which figure, and what it draws besides
     its input (published numbers, labels: the record's ``data``)."""
     figure = EVALUATIONS[evaluation].figure(name)
-    params = {"figure": f"{evaluation}/{name}", "chance": CHANCE_LEVELS}
+    params = {"figure": f"{evaluation}/{name}"}
+    if figure.chance:
+        params["chance"] = lambda wildcards: figure_chance(STUDY, evaluation, figure, wildcards)
     if figure.paired:
         params["layout"] = layout(STUDY, evaluation)
     if figure.data:

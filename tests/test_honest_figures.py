@@ -363,3 +363,25 @@ def test_layout_is_a_setting_of_the_paired_evaluations(tmp_path):
     config["evaluations"]["robustness"]["layout"] = "sideways"
     with pytest.raises(Exception, match="layout"):
         validate_config(config)
+
+
+def test_a_plot_job_gets_only_its_datasets_chance_levels():
+    """Adding a dataset to one evaluation must not rerun another's figures (tests/test_job_params.py)."""
+    import types
+
+    from conftest import default_config
+
+    from beyond_imagenet.evaluations import EVALUATIONS, figure_chance
+    from beyond_imagenet.study import Study, validate_config
+
+    study = Study(validate_config(default_config()))
+    reliability = EVALUATIONS["calibration"].figure("reliability")
+    assert figure_chance(study, "calibration", reliability, types.SimpleNamespace(dataset="imagenet_r")) == {
+        "imagenet_r": pytest.approx(1 / 200)}
+    robustness = EVALUATIONS["robustness"].figure("robustness")  # one figure over the evaluation's datasets
+    assert set(figure_chance(study, "robustness", robustness, types.SimpleNamespace())) == set(
+        study.evaluation_datasets("robustness"))
+    transfer = EVALUATIONS["transfer"].figure("transfer")
+    assert set(figure_chance(study, "transfer", transfer, types.SimpleNamespace(dataset="vtab"))) == {
+        "vtab/dtd", "vtab/eurosat", "vtab/clevr_count"}
+    assert not EVALUATIONS["cka"].figure("cka").chance

@@ -53,6 +53,9 @@ class Figure:
     # Whether the study's ``layout: paired`` setting (schemas/evaluations) applies: the figure then
     # also reads the evaluation's comparisons (the margins' intervals), its second input.
     paired: bool = False
+    # Whether the drawing marks models at chance: the plot job then gets the chance top-1 of the
+    # datasets it draws (``figure_chance``) as its ``chance`` param.
+    chance: bool = True
 
     def stem(self, dataset: str | None = None, variant: str | None = None) -> str:
         parts = [self.name, *([variant] if variant else []), *([dataset] if dataset else [])]
@@ -168,6 +171,15 @@ def chance_levels(study) -> dict[str, float]:
             if level is not None:
                 out[f"{name}/{task}"] = level
     return out
+
+
+def figure_chance(study, evaluation: str, figure: Figure, wildcards) -> dict[str, float]:
+    """The chance levels one plot job draws with: those of its dataset (a per-dataset figure) or of
+    the evaluation's datasets, VTAB tasks included; nothing else, so adding a dataset to another
+    evaluation reruns none of its figures."""
+    dataset = getattr(wildcards, "dataset", None) if figure.per_dataset else None
+    datasets = [dataset] if dataset else study.evaluation_datasets(evaluation)
+    return {k: v for k, v in chance_levels(study).items() if k.split("/", 1)[0] in datasets}
 
 
 EVALUATIONS: dict[str, Evaluation] = {}

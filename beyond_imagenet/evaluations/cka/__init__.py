@@ -150,7 +150,7 @@ CKA = register(Evaluation(
     samples=samples,
     pair_ignore=("partner", "partner_label"),
     group_columns=("dataset", "partner", "kind"),
-    figures=(Figure("cka", draw, "cka", variants=figure_kinds, variant_wildcard="kind", data=labels,
+    figures=(Figure("cka", draw, "cka", variants=figure_kinds, variant_wildcard="kind", data=labels, chance=False,
                     source=lambda study, w: matrix_file(study, w.dataset)),),
     headlines=(Headline("cka", {"metric": "mean_layer_similarity", "kind": "within"}, None,
                         "mean layer-to-layer CKA ({dataset})"),),
