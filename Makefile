@@ -1,6 +1,7 @@
 # Two commands for a fresh machine with Python >= 3.11 and pip:
 #   make demo   - create .venv and run the default study end to end (offline, CPU, a few minutes)
 #   make test   - create .venv and run the test suite (what CI runs, via .ci/run)
+#   make lint   - ruff (pinned in requirements.lock; settings in pyproject.toml)
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -9,7 +10,7 @@ CORES ?= 2
 NODEPS ?= requirements-nodeps.txt
 STAMP := $(VENV)/.installed-$(shell cat $(LOCK) $(NODEPS) pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: setup demo test report bench clean
+.PHONY: setup demo test lint report bench clean
 
 $(STAMP): $(LOCK) $(NODEPS) pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +31,9 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest -q -rs -p no:cacheprovider
+
+lint: setup
+	$(BIN)/ruff check .
 
 report: setup
 	$(BIN)/snakemake --report results/report.html

@@ -72,13 +72,6 @@ def package_file(package: str, inner: str, what: str) -> Path:
     return Path(list(found.submodule_search_locations)[0]) / inner
 
 
-def checkpoint_exists(checkpoint: str) -> bool:
-    try:
-        return resolve_checkpoint_path(checkpoint).is_file()
-    except CheckpointError:
-        return False
-
-
 #: Seconds a checkpoint may be dated ahead of this machine's clock (a file server whose clock runs a
 #: little ahead): shorter than any job that reads it, so its outputs still end up newer.
 CLOCK_TOLERANCE_S = 2.0

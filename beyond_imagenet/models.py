@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import logging
 from importlib import resources
 from pathlib import Path
@@ -549,7 +548,3 @@ def checkpoint_sha256(path: str | Path) -> str:
     not the name, keys the cache, so replacing the weights under the same name is noticed."""
     stat = Path(path).stat()
     return _checkpoint_sha256(str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
-
-
-def describe(spec: ModelSpec) -> str:
-    return json.dumps(dataclasses.asdict(spec), sort_keys=True)

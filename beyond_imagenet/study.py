@@ -436,9 +436,6 @@ class Study:
     def figure(self, name: str, ext: str = "png") -> str:
         return str(self.results / "figures" / f"{name}.{ext}")
 
-    def log(self, *parts: str) -> str:
-        return str(self.results / "logs" / Path(*parts)) + ".log"
-
     # ------------------------------------------------------------------------ what to run
     def evaluation_datasets(self, evaluation: str) -> list[str]:
         return list(self.evaluations.get(evaluation, {}).get("datasets", []))

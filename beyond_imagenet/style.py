@@ -53,7 +53,8 @@ import pandas as pd  # noqa: E402
 
 from beyond_imagenet.io import atomic_path  # noqa: E402
 
-__all__ = ["CI_COLUMNS", "ERRORBAR_STYLE", "FAMILY_STYLES", "as_text", "draw_intervals", "grouped_bars", "interval",
+__all__ = ["CHANCE_ALPHA", "CHANCE_HATCH", "chance_note", "CI_COLUMNS", "at_chance", "chance_of", "clip_upper", "empty_note",
+           "legend_outside", "n_text", "ERRORBAR_STYLE", "FAMILY_STYLES", "as_text", "draw_intervals", "grouped_bars", "interval",
            "interval_lookup", "interval_text", "styled_models", "plt", "OTHER_PALETTE", "PAPER_COLORS", "PAPER_MARKER",
            "PARADIGM_PALETTES", "QUALITATIVE", "ModelStyle", "model_styles", "save_figure"]
 
@@ -96,6 +97,110 @@ PAPER_MARKER = dict(marker="D", color="black", markersize=4, linestyle="none", z
 CI_COLUMNS = ("ci_low", "ci_high")
 #: Error bars on bars and points: thin black lines with small caps, below the published marker.
 ERRORBAR_STYLE = {"fmt": "none", "ecolor": "black", "elinewidth": 0.6, "capsize": 2, "capthick": 0.6, "zorder": 4}
+
+
+#: A model at chance on a set (its accuracy interval reaches 1 / the number of classes): its bars or
+#: points are drawn faded (this alpha) and cross-hatched, and labelled "chance", so it is neither
+#: hidden nor read as a result (docs/evaluations.md §11).
+CHANCE_ALPHA = 0.3
+CHANCE_HATCH = "xx"
+CHANCE_TEXT = "chance"
+
+
+CHANCE_NOTE = ("faded, cross-hatched, 'chance': the model's accuracy interval reaches chance "
+               "(1 / number of classes): not a result")
+
+
+def chance_note(fig) -> None:
+    """The figure's footnote saying what a faded bar or point means."""
+    fig.text(0.01, 0.0, CHANCE_NOTE, fontsize=6, color="0.35", ha="left", va="top", label="_chance_note")
+
+
+def chance_of(chance: Mapping[str, float] | None, dataset: Any, task: Any = None) -> float | None:
+    """The chance top-1 of a dataset (or ``<dataset>/<task>``) from a figure's ``chance`` param
+    (``evaluations.chance_levels``), or None when not known."""
+    if not chance:
+        return None
+    if task not in (None, "") and f"{dataset}/{task}" in chance:
+        return float(chance[f"{dataset}/{task}"])
+    level = chance.get(str(dataset))
+    return None if level is None else float(level)
+
+
+def at_chance(value: float, bounds: tuple[float, float] | None, level: float | None) -> bool:
+    """Whether an accuracy is at chance: its interval's lower end (without an interval: the value
+    itself) is at or below the chance ``level`` (same units). False when the level is unknown."""
+    if level is None or value is None or not np.isfinite(value):
+        return False
+    low = bounds[0] if bounds is not None and np.isfinite(bounds[0]) else value
+    return bool(low <= level * (1 + 1e-9))
+
+
+def n_text(counts: Sequence[float], per: str = "") -> str:
+    """``n=38``, or ``n=16–20 per task`` when the counts differ; "" without counts."""
+    values = sorted({int(c) for c in counts if c is not None and np.isfinite(c)})
+    if not values:
+        return ""
+    span = str(values[0]) if len(values) == 1 else f"{values[0]}–{values[-1]}"
+    return f"n={span}" + (f" per {per}" if per else "")
+
+
+def empty_note(ax, values: Sequence[float], what: str) -> bool:
+    """Write in the panel that every value is zero or missing (a blank axis says nothing); True when
+    it did. The text artist is labelled ``_empty`` (tests read it back)."""
+    finite = np.asarray([v for v in values if v is not None and np.isfinite(v)], dtype=float)
+    if len(finite) and np.any(finite != 0):
+        return False
+    reason = "every value is 0" if len(finite) else "no values"
+    ax.text(0.5, 0.5, f"{reason}: {what}", transform=ax.transAxes, ha="center", va="center", fontsize=9,
+            color="0.3", bbox=dict(facecolor="white", edgecolor="0.6", boxstyle="round"), label="_empty", zorder=10)
+    return True
+
+
+def clip_upper(values: Sequence[float], floor: float, outlier: float = 5.0) -> float:
+    """An upper axis limit robust to a few extreme bars or intervals (e.g. the error ratio of a
+    factor with one image): 1.15 x the largest value within ``outlier`` x the median of the positive
+    values, at least ``floor``. Bars and interval ends beyond it are clipped and marked with their
+    value (:func:`mark_clipped`)."""
+    finite = np.asarray([v for v in values if v is not None and np.isfinite(v) and v > 0], dtype=float)
+    if not len(finite):
+        return floor
+    usual = finite[finite <= outlier * np.median(finite)]
+    return max(floor, 1.15 * float(usual.max()))
+
+
+def mark_clipped(ax, positions: Sequence[float], heights: Sequence[float], highs: Sequence[float], top: float) -> int:
+    """Where a bar or its interval goes past ``top``: a small arrow at the top of the axis
+    (labelled ``_clipped``) and the true numbers (the bar's value, "↑" the interval's end);
+    returns how many."""
+    count = 0
+    for x, height, high in zip(positions, heights, highs):
+        past_bar = height is not None and np.isfinite(height) and height > top
+        past_end = high is not None and np.isfinite(high) and high > top
+        if not (past_bar or past_end):
+            continue
+        text = "\n".join([*([f"{height:.3g}"] if past_bar else []), *([f"↑{high:.3g}"] if past_end else [])])
+        ax.plot([x], [top], marker="^", color="black", markersize=4, linestyle="none", clip_on=False,
+                label="_clipped", zorder=6)
+        ax.annotate(text, (x, top), xytext=(0, 3), textcoords="offset points", ha="center", va="bottom",
+                    fontsize=5.5, annotation_clip=False)
+        count += 1
+    return count
+
+
+def legend_outside(target, *args: Any, ax=None, **kwargs: Any):
+    """A legend beside the axes (right of ``ax`` for an axes, below the figure for a figure), never
+    over the data. ``target``: an Axes or a Figure; the other arguments go to ``legend``."""
+    kwargs.setdefault("fontsize", 7)
+    kwargs.setdefault("frameon", False)
+    if hasattr(target, "add_subplot"):  # a figure: one legend under every panel
+        kwargs.setdefault("loc", "upper center")
+        kwargs.setdefault("bbox_to_anchor", (0.5, 0.0))
+        return target.legend(*args, **kwargs)
+    kwargs.setdefault("loc", "upper left")
+    kwargs.setdefault("bbox_to_anchor", (1.01, 1.0))
+    kwargs.setdefault("borderaxespad", 0.0)
+    return target.legend(*args, **kwargs)
 
 
 def _text(value: Any) -> str:
@@ -265,28 +370,131 @@ def draw_intervals(ax, positions: Sequence[float], bounds: Sequence[Interval | N
 
 
 def grouped_bars(ax, groups: list[str], models: pd.DataFrame, value, paper=None, scale: float = 1.0,
-                 interval=None) -> None:
+                 interval=None, chance=None, top: float | None = None) -> None:
     """Bars per group (x) and model; ``value(model, group)`` -> float or NaN; ``paper(key, group)``;
     ``interval(model, group)`` -> (low, high) in the units of ``value``, or None: an error bar on
-    the bar (x ``scale`` like the bar), labelled ``_ci:<model>`` (kept out of the legend)."""
+    the bar (x ``scale`` like the bar), labelled ``_ci:<model>`` (kept out of the legend).
+    ``chance(model, group)`` -> True where the model is at chance: that bar faded
+    (:data:`CHANCE_ALPHA`), cross-hatched and labelled "chance". ``top``: the axis' upper limit;
+    interval ends beyond it are marked (:func:`mark_clipped`)."""
     width = 0.8 / max(len(models), 1)
     x = np.arange(len(groups))
     drew_paper = False
     for k, m in models.iterrows():
         offset = x - 0.4 + width * (k + 0.5)
         heights = np.asarray([value(m["model"], g) for g in groups], dtype=float) * scale
-        ax.bar(offset, np.nan_to_num(heights), width=width, color=m["color"], hatch=m["hatch"],
-               edgecolor="black", linewidth=0.4, label=m["label"])
-        for xi, h in zip(offset, heights):
+        bars = ax.bar(offset, np.nan_to_num(heights), width=width, color=m["color"], hatch=m["hatch"],
+                      edgecolor="black", linewidth=0.4, label=m["label"])
+        for xi, h, g, patch in zip(offset, heights, groups, bars):
             if np.isnan(h):
                 ax.text(xi, 0, "n/a", rotation=90, ha="center", va="bottom", fontsize=6, color="gray")
+            elif chance is not None and chance(m["model"], g):
+                patch.set_alpha(CHANCE_ALPHA)
+                patch.set_hatch(CHANCE_HATCH)
+                ax.text(xi, h, CHANCE_TEXT, rotation=90, ha="center", va="bottom", fontsize=5, color="0.35",
+                        label="_chance")
+        scaled = [None] * len(groups)
         if interval is not None:
             bounds = [interval(m["model"], g) for g in groups]
-            draw_intervals(ax, offset, [None if b is None else _scaled(*b, scale) for b in bounds], at=heights,
-                           label=f"_ci:{m['model']}")
+            scaled = [None if b is None else _scaled(*b, scale) for b in bounds]
+            draw_intervals(ax, offset, scaled, at=heights, label=f"_ci:{m['model']}")
+        if top is not None:
+            mark_clipped(ax, offset, heights, [np.nan if b is None else b[1] for b in scaled], top)
         if paper is not None and m["paper_key"]:
             published = np.asarray([paper(m["paper_key"], g) for g in groups], dtype=float)
             if np.isfinite(published).any():
                 ax.plot(offset, published, label=None if drew_paper else "published (paper)", **PAPER_MARKER)
                 drew_paper = True
     ax.set_xticks(x)
+
+
+# ------------------------------------------------------------------ the paper's paired reading
+#: ``layout: paired`` (robustness, transfer, shape bias): the families compared within a paradigm.
+PAIRED_FAMILIES = ("vit", "convnet")
+FAMILY_NAMES = {"vit": "ViT", "convnet": "ConvNet"}
+
+
+def paradigm_pairs(models: pd.DataFrame) -> list[tuple[str, pd.Series, pd.Series]]:
+    """(paradigm, ViT row, ConvNet row) of each paradigm with both families (``styled_models``
+    rows, study order); a paper model (``paper_key``) is preferred, else the first of the family."""
+    pairs = []
+    for paradigm in dict.fromkeys(models["paradigm"]):
+        rows = models[models["paradigm"] == paradigm]
+        chosen = []
+        for family in PAIRED_FAMILIES:
+            of_family = rows[rows["family"].str.lower() == family]
+            if of_family.empty:
+                break
+            paper = of_family[of_family["paper_key"] != ""]
+            chosen.append((paper if len(paper) else of_family).iloc[0])
+        if len(chosen) == 2:
+            pairs.append((str(paradigm), chosen[0], chosen[1]))
+    return pairs
+
+
+def margin_lookup(comparisons: pd.DataFrame | None, dataset: str = "") -> Callable[[str, str], tuple | None]:
+    """``lookup(vit, convnet)`` -> (margin, low, high) of ViT - ConvNet from a comparisons table
+    (``uncertainty.compare``: the paired bootstrap of the headline), or None."""
+    found: dict[tuple[str, str], tuple[float, float, float]] = {}
+    if comparisons is not None and len(comparisons):
+        rows = as_text(comparisons, "dataset")
+        rows = rows[rows["dataset"] == dataset] if dataset else rows
+        for _, r in rows.iterrows():
+            d, lo, hi = (float(r[c]) for c in ("difference", "ci_low", "ci_high"))
+            found[(str(r["model_a"]), str(r["model_b"]))] = (d, lo, hi)
+            found[(str(r["model_b"]), str(r["model_a"]))] = (-d, -hi, -lo)
+    return lambda a, b: found.get((a, b))
+
+
+def plot_paired(groups: Sequence[str], labels: Sequence[str], models: pd.DataFrame, value: Callable, paths,
+                title: str, ylabel: str, scale: float = 1.0, margin=None, headline_group: str | None = None,
+                higher_is_better: bool = True, ylim: tuple[float, float] | None = None, unit: str = ""):
+    """The paper's reading: per paradigm (one panel), ViT and ConvNet side by side at each group,
+    with the winner and its margin ("+2.3 ViT") above the pair. ``margin(vit, convnet)`` ->
+    (ViT - ConvNet, low, high) in displayed units from the paired bootstrap (comparisons), shown
+    with its interval at ``headline_group`` (the headline the comparisons cover); elsewhere the
+    margin of the two values (no interval: no paired resampling of it). A panel without both
+    families says so. Returns the saved (closed) figure."""
+    pairs = paradigm_pairs(models)
+    fig, axes = plt.subplots(1, max(1, len(pairs)), figsize=(max(4.0, 0.9 * len(groups) + 2) * max(1, len(pairs)),
+                                                                3.8), squeeze=False)
+    if not pairs:
+        ax = axes[0, 0]
+        ax.axis("off")
+        ax.text(0.5, 0.5, "layout: paired needs a ViT and a ConvNet model of the same paradigm; this study has none",
+                ha="center", va="center", fontsize=9, wrap=True, label="_empty")
+    x = np.arange(len(groups))
+    for ax, (paradigm, vit, conv) in zip(axes[0], pairs):
+        heights = {}
+        for k, m in enumerate((vit, conv)):
+            h = np.asarray([value(m["model"], g) for g in groups], dtype=float) * scale
+            heights[m["model"]] = h
+            ax.bar(x + (k - 0.5) * 0.38, np.nan_to_num(h), width=0.38, color=m["color"], hatch=m["hatch"],
+                   edgecolor="black", linewidth=0.4, label=m["label"])
+        top = ylim[1] if ylim else np.nanmax([*heights[vit["model"]], *heights[conv["model"]], 0]) * 1.25 or 1.0
+        for j, g in enumerate(groups):
+            a, b = heights[vit["model"]][j], heights[conv["model"]][j]
+            if not (np.isfinite(a) and np.isfinite(b)):
+                continue
+            paired = margin(vit["model"], conv["model"]) if (margin and g == headline_group) else None
+            diff = paired[0] if paired else a - b
+            better_vit = diff > 0 if higher_is_better else diff < 0
+            winner = FAMILY_NAMES["vit" if better_vit else "convnet"] if diff != 0 else "tie"
+            text = f"+{abs(diff):.3g}{unit} {winner}" if diff != 0 else "tie"
+            if paired:  # (+ 0.0: no "-0")
+                text += f"\n[{paired[1] + 0.0:+.3g}, {paired[2] + 0.0:+.3g}]"
+            ax.annotate(text, (j, max(a, b)), xytext=(0, 3), textcoords="offset points", ha="center", va="bottom",
+                        fontsize=6.5, label="_margin", annotation_clip=False)
+        empty_note(ax, [*heights[vit["model"]], *heights[conv["model"]]], "both models score 0 everywhere")
+        ax.set_xticks(x)
+        ax.set_xticklabels(labels, fontsize=7, rotation=30 if len(groups) > 4 else 0, ha="right" if len(groups) > 4
+                           else "center")
+        ax.set_ylim(*(ylim or (0, top)))
+        ax.set_title(f"{paradigm}: {FAMILY_NAMES['vit']} vs {FAMILY_NAMES['convnet']}", fontsize=9)
+        ax.set_ylabel(ylabel)
+        legend_outside(ax, loc="upper center", bbox_to_anchor=(0.5, -0.18))
+    fig.suptitle(title + (f"; interval of the margin at {headline_group}: paired bootstrap" if margin and
+                          headline_group else ""), fontsize=9)
+    fig.tight_layout()
+    save_figure(fig, paths)
+    return fig

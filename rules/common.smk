@@ -3,7 +3,7 @@
 # and output (beyond_imagenet.workflow.Job), so every setting a job uses is a param here.
 import re
 
-from beyond_imagenet.evaluations import EVALUATIONS
+from beyond_imagenet.evaluations import EVALUATIONS, chance_levels, figure_chance, layout
 
 # GPU slots a model-running job takes. A study pinned to the CPU takes none, so its jobs are not
 # serialised behind the profile's `gpu` resource; `auto`/`cuda` take one (leased inside the job).
@@ -242,7 +242,14 @@ def figure_input(evaluation, name):
     figure = EVALUATIONS[evaluation].figure(name)
     if figure.source:
         return lambda wildcards: figure.source(STUDY, wildcards)
+    if figure.paired and layout(STUDY, evaluation) == "paired":  # the margins' intervals
+        return [STUDY.metric(evaluation), comparisons_output(evaluation)]
     return STUDY.metric(evaluation)
+
+
+# Chance top-1 per dataset (and VTAB task), from the label spaces: the profile greys out a model
+# whose accuracy interval reaches it (each figure gets its own datasets' levels: figure_chance).
+CHANCE_LEVELS = chance_levels(STUDY)
 
 
 def figure_params(evaluation, name):
@@ -250,6 +257,10 @@ def figure_params(evaluation, name):
     its input (published numbers, labels: the record's ``data``)."""
     figure = EVALUATIONS[evaluation].figure(name)
     params = {"figure": f"{evaluation}/{name}"}
+    if figure.chance:
+        params["chance"] = lambda wildcards: figure_chance(STUDY, evaluation, figure, wildcards)
+    if figure.paired:
+        params["layout"] = layout(STUDY, evaluation)
     if figure.data:
         params["data"] = lambda wildcards: figure.data(STUDY, wildcards)
     return params

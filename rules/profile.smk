@@ -17,6 +17,8 @@ rule compute_profile:
         report(f"{RESULTS}/metrics/profile.csv", category="Model profile", caption="../report/profile_table.rst"),
     params:
         models=list(STUDY.models),
+        # chance top-1 per dataset / VTAB task: a guessing model's cells are greyed, not ranked
+        chance=CHANCE_LEVELS,
     log:
         f"{RESULTS}/logs/compute_profile.log",
     conda:

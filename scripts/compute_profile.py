@@ -7,5 +7,5 @@ from beyond_imagenet.workflow import setup
 job = setup(snakemake)
 tables = dict(job.input.items())
 comparisons = read_table(tables.pop("comparisons")) if "comparisons" in tables else None
-write_profile(build_profile(read_tables(tables), models=list(job.params.models), comparisons=comparisons),
-              job.output[0])
+write_profile(build_profile(read_tables(tables), models=list(job.params.models), comparisons=comparisons,
+                            chance=dict(job.params.chance)), job.output[0])

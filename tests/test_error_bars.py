@@ -286,7 +286,7 @@ def test_reliability_and_confidence_intervals(ci_tables, ci_figures):
     assert n_bars > 0
     bands = 0
     for ax in [a for a in ci_figures["confidence"].axes if a.get_visible()]:
-        model = LABELS[ax.get_title()]
+        model = LABELS[ax.get_title().split("\n")[0]]  # first line: the label; then n
         rows = table[(table["model"] == model) & (table["dataset"] == "imagenet_val")]
         for metric in ("mean_confidence", "accuracy"):
             bounds = _expected(rows[rows["metric"] == metric])

@@ -46,6 +46,29 @@ def class_space_wnids(space: str) -> tuple[str, ...]:
     return CLASS_SPACES[space]()
 
 
+#: Label spaces that are not lists of ImageNet wnids, by their number of classes: the 16 entry-level
+#: categories of cue-conflict (the 16-class decision), PUG-ImageNet's 151 classes (scored by the
+#: ImageNet-1k argmax through its class map: 1/151 is the chance of a uniform guess among its
+#: classes, an approximation of the mapped rule's). VTAB: per task (datasets.vtab.TASKS).
+CLASS_SPACE_SIZES: dict[str, int] = {"cue_conflict": 16, "pug": 151}
+
+
+def chance_level(space: str, task: str | None = None) -> float | None:
+    """Top-1 of a uniform guess in a label space: 1 / its number of classes (a VTAB ``task``: 1 /
+    that task's classes); None for a space whose size is unknown. What figures and the profile
+    compare an accuracy's interval with (docs/evaluations.md §11)."""
+    if space in CLASS_SPACES:
+        return 1.0 / len(class_space_wnids(space))
+    if space in CLASS_SPACE_SIZES:
+        return 1.0 / CLASS_SPACE_SIZES[space]
+    if task is not None:
+        from beyond_imagenet.datasets.vtab import CLASS_SPACE, TASKS
+
+        if space == CLASS_SPACE and task in TASKS:
+            return 1.0 / TASKS[task].n_classes
+    return None
+
+
 def class_space_mask(space: str) -> np.ndarray | None:
     """Boolean mask over the 1000 ImageNet logits for a subset space; None for the full space."""
     if space == "imagenet1k":

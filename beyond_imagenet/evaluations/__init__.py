@@ -50,6 +50,12 @@ class Figure:
     data: Callable[["Study", Any], dict[str, Any]] | None = None
     # What the figure is drawn from: the evaluation's table, or another of its files.
     source: Callable[["Study", Any], str] | None = None
+    # Whether the study's ``layout: paired`` setting (schemas/evaluations) applies: the figure then
+    # also reads the evaluation's comparisons (the margins' intervals), its second input.
+    paired: bool = False
+    # Whether the drawing marks models at chance: the plot job then gets the chance top-1 of the
+    # datasets it draws (``figure_chance``) as its ``chance`` param.
+    chance: bool = True
 
     def stem(self, dataset: str | None = None, variant: str | None = None) -> str:
         parts = [self.name, *([variant] if variant else []), *([dataset] if dataset else [])]
@@ -131,6 +137,11 @@ class Evaluation:
                        f"{', '.join(f.name for f in self.figures)}")
 
 
+def layout(study, evaluation: str) -> str:
+    """The evaluation's figure layout setting: ``models`` (default) or ``paired``."""
+    return study.evaluations.get(evaluation, {}).get("layout", "models")
+
+
 def published_section(section: str) -> Callable[["Study", Any], dict[str, Any]]:
     """A figure's ``data``: the paper's ``section`` of published numbers (``paper_results.yaml``)
     when a model of the study is a paper model (``paper_key``), else None."""
@@ -142,6 +153,33 @@ def published_section(section: str) -> Callable[["Study", Any], dict[str, Any]]:
         return {"paper": load_paper_results()[section] if has_paper_models else None}
 
     return data
+
+
+def chance_levels(study) -> dict[str, float]:
+    """The chance top-1 of every study dataset with a known label-space size (``readers.chance_level``),
+    keyed by dataset name; a VTAB dataset's tasks as ``<dataset>/<task folder>``. Figures and the
+    profile get it as a param (a model whose accuracy interval reaches it is drawn as at chance)."""
+    from beyond_imagenet.datasets.readers import chance_level
+
+    out = {}
+    for name, spec in study.datasets.items():
+        level = chance_level(spec.class_space)
+        if level is not None:
+            out[name] = level
+        for task in getattr(spec, "tasks", None) or ():
+            level = chance_level(spec.class_space, task)
+            if level is not None:
+                out[f"{name}/{task}"] = level
+    return out
+
+
+def figure_chance(study, evaluation: str, figure: Figure, wildcards) -> dict[str, float]:
+    """The chance levels one plot job draws with: those of its dataset (a per-dataset figure) or of
+    the evaluation's datasets, VTAB tasks included; nothing else, so adding a dataset to another
+    evaluation reruns none of its figures."""
+    dataset = getattr(wildcards, "dataset", None) if figure.per_dataset else None
+    datasets = [dataset] if dataset else study.evaluation_datasets(evaluation)
+    return {k: v for k, v in chance_levels(study).items() if k.split("/", 1)[0] in datasets}
 
 
 EVALUATIONS: dict[str, Evaluation] = {}

@@ -52,5 +52,6 @@ ACCURACY = register(Evaluation(
     table=table,
     sort_by=("dataset", "model", "metric"),
     samples=samples,
-    headlines=(Headline("accuracy", {"metric": "top1"}, True, "top-1 % ({dataset})", scale=100),),
+    headlines=(Headline("accuracy", {"metric": "top1"}, True, "top-1 % ({dataset})", scale=100,
+                        accuracy={"metric": "top1"}, n={"metric": "n_images"}),),
 ))

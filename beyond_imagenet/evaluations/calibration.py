@@ -16,11 +16,19 @@ from beyond_imagenet.metrics.calibration import (
     calibration_bins,
     calibration_from_logits,
     softmax,
+    temperature_at_bound,
     temperature_scaled_calibration,
 )
 from beyond_imagenet.profile import Headline
 from beyond_imagenet.style import (
+    CHANCE_ALPHA,
+    CHANCE_HATCH,
     ModelStyle,
+    at_chance,
+    chance_note,
+    chance_of,
+    legend_outside,
+    n_text,
     draw_intervals,
     interval,
     interval_lookup,
@@ -38,6 +46,8 @@ PAPER_SECTIONS = {"imagenet_val": "imagenet", "imagenet_r": "imagenet_r"}
 #: Rows of temperature scaling (docs/evaluations.md §4), in this order.
 TEMPERATURE_METRICS = ("ece_heldout", "ece_temperature_scaled", "nll_heldout", "nll_temperature_scaled",
                        "temperature")
+#: Row beside them: 1 when the fitted temperature sits at its search bound (no fit), else 0.
+TEMPERATURE_FLAG = "temperature_at_bound"
 
 log = logging.getLogger(__name__)
 
@@ -105,8 +115,11 @@ def temperature_scaling_rows(base: dict, out: dict, mask, settings) -> list[dict
                     "needs; no temperature rows", base.get("model"), base.get("dataset"), len(out["labels"]))
         return []
     result = temperature_scaled_calibration(out["logits"], out["labels"], n_bins=n_bins, class_mask=mask, seed=seed)
+    # 1: the search ended at a bound (metrics.calibration.temperature_at_bound), T is no fit.
+    result = {**result, TEMPERATURE_FLAG: float(temperature_at_bound(result["temperature"]))}
     no_bin = {"bin": "", "bin_lower": "", "bin_upper": ""}
-    return [{**base, "metric": metric, **no_bin, "value": result[metric]} for metric in TEMPERATURE_METRICS]
+    return [{**base, "metric": metric, **no_bin, "value": result[metric]}
+            for metric in (*TEMPERATURE_METRICS, TEMPERATURE_FLAG)]
 
 
 def published_ece(study, wildcards) -> dict:
@@ -118,7 +131,8 @@ def published_ece(study, wildcards) -> dict:
 
 
 def draw_reliability(job) -> None:
-    plot_reliability(read_table(job.input[0]), job.wildcards.dataset, job.figure_paths(), paper=job.params.data["paper"])
+    plot_reliability(read_table(job.input[0]), job.wildcards.dataset, job.figure_paths(), paper=job.params.data["paper"],
+                     chance=job.params.chance)
 
 
 # ------------------------------------------------------------------------------------ figures
@@ -131,20 +145,45 @@ def _panels(n: int, width: float = 3.4, height: float = 3.4):
     return fig, list(axes.flat[:n])
 
 
-def _per_model(table: pd.DataFrame, dataset: str, draw: Callable, title: str, paths):
-    """One panel per model; ``draw(ax, rows, style)``. Returns the saved (closed) figure."""
+def _per_model(table: pd.DataFrame, dataset: str, draw: Callable, title: str, paths, chance: dict | None = None):
+    """One panel per model; ``draw(ax, rows, style)``. A model at chance on the dataset (its accuracy
+    interval reaches ``chance[dataset]``): its panel's bars faded and cross-hatched, and a note in
+    the panel. One legend for all panels, under them. Returns the saved (closed) figure."""
     data = table[table["dataset"] == dataset]
     if data.empty:
         raise ValueError(f"no calibration rows for dataset {dataset!r}")
     styles = model_styles(table)  # the whole table: the study's models, whatever the dataset
     models = list(dict.fromkeys(data["model"]))
     fig, axes = _panels(len(models))
+    guessing = []
     for ax, model in zip(axes, models):
-        draw(ax, data[data["model"] == model], styles[str(model)])
+        rows = data[data["model"] == model]
+        draw(ax, rows, styles[str(model)])
+        if _guessing(rows, chance):
+            guessing.append(ax)
+            for container in ax.containers:
+                for patch in getattr(container, "patches", []):
+                    if patch.get_facecolor()[3] > 0:  # the model's bars, not the unfilled gap bars
+                        patch.set_alpha(CHANCE_ALPHA)
+                        patch.set_hatch(CHANCE_HATCH)
+            ax.text(0.5, 0.5, "accuracy at chance:\nnot a calibration result", transform=ax.transAxes, ha="center",
+                    va="center", fontsize=7, color="0.3", label="_chance",
+                    bbox=dict(facecolor="white", edgecolor="0.6", boxstyle="round", alpha=0.8))
+    # The legend's samples from a panel drawn as usual, where there is one.
+    handles, labels = next((a for a in axes if a not in guessing), axes[0]).get_legend_handles_labels()
     fig.suptitle(title)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    legend_outside(fig, handles, labels, ncol=len(labels))
+    if guessing:
+        chance_note(fig)
     save_figure(fig, paths)
     return fig
+
+
+def _n(rows: pd.DataFrame) -> str:
+    """", n=38" for a panel title; "" when the rows have no count."""
+    counts = rows.loc[rows["metric"] == "n_images", "value"].astype(float)
+    return f", {n_text(counts)}" if len(counts) else ""
 
 
 def _summary(rows: pd.DataFrame, metric: str) -> float:
@@ -163,14 +202,27 @@ def _bins(rows: pd.DataFrame, metric: str) -> pd.DataFrame:
 
 
 def _scaled_note(rows: pd.DataFrame) -> str:
-    """Third title line: held-out ECE before -> after temperature scaling, when the table has it."""
+    """Third title line: held-out ECE before -> after temperature scaling, when the table has it;
+    a temperature at the search's bound is flagged (it is no fit)."""
     if not (rows["metric"] == "ece_temperature_scaled").any():
         return ""
+    temperature = _summary(rows, "temperature")
+    flag = " = bound: no fit" if temperature_at_bound(temperature) else ""
     return (f"\nheld-out ECE {_summary(rows, 'ece_heldout'):.3f} -> {_summary(rows, 'ece_temperature_scaled'):.3f}"
-            f" (T {_summary(rows, 'temperature'):.2f})")
+            f" (T {temperature:.2f}{flag})")
 
 
-def plot_reliability(table: pd.DataFrame, dataset: str, paths, paper: dict[str, dict] | None = None):
+def _guessing(rows: pd.DataFrame, chance: dict | None) -> bool:
+    """Whether the model of ``rows`` (one model, one dataset) is at chance on the dataset."""
+    accuracy = rows[rows["metric"] == "accuracy"]
+    if accuracy.empty:
+        return False
+    return at_chance(float(accuracy["value"].iloc[0]), interval(accuracy),
+                     chance_of(chance, rows["dataset"].iloc[0]))
+
+
+def plot_reliability(table: pd.DataFrame, dataset: str, paths, paper: dict[str, dict] | None = None,
+                     chance: dict | None = None):
     """Per-bin accuracy bars, the gap to the diagonal, and the diagonal (one panel per model).
 
     With ci_low / ci_high in the rows: error bars on the per-bin accuracies, and the intervals of
@@ -199,23 +251,23 @@ def plot_reliability(table: pd.DataFrame, dataset: str, paths, paper: dict[str, 
         if paper and isinstance(key, str) and key in paper:
             extra = f" (paper {paper[key]:.3f})"
         ece_ci, acc_ci = _summary_interval(rows, "ece"), _summary_interval(rows, "accuracy", 100)
+        n = _n(rows)
         if ece_ci is None and acc_ci is None:
-            ax.set_title(f"{label}\nECE {ece:.3f}{extra}, acc {_summary(rows, 'accuracy'):.1%}{_scaled_note(rows)}",
+            ax.set_title(f"{label}\nECE {ece:.3f}{extra}, acc {_summary(rows, 'accuracy'):.1%}{n}{_scaled_note(rows)}",
                          fontsize=9)
         else:  # one line each: the intervals make them long
             ax.set_title(f"{label}\nECE {ece:.3f}{interval_text(ece_ci)}{extra}\n"
-                         f"acc {_summary(rows, 'accuracy'):.1%}{interval_text(acc_ci, '{:.1f}')}{_scaled_note(rows)}",
-                         fontsize=8)
+                         f"acc {_summary(rows, 'accuracy'):.1%}{interval_text(acc_ci, '{:.1f}')}{n}"
+                         f"{_scaled_note(rows)}", fontsize=8)
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1)
         ax.set_xlabel("confidence")
         ax.set_ylabel("accuracy")
-        ax.legend(loc="upper left", fontsize=7)
 
-    return _per_model(table, dataset, draw, f"Reliability diagrams: {dataset}", paths)
+    return _per_model(table, dataset, draw, f"Reliability diagrams: {dataset}", paths, chance)
 
 
-def plot_confidence_histogram(table: pd.DataFrame, dataset: str, paths):
+def plot_confidence_histogram(table: pd.DataFrame, dataset: str, paths, chance: dict | None = None):
     """Percentage of samples per confidence bin (one panel per model); with ci_low / ci_high in the
     rows, light bands over the intervals of the mean confidence and the accuracy (the bin shares
     are counts and have none)."""
@@ -233,17 +285,17 @@ def plot_confidence_histogram(table: pd.DataFrame, dataset: str, paths):
                 ax.axvspan(*bounds, color=color, alpha=0.12, linewidth=0, zorder=0, label=f"_band:{metric}")
         ax.axvline(_summary(rows, "mean_confidence"), color="k", linestyle="--", linewidth=1, label="mean confidence")
         ax.axvline(_summary(rows, "accuracy"), color="#2ca02c", linestyle=":", linewidth=1.5, label="accuracy")
-        ax.set_title(rows["label"].iloc[0], fontsize=9)
+        ax.set_title(f"{rows['label'].iloc[0]}\n{_n(rows)[2:]}", fontsize=9)
         ax.set_xlim(0, 1)
         ax.set_xlabel("confidence")
         ax.set_ylabel("% of samples")
-        ax.legend(loc="upper left", fontsize=7)
 
-    return _per_model(table, dataset, draw, f"Confidence histograms: {dataset}", paths)
+    return _per_model(table, dataset, draw, f"Confidence histograms: {dataset}", paths, chance)
 
 
 def draw_confidence(job) -> None:
-    plot_confidence_histogram(read_table(job.input[0]), job.wildcards.dataset, job.figure_paths())
+    plot_confidence_histogram(read_table(job.input[0]), job.wildcards.dataset, job.figure_paths(),
+                              chance=job.params.chance)
 
 
 CALIBRATION = register(Evaluation(
@@ -257,5 +309,6 @@ CALIBRATION = register(Evaluation(
     samples=samples,
     figures=(Figure("reliability", draw_reliability, "reliability", data=published_ece),
              Figure("confidence", draw_confidence, "confidence")),
-    headlines=(Headline("calibration", {"metric": "ece"}, False, "ECE ({dataset})"),),
+    headlines=(Headline("calibration", {"metric": "ece"}, False, "ECE ({dataset})", accuracy={"metric": "accuracy"},
+                        n={"metric": "n_images"}),),
 ))

@@ -14,7 +14,13 @@ from beyond_imagenet.metrics.imagenet_x import FACTORS
 from beyond_imagenet.profile import Headline
 from beyond_imagenet.style import (
     as_text,
+    at_chance,
+    chance_note,
+    chance_of,
+    clip_upper,
     grouped_bars,
+    legend_outside,
+    n_text,
     interval_lookup,
     plt,
     save_figure,
@@ -92,9 +98,12 @@ IMAGENET_X_ORDER = ("color", "darker", "brighter", "larger", "smaller", "object_
                     "background", "multiple_objects", "average")
 
 
-def plot_imagenet_x(table: pd.DataFrame, dataset: str, paths, paper: dict | None = None):
+def plot_imagenet_x(table: pd.DataFrame, dataset: str, paths, paper: dict | None = None, chance: dict | None = None):
     """Error ratio per factor; supervised and CLIP models in separate panels, as in the paper; the
-    rows' ci_low / ci_high (if any) as error bars on the bars."""
+    rows' ci_low / ci_high (if any) as error bars on the bars. The y-axis is set by the ratios, not
+    by one extreme interval (ends beyond it are clipped and marked with their value). A model whose
+    overall accuracy is at chance (``chance``: dataset -> chance top-1) has faded bars: its ratios
+    compare errors of guesses."""
     table = as_text(table, "factor")
     data = table[(table["dataset"] == dataset) & (table["metric"] == "error_ratio")]
     if data.empty:
@@ -104,6 +113,11 @@ def plot_imagenet_x(table: pd.DataFrame, dataset: str, paths, paper: dict | None
     lookup = data.set_index(["model", "factor"])["value"]
     ratios = (paper or {}).get("error_ratio", {})
     intervals = interval_lookup(data, ["model", "factor"])
+    accuracy = table[(table["dataset"] == dataset) & (table["metric"] == "accuracy") & (table["factor"] == "overall")]
+    accuracy_interval = interval_lookup(accuracy, ["model"])
+    level = chance_of(chance, dataset)
+    guessing = {m for m, v in zip(accuracy["model"], accuracy["value"].astype(float))
+                if at_chance(v, accuracy_interval(m) if accuracy_interval else None, level)}
 
     def value(model, factor):
         return lookup.get((model, factor), np.nan)
@@ -111,6 +125,7 @@ def plot_imagenet_x(table: pd.DataFrame, dataset: str, paths, paper: dict | None
     def published(key, factor):
         return ratios.get(key, {}).get(factor, np.nan)
 
+    top = clip_upper(data["value"].astype(float).to_numpy(), floor=2.0)
     panels = [("supervised", "Supervised"), ("clip", "CLIP")]
     fig, axes = plt.subplots(len(panels), 1, figsize=(10, 6.2), sharex=True, squeeze=False)
     for ax, (paradigm, title) in zip(axes[:, 0], panels):
@@ -118,8 +133,10 @@ def plot_imagenet_x(table: pd.DataFrame, dataset: str, paths, paper: dict | None
         if group.empty:
             ax.text(0.5, 0.5, f"no {title} model in this study", transform=ax.transAxes, ha="center")
         else:
-            grouped_bars(ax, factors, group, value, published if paper else None, interval=intervals)
-            ax.legend(fontsize=7, ncol=3, loc="upper left")
+            grouped_bars(ax, factors, group, value, published if paper else None, interval=intervals,
+                         chance=(lambda m, f: m in guessing) if guessing else None, top=top)
+            legend_outside(ax)
+        ax.set_ylim(0, top)
         ax.axhline(1.0, color="black", linestyle="--", linewidth=0.8)
         ax.set_ylabel("error ratio")
         ax.set_title(title, fontsize=9)
@@ -128,14 +145,19 @@ def plot_imagenet_x(table: pd.DataFrame, dataset: str, paths, paper: dict | None
     labels = [f"{f.replace('_', ' ')}" + (f"\n(n={int(n_by_factor[f])})" if f in n_by_factor else "") for f in factors]
     axes[-1, 0].set_xticks(np.arange(len(factors)))
     axes[-1, 0].set_xticklabels(labels, rotation=60, ha="right", fontsize=7)
-    fig.suptitle(f"ImageNet-X error ratios on {dataset} (lower is better; 1 = average error)", fontsize=10)
+    n_all = n_text(counts.loc[counts["factor"] == "overall", "value"].astype(float))
+    fig.suptitle(f"ImageNet-X error ratios on {dataset} ({n_all} images; lower is better; 1 = average error)",
+                 fontsize=10)
     fig.tight_layout()
+    if guessing:
+        chance_note(fig)
     save_figure(fig, paths)
     return fig
 
 
 def draw(job) -> None:
-    plot_imagenet_x(read_table(job.input[0]), job.wildcards.dataset, job.figure_paths(), paper=job.params.data["paper"])
+    plot_imagenet_x(read_table(job.input[0]), job.wildcards.dataset, job.figure_paths(), paper=job.params.data["paper"],
+                    chance=job.params.chance)
 
 
 IMAGENET_X = register(Evaluation(
@@ -150,5 +172,6 @@ IMAGENET_X = register(Evaluation(
     samples=samples,
     figures=(Figure("imagenet_x", draw, "imagenet_x", data=published_section("imagenet_x")),),
     headlines=(Headline("imagenet_x", {"factor": "average", "metric": "error_ratio"}, False,
-                        "ImageNet-X mean error ratio ({dataset})"),),
+                        "ImageNet-X mean error ratio ({dataset})", accuracy={"factor": "overall", "metric": "accuracy"},
+                        n={"factor": "overall", "metric": "n_images"}),),
 ))

@@ -12,7 +12,13 @@ from beyond_imagenet.evaluations import Evaluation, Figure, Sample, published_se
 from beyond_imagenet.metrics.pug import PUG_SUBSETS, pug_accuracy, pug_average, pug_correct
 from beyond_imagenet.profile import Headline
 from beyond_imagenet.style import (
+    at_chance,
+    chance_note,
+    chance_of,
+    empty_note,
     grouped_bars,
+    legend_outside,
+    n_text,
     interval_lookup,
     plt,
     save_figure,
@@ -100,9 +106,10 @@ def input_transform(study, dataset: str) -> str | None:
 
 
 # ------------------------------------------------------------------------------------ figures
-def plot_pug(table: pd.DataFrame, dataset: str, paths, paper: dict | None = None):
+def plot_pug(table: pd.DataFrame, dataset: str, paths, paper: dict | None = None, chance: dict | None = None):
     """Top-1 (%) per PUG-ImageNet factor subset and the average of the 10; the rows' ci_low /
-    ci_high (if any) as error bars on the bars."""
+    ci_high (if any) as error bars on the bars; bars at chance (``chance``: dataset -> chance
+    top-1) faded; n (images) under each subset; a panel whose bars are all 0 says so."""
     data = table[(table["dataset"] == dataset) & (table["metric"] == "top1")]
     if data.empty:
         raise ValueError(f"no PUG rows for dataset {dataset!r}")
@@ -121,22 +128,37 @@ def plot_pug(table: pd.DataFrame, dataset: str, paths, paper: dict | None = None
             return paper_average.get(key, np.nan)
         return paper_top1.get(key, {}).get(subset, np.nan)
 
+    intervals = interval_lookup(data, ["model", "subset"])
+    level = chance_of(chance, dataset)
+
+    def is_chance(model, subset):
+        return at_chance(value(model, subset), intervals(model, subset) if intervals else None, level)
+
+    counts = table[(table["dataset"] == dataset) & (table["metric"] == "n_images")]
+    n_of = {s: n_text(counts.loc[counts["subset"] == s, "value"].astype(float)) for s in subsets}
+    n_of["Average"] = n_text([counts.groupby("model")["value"].sum().max()]) if len(counts) else ""
     fig, ax = plt.subplots(figsize=(10, 3.8))
-    grouped_bars(ax, subsets, models, value, published if paper else None, scale=100,
-                 interval=interval_lookup(data, ["model", "subset"]))
-    ax.set_xticklabels([s.replace("_", " ") for s in subsets], rotation=30, ha="right", fontsize=8)
+    grouped_bars(ax, subsets, models, value, published if paper else None, scale=100, interval=intervals,
+                 chance=is_chance if level is not None else None)
+    ax.set_xticklabels([s.replace("_", " ") + (f"\n{n_of[s]}" if n_of.get(s) else "") for s in subsets],
+                       rotation=30, ha="right", fontsize=7)
     ax.set_ylabel("top-1 accuracy (%)")
     ax.set_ylim(0, 100)
+    empty_note(ax, [value(m, s) for m in models["model"] for s in subsets],
+               "no model, the real ones included, gets an image right here")
     note = f"; published numbers use rule '{(paper or {}).get('rule', 'paper')}'" if paper else ""
     ax.set_title(f"PUG-ImageNet ({dataset}), scoring rule '{rule}'{note}", fontsize=9)
-    ax.legend(fontsize=7, ncol=2, loc="upper right")
+    legend_outside(ax)
     fig.tight_layout()
+    if level is not None:
+        chance_note(fig)
     save_figure(fig, paths)
     return fig
 
 
 def draw(job) -> None:
-    plot_pug(read_table(job.input[0]), job.wildcards.dataset, job.figure_paths(), paper=job.params.data["paper"])
+    plot_pug(read_table(job.input[0]), job.wildcards.dataset, job.figure_paths(), paper=job.params.data["paper"],
+             chance=job.params.chance)
 
 
 PUG = register(Evaluation(
@@ -150,6 +172,7 @@ PUG = register(Evaluation(
     samples=samples,
     figures=(Figure("pug", draw, "pug", data=published_section("pug")),),
     headlines=(Headline("pug", {"subset": "Average", "metric": "top1"}, True, "PUG mean top-1 % ({dataset})",
-                        scale=100),),
+                        scale=100, accuracy={"subset": "Average", "metric": "top1"}, n={"metric": "n_images"},
+                        n_per="subset"),),
     input_transform=input_transform,
 ))

@@ -30,7 +30,15 @@ from beyond_imagenet.metrics.robustness import (
 from beyond_imagenet.profile import Headline
 from beyond_imagenet.style import (
     as_text,
+    at_chance,
+    chance_note,
+    chance_of,
+    empty_note,
     grouped_bars,
+    legend_outside,
+    margin_lookup,
+    n_text,
+    plot_paired,
     interval_lookup,
     plt,
     save_figure,
@@ -312,9 +320,27 @@ BENCHMARK_LABELS = {"imagenet_val": "ImageNet", "imagenet_v2": "V2", "imagenet_a
                     "imagenet_real": "ReaL", "average": "Average"}
 
 
-def plot_robustness(table: pd.DataFrame, paths, paper: dict | None = None):
-    """Top-1 (%) per benchmark and model, clean ImageNet first and the 7-set average last; the
-    rows' ci_low / ci_high (if any) as error bars on the bars."""
+def _chance_by_benchmark(overall: pd.DataFrame, chance) -> dict[str, float]:
+    """Chance top-1 per benchmark (from its dataset's label space); the average's: the mean over
+    the shifted benchmarks present (as the average itself)."""
+    levels = {}
+    for benchmark, dataset in overall.drop_duplicates("benchmark")[["benchmark", "dataset"]].itertuples(index=False):
+        # ImageNet-ReaL re-scores the val outputs: the val dataset's space.
+        source = dataset or overall.loc[overall["benchmark"] == CLEAN_BENCHMARK, "dataset"].head(1).squeeze()
+        level = chance_of(chance, source if isinstance(source, str) else "")
+        if level is not None:
+            levels[benchmark] = level
+    shifted = [levels[b] for b in levels if b in SHIFTED_BENCHMARKS]
+    if shifted:
+        levels["average"] = float(np.mean(shifted))
+    return levels
+
+
+def plot_robustness(table: pd.DataFrame, paths, paper: dict | None = None, chance: dict | None = None):
+    """Top-1 (%) per benchmark and model, clean ImageNet first and the average of the shifted sets
+    present last (the paper's seven in a full study); the rows' ci_low / ci_high (if any) as error
+    bars on the bars; ``chance`` (dataset -> chance top-1): bars at chance faded and labelled; n
+    (images) under each benchmark."""
     table = as_text(table, "benchmark", "corruption", "dataset")
     overall = table[(table["metric"] == "top1") & (table["corruption"] == "")]
     found = list(dict.fromkeys(overall["benchmark"]))
@@ -324,9 +350,15 @@ def plot_robustness(table: pd.DataFrame, paths, paper: dict | None = None):
     present += [b for b in found if b not in BENCHMARK_ORDER] + (["average"] if "average" in found else [])
     models = styled_models(table, table)
     lookup = overall.groupby(["model", "benchmark"])["value"].mean()
+    intervals = interval_lookup(overall, ["model", "benchmark"])
+    levels = _chance_by_benchmark(overall, chance)
 
     def value(model, benchmark):
         return lookup.get((model, benchmark), np.nan)
+
+    def is_chance(model, benchmark):
+        return at_chance(value(model, benchmark), intervals(model, benchmark) if intervals else None,
+                         levels.get(benchmark))
 
     def published(key, benchmark):
         if not paper:
@@ -337,26 +369,53 @@ def plot_robustness(table: pd.DataFrame, paths, paper: dict | None = None):
 
     counts = table.loc[(table["benchmark"] == "average") & (table["metric"] == "n_benchmarks"), "value"]
     n_shifted = int(counts.max()) if len(counts) else 0
+    images = table[(table["metric"] == "n_images") & (table["corruption"] == "")]
+    n_of = {b: n_text(images.loc[images["benchmark"] == b, "value"].astype(float)) for b in present}
     labels = {**BENCHMARK_LABELS, "average": f"Average ({n_shifted})"}
     fig, ax = plt.subplots(figsize=(max(6.0, 1.0 * len(present) + 2), 3.8))
-    grouped_bars(ax, present, models, value, published if paper else None, scale=100,
-                 interval=interval_lookup(overall, ["model", "benchmark"]))
-    ax.set_xticklabels([labels.get(b, b) for b in present])
+    grouped_bars(ax, present, models, value, published if paper else None, scale=100, interval=intervals,
+                 chance=is_chance if levels else None)
+    ax.set_xticklabels([labels.get(b, b) + (f"\n{n_of[b]}" if n_of.get(b) else "") for b in present], fontsize=8)
     if CLEAN_BENCHMARK in present:
         ax.axvline(present.index(CLEAN_BENCHMARK) + 0.5, color="gray", linewidth=0.6)
     ax.set_ylabel("top-1 accuracy (%)")
     ax.set_ylim(0, 100)
-    note = " (published average: all 7)" if paper else ""
-    ax.set_title(f"Robustness: ImageNet and {n_shifted} shifted sets{note}; ImageNet-C = mean over 15 corruptions",
-                 fontsize=9)
-    ax.legend(fontsize=7, ncol=2, loc="upper right")
+    empty_note(ax, [value(m, b) for m in models["model"] for b in present], "no model is above 0 % on any set")
+    note = f" (published average: all {len(SHIFTED_BENCHMARKS)})" if paper else ""
+    ax.set_title(f"Robustness: ImageNet and {n_shifted} shifted sets, Average = their mean{note}; "
+                 "ImageNet-C = mean over 15 corruptions", fontsize=8)
+    legend_outside(ax)
     fig.tight_layout()
+    if levels:
+        chance_note(fig)
     save_figure(fig, paths)
     return fig
 
 
+def plot_robustness_paired(table: pd.DataFrame, paths, comparisons: pd.DataFrame | None = None):
+    """``layout: paired``: per paradigm, ViT vs ConvNet top-1 (%) per benchmark with the winner and
+    its margin; the Average's margin with its paired-bootstrap interval (``comparisons``)."""
+    table = as_text(table, "benchmark", "corruption", "dataset")
+    overall = table[(table["metric"] == "top1") & (table["corruption"] == "")]
+    found = list(dict.fromkeys(overall["benchmark"]))
+    present = [b for b in BENCHMARK_ORDER if b in found and b != "average"]
+    present += [b for b in found if b not in BENCHMARK_ORDER] + (["average"] if "average" in found else [])
+    lookup = overall.groupby(["model", "benchmark"])["value"].mean()
+    counts = table.loc[(table["benchmark"] == "average") & (table["metric"] == "n_benchmarks"), "value"]
+    labels = {**BENCHMARK_LABELS, "average": f"Average ({int(counts.max()) if len(counts) else 0})"}
+    return plot_paired(present, [labels.get(b, b) for b in present], styled_models(table, table),
+                       lambda m, b: lookup.get((m, b), np.nan), paths, "Robustness, the paper's reading: ViT vs ConvNet",
+                       "top-1 accuracy (%)", scale=100, margin=margin_lookup(comparisons), headline_group="average",
+                       ylim=(0, 105))
+
+
 def draw(job) -> None:
-    plot_robustness(read_table(job.input[0]), job.figure_paths(), paper=job.params.data["paper"])
+    if job.params.layout == "paired":
+        plot_robustness_paired(read_table(job.input[0]), job.figure_paths(),
+                               read_table(job.input[1]) if len(job.input) > 1 else None)
+        return
+    plot_robustness(read_table(job.input[0]), job.figure_paths(), paper=job.params.data["paper"],
+                    chance=job.params.chance)
 
 
 ROBUSTNESS = register(Evaluation(
@@ -367,9 +426,12 @@ ROBUSTNESS = register(Evaluation(
     table=table,
     settings=("real", "effective_robustness_min_models"),
     group_columns=("dataset", "benchmark", "corruption", "severity"),
-    figures=(Figure("robustness", draw, "robustness", per_dataset=False, data=published_section("robustness")),),
+    figures=(Figure("robustness", draw, "robustness", per_dataset=False, data=published_section("robustness"),
+                    paired=True),),
     headlines=(Headline("robustness", {"benchmark": "average", "metric": "top1"}, True,
-                        "robustness: mean top-1 % of shifted sets", by=(), scale=100),),
+                        "robustness: mean top-1 % of shifted sets", by=(), scale=100,
+                        accuracy={"benchmark": SHIFTED_BENCHMARKS, "metric": "top1", "corruption": ""},
+                        n={"benchmark": SHIFTED_BENCHMARKS, "metric": "n_images", "corruption": ""}, n_per="set"),),
     check=check,
     input_transform=input_transform,
     samples=samples,

@@ -19,7 +19,16 @@ from beyond_imagenet.datasets.vtab import GROUPS, TASKS
 from beyond_imagenet.evaluations import Evaluation, Figure, Sample, register
 from beyond_imagenet.profile import Headline
 from beyond_imagenet.style import (
+    CHANCE_ALPHA,
+    CHANCE_HATCH,
+    CHANCE_TEXT,
+    at_chance,
+    chance_note,
+    chance_of,
     draw_intervals,
+    empty_note,
+    legend_outside,
+    n_text,
     interval_lookup,
     model_styles,
     plt,
@@ -134,25 +143,36 @@ def _models(data: pd.DataFrame, table: pd.DataFrame) -> list[dict]:
     return models
 
 
-def _bars(ax, positions, values, paper, models, width, intervals=None):
+def _bars(ax, positions, values, paper, models, width, intervals=None, levels=None):
     """One bar per model at each position; the paper's value (if any) as a black tick on the bar;
-    ``intervals[j]``: model j's (low, high) per position (or None), an error bar on the bar."""
+    ``intervals[j]``: model j's (low, high) per position (or None), an error bar on the bar;
+    ``levels``: the chance top-1 (%) per position: a bar whose interval reaches it is faded."""
     for j, model in enumerate(models):
         x = positions + (j - (len(models) - 1) / 2) * width
-        ax.bar(x, values[j], width=width, color=model["color"], hatch=model["hatch"], edgecolor="black",
-               linewidth=0.4, label=model["label"])
+        bars = ax.bar(x, values[j], width=width, color=model["color"], hatch=model["hatch"], edgecolor="black",
+                      linewidth=0.4, label=model["label"])
+        for k, patch in enumerate(bars):
+            bounds = intervals[j][k] if intervals is not None else None
+            if levels is not None and at_chance(values[j][k], bounds, levels[k]):
+                patch.set_alpha(CHANCE_ALPHA)
+                patch.set_hatch(CHANCE_HATCH)
+                ax.text(x[k], values[j][k], CHANCE_TEXT, rotation=90, ha="center", va="bottom", fontsize=5,
+                        color="0.35", label="_chance")
         if intervals is not None:
             draw_intervals(ax, x, intervals[j], at=values[j], label=f"_ci:{model['model']}")
         if paper[j] is not None:
             ax.scatter(x, paper[j], marker="_", s=40, color="black", linewidths=1.8, zorder=3)
 
 
-def plot_transfer(table: pd.DataFrame, dataset: str, paths, paper_top1: Mapping[str, Mapping[str, float]] | None = None):
+def plot_transfer(table: pd.DataFrame, dataset: str, paths, paper_top1: Mapping[str, Mapping[str, float]] | None = None,
+                  chance: Mapping[str, float] | None = None):
     """Top-1 (%) per task, grouped natural / specialized / structured, and the group means.
 
     ``paper_top1``: the paper's per-task top-1 (percent) by paper model key and paper task key; drawn
     beside ours for models that declare a ``paper_key`` (group means over the same tasks). The
-    rows' ci_low / ci_high (if any), x 100, as error bars on the bars. Returns the saved (closed)
+    rows' ci_low / ci_high (if any), x 100, as error bars on the bars. ``chance``
+    (``<dataset>/<task>`` -> 1 / the task's classes): bars at chance faded (a group mean against the
+    mean of its tasks' chance levels); n test images under each task. Returns the saved (closed)
     figure.
     """
     data = table[(table["dataset"] == dataset) & (table["metric"] == "test_top1")]
@@ -193,14 +213,21 @@ def plot_transfer(table: pd.DataFrame, dataset: str, paths, paper_top1: Mapping[
     values = [[ours(m["model"], t) for t in tasks] for m in models]
     paper = [None if theirs(m) is None else [theirs(m)[TASKS[t].paper_key] for t in tasks] for m in models]
     intervals = None if task_interval is None else [[task_interval(m["model"], t) for t in tasks] for m in models]
-    _bars(ax_tasks, positions, values, paper, models, width, intervals)
-    ax_tasks.set_xticks(positions, [TASKS[t].label for t in tasks], rotation=45, ha="right", fontsize=8)
+    task_levels = [chance_of(chance, dataset, t) for t in tasks]
+    levels = None if all(v is None for v in task_levels) else [None if v is None else 100 * v for v in task_levels]
+    _bars(ax_tasks, positions, values, paper, models, width, intervals, levels)
+    tests = table[(table["dataset"] == dataset) & (table["metric"] == "n_test")]
+    n_of = {t: n_text(tests.loc[tests["task"] == t, "value"].astype(float)) for t in tasks}
+    ax_tasks.set_xticks(positions, [TASKS[t].label + (f"\n{n_of[t]}" if n_of[t] else "") for t in tasks],
+                        rotation=45, ha="right", fontsize=7)
     ax_tasks.set_ylabel("linear-probe top-1 (%)")
     ax_tasks.set_ylim(0, 100)
     for group in GROUPS:
         members = [p for p, t in zip(positions, tasks) if TASKS[t].group == group]
         if members:
-            ax_tasks.text(np.mean(members), 101, GROUP_LABELS[group], ha="center", va="bottom", fontsize=8)
+            # A group of one task has one bar group's width: its name is shortened to fit.
+            name = GROUP_LABELS[group] if len(members) > 1 else GROUP_LABELS[group][:4] + "."
+            ax_tasks.text(np.mean(members), 101, name, ha="center", va="bottom", fontsize=7)
             if members[0] > positions[0]:
                 ax_tasks.axvline(members[0] - 0.8, color="gray", linewidth=0.6, linestyle=":")
 
@@ -212,7 +239,13 @@ def plot_transfer(table: pd.DataFrame, dataset: str, paths, paper_top1: Mapping[
         means = paper_means(top1, tasks) if top1 is not None else None
         gpaper.append(None if means is None else [means.get(g, np.nan) for g in groups])
     gintervals = None if mean_interval is None else [[mean_interval(m["model"], g) for g in groups] for m in models]
-    _bars(ax_groups, gpos, gvalues, gpaper, models, width, gintervals)
+    glevels = None
+    if levels is not None:
+        glevels = []
+        for g in groups:
+            members = [v for t, v in zip(tasks, levels) if v is not None and (g == "all" or TASKS[t].group == g)]
+            glevels.append(float(np.mean(members)) if members else None)
+    _bars(ax_groups, gpos, gvalues, gpaper, models, width, gintervals, glevels)
     n_all = len(tasks)
     ax_groups.set_xticks(gpos, [GROUP_LABELS[g] if g != "all" else f"Mean of {n_all}" for g in groups],
                          rotation=45, ha="right", fontsize=8)
@@ -223,10 +256,13 @@ def plot_transfer(table: pd.DataFrame, dataset: str, paths, paper_top1: Mapping[
     if any(p is not None for p in paper):
         handles.append(plt.Line2D([], [], color="black", marker="_", linestyle="none", markersize=12, markeredgewidth=2))
         labels.append("paper (published)")
-    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 5), fontsize=8, frameon=False,
-               bbox_to_anchor=(0.5, -0.02))
+    empty_note(ax_tasks, [v for row in values for v in row], "every probe scores 0")
     fig.suptitle(f"VTAB-1k linear probes: {dataset} ({len(tasks)} task{'s' if len(tasks) != 1 else ''})")
-    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    # Beside the group means, not under the whole figure (a figure-wide legend sets the width).
+    legend_outside(ax_groups, handles, labels)
+    fig.tight_layout()
+    if levels is not None and any(a.get_label() == "_chance" for a in [*ax_tasks.texts, *ax_groups.texts]):
+        chance_note(fig)
     save_figure(fig, paths)
     return fig
 
@@ -318,11 +354,37 @@ def published(study, wildcards) -> dict:
     return {"paper_top1": load_paper_results()["vtab"]["top1"]}
 
 
+def plot_transfer_paired(table: pd.DataFrame, dataset: str, paths, comparisons: pd.DataFrame | None = None):
+    """``layout: paired``: per paradigm, ViT vs ConvNet probe top-1 (%) per task and the mean over
+    tasks, with the winner and its margin; the mean's margin with its paired-bootstrap interval."""
+    from beyond_imagenet.style import margin_lookup, plot_paired, styled_models
+
+    data = table[(table["dataset"] == dataset) & (table["metric"] == "test_top1")]
+    if data.empty:
+        raise ValueError(f"no transfer rows for dataset {dataset!r}")
+    tasks = [t for t in TASKS if t in set(data["task"])]
+    per_task = data[data["task"] != "mean"].set_index(["model", "task"])["value"]
+    means = data[(data["task"] == "mean") & (data["group"] == "all")].set_index("model")["value"]
+
+    def value(model, group):
+        return means.get(model, np.nan) if group == "mean" else per_task.get((model, group), np.nan)
+
+    models = styled_models(data.assign(paper_key=data["paper_key"].fillna("")), table)
+    return plot_paired([*tasks, "mean"], [*(TASKS[t].label for t in tasks), f"Mean of {len(tasks)}"], models, value,
+                       paths, f"VTAB-1k linear probes on {dataset}, the paper's reading: ViT vs ConvNet",
+                       "linear-probe top-1 (%)", scale=100, margin=margin_lookup(comparisons, dataset),
+                       headline_group="mean", ylim=(0, 110))
+
+
 def draw(job) -> None:
     from beyond_imagenet.tables import read_table
 
+    if job.params.layout == "paired":
+        plot_transfer_paired(read_table(job.input[0]), job.wildcards.dataset, job.figure_paths(),
+                             read_table(job.input[1]) if len(job.input) > 1 else None)
+        return
     plot_transfer(read_table(job.input[0]), job.wildcards.dataset, job.figure_paths(),
-                  paper_top1=job.params.data["paper_top1"])
+                  paper_top1=job.params.data["paper_top1"], chance=job.params.chance)
 
 
 TRANSFER = register(Evaluation(
@@ -336,7 +398,8 @@ TRANSFER = register(Evaluation(
     group_columns=("dataset", "task", "group"),
     samples=samples,
     combine=combine,
-    figures=(Figure("transfer", draw, "transfer", data=published),),
+    figures=(Figure("transfer", draw, "transfer", data=published, paired=True),),
     headlines=(Headline("transfer", {"task": "mean", "group": "all", "metric": "test_top1"}, True,
-                        "VTAB linear probe mean top-1 % ({dataset})", scale=100),),
+                        "VTAB linear probe mean top-1 % ({dataset})", scale=100,
+                        accuracy={"metric": "test_top1", "task": tuple(TASKS)}, n={"metric": "n_test"}, n_per="task"),),
 ))

@@ -92,6 +92,15 @@ def calibration_from_logits(logits, labels, n_bins: int = 15, class_mask=None) -
 TEMPERATURE_BOUNDS = (1e-2, 1e2)
 
 
+def temperature_at_bound(temperature: float, bounds: tuple[float, float] = TEMPERATURE_BOUNDS,
+                         rtol: float = 1e-3) -> bool:
+    """Whether a fitted temperature sits at an end of the search (within ``rtol``): the NLL kept
+    falling there, so T is a bound, not a fit (e.g. a random-weight model whose softmax a larger T
+    only makes more uniform)."""
+    low, high = bounds
+    return bool(np.isfinite(temperature) and (temperature >= high * (1 - rtol) or temperature <= low * (1 + rtol)))
+
+
 def log_softmax(logits: np.ndarray, class_mask: np.ndarray | None = None) -> np.ndarray:
     """Log-softmax in float64, restricted to ``class_mask`` first like :func:`softmax`."""
     logits = np.asarray(logits, dtype=np.float64)

@@ -92,33 +92,27 @@ def labels(study, wildcards) -> dict:
 
 
 # ------------------------------------------------------------------------------------ figures
-def _short(layer: str) -> str:
-    """``stages.2.blocks.5`` -> ``s2.b5``; ``transformer.resblocks.3`` -> ``3``: compact tick labels."""
-    out: list[str] = []
-    for token in layer.replace("trunk.", "").replace("transformer.resblocks.", "").split("."):
-        if token.isdigit() and out and out[-1].isalpha():
-            out[-1] += token
-        elif token.isdigit():
-            out.append(token)
-        else:
-            out.append(token[0] + "".join(c for c in token if c.isdigit()))
-    return ".".join(out)
-
-
 def _ticks(ax, axis: str, layers: Sequence[str]) -> None:
+    """Ticks by block index (0 = the hooked layer nearest the input), the same way for every source:
+    timm's ``stages.2.blocks.5`` and open_clip's ``transformer.resblocks.3`` name their blocks
+    differently, so names would make two models' axes incomparable."""
     step = max(1, len(layers) // 8)
     positions = list(range(0, len(layers), step))
     getattr(ax, f"set_{axis}ticks")(positions)
-    getattr(ax, f"set_{axis}ticklabels")([_short(layers[i]) for i in positions], fontsize=6,
-                                         rotation=90 if axis == "x" else 0)
+    getattr(ax, f"set_{axis}ticklabels")([str(i) for i in positions], fontsize=6)
+
+
+def _axis_label(model: str | None, layers: Sequence[str]) -> str:
+    return f"{model + ': ' if model else ''}block (0–{len(layers) - 1}, input → output)"
 
 
 def plot_cka(matrices: Sequence[Any], kind: str, labels: Mapping[str, str], dataset: str, n_images: int,
-             paths: Sequence) -> None:
+             paths: Sequence):
     """Layer × layer CKA heatmaps, one panel per model (``within``) or per model pair (``cross``).
 
     ``matrices``: :class:`beyond_imagenet.evaluations.cka.passes.CkaMatrix` items; rows (y) are the layers of model a
-    from the input upwards, columns (x) the layers of model b.
+    from the input upwards, columns (x) the layers of model b; both labelled by block index.
+    Returns the saved (closed) figure.
     """
     chosen = [m for m in matrices if m.kind == kind]
     if not chosen:
@@ -134,15 +128,16 @@ def plot_cka(matrices: Sequence[Any], kind: str, labels: Mapping[str, str], data
                           aspect="auto", interpolation="nearest")
         a, b = labels.get(m.model_a, m.model_a), labels.get(m.model_b, m.model_b)
         ax.set_title(a if kind == "within" else f"{a} vs\n{b}", fontsize=8)
-        ax.set_ylabel(f"{a} layer" if kind == "cross" else "layer", fontsize=7)
-        ax.set_xlabel(f"{b} layer" if kind == "cross" else "layer", fontsize=7)
+        ax.set_ylabel(_axis_label(a if kind == "cross" else None, m.layers_a), fontsize=7)
+        ax.set_xlabel(_axis_label(b if kind == "cross" else None, m.layers_b), fontsize=7)
         _ticks(ax, "x", m.layers_b)
         _ticks(ax, "y", m.layers_a)
-    fig.suptitle(f"Linear CKA ({kind}-model) on {dataset}, {n_images} images", fontsize=10)
+    fig.suptitle(f"Linear CKA ({kind}-model) on {dataset}, n={n_images} images", fontsize=10)
     fig.tight_layout()
     if image is not None:
         fig.colorbar(image, ax=list(axes.flat[: len(chosen)]), shrink=0.8, label="CKA")
     save_figure(fig, paths)
+    return fig
 
 
 def draw(job) -> None:
@@ -162,7 +157,7 @@ CKA = register(Evaluation(
     samples=samples,
     pair_ignore=("partner", "partner_label"),
     group_columns=("dataset", "partner", "kind"),
-    figures=(Figure("cka", draw, "cka", variants=figure_kinds, variant_wildcard="kind", data=labels,
+    figures=(Figure("cka", draw, "cka", variants=figure_kinds, variant_wildcard="kind", data=labels, chance=False,
                     source=lambda study, w: matrix_file(study, w.dataset)),),
     headlines=(Headline("cka", {"metric": "mean_layer_similarity", "kind": "within"}, None,
                         "mean layer-to-layer CKA ({dataset})"),),

@@ -23,7 +23,19 @@ import pandas as pd
 from beyond_imagenet.evaluations import Evaluation, Figure, Sample, register
 from beyond_imagenet.metrics.invariance import invariance_metrics
 from beyond_imagenet.profile import Headline
-from beyond_imagenet.style import interval_lookup, model_styles, plt, save_figure
+from beyond_imagenet.style import (
+    CHANCE_ALPHA,
+    CHANCE_TEXT,
+    at_chance,
+    chance_note,
+    chance_of,
+    interval_lookup,
+    legend_outside,
+    model_styles,
+    n_text,
+    plt,
+    save_figure,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from beyond_imagenet.evaluations.invariance.variants import Variant
@@ -248,13 +260,28 @@ INVARIANCE_PANELS = (("scale", "scale factor"), ("shift", "shift (original px)")
 INVARIANCE_METRICS = {"top1": "top-1 accuracy (%)", "true_class_prob": "mean true-class probability"}
 
 
+def _guessing(table: pd.DataFrame, dataset: str, chance: Mapping[str, float] | None) -> set[str]:
+    """Models at chance on ``dataset``: their top-1 at the standard level (the interval's low end
+    where there is one) at or below the dataset's chance top-1."""
+    level = chance_of(chance, dataset)
+    if level is None:
+        return set()
+    rows = table[(table["dataset"] == dataset) & (table["metric"] == "top1")
+                 & (table["standard"].astype(str) == "True")].drop_duplicates("model")
+    bounds = interval_lookup(rows, ["model"])
+    return {str(m) for m, v in zip(rows["model"], rows["value"].astype(float))
+            if at_chance(v, bounds(m) if bounds else None, level)}
+
+
 def plot_invariance(table: pd.DataFrame, dataset: str, metric: str, paths: Sequence,
-                    paper: Mapping[str, Any] | None = None):
+                    paper: Mapping[str, Any] | None = None, chance: Mapping[str, float] | None = None):
     """Three panels (scale, shift, resolution): ``metric`` against the level, one line per model.
 
     ``paper``: the published ``invariance`` section (top-1 %); drawn thin and dotted for models
     with a ``paper_key`` when ``metric`` is top1. With ci_low / ci_high in the rows: a light band of
-    the model's colour over the interval at each level. Returns the saved (closed) figure.
+    the model's colour over the interval at each level. A model at chance (``chance``: dataset ->
+    chance top-1) is drawn faded. The legend sits beside the panels; n (images) in the title.
+    Returns the saved (closed) figure.
     """
     data = table[(table["dataset"] == dataset) & (table["metric"] == metric) & (table["level"].notna())]
     if data.empty:
@@ -262,6 +289,7 @@ def plot_invariance(table: pd.DataFrame, dataset: str, metric: str, paths: Seque
     styles = model_styles(table)  # the whole table: the study's models
     scale = 100.0 if metric == "top1" else 1.0
     kinds = [(k, label) for k, label in INVARIANCE_PANELS if (data["transform"] == k).any()]
+    guessing = _guessing(table, dataset, chance)
     fig, axes = plt.subplots(1, len(kinds), figsize=(4.2 * len(kinds), 3.6), squeeze=False)
     for ax, (kind, xlabel) in zip(axes[0], kinds):
         rows = data[data["transform"] == kind]
@@ -270,7 +298,8 @@ def plot_invariance(table: pd.DataFrame, dataset: str, metric: str, paths: Seque
             first = sub.iloc[0]
             style = styles[str(model)]
             ax.plot(sub["level"], sub["value"].astype(float) * scale, label=first["label"], color=style.color,
-                    linestyle=style.linestyle, marker=style.marker)
+                    linestyle=style.linestyle, marker=style.marker,
+                    alpha=CHANCE_ALPHA if str(model) in guessing else 1.0)
             band = interval_lookup(sub, ["level"], scale)
             if band is not None:
                 bounds = [band(level) or (np.nan, np.nan) for level in sub["level"]]
@@ -288,10 +317,18 @@ def plot_invariance(table: pd.DataFrame, dataset: str, metric: str, paths: Seque
         ax.set_title(kind.capitalize())
         ax.set_ylabel(INVARIANCE_METRICS.get(metric, metric))
         ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=7)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    model_of = dict(zip(data["label"], data["model"].astype(str)))
+    labels = [f"{label} ({CHANCE_TEXT})" if model_of.get(label) in guessing else label for label in labels]
+    legend_outside(axes[0][-1], handles, labels)
     note = "; published top-1 dotted" if metric == "top1" and paper and data["paper_key"].notna().any() else ""
-    fig.suptitle(f"Transformation invariance on {dataset} (standard level: vertical line{note})", fontsize=10)
+    counts = table[(table["dataset"] == dataset) & (table["metric"] == "n_images")]["value"].astype(float)
+    n = n_text(counts)
+    fig.suptitle(f"Transformation invariance on {dataset} ({n + ' images; ' if n else ''}standard level: vertical "
+                 f"line{note})", fontsize=10)
     fig.tight_layout()
+    if guessing:
+        chance_note(fig)
     save_figure(fig, paths)
     return fig
 
@@ -386,7 +423,7 @@ def draw(job) -> None:
     from beyond_imagenet.tables import read_table
 
     plot_invariance(read_table(job.input[0]), job.wildcards.dataset, job.wildcards.metric, job.figure_paths(),
-                    paper=job.params.data["paper"])
+                    paper=job.params.data["paper"], chance=job.params.chance)
 
 
 INVARIANCE = register(Evaluation(
@@ -401,7 +438,8 @@ INVARIANCE = register(Evaluation(
                     data=published),),
     # Top-1 kept under the transform: mean over the non-baseline levels / the baseline's top-1.
     headlines=(Headline("invariance", {"metric": "retained_top1"}, True,
-                        "{transform}: % of top-1 retained ({dataset})", by=("dataset", "transform"), scale=100),),
+                        "{transform}: % of top-1 retained ({dataset})", by=("dataset", "transform"), scale=100,
+                        accuracy={"metric": "top1"}, n={"metric": "n_images"}),),
     check=check,
     variants=extraction_variants,
     samples=samples,
