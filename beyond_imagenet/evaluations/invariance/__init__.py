@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from beyond_imagenet.evaluations import Evaluation, Figure, Sample, register
+from beyond_imagenet.evaluations import Evaluation, Figure, Sample, Variants, register
 from beyond_imagenet.metrics.invariance import invariance_metrics
 from beyond_imagenet.profile import Headline
 from beyond_imagenet.style import interval_lookup, model_styles, plt, save_figure
@@ -116,6 +116,26 @@ def extraction_variants(study, model: str, dataset: str) -> list[str]:
     if dataset not in study.evaluation_datasets("invariance"):
         return []
     return [v for v in study_variant_names(study) if not is_standard_variant(study, model, v, dataset)]
+
+
+def variant_identity(study, dataset: str, variant: str) -> dict[str, Any]:
+    """What a variant's output records besides the standard identity: the image subset it runs on
+    (``max_images``; 0 = every image), so changing it recomputes the variants only."""
+    return {"max_images": int(study.evaluations.get("invariance", {}).get("max_images") or 0)}
+
+
+def build_variant(spec, variant: str, protocol: str, head=None, logit_scale: float = 100.0):
+    """The model and transform that extract ``variant`` (inside an extraction job: imports torch)."""
+    from beyond_imagenet.evaluations.invariance.variants import Variant, build_variant_model
+
+    return build_variant_model(spec, Variant.parse(variant), protocol, head=head, logit_scale=logit_scale)
+
+
+def variant_subset(samples, expect: Mapping[str, Any]) -> list:
+    """The manifest samples a variant runs on: the subset its recorded identity names."""
+    from beyond_imagenet.evaluations.invariance.variants import spread_subset
+
+    return spread_subset(samples, expect.get("max_images") or None)
 
 
 def items(study) -> list[dict[str, Any]]:
@@ -403,6 +423,6 @@ INVARIANCE = register(Evaluation(
     headlines=(Headline("invariance", {"metric": "retained_top1"}, True,
                         "{transform}: % of top-1 retained ({dataset})", by=("dataset", "transform"), scale=100),),
     check=check,
-    variants=extraction_variants,
+    variants=Variants(names=extraction_variants, build=build_variant, subset=variant_subset, identity=variant_identity),
     samples=samples,
 ))
