@@ -27,10 +27,11 @@ import logging
 import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import nn
+if TYPE_CHECKING:  # torch only where a checkpoint is read: the Snakefile imports this module
+    import torch
+    from torch import nn
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +86,8 @@ def read_checkpoint(path: str | Path) -> Any:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
+    import torch
+
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
@@ -122,6 +125,8 @@ def unwrap(obj: Any) -> Any:
 
 
 def _is_tensor_dict(obj: Any) -> bool:
+    import torch
+
     return isinstance(obj, dict) and bool(obj) and all(isinstance(v, torch.Tensor) for v in obj.values())
 
 

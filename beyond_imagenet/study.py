@@ -19,7 +19,7 @@ import yaml
 from beyond_imagenet.datasets import DatasetError, DatasetSpec, resolve_dataset
 from beyond_imagenet.datasets.vtab import expand_dataset
 from beyond_imagenet.evaluations import EVALUATIONS
-from beyond_imagenet.models import (
+from beyond_imagenet.model_specs import (
     ModelError,
     ModelSpec,
     unknown_architecture_message,
@@ -417,7 +417,7 @@ class Study:
     def head_identity(self, model: str) -> dict[str, Any]:
         """What a zero-shot head depends on: the weights and the templates (not the protocol or the
         logit scale, which act on the image side)."""
-        from beyond_imagenet.models import checkpoint_sha256
+        from beyond_imagenet.model_specs import checkpoint_sha256
 
         spec = self.models[model]
         identity = {"model": model, "model_source": spec.source, "model_arch": spec.arch, "weights": spec.weights_tag}

@@ -40,15 +40,16 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: The variant values evaluated by default (docs/evaluations.md §8).
-VARIANTS: dict[str, list[float | int]] = {
-    "scale": [1, 1.25, 1.5, 2, 3],
-    "shift": [0, 5, 30, 75, 100],
-    "resolution": [112, 224, 336, 512, 640],
-}
-
-#: The value of each kind that reproduces the standard (paper-protocol) evaluation.
-STANDARD_VALUES: dict[str, float | int] = {"scale": 1, "shift": 0, "resolution": 224}
+# Names, standard levels and paradigms: torch-free, in names.py (the Snakefile plans with them).
+from beyond_imagenet.evaluations.invariance.names import (  # noqa: E402
+    PARADIGM_NAMES,
+    _check_paradigm,
+    STANDARD_VALUES,
+    VARIANTS,
+    is_standard,
+    parse_variant,
+    variant_name,
+)
 
 #: Per-paradigm settings of the paper protocol: short-side resize before the 224 centre crop
 #: (R in docs/evaluations.md §8) and the resize interpolation.
@@ -57,8 +58,7 @@ PARADIGMS: dict[str, dict[str, Any]] = {
     "clip": {"base_resize": 224, "interpolation": InterpolationMode.BICUBIC},
 }
 
-_PREFIX = {"scale": "scale", "shift": "shift", "resolution": "res"}
-_KIND_OF_PREFIX = {v: k for k, v in _PREFIX.items()}
+assert tuple(PARADIGMS) == PARADIGM_NAMES
 
 Transform = Callable[[Image.Image], torch.Tensor]
 
@@ -67,64 +67,6 @@ def _round_half_up(x: float) -> int:
     """Round to nearest, ties up: Python's round() is banker's rounding, which would make
     e.g. 23.5 -> 24 but 22.5 -> 22 and the window position depend on parity."""
     return int(math.floor(x + 0.5))
-
-
-def _check_paradigm(paradigm: str) -> None:
-    if paradigm not in PARADIGMS:
-        raise ValueError(f"unknown paradigm {paradigm!r}; expected one of {sorted(PARADIGMS)}")
-
-
-# --- names ------------------------------------------------------------------------------------
-
-def _format_value(kind: str, value: float) -> str:
-    if kind == "scale":
-        return f"{float(value):g}"
-    if float(value) != int(value):
-        raise ValueError(f"{kind} values must be integers, got {value!r}")
-    return str(int(value))
-
-
-def variant_name(kind: str, value: float) -> str:
-    """File-name-safe name of a variant: ``scale-1.25``, ``shift-30``, ``res-336``."""
-    if kind not in _PREFIX:
-        raise ValueError(f"unknown variant kind {kind!r}; expected one of {sorted(_PREFIX)}")
-    return f"{_PREFIX[kind]}-{_format_value(kind, value)}"
-
-
-def parse_variant(name: str) -> tuple[str, float | int]:
-    """Inverse of :func:`variant_name`: ``"res-336"`` -> ``("resolution", 336)``.
-
-    Scale values come back as float, shift/resolution as int; values outside :data:`VARIANTS`
-    are accepted so a study config can add its own.
-    """
-    prefix, sep, raw = name.partition("-")
-    if not sep or prefix not in _KIND_OF_PREFIX or not raw:
-        raise ValueError(f"not a variant name: {name!r} (expected e.g. 'scale-1.25', 'shift-30', 'res-336')")
-    kind = _KIND_OF_PREFIX[prefix]
-    try:
-        value: float | int = float(raw) if kind == "scale" else int(raw)
-    except ValueError as err:
-        raise ValueError(f"bad value in variant name {name!r}") from err
-    if variant_name(kind, value) != name:
-        raise ValueError(f"non-canonical variant name {name!r}; use {variant_name(kind, value)!r}")
-    return kind, value
-
-
-def is_standard(kind: str, value: float, paradigm: str, protocol: str = "paper") -> bool:
-    """Whether this variant *is* the standard evaluation, pixel for pixel, so its outputs are reused.
-
-    Scale 1 (Resize(R) -> CenterCrop(224)) and resolution 224 (supervised Resize(256) ->
-    CenterCrop(224); CLIP Resize(224, bicubic) -> CenterCrop(224)) are the ``paper`` protocol's
-    own transforms for both paradigms. Shift 0 is not: its window is cut in original-image
-    coordinates and then resized (docs/evaluations.md §8), which differs from resize-then-crop by resampling order
-    and up to a pixel of window rounding. It is extracted like the other shifts, so the whole
-    shift curve comes from one pipeline and v = 0 is its exact baseline.
-    Under the ``native`` protocol (each model's own crop_pct/interpolation) nothing is standard.
-    """
-    _check_paradigm(paradigm)
-    if kind not in STANDARD_VALUES:
-        raise ValueError(f"unknown variant kind {kind!r}")
-    return protocol == "paper" and kind != "shift" and float(value) == float(STANDARD_VALUES[kind])
 
 
 # --- transforms -------------------------------------------------------------------------------
