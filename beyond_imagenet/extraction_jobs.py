@@ -7,7 +7,7 @@ shards, own atomic rename), under ``results/extracted/<model>/``, where every re
 it, but only the group's marker is the job's output: the files survive, and a rerun of the group
 (one of its datasets changed, or a killed job) reuses each file whose extraction key still matches
 and recomputes only the others. The marker records each file's size and time: a file deleted or
-replaced since makes the group rerun (:func:`drop_damaged_marker`, at DAG time).
+replaced since makes the group rerun (:func:`group_damage`, checked when the workflow is planned).
 """
 
 from __future__ import annotations
@@ -109,6 +109,7 @@ def run_group(job) -> dict[str, Any]:
                 attrs["compiled"] = "torch.compile (inductor)"
             out = item["extracted"]
             _forget_if_older(out, [item["manifest"], head_path, spec.checkpoint_path])
+            _forget_if_made_for_something_else(out, expected_attrs(item["expect"], manifest))
             item_timing: dict[str, float] = {}
             extract(loaded.network, loaded.transform, manifest["root"], samples, out, attrs, device=device,
                     batch_size=params.batch_size, num_workers=resources.num_workers,
@@ -161,20 +162,6 @@ def group_damage(marker: str | os.PathLike) -> list[str]:
     return problems
 
 
-def drop_damaged_marker(marker: str | os.PathLike) -> list[str]:
-    """Remove the marker of a group with :func:`group_damage`, so Snakemake reruns the group's job
-    (which recomputes the missing or changed files and reuses the others by their extraction keys)
-    and everything that reads it. Returns the damage (empty: nothing was done)."""
-    problems = group_damage(marker)
-    if problems:
-        for out in problems:
-            path = out.split(" ", 1)[0]
-            if path.endswith(".h5"):  # a changed file is recomputed even if its key still matches
-                Path(f"{path}.key").unlink(missing_ok=True)
-        Path(marker).unlink(missing_ok=True)
-    return problems
-
-
 def forward_threads(job) -> int:
     """The forward pass's intra-op threads: the job's threads less its loader workers (at least 1).
     Snakemake would set OMP_NUM_THREADS to all of the job's threads; the loaders use the rest."""
@@ -183,7 +170,7 @@ def forward_threads(job) -> int:
 
 def forget_extracted(output: str | os.PathLike) -> list[str]:
     """A damaged ``results/extracted/<model>/<file>``: removing the file alone is enough for the
-    next run (its group's marker then lists a missing file: :func:`drop_damaged_marker`), but a
+    next run (its group's marker then lists a missing file: :func:`group_damage`), but a
     reader that finds it damaged also removes its extraction key and every group marker that lists
     it, so the group reruns even where the marker is not checked. The file itself is the caller's
     to remove. Returns what was removed."""
@@ -219,6 +206,21 @@ def _forget_if_older(out: str, inputs: list) -> None:
     newer = [str(p) for p in inputs if p and Path(p).is_file() and Path(p).stat().st_mtime_ns > made]
     if newer:
         log.info("%s is older than %s: recomputing it", out, ", ".join(newer))
+        Path(f"{out}.key").unlink(missing_ok=True)
+
+
+def _forget_if_made_for_something_else(out: str, expected: dict[str, Any]) -> None:
+    """A file replaced since its group last ran (a copy of another model's, say: what made its group
+    rerun) keeps a matching extraction key beside it: recompute it unless it records what a reader
+    of it expects."""
+    from beyond_imagenet.extract import CorruptOutputError, StaleOutputError, check_attrs
+
+    if not Path(out).is_file():
+        return
+    try:
+        check_attrs(out, expected)
+    except (StaleOutputError, CorruptOutputError, OSError) as err:
+        log.info("%s is not what this job wrote (%s): recomputing it", out, str(err).splitlines()[0])
         Path(f"{out}.key").unlink(missing_ok=True)
 
 

@@ -6,7 +6,7 @@ import re
 from snakemake.logging import logger
 
 from beyond_imagenet.evaluations import EVALUATIONS
-from beyond_imagenet.extraction_jobs import drop_damaged_marker
+from beyond_imagenet.extraction_jobs import group_damage
 
 # GPU slots a model-running job takes. A study pinned to the CPU takes none, so its jobs are not
 # serialised behind the profile's `gpu` resource; `auto`/`cuda` take one (leased inside the job).
@@ -100,12 +100,15 @@ def _group_items(wildcards):
 
 def group_manifests(wildcards):
     """The manifests of every dataset an extraction group reads. Also where a finished group whose
-    files were deleted or replaced since (as the error messages say to do) loses its marker, so the
-    group's job reruns; it recomputes those files and reuses the others (extraction_jobs)."""
+    files were deleted or replaced since (as the error messages say to do) has its job forced: the
+    files are no Snakemake outputs, and a missing input of a finished table does not rerun anything
+    (it could be a deleted temp() file). The job recomputes those files and reuses the others
+    (extraction_jobs), and every job that reads the group reruns after it."""
     marker = STUDY.group_marker(wildcards.model, wildcards.group)
-    damage = drop_damaged_marker(marker)
+    damage = group_damage(marker)
     if damage:
         logger.warning(f"{marker}: " + "; ".join(damage) + ": the group's job reruns and recomputes them")
+        workflow.dag.forcefiles.add(marker)
     return sorted({STUDY.manifest(d) for d, _ in _group_items(wildcards)})
 
 

@@ -15,7 +15,7 @@ from test_reliability_workflow import api_run, leftovers
 
 pytestmark = pytest.mark.workflow
 
-OUTPUT = "results/outputs/vit_sup/imagenet_val.h5"
+OUTPUT = "results/extracted/vit_sup/imagenet_val.h5"
 TABLE = "results/metrics/accuracy.csv"
 
 
@@ -80,5 +80,5 @@ def test_a_file_overwritten_in_place_in_a_manual_folder_rebuilds_its_manifest(ti
     stamps = {p: p.stat().st_mtime_ns for p in (root, root / "dog")}
     shutil.copyfile(good, bad)  # fixed in place: no entry added, removed or renamed
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
-    jobs = run_snakemake(configfile, work, targets=["results/outputs/vit_sup/cue_conflict.h5"], dryrun=True)
+    jobs = run_snakemake(configfile, work, targets=["results/extracted/vit_sup/cue_conflict.group.json"], dryrun=True)
     assert jobs["build_manifest"] == 1 and jobs["extract_outputs"] == 1
