@@ -520,7 +520,7 @@ def _corrupt(path, why: str, remove: bool = True) -> CorruptOutputError:
     if remove:
         from beyond_imagenet.extraction_jobs import forget_extracted
 
-        forget_extracted(path)  # else the next run would hard-link the same damaged file again
+        forget_extracted(path)  # its key and group marker: the next run recomputes it
         with contextlib.suppress(OSError):
             path.unlink()
             removed = True

@@ -137,3 +137,31 @@ print(sorted(m for m in ("torch", "matplotlib", "timm", "open_clip") if m in sys
                          env={**__import__("os").environ, "PYTHONPATH": str(REPO)})
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout[-2000:]
+
+
+def test_a_group_marker_notices_a_deleted_or_replaced_file(tmp_path):
+    """group_damage: what makes a finished group's job rerun (rules/common.smk forces it)."""
+    from beyond_imagenet.extraction_jobs import file_stamp, group_damage
+
+    a, b = tmp_path / "a.h5", tmp_path / "b.h5"
+    a.write_bytes(b"aaaa")
+    b.write_bytes(b"bbbb")
+    marker = tmp_path / "g.group.json"
+    marker.write_text(json.dumps({"outputs": [str(a), str(b)], "files": {str(a): file_stamp(a), str(b): file_stamp(b)}}))
+    assert group_damage(marker) == [] and group_damage(tmp_path / "none.group.json") == []
+    b.write_bytes(b"a copy of something else")
+    a.unlink()
+    assert group_damage(marker) == [f"{a} is missing", f"{b} changed after its job wrote it"]
+
+
+def test_the_jobs_benchmark_finds_the_snakemake_log_above_any_results_dir(tmp_path):
+    """benchmarks/extraction.py --jobs results/paper (a study's results_dir other than `results`)."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from extraction import _snakemake_log
+
+    log = tmp_path / ".snakemake" / "log" / "2026-01-01T000000.000000.snakemake.log"
+    log.parent.mkdir(parents=True)
+    log.write_text("")
+    (tmp_path / "results" / "paper").mkdir(parents=True)
+    assert _snakemake_log(tmp_path / "results" / "paper") == log
+    assert _snakemake_log(tmp_path / "results") == log
