@@ -69,7 +69,7 @@ def snakemake(configfile: Path, workdir: Path, *args: str) -> tuple[str, float, 
            "-d", str(workdir), *args]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
-    out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    out = subprocess.run(cmd, capture_output=True, text=True, check=False, env={**os.environ, "PYTHONPATH": str(REPO)})
     wall = time.perf_counter() - start
     if out.returncode:
         sys.exit(f"snakemake failed ({' '.join(cmd)}):\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
@@ -83,10 +83,10 @@ def planned_jobs(text: str) -> list[tuple[str, dict[str, str]]]:
     """(rule, wildcards) of every job a dry run prints."""
     jobs = []
     for block in re.split(r"\n(?=\[[A-Z][a-z]{2} )", text):
-        rule = re.search(r"^(?:local)?rule (\w+):", block, re.M)
+        rule = re.search(r"^(?:local)?rule (\w+):", block, re.MULTILINE)
         if not rule:
             continue
-        wc = re.search(r"^\s+wildcards: (.*)$", block, re.M)
+        wc = re.search(r"^\s+wildcards: (.*)$", block, re.MULTILINE)
         wildcards = dict(kv.split("=", 1) for kv in wc.group(1).split(", ")) if wc else {}
         jobs.append((rule.group(1), wildcards))
     return jobs
@@ -123,7 +123,7 @@ def run(configfile: Path, workdir: Path, n: int, cores: int) -> dict:
     starts = [t["start_to_first_batch_s"] for t in timings if "start_to_first_batch_s" in t]
     start_up = statistics.median(starts) if starts else 0.0
     budget = forward + n * start_up
-    finished = len(re.findall(r"^Finished job(?:id)? ", text, re.M))
+    finished = len(re.findall(r"^Finished job(?:id)? ", text, re.MULTILINE))
     figures = {"wall_s": round(wall, 1), "jobs_run": finished, "extraction_jobs": len(timings),
                "forward_s": round(forward, 1), "start_up_s": round(start_up, 2), "start_ups": n,
                "forward_plus_start_ups_s": round(budget, 1),

@@ -213,7 +213,11 @@ def _forget_if_made_for_something_else(out: str, expected: dict[str, Any]) -> No
     """A file replaced since its group last ran (a copy of another model's, say: what made its group
     rerun) keeps a matching extraction key beside it: recompute it unless it records what a reader
     of it expects."""
-    from beyond_imagenet.extract import CorruptOutputError, StaleOutputError, check_attrs
+    from beyond_imagenet.extract import (
+        CorruptOutputError,
+        StaleOutputError,
+        check_attrs,
+    )
 
     if not Path(out).is_file():
         return

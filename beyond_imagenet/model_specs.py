@@ -52,7 +52,7 @@ class ModelSpec:
     features_only: bool = False  # no ImageNet-1k classifier: empty logits, feature evaluations only
 
     @classmethod
-    def from_config(cls, name: str, entry: dict[str, Any]) -> "ModelSpec":
+    def from_config(cls, name: str, entry: dict[str, Any]) -> ModelSpec:
         if entry["source"] not in NEEDS_HEAD:
             raise ModelError(f"models.{name}.source: unknown source {entry['source']!r}; known: {sorted(NEEDS_HEAD)}")
         paradigm = entry.get("paradigm") or ("clip" if entry["source"] == "open_clip" else "supervised")

@@ -102,7 +102,7 @@ class Variant:
         return variant_name(self.kind, self.value)
 
     @classmethod
-    def parse(cls, name: str) -> "Variant":
+    def parse(cls, name: str) -> Variant:
         return cls(*parse_variant(name))
 
     def is_standard(self, paradigm: str, protocol: str) -> bool:

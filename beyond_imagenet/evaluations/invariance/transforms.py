@@ -22,6 +22,17 @@ from PIL import Image
 from torchvision import transforms as T
 from torchvision.transforms import InterpolationMode
 
+# Names, standard levels and paradigms are torch-free, in names.py (the Snakefile plans with them).
+from beyond_imagenet.evaluations.invariance.names import (
+    PARADIGM_NAMES,
+    STANDARD_VALUES,
+    VARIANTS,
+    _check_paradigm,
+    is_standard,
+    parse_variant,
+    variant_name,
+)
+
 __all__ = [
     "VARIANTS",
     "PARADIGMS",
@@ -39,17 +50,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-# Names, standard levels and paradigms: torch-free, in names.py (the Snakefile plans with them).
-from beyond_imagenet.evaluations.invariance.names import (  # noqa: E402
-    PARADIGM_NAMES,
-    _check_paradigm,
-    STANDARD_VALUES,
-    VARIANTS,
-    is_standard,
-    parse_variant,
-    variant_name,
-)
 
 #: Per-paradigm settings of the paper protocol: short-side resize before the 224 centre crop
 #: (R in docs/evaluations.md §8) and the resize interpolation.

@@ -9,13 +9,20 @@ the variant passes to ``max_images``.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Sequence
 
-import numpy as np
-
-from beyond_imagenet.evaluations.invariance.names import CONFIG_KINDS, Variant, spread_subset, study_variants  # noqa: F401
-from beyond_imagenet.evaluations.invariance.transforms import PARADIGMS, variant_transform
+# The names, study variants and image subset are torch-free (names.py); re-exported here.
+from beyond_imagenet.evaluations.invariance.names import (
+    CONFIG_KINDS,
+    Variant,
+    spread_subset,
+    study_variants,
+)
+from beyond_imagenet.evaluations.invariance.transforms import (
+    PARADIGMS,
+    variant_transform,
+)
 from beyond_imagenet.models import LoadedModel, ModelSpec, build_model
+
 
 def _normalisation(loaded: LoadedModel) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """mean/std of the model's own protocol (docs/evaluations.md §0): never defaulted, CLIP weights differ."""
