@@ -33,7 +33,8 @@ def _one_model(tiny_config, **extraction):
 def test_a_truncated_output_is_named_and_the_rerun_re_extracts_it(tiny_config, tmp_path, capfd):
     """Guards: a truncated cached .h5 failed with an HDF5 error naming neither the file nor what
     to do, and the rerun did not re-extract it. Now the metric job names it and removes it; the
-    same command run again re-extracts it and writes the same table."""
+    same command run again re-extracts it and writes the same table. (Damaged in place here: a
+    truncation changes the file's size, and its group reruns before any reader sees it.)"""
     configfile = write_config(tmp_path / "study.yaml", _one_model(tiny_config))
     work = tmp_path / "work"
     work.mkdir()
