@@ -208,7 +208,7 @@ def passes(results_dir: str) -> dict:
     from beyond_imagenet.extract import read_outputs
 
     total, unique = 0, set()
-    files = sorted(Path(results_dir).glob("**/outputs/*/*.h5"))
+    files = sorted(Path(results_dir).glob("**/extracted/*/*.h5"))
     for path in files:
         out = read_outputs(path, fields=("ids", "skipped_ids"))
         attrs = out["attrs"]
@@ -288,8 +288,14 @@ def fixed_cost(args) -> dict:
 
 
 def _snakemake_log(results_dir: Path) -> Path | None:
-    logs = sorted((results_dir.resolve().parent / ".snakemake" / "log").glob("*.snakemake.log"))
-    return logs[-1] if logs else None
+    """The newest Snakemake log of the run that wrote ``results_dir``: under ``.snakemake/log`` of
+    the workflow's folder, the nearest folder above ``results_dir`` that has one (a study's
+    ``results_dir`` may be ``results``, ``results/paper`` or anything else)."""
+    for folder in Path(results_dir).resolve().parents:
+        logs = sorted((folder / ".snakemake" / "log").glob("*.snakemake.log"))
+        if logs:
+            return logs[-1]
+    return None
 
 
 def job_figures(results_dir: str | Path, log_text: str | None = None) -> dict:

@@ -10,7 +10,7 @@ Example::
     python benchmarks/probe_sweep.py --n-train 800 --n-val 200 --n-test 2000 --dim 768 \\
         --classes 100 --device cpu --n-wd 97 --json probe_sweep.json
     # on the workflow's cached features of one VTAB task (train800val200 = train800 + val200):
-    python benchmarks/probe_sweep.py --features results/outputs/vit_sup/vtab-dtd-{train800,val200,test}.h5
+    python benchmarks/probe_sweep.py --features results/extracted/vit_sup/vtab-dtd-{train800,val200,test}.h5
 """
 
 from __future__ import annotations
@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--features", type=Path, nargs="+", default=None,
                         help="HDF5 with features, labels (randomly split), or three: train, val, test "
-                             "(e.g. results/outputs/<model>/vtab-<task>-{train800,val200,test}.h5)")
+                             "(e.g. results/extracted/<model>/vtab-<task>-{train800,val200,test}.h5)")
     parser.add_argument("--json", type=Path, default=None, help="write the figures here")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)

@@ -31,10 +31,11 @@ import logging
 import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import nn
+if TYPE_CHECKING:  # torch only where a checkpoint is read: the Snakefile imports this module
+    import torch
+    from torch import nn
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +132,8 @@ def read_checkpoint(path: str | Path, expected_sha256: str | None = None, where:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
+    import torch
+
     try:
         with open(path, "rb") as f:
             if expected_sha256:
@@ -183,6 +186,8 @@ def unwrap(obj: Any) -> Any:
 
 
 def _is_tensor_dict(obj: Any) -> bool:
+    import torch
+
     return isinstance(obj, dict) and bool(obj) and all(isinstance(v, torch.Tensor) for v in obj.values())
 
 

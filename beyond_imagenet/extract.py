@@ -613,7 +613,7 @@ def _discard(path: Path) -> bool:
     cannot be removed (a read-only results folder)."""
     from beyond_imagenet.extraction_jobs import forget_extracted
 
-    forget_extracted(path)  # else the next run would hard-link the same file again
+    forget_extracted(path)  # its key and group markers: the next run recomputes it
     with contextlib.suppress(OSError):
         path.unlink()
         return True

@@ -2,11 +2,12 @@
 compilation) is paid once for every output of the group.
 
 Each output is still written on its own by :func:`beyond_imagenet.extract.extract` (own checkpoint
-shards, own atomic rename), under ``results/extracted/<model>/``; the ``link_output`` rule (a
-shell ``ln``) then hard-links it to ``results/outputs/<model>/``, where every reader finds it. Snakemake deletes a
-job's outputs before rerunning it, but only the group's marker is the job's output: the extracted
-files survive, and a rerun of the group (one of its datasets changed, or a killed job) reuses each
-file whose extraction key still matches and recomputes only the others.
+shards, own atomic rename), under ``results/extracted/<model>/``, where every reader finds it
+(their Snakemake input is the group's marker). Snakemake deletes a job's outputs before rerunning
+it, but only the group's marker is the job's output: the files survive, and a rerun of the group
+(one of its datasets changed, or a killed job) reuses each file whose extraction key still matches
+and recomputes only the others. The marker records each file's size and time: a file deleted or
+replaced since makes the group rerun (:func:`group_damage`, checked when the workflow is planned).
 """
 
 from __future__ import annotations
@@ -62,11 +63,7 @@ def run_group(job) -> dict[str, Any]:
 
     from beyond_imagenet.datasets.manifest import load_manifest
     from beyond_imagenet.devices import lease_device
-    from beyond_imagenet.evaluations.invariance.variants import (
-        Variant,
-        build_variant_model,
-        spread_subset,
-    )
+    from beyond_imagenet.evaluations import EVALUATIONS
     from beyond_imagenet.extract import extract
     from beyond_imagenet.heads import read_head
     from beyond_imagenet.models import build_model
@@ -100,16 +97,19 @@ def run_group(job) -> dict[str, Any]:
                                                 params.compile)
                 loaded = built[key]
             else:
-                # the subset the variant's identity records (0: every image)
-                samples = spread_subset(manifest["samples"], item["expect"]["max_images"] or None)
+                # The evaluation that asked for the variant builds it (its registry record's hook),
+                # on the image subset the variant's identity records.
+                hook = EVALUATIONS[item["evaluation"]].variants
+                samples = hook.subset(manifest["samples"], item["expect"]) if hook.subset else manifest["samples"]
                 log.info("%s on %d of %d images of %s", variant, len(samples), manifest["n_images"], dataset)
-                loaded = _maybe_compile(build_variant_model(spec, Variant.parse(variant), params.protocol, head=head,
-                                                            logit_scale=params.logit_scale), params.compile)
+                loaded = _maybe_compile(hook.build(spec, variant, params.protocol, head=head,
+                                                   logit_scale=params.logit_scale), params.compile)
             attrs.update(preprocessing=loaded.preprocessing, versions=recorded_versions)
             if params.compile:
                 attrs["compiled"] = "torch.compile (inductor)"
             out = item["extracted"]
             _forget_if_older(out, [item["manifest"], head_path, spec.checkpoint_path])
+            _forget_if_made_for_something_else(out, expected_attrs(item["expect"], manifest))
             item_timing: dict[str, float] = {}
             extract(loaded.network, loaded.transform, manifest["root"], samples, out, attrs, device=device,
                     batch_size=params.batch_size, num_workers=resources.num_workers,
@@ -127,8 +127,39 @@ def run_group(job) -> dict[str, Any]:
             if device.type == "cuda":
                 torch.cuda.empty_cache()
     timing["end"] = time.time()
-    atomic_write_text(marker, json.dumps({"model": model, "group": group, "outputs": written}, indent=1) + "\n")
+    atomic_write_text(marker, json.dumps({"model": model, "group": group, "outputs": written,
+                                          "files": {out: file_stamp(out) for out in written}}, indent=1) + "\n")
     return timing
+
+
+def file_stamp(path: str | os.PathLike) -> list[int]:
+    """A file's size and modification time (ns): what a group marker records of each file it lists."""
+    st = os.stat(path)
+    return [st.st_size, st.st_mtime_ns]
+
+
+def group_damage(marker: str | os.PathLike) -> list[str]:
+    """Why a finished group's files are no longer what its job wrote: each listed file that is
+    missing, or whose size or time differs from the marker's record (deleted to be recomputed, as
+    the error messages say; replaced by a copy). Empty for a sound group or no marker. Reads only
+    the marker and stats the files: cheap enough for every parse of the workflow."""
+    try:
+        record = json.loads(Path(marker).read_text())
+    except FileNotFoundError:
+        return []
+    except (OSError, ValueError) as err:
+        return [f"{marker} cannot be read ({err})"]
+    stamps = record.get("files", {})
+    problems = []
+    for out in record.get("outputs", []):
+        try:
+            stamp = file_stamp(out)
+        except FileNotFoundError:
+            problems.append(f"{out} is missing")
+            continue
+        if out in stamps and list(stamps[out]) != stamp:
+            problems.append(f"{out} changed after its job wrote it")
+    return problems
 
 
 def forward_threads(job) -> int:
@@ -138,18 +169,18 @@ def forward_threads(job) -> int:
 
 
 def forget_extracted(output: str | os.PathLike) -> list[str]:
-    """A damaged ``results/outputs/<model>/<file>`` is a hard link to ``results/extracted/<model>/<file>``:
-    removing the link alone would let the next run link the same damaged file again (its group's
-    marker and its extraction key are intact). Remove the extracted twin, its key and every group
-    marker that lists it, so the next run reruns that group's job, which recomputes this file and
-    reuses the others. Returns what was removed."""
+    """A damaged ``results/extracted/<model>/<file>``: removing the file alone is enough for the
+    next run (its group's marker then lists a missing file: :func:`group_damage`), but a
+    reader that finds it damaged also removes its extraction key and every group marker that lists
+    it, so the group reruns even where the marker is not checked. The file itself is the caller's
+    to remove. Returns what was removed."""
     output = Path(output)
-    if output.parent.parent.name != "outputs":
+    if output.parent.parent.name != "extracted":
         return []
-    folder = output.parent.parent.parent / "extracted" / output.parent.name
-    twin = folder / output.name
+    folder = output.parent
+    twin = output
     removed = []
-    for path in (twin, Path(f"{twin}.key")):
+    for path in (Path(f"{twin}.key"),):
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
             removed.append(str(path))
@@ -175,6 +206,25 @@ def _forget_if_older(out: str, inputs: list) -> None:
     newer = [str(p) for p in inputs if p and Path(p).is_file() and Path(p).stat().st_mtime_ns > made]
     if newer:
         log.info("%s is older than %s: recomputing it", out, ", ".join(newer))
+        Path(f"{out}.key").unlink(missing_ok=True)
+
+
+def _forget_if_made_for_something_else(out: str, expected: dict[str, Any]) -> None:
+    """A file replaced since its group last ran (a copy of another model's, say: what made its group
+    rerun) keeps a matching extraction key beside it: recompute it unless it records what a reader
+    of it expects."""
+    from beyond_imagenet.extract import (
+        CorruptOutputError,
+        StaleOutputError,
+        check_attrs,
+    )
+
+    if not Path(out).is_file():
+        return
+    try:
+        check_attrs(out, expected)
+    except (StaleOutputError, CorruptOutputError, OSError) as err:
+        log.info("%s is not what this job wrote (%s): recomputing it", out, str(err).splitlines()[0])
         Path(f"{out}.key").unlink(missing_ok=True)
 
 

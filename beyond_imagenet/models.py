@@ -29,91 +29,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from beyond_imagenet.checkpoints import resolve_checkpoint_path
-from beyond_imagenet.io import sha256_file
-from beyond_imagenet.paper_results import paper_key_for
+# The torch-free part (what a study config names), re-exported: the Snakefile imports only that.
+from beyond_imagenet.model_specs import (  # noqa: F401
+    NEEDS_HEAD,
+    ModelError,
+    ModelSpec,
+    checkpoint_sha256,
+    unknown_architecture_message,
+    unknown_pretrained_message,
+)
 
 log = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-class ModelError(RuntimeError):
-    """A model entry cannot be built; the message names the config key and what to do."""
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelSpec:
-    name: str
-    source: str
-    arch: str
-    pretrained: bool | str = True
-    checkpoint: str | None = None
-    seed: int = 0
-    family: str = "other"
-    paradigm: str = "supervised"
-    label: str = ""
-    paper_key: str | None = None
-    checkpoint_format: str = "auto"
-    preprocessing: str | None = None  # None = the study's protocol
-    features_only: bool = False  # no ImageNet-1k classifier: empty logits, feature evaluations only
-    # In a job: the checkpoint's sha256 the run was planned with (its identity); the file is refused
-    # if it differs when loaded. Not part of the job's params (Study.model_entry leaves it out).
-    checkpoint_sha256: str | None = None
-
-    @classmethod
-    def from_config(cls, name: str, entry: dict[str, Any]) -> "ModelSpec":
-        if entry["source"] not in SOURCES:
-            raise ModelError(f"models.{name}.source: unknown source {entry['source']!r}; known: {sorted(SOURCES)}")
-        paradigm = entry.get("paradigm") or ("clip" if entry["source"] == "open_clip" else "supervised")
-        return cls(
-            name=name,
-            source=entry["source"],
-            arch=entry["name"],
-            pretrained=entry.get("pretrained", True),
-            checkpoint=entry.get("checkpoint"),
-            checkpoint_format=entry.get("checkpoint_format", "auto"),
-            preprocessing=entry.get("preprocessing"),
-            features_only=bool(entry.get("features_only", False)),
-            seed=entry.get("seed", 0),
-            family=entry.get("family") or _guess_family(entry["name"]),
-            paradigm=paradigm,
-            label=entry.get("label") or name,
-            # The published numbers are drawn beside a model that *is* a paper model, whatever the
-            # study calls it; `paper_key:` names one explicitly (e.g. for a re-hosted copy).
-            paper_key=entry.get("paper_key") or paper_key_for(entry["source"], entry["name"],
-                                                              entry.get("pretrained", True), entry.get("checkpoint")),
-        )
-
-    @property
-    def checkpoint_path(self) -> Path | None:
-        """The checkpoint file on this machine (a ``pkg://`` reference resolved here), or None."""
-        return resolve_checkpoint_path(self.checkpoint) if self.checkpoint else None
-
-    @property
-    def weights_tag(self) -> str:
-        """What weights the outputs came from; part of every cache key."""
-        if self.checkpoint:
-            return f"checkpoint:{Path(self.checkpoint).name}"
-        if self.pretrained is False:
-            return f"random:seed={self.seed}"
-        if self.pretrained is True:
-            return "pretrained:default"
-        return f"pretrained:{self.pretrained}"
-
-    @property
-    def needs_zero_shot_head(self) -> bool:
-        return SOURCES[self.source].needs_head and not self.features_only
-
-
-def _guess_family(arch: str) -> str:
-    arch = arch.lower()
-    if "vit" in arch or "deit" in arch:
-        return "vit"
-    if "convnext" in arch or "resnet" in arch:
-        return "convnet"
-    return "other"
 
 
 @dataclasses.dataclass
@@ -459,18 +388,22 @@ class OpenClipSource:
 
 
 SOURCES: dict[str, Any] = {"timm": TimmSource, "open_clip": OpenClipSource}
+assert {name: source.needs_head for name, source in SOURCES.items()} == NEEDS_HEAD
 
 
-def unknown_architecture_message(source: str, arch: str) -> str | None:
-    """None if ``source`` knows ``arch``; else a message with the closest known names."""
+def architecture_facts(source: str, arch: str) -> dict[str, Any]:
+    """What the library says about ``arch`` offline (imports it): None or a message for an unknown
+    architecture, its pretrained tags (None where it cannot say) and, for open_clip, the image
+    size it is built at. Cached per library version by :func:`model_specs.architecture_facts`."""
     import difflib
 
     adapter = SOURCES[source]
-    if adapter.has_architecture(arch):
-        return None
-    close = difflib.get_close_matches(arch, adapter.architectures(), n=3, cutoff=0.6)
-    hint = f"; did you mean {', '.join(close)}?" if close else ""
-    return f"{source} has no architecture {arch!r}{hint}"
+    if not adapter.has_architecture(arch):
+        close = difflib.get_close_matches(arch, adapter.architectures(), n=3, cutoff=0.6)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        return {"unknown": f"{source} has no architecture {arch!r}{hint}", "tags": None, "image_size": None}
+    return {"unknown": None, "tags": _pretrained_tags(source, arch),
+            "image_size": OpenClipSource.image_size(arch) if source == "open_clip" else None}
 
 
 def _pretrained_tags(source: str, arch: str) -> list[str] | None:
@@ -492,34 +425,6 @@ def _pretrained_tags(source: str, arch: str) -> list[str] | None:
     return None
 
 
-def unknown_pretrained_message(source: str, arch: str, pretrained: bool | str) -> str | None:
-    """None if the library has the weights ``pretrained`` names for ``arch`` (checked offline in its
-    registry, as architectures are); else a message with the closest tags. A tag that is a local
-    file is open_clip's own way to load weights and is accepted."""
-    import difflib
-    import os
-
-    if pretrained is False:
-        return None
-    if source == "open_clip" and isinstance(pretrained, str) and os.path.isfile(pretrained):
-        return None
-    tags = _pretrained_tags(source, arch)
-    if tags is None:
-        return None
-    if pretrained is True:
-        if source == "timm" and not tags:
-            return (f"timm has no pretrained weights for {arch!r} (timm would silently use random ones): set "
-                    "`pretrained: false` (random, seeded), or `checkpoint:` with your weights")
-        return None  # open_clip without a tag is refused with the list of tags elsewhere
-    if pretrained in tags:
-        return None
-    close = difflib.get_close_matches(pretrained, tags, n=3, cutoff=0.5)
-    hint = f"; did you mean {', '.join(close)}?" if close else ""
-    shown = ", ".join(tags[:12]) + (f", ... ({len(tags)} in all)" if len(tags) > 12 else "")
-    known = f" Known tags: {shown}." if tags else f" {source} has no pretrained weights for {arch!r}."
-    return f"{source} has no pretrained tag {pretrained!r} for {arch!r}{hint}{known}"
-
-
 def build_model(spec: ModelSpec, protocol: str = "paper", head: torch.Tensor | None = None,
                 logit_scale: float = 100.0, image_size: int | None = None,
                 input_transform: str = "protocol") -> LoadedModel:
@@ -536,15 +441,3 @@ def build_model(spec: ModelSpec, protocol: str = "paper", head: torch.Tensor | N
 
 def build_zero_shot_head(spec: ModelSpec, n_templates: int | str, device: torch.device) -> torch.Tensor:
     return SOURCES[spec.source].build_head(spec, n_templates, device)
-
-
-@functools.lru_cache(maxsize=64)
-def _checkpoint_sha256(path: str, size: int, mtime_ns: int) -> str:
-    return sha256_file(path)
-
-
-def checkpoint_sha256(path: str | Path) -> str:
-    """sha256 of a checkpoint file, hashed once per (path, size, mtime) in a process: the content,
-    not the name, keys the cache, so replacing the weights under the same name is noticed."""
-    stat = Path(path).stat()
-    return _checkpoint_sha256(str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)

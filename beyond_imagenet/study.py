@@ -19,7 +19,7 @@ import yaml
 from beyond_imagenet.datasets import DatasetError, DatasetSpec, resolve_dataset
 from beyond_imagenet.datasets.vtab import expand_dataset
 from beyond_imagenet.evaluations import EVALUATIONS
-from beyond_imagenet.models import (
+from beyond_imagenet.model_specs import (
     ModelError,
     ModelSpec,
     unknown_architecture_message,
@@ -421,8 +421,12 @@ class Study:
 
     # ------------------------------------------------------------------------------- paths
     def output(self, model: str, dataset: str, variant: str | None = None) -> str:
+        """The cached output of (model, dataset[, variant]), as its extraction job writes it under
+        ``results/extracted/<model>/`` and every reader reads it. It is no Snakemake output (only
+        its group's marker is, :meth:`output_marker`): Snakemake deleting a rerun job's outputs
+        leaves it alone, so a rerun of a group reuses every file whose extraction key still matches."""
         suffix = f"@{variant}" if variant else ""
-        return str(self.results / "outputs" / model / f"{dataset}{suffix}.h5")
+        return str(self.results / "extracted" / model / f"{dataset}{suffix}.h5")
 
     def manifest(self, dataset: str) -> str:
         return str(self.results / "manifests" / f"{dataset}.json")
@@ -465,17 +469,30 @@ class Study:
         return sorted({self.output(m, d, v) for m in self.models
                        for items in self.extraction_plan(m).values() for d, v in items})
 
-    # ------------------------------------------------------ extraction jobs (groups)
-    def extracted(self, model: str, dataset: str, variant: str | None = None) -> str:
-        """Where an extraction job writes an output; ``output()`` is a hard link to it, made by the
-        ``link_output`` rule. This copy survives Snakemake deleting a rerun job's outputs, so a
-        rerun of a group reuses every file whose extraction key still matches."""
-        suffix = f"@{variant}" if variant else ""
-        return str(self.results / "extracted" / model / f"{dataset}{suffix}.h5")
+    def all_markers(self) -> list[str]:
+        """The group marker of every extraction job of the study (what a reader of every output
+        depends on in Snakemake's eyes)."""
+        return sorted({self.group_marker(m, g) for m in self.models for g in self.extraction_plan(m)})
 
+    # ------------------------------------------------------ extraction jobs (groups)
     def group_marker(self, model: str, group: str) -> str:
-        """The output of the extraction job of (model, group): the list of what it wrote."""
+        """The output of the extraction job of (model, group): the list of what it wrote (and each
+        file's size and time, so a file deleted or replaced since makes the group rerun)."""
         return str(self.results / "extracted" / model / f"{group}.group.json")
+
+    def output_marker(self, model: str, dataset: str, variant: str | None = None) -> str:
+        """The group marker a reader of :meth:`output` takes as its Snakemake input: a rerun of the
+        group reruns its readers; the file itself is found through the job's params."""
+        group = self.group_of(model, dataset, variant)
+        if group is None:
+            what = f"{dataset}@{variant}" if variant else dataset
+            raise ConfigError(f"no extraction job of this study writes {what} for model {model}; its groups: "
+                              f"{', '.join(sorted(self.extraction_plan(model))) or 'none'}")
+        return self.group_marker(model, group)
+
+    def output_markers(self, items) -> list[str]:
+        """The markers of the groups that write ``items`` (Study.item records), each once, in order."""
+        return list(dict.fromkeys(self.output_marker(i["model"], i["dataset"], i["variant"] or None) for i in items))
 
     def extraction_plan(self, model: str) -> dict[str, list[tuple[str, str | None]]]:
         """Group name -> the (extraction dataset, variant or None) one job of ``model`` writes.
@@ -504,11 +521,19 @@ class Study:
             if not record.variants:
                 continue
             for d in self.evaluation_datasets(record.name):
-                variants = record.variants(self, model, d)
+                variants = record.variants.names(self, model, d)
                 if variants:
                     plan.setdefault("all" if by_model else f"{d}@variants", []).extend((d, v) for v in variants)
         self._plans[model] = plan
         return plan
+
+    def variant_owner(self, model: str, dataset: str, variant: str) -> str:
+        """The evaluation whose ``variants`` hook asks for ``<dataset>@<variant>`` of ``model``."""
+        for ev in self.model_evaluations(model):
+            hook = EVALUATIONS[ev].variants
+            if hook and dataset in self.evaluation_datasets(ev) and variant in hook.names(self, model, dataset):
+                return ev
+        raise ConfigError(f"no evaluation of this study asks for the variant {variant!r} of {dataset} for {model}")
 
     def group_of(self, model: str, dataset: str, variant: str | None = None) -> str | None:
         """The extraction group that writes (model, dataset, variant), or None if no job does."""
@@ -540,7 +565,7 @@ class Study:
     def head_identity(self, model: str) -> dict[str, Any]:
         """What a zero-shot head depends on: the weights and the templates (not the protocol or the
         logit scale, which act on the image side)."""
-        from beyond_imagenet.models import checkpoint_sha256
+        from beyond_imagenet.model_specs import checkpoint_sha256
 
         spec = self.models[model]
         identity = {"model": model, "model_source": spec.source, "model_arch": spec.arch, "weights": spec.weights_tag}
@@ -566,8 +591,10 @@ class Study:
         identity = {**self.model_identity(model), "dataset": dataset, "dataset_kind": spec.kind,
                     "class_space": spec.class_space, "variant": variant or "",
                     "input_transform": self.input_transform(dataset)}
-        if variant:
-            identity["max_images"] = int(self.evaluations.get("invariance", {}).get("max_images") or 0)
+        if variant:  # what the evaluation asking for it records (invariance: the image subset)
+            hook = EVALUATIONS[self.variant_owner(model, dataset, variant)].variants
+            if hook.identity:
+                identity.update(hook.identity(self, dataset, variant))
         return identity
 
     def input_transform(self, dataset: str) -> str:

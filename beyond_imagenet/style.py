@@ -44,14 +44,31 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import numpy as np
+import pandas as pd
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+from beyond_imagenet.io import atomic_path
 
-from beyond_imagenet.io import atomic_path  # noqa: E402
+
+class _Pyplot:
+    """``matplotlib.pyplot`` (Agg backend), imported on first use. The Snakefile imports every
+    figure module through the evaluation registry; a parse (every dry run, every SLURM job) must not
+    pay matplotlib's start-up for figures it does not draw."""
+
+    _module = None
+
+    def __getattr__(self, name: str):
+        if _Pyplot._module is None:
+            import matplotlib
+
+            matplotlib.use("Agg")
+            import matplotlib.pyplot
+
+            _Pyplot._module = matplotlib.pyplot
+        return getattr(_Pyplot._module, name)
+
+
+plt = _Pyplot()
 
 __all__ = ["CHANCE_ALPHA", "CHANCE_HATCH", "chance_note", "CI_COLUMNS", "at_chance", "chance_of", "clip_upper", "empty_note",
            "legend_outside", "n_text", "ERRORBAR_STYLE", "FAMILY_STYLES", "as_text", "draw_intervals", "grouped_bars", "interval",

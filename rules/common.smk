@@ -3,7 +3,10 @@
 # and output (beyond_imagenet.workflow.Job), so every setting a job uses is a param here.
 import re
 
+from snakemake.logging import logger
+
 from beyond_imagenet.evaluations import EVALUATIONS, chance_levels, figure_chance, layout
+from beyond_imagenet.extraction_jobs import group_damage
 
 # GPU slots a model-running job takes. A study pinned to the CPU takes none, so its jobs are not
 # serialised behind the profile's `gpu` resource; `auto`/`cuda` take one (leased inside the job).
@@ -124,41 +127,34 @@ def _group_items(wildcards):
 
 
 def group_manifests(wildcards):
-    """The manifests of every dataset an extraction group reads."""
+    """The manifests of every dataset an extraction group reads. Also where a finished group whose
+    files were deleted or replaced since (as the error messages say to do) has its job forced: the
+    files are no Snakemake outputs, and a missing input of a finished table does not rerun anything
+    (it could be a deleted temp() file). The job recomputes those files and reuses the others
+    (extraction_jobs), and every job that reads the group reruns after it."""
+    marker = STUDY.group_marker(wildcards.model, wildcards.group)
+    damage = group_damage(marker)
+    if damage:
+        logger.warning(f"{marker}: " + "; ".join(damage) + ": the group's job reruns and recomputes them")
+        workflow.dag.forcefiles.add(marker)
     return sorted({STUDY.manifest(d) for d, _ in _group_items(wildcards)})
 
 
 def group_items(wildcards):
     """Each output one extraction job writes: dataset, variant, where, from which manifest, what
-    it must record (for a variant also the image subset it runs on: ``max_images``)."""
+    it must record (for a variant also the evaluation that asked for it, whose ``variants`` hook
+    builds it, and what its identity adds, e.g. its image subset)."""
     # Sorted: the order of the study's datasets does not change what the job computes, so it is not
     # part of its params (a study with its datasets reordered reruns nothing).
-    return [{"dataset": d, "variant": v or "", "manifest": STUDY.manifest(d),
-             "extracted": STUDY.extracted(wildcards.model, d, v),
-             "expect": STUDY.output_identity(wildcards.model, d, v)}
-            for d, v in sorted(_group_items(wildcards), key=lambda item: (item[0], item[1] or ""))]
-
-
-def split_item(item):
-    """``<dataset>`` or ``<dataset>@<variant>`` -> (dataset, variant or None)."""
-    dataset, _, variant = item.partition("@")
-    return dataset, variant or None
-
-
-def group_marker_of_output(wildcards):
-    from beyond_imagenet.evaluations.invariance import is_standard_variant
-
-    """The marker of the extraction job that writes outputs/<model>/<item>.h5."""
-    if wildcards.model not in STUDY.models:
-        raise WorkflowError(f"{wildcards.model} is not a model of this study ({', '.join(STUDY.models)})")
-    dataset, variant = split_item(wildcards.item)
-    group = STUDY.group_of(wildcards.model, dataset, variant)
-    if group is None:
-        hint = (f"; it is the standard evaluation: read {STUDY.output(wildcards.model, dataset)}"
-                if variant and dataset in STUDY.datasets and is_standard_variant(STUDY, wildcards.model, variant, dataset)
-                else "")
-        raise WorkflowError(f"no extraction of this study writes {wildcards.item} for {wildcards.model}{hint}")
-    return STUDY.group_marker(wildcards.model, group)
+    items = []
+    for d, v in sorted(_group_items(wildcards), key=lambda item: (item[0], item[1] or "")):
+        item = {"dataset": d, "variant": v or "", "manifest": STUDY.manifest(d),
+                "extracted": STUDY.output(wildcards.model, d, v),
+                "expect": STUDY.output_identity(wildcards.model, d, v)}
+        if v:
+            item["evaluation"] = STUDY.variant_owner(wildcards.model, d, v)
+        items.append(item)
+    return items
 
 
 def checkpoint_input(wildcards):
@@ -192,10 +188,16 @@ def evaluation_settings(evaluation):
     return {key: section.get(key) for key in EVALUATIONS[evaluation].settings}
 
 
+def item_inputs(items):
+    """What a job reading cached outputs (Study.item records, its params) depends on: the marker
+    of each extraction group that writes them (a rerun of the group reruns the job) and their
+    manifests. The files themselves are found through the params."""
+    return {"groups": STUDY.output_markers(items), "manifests": sorted({i["manifest"] for i in items})}
+
+
 def table_inputs(evaluation):
-    """The inputs of a standard compute_<evaluation> job: the outputs and manifests its items name."""
-    items = evaluation_items(evaluation)
-    return {"outputs": [i["output"] for i in items], "manifests": sorted({i["manifest"] for i in items})}
+    """The inputs of a standard compute_<evaluation> job: item_inputs of its items."""
+    return item_inputs(evaluation_items(evaluation))
 
 
 def table_params(evaluation, items=None):

@@ -24,11 +24,11 @@ rule build_zero_shot_head:
 
 
 # One job per (model, extraction group) writes every output of the group under
-# results/extracted/<model>/ (each file atomic and resumable on its own) and then its marker; one
-# local link_output job per file hard-links it into results/outputs/<model>/, where readers find it.
-# Groups: extraction.group / extraction.groups (Study.extraction_plan). A rerun of a group reuses
-# every extracted file whose extraction key still matches (only the marker is a job output, so
-# Snakemake's deleting a rerun job's outputs leaves them alone).
+# results/extracted/<model>/ (each file atomic and resumable on its own), where readers find it, and
+# then its marker, the job's only Snakemake output and its readers' input. Groups: extraction.group /
+# extraction.groups (Study.extraction_plan). A rerun of a group reuses every extracted file whose
+# extraction key still matches (Snakemake's deleting a rerun job's outputs leaves them alone); a
+# file deleted or replaced since the marker was written makes the group rerun (group_manifests).
 rule extract_outputs:
     input:
         manifests=group_manifests,
@@ -63,46 +63,16 @@ rule extract_outputs:
         "../scripts/extract_outputs.py"
 
 
-# A hard link (no copy) from the group's extracted file to the output every evaluation reads; it
-# reruns whenever its group's job has run. A shell job: Snakemake runs it as one `ln`, whereas a
-# `run:` job is spawned as a whole Snakemake process (seconds of start-up per file).
-rule link_output:
-    input:
-        group_marker_of_output,
-    output:
-        f"{RESULTS}/outputs/{{model}}/{{item}}.h5",
-    params:
-        extracted=lambda w: STUDY.extracted(w.model, *split_item(w.item)),
-    log:
-        f"{RESULTS}/logs/link_output/{{model}}/{{item}}.log",
-    wildcard_constraints:
-        item=r"[A-Za-z0-9][A-Za-z0-9_-]*(@(scale|shift|res)-[0-9][0-9.]*)?",
-    localrule: True
-    conda:
-        "../envs/analysis.yaml"
-    shell:
-        """
-        if [ ! -f {params.extracted:q} ]; then
-            echo "{params.extracted} does not exist, so {output} cannot be made from it; its extraction" \
-                 "job's marker {input} is newer than the file. Delete the marker and rerun." | tee {log:q} >&2
-            exit 1
-        fi
-        tmp={output:q}.tmp-$$
-        if ln -f {params.extracted:q} "$tmp" 2>/dev/null; then how="hard link to"; else cp {params.extracted:q} "$tmp"; how="copy of"; fi
-        mv -f "$tmp" {output:q}
-        echo "{output}: $how {params.extracted}" > {log:q}
-        """
-
-
 # Every image an extraction skipped (extraction.on_bad_image: skip), one row each, across the study;
 # the evaluation tables carry the counts (metric n_skipped).
 rule list_skipped_images:
     input:
-        STUDY.all_outputs(),
+        STUDY.all_markers(),
     output:
         report(f"{RESULTS}/metrics/skipped.csv", category="Extraction", caption="../report/skipped.rst"),
     params:
         models=MODEL_COLUMNS,
+        outputs=STUDY.all_outputs(),
     log:
         f"{RESULTS}/logs/list_skipped_images.log",
     conda:

@@ -1,5 +1,5 @@
 # Transformation invariance (docs/evaluations.md §8): every variant is an extraction of its own
-# (outputs/{model}/{dataset}@{variant}.h5, planned through the record's `variants` hook and written
+# (extracted/{model}/{dataset}@{variant}.h5, planned through the record's `variants` hook and written
 # by extract_outputs); the variant equal to the standard evaluation is read from the standard
 # outputs, so no job exists for it. Its record: beyond_imagenet/evaluations/invariance/.
 from beyond_imagenet.evaluations.invariance import items as invariance_items
@@ -9,8 +9,7 @@ INVARIANCE_ITEMS = invariance_items(STUDY) if "invariance" in STUDY.evaluations 
 
 rule compute_invariance:
     input:
-        outputs=list(dict.fromkeys(i["output"] for i in INVARIANCE_ITEMS)),
-        manifests=sorted({i["manifest"] for i in INVARIANCE_ITEMS}),
+        **item_inputs(INVARIANCE_ITEMS),
     output:
         f"{RESULTS}/metrics/invariance.csv",
         comparisons=comparisons_output("invariance"),

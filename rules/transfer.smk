@@ -34,20 +34,24 @@ rule build_vtab_manifest:
 ruleorder: build_vtab_manifest > build_manifest
 
 
+# One probe job per (model, VTAB dataset) fits every task of it in one process (one Python + torch
+# start-up, one device lease for up to 19 small fits; each fit re-seeds, so the results are those of
+# one job per task). Per dataset, not per model: the probes of a dataset start as soon as its
+# extraction group is done, and a changed dataset reruns only its own probes.
 rule probe_transfer:
     input:
         unpack(lambda w: transfer_evaluation.probe_inputs(STUDY, w)),
     output:
-        f"{RESULTS}/probes/{{model}}/{{dataset}}/{{task}}.json",
+        f"{RESULTS}/probes/{{model}}/{{dataset}}.json",
     params:
         probe=PROBE,
         cached=lambda w: transfer_evaluation.probe_items(STUDY, w),
     log:
-        f"{RESULTS}/logs/probe_transfer/{{model}}/{{dataset}}/{{task}}.log",
+        f"{RESULTS}/logs/probe_transfer/{{model}}/{{dataset}}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/probe_transfer/{{model}}/{{dataset}}/{{task}}.tsv"
+        f"{RESULTS}/benchmarks/probe_transfer/{{model}}/{{dataset}}.tsv"
     wildcard_constraints:
-        task="|".join(TASKS),
+        dataset="|".join(re.escape(d) for d in STUDY.evaluation_datasets("transfer")) or "(?!)",
     threads: 1
     conda:
         "../envs/torch.yaml"

@@ -9,10 +9,10 @@ job = setup(snakemake)
 COLUMNS = ["model", "label", "family", "paradigm", "paper_key", "dataset", "variant", "id", "reason"]
 models = job.params.models
 rows = []
-for path in job.input:
+for path in job.params.outputs:  # the input: their groups' markers
     out = read_outputs(path, fields=("skipped_ids", "skipped_reasons"))
     model = out["attrs"]["model"]
-    if model not in models:  # outputs/<model>/ of a model this study does not have
+    if model not in models:  # extracted/<model>/ of a model this study does not have
         raise ValueError(f"{path} was made for model {model!r}, which is not a model of this study ({', '.join(models)})")
     for sid, reason in zip(out["skipped_ids"], out["skipped_reasons"]):
         rows.append({**models[model], "dataset": out["attrs"]["dataset"],

@@ -80,8 +80,8 @@ def test_load_config_names_the_file(tmp_path):
 
 def test_study_paths_and_cache_keys():
     study = Study(load_config(REPO / "config.yaml"))
-    assert study.output("vit_sup", "imagenet_val") == "results/outputs/vit_sup/imagenet_val.h5"
-    assert study.output("vit_sup", "imagenet_val", "scale-2") == "results/outputs/vit_sup/imagenet_val@scale-2.h5"
+    assert study.output("vit_sup", "imagenet_val") == "results/extracted/vit_sup/imagenet_val.h5"
+    assert study.output("vit_sup", "imagenet_val", "scale-2") == "results/extracted/vit_sup/imagenet_val@scale-2.h5"
     manifest = {"fingerprint": "abc", "n_images": 3}
     key = study.expected_attrs("vit_clip", "imagenet_r", manifest)
     assert key["weights"] == "random:seed=0" and key["protocol"] == "paper"

@@ -113,15 +113,15 @@ def _small(config, group):
 
 
 def _targets(config):
-    """Every output file of the small study (no metric or figure: only extraction is under test)."""
+    """Every extraction job's marker in the small study (no metric or figure: only extraction is
+    under test; the files themselves are no Snakemake outputs)."""
     study = Study(validate_config(copy.deepcopy(config)))
-    return [os.path.relpath(study.output(m, d, v), ".") for m in study.models
-            for items in study.extraction_plan(m).values() for d, v in items]
+    return [os.path.relpath(p, ".") for p in study.all_markers()]
 
 
 def _outputs(workdir):
     return {p.relative_to(workdir / "results").as_posix(): p.read_bytes()
-            for p in sorted((workdir / "results" / "outputs").glob("*/*.h5"))}
+            for p in sorted((workdir / "results" / "extracted").glob("*/*.h5"))}
 
 
 @pytest.mark.workflow
@@ -131,19 +131,14 @@ def test_grouped_jobs_write_the_per_dataset_files_and_rerun_only_what_changed(ti
     per_model = write_config(tmp_path / "model.yaml", _small(tiny_config, "model"))
     per_dataset = write_config(tmp_path / "dataset.yaml", _small(tiny_config, "dataset"))
     targets = _targets(_small(tiny_config, "model"))
-    assert sorted(targets) == sorted(_targets(_small(tiny_config, "dataset")))
     jobs = run_snakemake(per_model, tmp_path / "a", targets=targets)
     assert jobs["extract_outputs"] == 2  # 2 models x group "all"
-    assert jobs["link_output"] == 2 * 4  # imagenet_val, imagenet_r, imagenet_v2, imagenet_val@scale-2
-    jobs = run_snakemake(per_dataset, tmp_path / "b", targets=targets)
+    assert "link_output" not in jobs
+    jobs = run_snakemake(per_dataset, tmp_path / "b", targets=_targets(_small(tiny_config, "dataset")))
     assert jobs["extract_outputs"] == 2 * 4  # 3 datasets + imagenet_val@variants per model
     a, b = _outputs(tmp_path / "a"), _outputs(tmp_path / "b")
     assert len(a) == 8 and sorted(a) == sorted(b)
     assert [name for name in a if a[name] != b[name]] == []
-    for name in a:  # results/outputs/ holds hard links to the extracted files
-        model, file = name.split("/")[1:]
-        assert os.path.samefile(tmp_path / "a/results/outputs" / model / file,
-                                tmp_path / "a/results/extracted" / model / file)
 
     # One dataset changes (its generated pixels, same file names): one extraction job per model
     # reruns, and it recomputes imagenet_v2 only; the others are reused byte for byte.
@@ -169,5 +164,6 @@ def test_paper_study_dry_run_has_one_vtab_extraction_job_per_model(tmp_path):
     assert len(groups) == len(set(groups))
     vtab = [g for g in groups if g[1] == "vtab"]
     assert len(vtab) == 4
-    files = [w["item"] for rule, w in jobs if rule == "link_output" and w["item"].startswith("vtab-")]
-    assert len(files) == 4 * 57 and len(set(files)) == 57
+    assert "link_output" not in {rule for rule, _ in jobs}
+    # one probe job per (model, VTAB dataset) fits its 19 tasks
+    assert sorted(w["model"] for rule, w in jobs if rule == "probe_transfer") == sorted({m for m, _ in groups})

@@ -173,7 +173,9 @@ def test_dry_run_has_no_job_for_standard_variants(tmp_path):
     # evaluation (13 variant files + the standard one per model), for the 2 CLIP ones res 224 only
     # (14 + 1), the 3 native-protocol EfficientNet-Lites have no standard level (15 + 1); all written
     # by one extraction job per model (extraction.group: model)
-    assert jobs["link_output"] == 2 * (13 + 1) + 2 * (14 + 1) + 3 * (15 + 1) and jobs["extract_outputs"] == 7
+    study = Study(validate_config(copy.deepcopy(config)))
+    assert len(study.all_outputs()) == 2 * (13 + 1) + 2 * (14 + 1) + 3 * (15 + 1) and jobs["extract_outputs"] == 7
+    assert "link_output" not in jobs
     assert jobs["compute_invariance"] == 1 and jobs["plot_invariance"] == 2
 
 
@@ -192,8 +194,8 @@ def test_invariance_cka_profile_end_to_end(default_study):
     variants = {"supervised": ("scale-3", "shift-0", "shift-150", "res-112"),
                 "clip": ("scale-1", "scale-3", "shift-0", "shift-150", "res-112")}
     config_models = default_config()["models"]
-    variant_files = sorted(p.relative_to(results / "outputs").as_posix()
-                           for p in (results / "outputs").glob("*/imagenet_val@*.h5"))
+    variant_files = sorted(p.relative_to(results / "extracted").as_posix()
+                           for p in (results / "extracted").glob("*/imagenet_val@*.h5"))
     assert variant_files == sorted([f"{m}/imagenet_val@{v}.h5" for m in models if m not in real
                                     for v in variants[config_models[m]["paradigm"]]]
                                    + [f"{m}/imagenet_val@{v}.h5" for m in real for v in
@@ -203,7 +205,7 @@ def test_invariance_cka_profile_end_to_end(default_study):
     assert set(table.loc[table["metric"] == "n_images", "value"]) == {16}
     # A variant file records its variant and transform; the standard level was read from the
     # standard outputs (38 images), cut to the same 16.
-    with h5py.File(results / "outputs" / "vit_sup" / "imagenet_val@res-112.h5", "r") as f:
+    with h5py.File(results / "extracted" / "vit_sup" / "imagenet_val@res-112.h5", "r") as f:
         assert f.attrs["variant"] == "res-112" and f.attrs["n_images"] == 16 and f.attrs["max_images"] == 16
         assert "CenterCrop(size=(112, 112))" in f.attrs["preprocessing"]
     for name in ("invariance_top1_imagenet_val", "invariance_true_class_prob_imagenet_val", "cka_within_imagenet_val",

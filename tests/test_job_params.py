@@ -291,7 +291,6 @@ def dataset_jobs(config, dataset):
         "generate_dataset": lambda wc: wc.get("dataset") == dataset,
         "build_manifest": lambda wc: wc.get("dataset") == dataset,
         "extract_outputs": lambda wc: wc.get("group") in groups,
-        "link_output": lambda wc: wc.get("item") == dataset,
     }
 
 

@@ -174,7 +174,7 @@ def test_real_model_through_the_workflow_on_the_20_photographs(tmp_path):
     }
     run_snakemake(write_config(tmp_path / "photos.yaml", config), tmp_path)
     results = tmp_path / "results"
-    with h5py.File(results / "outputs" / "effnet_lite0" / "photos.h5", "r") as f:
+    with h5py.File(results / "extracted" / "effnet_lite0" / "photos.h5", "r") as f:
         logits = f["logits"][()]
         ids = [i.decode() if isinstance(i, bytes) else i for i in f["ids"][()]]
         labels = f["labels"][()]
@@ -194,7 +194,7 @@ def test_real_model_through_the_workflow_on_the_20_photographs(tmp_path):
     top1 = accuracy[(accuracy["metric"] == "top1") & (accuracy["dataset"] == "photos")]["value"].item()
     assert top1 == pytest.approx((logits.argmax(1) == labels).mean())
     # The subset study: 7 of the 20 images, the slice recorded in the output, the same logits.
-    with h5py.File(results / "outputs" / "effnet_lite0" / "photos_slice.h5", "r") as f:
+    with h5py.File(results / "extracted" / "effnet_lite0" / "photos_slice.h5", "r") as f:
         assert json.loads(f.attrs["subset"]) == {"images": 7, "seed": 3} and len(f["logits"]) == 7
         slice_ids = [i.decode() if isinstance(i, bytes) else i for i in f["ids"][()]]
         np.testing.assert_allclose(f["logits"][()], logits[[ids.index(i) for i in slice_ids]], atol=1e-4)

@@ -28,7 +28,7 @@ from test_reliability_workflow import api_run, leftovers
 pytestmark = pytest.mark.workflow
 
 MANIFEST = "results/manifests/imagenet_val.json"
-OUTPUT = "results/outputs/vit_sup/imagenet_val.h5"
+OUTPUT = "results/extracted/vit_sup/imagenet_val.h5"
 TABLES = ["results/metrics/accuracy.csv", "results/metrics/calibration.csv"]
 
 
@@ -102,7 +102,7 @@ def test_bad_files_in_a_generated_dataset(tiny_config, tmp_path, capfd):
         api_run(strict, work, TABLES, forcerun=["build_manifest"])
     err = capfd.readouterr().err
     assert "n99999999" in err and "not classes of the imagenet1k space" in err
-    assert not (work / MANIFEST).exists() and not (work / "results/outputs").exists()
+    assert not (work / MANIFEST).exists() and not (work / "results/extracted").exists()
 
     # 2. Without it: extraction names every bad file (not the odd ones) and writes nothing.
     shutil.rmtree(stray)

@@ -177,27 +177,23 @@ def test_disk_full_while_assembling_the_output_keeps_the_shards(tmp_path, monkey
     assert net.calls == 0 and read_outputs(out)["ids"].size == len(samples)
 
 
-def test_a_damaged_output_also_drops_its_extracted_twin_and_group_marker(tmp_path):
-    """Guards the merge of grouped extraction with checksummed outputs: results/outputs/<m>/<f> is a
-    hard link to results/extracted/<m>/<f>. Removing the link alone left the damaged twin, its
-    extraction key and the group's marker, so the rerun hard-linked the same damaged file again.
-    Twin, key and the marker listing it go too (so the group job reruns); other markers stay."""
+def test_a_damaged_output_also_drops_its_key_and_group_marker(tmp_path):
+    """A damaged results/extracted/<m>/<f> goes with its extraction key and the group marker that
+    lists it, so the next run reruns that group's job (which recomputes it and reuses the rest);
+    other groups' markers stay."""
     import json
 
     samples = make_images(tmp_path / "data")
     extracted = tmp_path / "results" / "extracted" / "tiny"
-    twin = run(tmp_path / "data", samples, extracted / "toy.h5")
+    out = run(tmp_path / "data", samples, extracted / "toy.h5")
     (extracted / "toy.h5.key").write_text("key")
     listing = extracted / "all.group.json"
-    listing.write_text(json.dumps({"outputs": [str(twin)]}))
+    listing.write_text(json.dumps({"outputs": [str(out)]}))
     other = extracted / "other.group.json"
     other.write_text(json.dumps({"outputs": [str(extracted / "else.h5")]}))
-    out = tmp_path / "results" / "outputs" / "tiny" / "toy.h5"
-    out.parent.mkdir(parents=True)
-    os.link(twin, out)
     with h5py.File(out, "r+") as f:
         f["labels"][0] = f["labels"][0] + 1
-    with pytest.raises(CorruptOutputError):
+    with pytest.raises(CorruptOutputError, match="It was removed"):
         read_outputs(out, fields=FIELDS)
-    assert not out.exists() and not twin.exists() and not (extracted / "toy.h5.key").exists()
+    assert not out.exists() and not (extracted / "toy.h5.key").exists()
     assert not listing.exists() and other.exists()

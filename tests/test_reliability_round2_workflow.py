@@ -4,8 +4,10 @@ a manual folder, each followed by the rerun a user would do."""
 from __future__ import annotations
 
 import copy
+import os
 import shutil
 
+import h5py
 import pytest
 import snakemake.shell  # noqa: F401
 from PIL import Image
@@ -15,7 +17,7 @@ from test_reliability_workflow import api_run, leftovers
 
 pytestmark = pytest.mark.workflow
 
-OUTPUT = "results/outputs/vit_sup/imagenet_val.h5"
+OUTPUT = "results/extracted/vit_sup/imagenet_val.h5"
 TABLE = "results/metrics/accuracy.csv"
 
 
@@ -31,7 +33,8 @@ def _one_model(tiny_config, **extraction):
 def test_a_truncated_output_is_named_and_the_rerun_re_extracts_it(tiny_config, tmp_path, capfd):
     """Guards: a truncated cached .h5 failed with an HDF5 error naming neither the file nor what
     to do, and the rerun did not re-extract it. Now the metric job names it and removes it; the
-    same command run again re-extracts it and writes the same table."""
+    same command run again re-extracts it and writes the same table. (Damaged in place here: a
+    truncation changes the file's size, and its group reruns before any reader sees it.)"""
     configfile = write_config(tmp_path / "study.yaml", _one_model(tiny_config))
     work = tmp_path / "work"
     work.mkdir()
@@ -39,10 +42,16 @@ def test_a_truncated_output_is_named_and_the_rerun_re_extracts_it(tiny_config, t
     table = (work / TABLE).read_bytes()
     output = work / OUTPUT
     data = output.read_bytes()
-    output.write_bytes(data[: len(data) // 2])  # a bad copy / a disk that lost the end
+    stat = output.stat()
+    # Bit rot in place: same size and time, so its group's marker cannot tell (a truncated or
+    # replaced file, whose size or time changes, reruns its group first: test_job_structure.py).
+    with h5py.File(output, "r+") as f:
+        f["labels"][0] = f["labels"][0] + 1
+    os.utime(output, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert output.stat().st_size == stat.st_size
     capfd.readouterr()
-    with pytest.raises(Exception):
-        api_run(configfile, work, [TABLE])
+    with pytest.raises(Exception):  # nothing tells Snakemake: the table is recomputed by hand
+        api_run(configfile, work, [TABLE], forcerun=["compute_accuracy"])
     err = capfd.readouterr().err
     assert f"{output.resolve()} is damaged and was not used" in err or f"{OUTPUT} is damaged and was not used" in err
     assert "run the same snakemake command again" in err
@@ -80,5 +89,5 @@ def test_a_file_overwritten_in_place_in_a_manual_folder_rebuilds_its_manifest(ti
     stamps = {p: p.stat().st_mtime_ns for p in (root, root / "dog")}
     shutil.copyfile(good, bad)  # fixed in place: no entry added, removed or renamed
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
-    jobs = run_snakemake(configfile, work, targets=["results/outputs/vit_sup/cue_conflict.h5"], dryrun=True)
+    jobs = run_snakemake(configfile, work, targets=["results/extracted/vit_sup/cue_conflict.group.json"], dryrun=True)
     assert jobs["build_manifest"] == 1 and jobs["extract_outputs"] == 1

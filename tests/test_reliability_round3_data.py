@@ -316,5 +316,5 @@ def test_a_copied_then_moved_project_extracts_from_its_own_folder(tmp_path):
     config["models"]["convnet_sup"] = models["convnet_sup"]
     jobs = run_snakemake(write_config(moved / "study.yaml", config), moved)
     assert "build_manifest" not in jobs  # the copied manifest is used as it is
-    out = read_outputs(moved / "results" / "outputs" / "convnet_sup" / "photos.h5", fields=("logits", "ids"))
+    out = read_outputs(moved / "results" / "extracted" / "convnet_sup" / "photos.h5", fields=("logits", "ids"))
     assert len(out["ids"]) == 20 and np.isfinite(out["logits"]).all()

@@ -265,7 +265,9 @@ def test_default_study_extracts_each_task_split_once(tmp_path) -> None:
             jobs = list(dag_api.workflow_api._workflow.dag.needrun_jobs())
     finally:
         os.chdir(cwd)
-    extracted = Counter((j.wildcards["model"], j.wildcards["item"]) for j in jobs if j.rule.name == "link_output")
+    extracted = Counter((j.wildcards["model"], i["dataset"]) for j in jobs if j.rule.name == "extract_outputs"
+                        for i in j.params.cached)
+    assert not any(j.rule.name == "link_output" for j in jobs)
     groups = Counter((j.wildcards["model"], j.wildcards["group"]) for j in jobs if j.rule.name == "extract_outputs")
     assert groups == {(m, "vtab"): 1 for m in base["models"]}
     study = Study(validate_config(default_config()))
@@ -274,7 +276,7 @@ def test_default_study_extracts_each_task_split_once(tmp_path) -> None:
     expected = {(m, f"vtab-{t}-{s}") for m in study.models for t in tasks for s in ("train800", "val200", "test")}
     assert set(extracted) == expected and set(extracted.values()) == {1}
     rules = Counter(j.rule.name for j in jobs)
-    assert rules["probe_transfer"] == len(study.models) * len(tasks)
+    assert rules["probe_transfer"] == len(study.models)  # one job per (model, VTAB dataset) for all its tasks
     assert rules["build_vtab_manifest"] == 3 * len(tasks) and rules["build_manifest"] == 0
     assert rules["compute_transfer"] == 1 and rules["plot_transfer"] == 1
 

@@ -29,7 +29,7 @@ def test_paper_study_without_imagenet_stops_before_any_job(tmp_path):
         run_snakemake(REPO / "studies" / "paper.yaml", tmp_path)
     text = str(err.value)
     assert "ILSVRC2012_img_val.tar" in text and "no job was started" in text
-    assert not (tmp_path / "results" / "paper" / "outputs").exists()
+    assert not (tmp_path / "results" / "paper" / "extracted").exists()
 
 
 def test_bad_config_is_rejected_before_any_job(tmp_path):
@@ -57,7 +57,7 @@ def test_default_study_end_to_end(default_study):
                 assert (results / "figures" / f"{kind}_{dataset}.{ext}").stat().st_size > 1000
     # extraction.group: model: one extraction job per model writes all its outputs (issue 14)
     assert jobs["extract_outputs"] == len(models)
-    assert jobs["link_output"] == len(list((results / "outputs").glob("*/*.h5"))) > len(models)
+    assert "link_output" not in jobs and len(list((results / "extracted").glob("*/*.h5"))) > len(models)
 
 
 def test_changing_bins_reruns_only_calibration(default_study, tmp_path):
@@ -76,7 +76,7 @@ def test_relabelling_a_model_redraws_tables_and_figures_only(default_study, tmp_
     config["models"]["vit_sup"]["label"] = "my ViT"
     jobs = run_snakemake(write_config(tmp_path / "label.yaml", config), workdir, dryrun=True)
     assert "compute_calibration" in jobs and "plot_reliability" in jobs and "compute_profile" in jobs
-    assert not {"extract_outputs", "link_output", "build_zero_shot_head", "probe_transfer",
+    assert not {"extract_outputs", "build_zero_shot_head", "probe_transfer",
                 "compute_cka_pass", "compute_cka"} & set(jobs)
 
 
@@ -144,12 +144,13 @@ def test_two_runs_of_the_default_study_are_byte_identical(default_study, default
     def products(workdir):
         results = workdir / "results"
         return {p.relative_to(results).as_posix(): p.read_bytes()
-                for folder in ("metrics", "probes", "outputs", "heads", "figures")
-                for p in sorted((results / folder).rglob("*")) if p.is_file()}
+                for folder in ("metrics", "probes", "extracted", "heads", "figures")
+                for p in sorted((results / folder).rglob("*"))
+                if p.is_file() and (folder != "extracted" or p.suffix == ".h5")}  # markers record times
 
     a, b = products(first), products(default_study_again)
     assert sorted(a) == sorted(b)
-    assert {name.split("/")[0] for name in a} == {"metrics", "probes", "outputs", "heads", "figures"}
+    assert {name.split("/")[0] for name in a} == {"metrics", "probes", "extracted", "heads", "figures"}
     assert len([n for n in a if n.startswith("metrics/") and n.endswith(".csv")]) >= 10
     assert [name for name in a if a[name] != b[name]] == []
 

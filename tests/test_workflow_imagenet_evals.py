@@ -17,16 +17,20 @@ pytestmark = pytest.mark.workflow
 NEW_EVALUATIONS = ("robustness", "imagenet_x", "shape_bias", "pug")
 
 
-def extraction_counts(jobs) -> Counter:
-    """Output files per (model, dataset, variant), standard ("") and variant extractions alike; each is
-    written by one extraction group (Study.extraction_plan puts every file in exactly one)."""
-    return Counter((w["model"], *(w["item"].split("@") + [""])[:2]) for rule, w in jobs if rule == "link_output")
+def extraction_counts(configfile) -> Counter:
+    """Output files per (model, dataset, variant), standard ("") and variant extractions alike, over
+    every extraction group of the study (Study.extraction_plan should put each file in exactly one)."""
+    from beyond_imagenet.study import Study, load_config
+
+    study = Study(load_config(configfile))
+    return Counter((m, d, v or "") for m in study.models for items in study.extraction_plan(m).values()
+                   for d, v in items)
 
 
 def test_imagenet_val_is_extracted_once_per_model(tmp_path):
     config = default_config()
     jobs = dry_run_jobs(write_config(tmp_path / "default.yaml", config), tmp_path / "a")
-    counts = extraction_counts(jobs)
+    counts = extraction_counts(tmp_path / "default.yaml")
     models = set(config["models"])
     datasets = {d for name in NEW_EVALUATIONS for d in config["evaluations"][name]["datasets"]}
     assert {(m, d, "") for m in models for d in datasets} <= set(counts)
@@ -35,7 +39,7 @@ def test_imagenet_val_is_extracted_once_per_model(tmp_path):
     without = copy.deepcopy(config)
     for name in NEW_EVALUATIONS:
         without["evaluations"].pop(name)
-    counts_without = extraction_counts(dry_run_jobs(write_config(tmp_path / "without.yaml", without), tmp_path / "b"))
+    counts_without = extraction_counts(write_config(tmp_path / "without.yaml", without))
     val = lambda c: sorted(k for k, n in c.items() for _ in range(n) if k[1] == "imagenet_val")  # noqa: E731
     assert val(counts) == val(counts_without)
     assert Counter(r for r, _ in jobs)["compute_robustness"] == 1
@@ -57,7 +61,7 @@ def test_default_study_produces_the_four_tables_and_figures(default_study):
     models = set(config["models"])
     # One output per (model, dataset); ImageNet-X and ReaL read imagenet_val's.
     for model in models:
-        stems = {p.stem for p in (results / "outputs" / model).glob("*.h5") if "@" not in p.stem}
+        stems = {p.stem for p in (results / "extracted" / model).glob("*.h5") if "@" not in p.stem}
         assert {d for name in NEW_EVALUATIONS for d in config["evaluations"][name]["datasets"]} <= stems
     tables = {name: pd.read_csv(results / "metrics" / f"{name}.csv") for name in NEW_EVALUATIONS}
     for table in tables.values():

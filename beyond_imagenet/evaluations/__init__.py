@@ -92,6 +92,26 @@ class Sample:
 
 
 @dataclasses.dataclass(frozen=True)
+class Variants:
+    """The extra extractions an evaluation asks for (``<dataset>@<variant>``, e.g. invariance's
+    rescaled or shifted images), everything the machinery needs to know about them, so neither
+    ``Study`` nor an extraction job names an evaluation or imports its modules.
+
+    ``names(study, model, dataset)``: the variants of ``dataset`` that need an extraction of their
+    own for ``model``. ``identity(study, dataset, variant)``: what a variant's output records besides
+    the standard identity (part of its cache key; e.g. the image subset it runs on), or None.
+    ``build(spec, variant, protocol, head, logit_scale)``: the ``LoadedModel`` that extracts the
+    variant; ``subset(samples, expect)``: the manifest samples it runs on, from its recorded
+    identity. Both run inside extraction jobs only: keep their heavy imports (torch) inside them.
+    """
+
+    names: Callable[["Study", str, str], list[str]]
+    build: Callable[..., Any]
+    subset: Callable[[Sequence, dict[str, Any]], list] | None = None
+    identity: Callable[["Study", str, str], dict[str, Any]] | None = None
+
+
+@dataclasses.dataclass(frozen=True)
 class Evaluation:
     """One evaluation; see the module docstring. Field by field:
 
@@ -101,8 +121,8 @@ class Evaluation:
     ``scripts/compute_table.py``); ``settings``: the keys of ``evaluations.<name>`` it uses (the
     compute job's params); ``sort_by``: row order when not the input order; ``group_columns``:
     what identifies a row besides model and metric. ``check(config)``: extra config problems
-    (lines naming keys). ``variants(study, model, dataset)``: extra outputs it needs extracted
-    (``<dataset>@<variant>``); ``input_transform(study, dataset)``: the transform it asks for a
+    (lines naming keys). ``variants``: the extra outputs it needs extracted (``<dataset>@<variant>``),
+    a :class:`Variants` hook; ``input_transform(study, dataset)``: the transform it asks for a
     dataset's standard extraction (None = the study's protocol). ``samples(job)``: the images
     behind its rows as :class:`Sample` records (None: its table gets empty ``ci_low`` / ``ci_high``
     and no comparisons); ``combine(rows)``: a model's rows computed across its samples (e.g. an
@@ -122,7 +142,7 @@ class Evaluation:
     figures: tuple[Figure, ...] = ()
     headlines: tuple[Headline, ...] = ()
     check: Callable[[dict[str, Any]], list[str]] | None = None
-    variants: Callable[["Study", str, str], list[str]] | None = None
+    variants: Variants | None = None
     # Columns that do not pair two models' rows in the comparisons (CKA: a within row's partner).
     pair_ignore: tuple[str, ...] = ()
     input_transform: Callable[["Study", str], str | None] | None = None

@@ -268,52 +268,55 @@ def plot_transfer(table: pd.DataFrame, dataset: str, paths, paper_top1: Mapping[
 
 
 # ------------------------------------------------------------------- what its rules are given
-def probe_inputs(study, wildcards) -> dict[str, str]:
-    """The outputs and manifests of the three extracted splits of one (model, dataset, task)."""
+def probe_items(study, wildcards) -> dict[str, dict[str, dict]]:
+    """The three extracted splits of every task of one (model, VTAB dataset) as Study.item
+    records: task -> split -> item, tasks in the dataset's order (one probe job fits them all)."""
     from beyond_imagenet.datasets.vtab import EXTRACTED_SPLITS, split_dataset_name
 
-    names = {s: split_dataset_name(wildcards.dataset, wildcards.task, s) for s in EXTRACTED_SPLITS}
-    return {**{s: study.output(wildcards.model, n) for s, n in names.items()},
-            **{f"{s}_manifest": study.manifest(n) for s, n in names.items()}}
+    return {t: {s: study.item(wildcards.model, split_dataset_name(wildcards.dataset, t, s)) for s in EXTRACTED_SPLITS}
+            for t in study.datasets[wildcards.dataset].tasks}
 
 
-def probe_items(study, wildcards) -> dict[str, dict]:
-    """The three extracted splits of one (model, task) as Study.item records, keyed by split."""
-    from beyond_imagenet.datasets.vtab import EXTRACTED_SPLITS, split_dataset_name
-
-    return {s: study.item(wildcards.model, split_dataset_name(wildcards.dataset, wildcards.task, s))
-            for s in EXTRACTED_SPLITS}
+def probe_inputs(study, wildcards) -> dict[str, list[str]]:
+    """The markers of the extraction groups that write the splits of one (model, VTAB dataset),
+    and their manifests."""
+    items = [i for splits in probe_items(study, wildcards).values() for i in splits.values()]
+    return {"groups": study.output_markers(items), "manifests": sorted({i["manifest"] for i in items})}
 
 
 def probe_files(study) -> list[str]:
-    """Every probe result of the study: results/probes/<model>/<dataset>/<task>.json."""
-    return [str(study.results / "probes" / m / d / f"{t}.json")
-            for d in study.evaluation_datasets("transfer") for t in study.datasets[d].tasks
-            for m in study.evaluation_models("transfer")]
+    """Every probe result of the study: results/probes/<model>/<dataset>.json (its tasks' results)."""
+    return [str(study.results / "probes" / m / f"{d}.json")
+            for d in study.evaluation_datasets("transfer") for m in study.evaluation_models("transfer")]
+
+
+def probe_results(paths: Iterable[str]) -> list[dict]:
+    """The per-task results of probe files, ordered by dataset, then task, then model (the order of
+    one file per task that the table and its resamples have always been built in)."""
+    import json
+
+    loaded = []
+    for path in paths:
+        with open(path) as f:
+            loaded.append((path, json.load(f)["results"]))
+    datasets = list(dict.fromkeys(r["dataset"] for _, results in loaded for r in results))
+    flat = [(datasets.index(r["dataset"]), t, n, path, r)
+            for n, (path, results) in enumerate(loaded) for t, r in enumerate(results)]
+    return [(path, r) for *_, path, r in sorted(flat, key=lambda x: x[:3])]
 
 
 # ------------------------------------------------------------------------------ the evaluation
 def table(job) -> list[dict]:
-    """transfer.csv from the probe results of every (model, dataset, task), in input order."""
-    import json
-
-    results = []
-    for path in job.input:
-        with open(path) as f:
-            results.append(json.load(f))
-    return transfer_rows(results, job.params.models)
+    """transfer.csv from the probe results of every (model, dataset, task)."""
+    return transfer_rows([r for _, r in probe_results(job.input)], job.params.models)
 
 
 def samples(job) -> list[Sample]:
     """One sample per probe: its per-image test correctness (the fitted probe is not refitted). A
     model with a probe file that lacks ``test_correct`` (an older version) gets no sample: its
     rows keep empty intervals, with a warning naming the rerun."""
-    import json
-
     results, stale = [], set()
-    for path in job.input:
-        with open(path) as f:
-            result = json.load(f)
+    for path, result in probe_results(job.input):
         results.append(result)
         if "test_correct" not in result:
             stale.add(result["model"])

@@ -10,6 +10,7 @@ table (``cka.csv``, what the profile reads) and its heatmaps are drawn from the 
 
 from __future__ import annotations
 
+import itertools
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -22,10 +23,29 @@ from beyond_imagenet.style import plt, save_figure
 PASS_SETTINGS = ("n_images", "batch_size", "seed", "layers")
 
 
+def model_pairs(models: Mapping[str, Mapping[str, str]], pairs: str = "both",
+                cross_pairs: str = "contrast") -> list[tuple[str, str]]:
+    """Which (a, b) CKA matrices to compute; (a, a) is within-model.
+
+    ``models``: name -> {"family", "paradigm"} in study order. ``cross_pairs='contrast'`` keeps
+    the paper's two axes: same paradigm and different family (ConvNet vs ViT), or same family and
+    different paradigm (supervised vs CLIP); ``'all'`` takes every pair.
+    """
+    if pairs not in ("within", "cross", "both"):
+        raise ValueError(f"pairs must be within, cross or both, got {pairs!r}")
+    names = list(models)
+    out = [(m, m) for m in names] if pairs in ("within", "both") else []
+    if pairs in ("cross", "both"):
+        for a, b in itertools.combinations(names, 2):
+            same_family = models[a]["family"] == models[b]["family"]
+            same_paradigm = models[a]["paradigm"] == models[b]["paradigm"]
+            if cross_pairs == "all" or same_family != same_paradigm:
+                out.append((a, b))
+    return out
+
+
 def pairs(study) -> list[tuple[str, str]]:
     """(model_a, model_b) of every CKA matrix; (m, m) is within-model."""
-    from beyond_imagenet.evaluations.cka.passes import model_pairs
-
     section = study.evaluations.get("cka", {})
     models = {m: {"family": study.models[m].family, "paradigm": study.models[m].paradigm}
               for m in study.evaluation_models("cka")}

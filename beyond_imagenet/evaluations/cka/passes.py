@@ -34,6 +34,8 @@ import numpy as np
 import torch
 from torch import nn
 
+# model_pairs is pure Python and the Snakefile plans with it: it lives in the torch-free package.
+from beyond_imagenet.evaluations.cka import model_pairs  # noqa: F401
 from beyond_imagenet.io import atomic_path, h5_attr, read_h5_attrs, write_h5_attrs
 from beyond_imagenet.metrics.cka import MinibatchCKA, gram_linear
 
@@ -147,27 +149,6 @@ class HookedModel:
     @property
     def layer_names(self) -> list[str]:
         return [name for name, _ in self.layers]
-
-
-def model_pairs(models: Mapping[str, Mapping[str, str]], pairs: str = "both",
-                cross_pairs: str = "contrast") -> list[tuple[str, str]]:
-    """Which (a, b) CKA matrices to compute; (a, a) is within-model.
-
-    ``models``: name -> {"family", "paradigm"} in study order. ``cross_pairs='contrast'`` keeps
-    the paper's two axes: same paradigm and different family (ConvNet vs ViT), or same family and
-    different paradigm (supervised vs CLIP); ``'all'`` takes every pair.
-    """
-    if pairs not in ("within", "cross", "both"):
-        raise ValueError(f"pairs must be within, cross or both, got {pairs!r}")
-    names = list(models)
-    out = [(m, m) for m in names] if pairs in ("within", "both") else []
-    if pairs in ("cross", "both"):
-        for a, b in itertools.combinations(names, 2):
-            same_family = models[a]["family"] == models[b]["family"]
-            same_paradigm = models[a]["paradigm"] == models[b]["paradigm"]
-            if cross_pairs == "all" or same_family != same_paradigm:
-                out.append((a, b))
-    return out
 
 
 @torch.no_grad()

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from beyond_imagenet.evaluations import Evaluation, Figure, Sample, register
+from beyond_imagenet.evaluations import Evaluation, Figure, Sample, Variants, register
 from beyond_imagenet.metrics.invariance import invariance_metrics
 from beyond_imagenet.profile import Headline
 from beyond_imagenet.style import (
@@ -38,7 +38,7 @@ from beyond_imagenet.style import (
 )
 
 if TYPE_CHECKING:  # pragma: no cover
-    from beyond_imagenet.evaluations.invariance.variants import Variant
+    from beyond_imagenet.evaluations.invariance.names import Variant
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ def invariance_rows(outputs: Mapping[Variant, Mapping[str, Any]], subset: Sequen
     ``subset``: the ids the variants were asked to run on; images skipped as unreadable in any
     variant are left out of all of them, so the curves compare like with like.
     """
-    from beyond_imagenet.evaluations.invariance.transforms import STANDARD_VALUES
+    from beyond_imagenet.evaluations.invariance.names import STANDARD_VALUES
 
     common = set(subset)
     for out in outputs.values():
@@ -109,7 +109,7 @@ def summary_rows(per_kind: Mapping[str, list[tuple[float, bool]]], base: dict[st
 # --------------------------------------------------------------------------- study-side helpers
 def study_variant_names(study) -> list[str]:
     """Variant names of the study's invariance evaluation, in config order."""
-    from beyond_imagenet.evaluations.invariance.variants import study_variants
+    from beyond_imagenet.evaluations.invariance.names import study_variants
 
     return [v.name for v in study_variants(study.evaluations.get("invariance", {}))]
 
@@ -117,7 +117,7 @@ def study_variant_names(study) -> list[str]:
 def is_standard_variant(study, model: str, variant: str, dataset: str) -> bool:
     """Whether the variant's transform is the one the standard extraction of ``dataset`` used
     (not for sets whose supervised transform is their own, e.g. ImageNet-C's normalise-only)."""
-    from beyond_imagenet.evaluations.invariance.variants import Variant
+    from beyond_imagenet.evaluations.invariance.names import Variant
 
     return (Variant.parse(variant).is_standard(study.models[model].paradigm, study.model_protocol(model))
             and study.input_transform(dataset) == "protocol")
@@ -128,6 +128,26 @@ def extraction_variants(study, model: str, dataset: str) -> list[str]:
     if dataset not in study.evaluation_datasets("invariance"):
         return []
     return [v for v in study_variant_names(study) if not is_standard_variant(study, model, v, dataset)]
+
+
+def variant_identity(study, dataset: str, variant: str) -> dict[str, Any]:
+    """What a variant's output records besides the standard identity: the image subset it runs on
+    (``max_images``; 0 = every image), so changing it recomputes the variants only."""
+    return {"max_images": int(study.evaluations.get("invariance", {}).get("max_images") or 0)}
+
+
+def build_variant(spec, variant: str, protocol: str, head=None, logit_scale: float = 100.0):
+    """The model and transform that extract ``variant`` (inside an extraction job: imports torch)."""
+    from beyond_imagenet.evaluations.invariance.variants import Variant, build_variant_model
+
+    return build_variant_model(spec, Variant.parse(variant), protocol, head=head, logit_scale=logit_scale)
+
+
+def variant_subset(samples, expect: Mapping[str, Any]) -> list:
+    """The manifest samples a variant runs on: the subset its recorded identity names."""
+    from beyond_imagenet.evaluations.invariance.names import spread_subset
+
+    return spread_subset(samples, expect.get("max_images") or None)
 
 
 def items(study) -> list[dict[str, Any]]:
@@ -148,8 +168,8 @@ def check(config: dict[str, Any]) -> list[str]:
     ConvNet whose total stride exceeds the image cannot). Features-only models take no part."""
     if "invariance" not in config["evaluations"]:
         return []
-    from beyond_imagenet.evaluations.invariance.transforms import PARADIGMS
-    from beyond_imagenet.models import OpenClipSource, unknown_architecture_message
+    from beyond_imagenet.evaluations.invariance.names import PARADIGM_NAMES as PARADIGMS
+    from beyond_imagenet.model_specs import architecture_facts, unknown_architecture_message
 
     section = config["evaluations"]["invariance"]
     levels = sorted(int(r) for r in section.get("resolution", []))
@@ -162,7 +182,7 @@ def check(config: dict[str, Any]) -> list[str]:
             problems.append(f"  models.{name}.paradigm: the invariance variants are defined for paradigms "
                             f"{sorted(PARADIGMS)}, not {paradigm!r} (leave it out of the invariance study)")
         if entry["source"] == "open_clip":
-            size = OpenClipSource.image_size(entry["name"])
+            size = architecture_facts("open_clip", entry["name"])["image_size"]
             if size not in (None, 224):
                 problems.append(
                     f"  models.{name}.name: {entry['name']} is built at {size} px; the invariance variants "
@@ -184,9 +204,12 @@ def _levels_too_small(source: str, arch: str, levels: tuple[int, ...]) -> tuple[
     resized as for the variant, and running a shape-only forward pass: no memory, a fraction of a
     second per architecture. Only levels below 224 px are tried, smallest first, and none above
     the smallest that runs (a network that runs at s px runs at any larger size)."""
+    from beyond_imagenet.model_specs import cached_fact
+
     failed, reason = [], ""
     for level in (lv for lv in levels if lv < 224):
-        error = _run_error(source, arch, level)
+        # asked once per library version (it imports torch and the library), then read from the cache
+        error = cached_fact(source, f"runs:{arch}@{level}", functools.partial(_run_error, source, arch, level))
         if error is None:
             break
         failed.append(level)
@@ -338,7 +361,7 @@ def table(job) -> list[dict[str, Any]]:
     """Top-1 and mean true-class probability per (model, dataset, variant), in config order of
     datasets, models and variants."""
     from beyond_imagenet.datasets.readers import class_space_mask
-    from beyond_imagenet.evaluations.invariance.variants import Variant, spread_subset
+    from beyond_imagenet.evaluations.invariance.names import Variant, spread_subset
     from beyond_imagenet.workflow import read_item
 
     max_images = job.params.settings["max_images"]
@@ -361,8 +384,8 @@ def samples(job) -> list[Sample]:
     """One sample per (model, dataset): every variant's per-image correctness and true-class
     probability on the common images, so a resample draws the same images for all variants."""
     from beyond_imagenet.datasets.readers import class_space_mask
-    from beyond_imagenet.evaluations.invariance.transforms import STANDARD_VALUES
-    from beyond_imagenet.evaluations.invariance.variants import Variant, spread_subset
+    from beyond_imagenet.evaluations.invariance.names import STANDARD_VALUES
+    from beyond_imagenet.evaluations.invariance.names import Variant, spread_subset
     from beyond_imagenet.metrics.calibration import softmax
     from beyond_imagenet.workflow import read_item
 
@@ -441,6 +464,6 @@ INVARIANCE = register(Evaluation(
                         "{transform}: % of top-1 retained ({dataset})", by=("dataset", "transform"), scale=100,
                         accuracy={"metric": "top1"}, n={"metric": "n_images"}),),
     check=check,
-    variants=extraction_variants,
+    variants=Variants(names=extraction_variants, build=build_variant, subset=variant_subset, identity=variant_identity),
     samples=samples,
 ))

@@ -21,6 +21,17 @@ from PIL import Image
 from torchvision import transforms as T
 from torchvision.transforms import InterpolationMode
 
+# Names, standard levels and paradigms are torch-free, in names.py (the Snakefile plans with them).
+from beyond_imagenet.evaluations.invariance.names import (
+    PARADIGM_NAMES,
+    STANDARD_VALUES,
+    VARIANTS,
+    _check_paradigm,
+    is_standard,
+    parse_variant,
+    variant_name,
+)
+
 __all__ = [
     "VARIANTS",
     "PARADIGMS",
@@ -39,16 +50,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: The variant values evaluated by default (docs/evaluations.md §8).
-VARIANTS: dict[str, list[float | int]] = {
-    "scale": [1, 1.25, 1.5, 2, 3],
-    "shift": [0, 5, 30, 75, 100],
-    "resolution": [112, 224, 336, 512, 640],
-}
-
-#: The value of each kind that reproduces the standard (paper-protocol) evaluation.
-STANDARD_VALUES: dict[str, float | int] = {"scale": 1, "shift": 0, "resolution": 224}
-
 #: Per-paradigm settings of the paper protocol, as the authors' Beyond-INet code has them
 #: (utils/transforms.py CropScale / CropShift, inference/invariance.py): the short-side resize
 #: before the 224 centre crop (R in docs/evaluations.md §8), the scale and shift interpolation
@@ -62,72 +63,11 @@ PARADIGMS: dict[str, dict[str, Any]] = {
              "resolution_interpolation": InterpolationMode.BICUBIC},
 }
 
-_PREFIX = {"scale": "scale", "shift": "shift", "resolution": "res"}
-_KIND_OF_PREFIX = {v: k for k, v in _PREFIX.items()}
+assert tuple(PARADIGMS) == PARADIGM_NAMES
 
 Transform = Callable[[Image.Image], torch.Tensor]
 
 
-def _check_paradigm(paradigm: str) -> None:
-    if paradigm not in PARADIGMS:
-        raise ValueError(f"unknown paradigm {paradigm!r}; expected one of {sorted(PARADIGMS)}")
-
-
-# --- names ------------------------------------------------------------------------------------
-
-def _format_value(kind: str, value: float) -> str:
-    if kind == "scale":
-        return f"{float(value):g}"
-    if float(value) != int(value):
-        raise ValueError(f"{kind} values must be integers, got {value!r}")
-    return str(int(value))
-
-
-def variant_name(kind: str, value: float) -> str:
-    """File-name-safe name of a variant: ``scale-1.25``, ``shift-30``, ``res-336``."""
-    if kind not in _PREFIX:
-        raise ValueError(f"unknown variant kind {kind!r}; expected one of {sorted(_PREFIX)}")
-    return f"{_PREFIX[kind]}-{_format_value(kind, value)}"
-
-
-def parse_variant(name: str) -> tuple[str, float | int]:
-    """Inverse of :func:`variant_name`: ``"res-336"`` -> ``("resolution", 336)``.
-
-    Scale values come back as float, shift/resolution as int; values outside :data:`VARIANTS`
-    are accepted so a study config can add its own.
-    """
-    prefix, sep, raw = name.partition("-")
-    if not sep or prefix not in _KIND_OF_PREFIX or not raw:
-        raise ValueError(f"not a variant name: {name!r} (expected e.g. 'scale-1.25', 'shift-30', 'res-336')")
-    kind = _KIND_OF_PREFIX[prefix]
-    try:
-        value: float | int = float(raw) if kind == "scale" else int(raw)
-    except ValueError as err:
-        raise ValueError(f"bad value in variant name {name!r}") from err
-    if variant_name(kind, value) != name:
-        raise ValueError(f"non-canonical variant name {name!r}; use {variant_name(kind, value)!r}")
-    return kind, value
-
-
-def is_standard(kind: str, value: float, paradigm: str, protocol: str = "paper") -> bool:
-    """Whether this variant *is* the standard evaluation, pixel for pixel, so its outputs are reused.
-
-    Under the ``paper`` protocol: resolution 224 for both paradigms (supervised Resize(256,
-    bilinear) -> CenterCrop(224); CLIP open_clip's Resize(224, bicubic) -> CenterCrop(224)) and
-    scale 1 for supervised models (Resize(256, bilinear) -> CenterCrop(224)). Scale 1 of a CLIP
-    model is not: the authors' CropScale resizes bilinearly where the CLIP standard transform is
-    bicubic. Shift 0 is not either: its window is cut in original-image coordinates and then
-    resized (docs/evaluations.md §8), which differs from resize-then-crop by resampling order and
-    up to a pixel of window truncation. Both are extracted like the other levels, so each curve
-    comes from one pipeline and its baseline level is exact.
-    Under the ``native`` protocol (each model's own crop_pct/interpolation) nothing is standard.
-    """
-    _check_paradigm(paradigm)
-    if kind not in STANDARD_VALUES:
-        raise ValueError(f"unknown variant kind {kind!r}")
-    if protocol != "paper" or kind == "shift" or float(value) != float(STANDARD_VALUES[kind]):
-        return False
-    return kind == "resolution" or paradigm == "supervised"
 
 
 # --- transforms -------------------------------------------------------------------------------

@@ -9,58 +9,17 @@ the variant passes to ``max_images``.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Sequence
-
-import numpy as np
 from torchvision.transforms import InterpolationMode
 
+# The names, study variants and image subset are torch-free (names.py); re-exported here.
+from beyond_imagenet.evaluations.invariance.names import (
+    Variant,
+)
 from beyond_imagenet.evaluations.invariance.transforms import (
     PARADIGMS,
-    is_standard,
-    parse_variant,
-    variant_name,
     variant_transform,
 )
 from beyond_imagenet.models import LoadedModel, ModelSpec, build_model
-
-#: config key of each variant kind (evaluations.invariance.<key>) -> kind in invariance.py
-CONFIG_KINDS = {"scale": "scale", "shift": "shift", "resolution": "resolution"}
-
-
-@dataclasses.dataclass(frozen=True)
-class Variant:
-    kind: str
-    value: float | int
-
-    @property
-    def name(self) -> str:
-        return variant_name(self.kind, self.value)
-
-    @classmethod
-    def parse(cls, name: str) -> "Variant":
-        return cls(*parse_variant(name))
-
-    def is_standard(self, paradigm: str, protocol: str) -> bool:
-        return is_standard(self.kind, self.value, paradigm, protocol)
-
-
-def study_variants(section: dict[str, Any]) -> list[Variant]:
-    """The variants an ``evaluations.invariance`` section asks for, in config order."""
-    return [Variant(kind, value) for key, kind in CONFIG_KINDS.items() for value in section.get(key, [])]
-
-
-def spread_subset(samples: Sequence, n: int | None) -> list:
-    """``n`` samples evenly spread over the list (all of them if ``n`` is None or >= len).
-
-    Manifests are sorted by class, so an evenly spaced subset covers the classes instead of the
-    first few; it is deterministic, so the standard outputs can be cut to the same images.
-    """
-    if n is None or n >= len(samples):
-        return list(samples)
-    if n < 1:
-        raise ValueError(f"need at least one image, got n={n}")
-    index = np.unique(np.floor(np.arange(n) * len(samples) / n).astype(np.int64))
-    return [samples[i] for i in index]
 
 
 def _normalisation(loaded: LoadedModel) -> tuple[tuple[float, ...], tuple[float, ...]]:

@@ -1,0 +1,213 @@
+"""What a study config says about a model, without torch: the model entry (:class:`ModelSpec`), the
+checks of its architecture and pretrained tag, the checkpoint's hash.
+
+The Snakefile imports this (through ``Study``) on every parse, so nothing here imports torch, timm
+or open_clip at module level. Checking a name does need the library (timm's and open_clip's
+registries); :func:`architecture_facts` asks it once per (library version, architecture) and keeps
+the answer in a small cache file, so later parses do not import torch. ``beyond_imagenet.models``
+builds the networks and re-exports these names.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from beyond_imagenet.checkpoints import resolve_checkpoint_path
+from beyond_imagenet.io import atomic_write_text, sha256_file
+from beyond_imagenet.paper_results import paper_key_for
+
+log = logging.getLogger(__name__)
+
+#: The model sources (``models.SOURCES`` has their adapters) and whether each needs a zero-shot head.
+NEEDS_HEAD = {"timm": False, "open_clip": True}
+#: The distribution whose version keys the cache of each source's answers.
+_DISTRIBUTIONS = {"timm": "timm", "open_clip": "open_clip_torch"}
+
+
+class ModelError(RuntimeError):
+    """A model entry cannot be built; the message names the config key and what to do."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    source: str
+    arch: str
+    pretrained: bool | str = True
+    checkpoint: str | None = None
+    seed: int = 0
+    family: str = "other"
+    paradigm: str = "supervised"
+    label: str = ""
+    paper_key: str | None = None
+    checkpoint_format: str = "auto"
+    preprocessing: str | None = None  # None = the study's protocol
+    features_only: bool = False  # no ImageNet-1k classifier: empty logits, feature evaluations only
+    # In a job: the checkpoint's sha256 the run was planned with (its identity); the file is refused
+    # if it differs when loaded. Not part of the job's params (Study.model_entry leaves it out).
+    checkpoint_sha256: str | None = None
+
+    @classmethod
+    def from_config(cls, name: str, entry: dict[str, Any]) -> ModelSpec:
+        if entry["source"] not in NEEDS_HEAD:
+            raise ModelError(f"models.{name}.source: unknown source {entry['source']!r}; known: {sorted(NEEDS_HEAD)}")
+        paradigm = entry.get("paradigm") or ("clip" if entry["source"] == "open_clip" else "supervised")
+        return cls(
+            name=name,
+            source=entry["source"],
+            arch=entry["name"],
+            pretrained=entry.get("pretrained", True),
+            checkpoint=entry.get("checkpoint"),
+            checkpoint_format=entry.get("checkpoint_format", "auto"),
+            preprocessing=entry.get("preprocessing"),
+            features_only=bool(entry.get("features_only", False)),
+            seed=entry.get("seed", 0),
+            family=entry.get("family") or _guess_family(entry["name"]),
+            paradigm=paradigm,
+            label=entry.get("label") or name,
+            # The published numbers are drawn beside a model that *is* a paper model, whatever the
+            # study calls it; `paper_key:` names one explicitly (e.g. for a re-hosted copy).
+            paper_key=entry.get("paper_key") or paper_key_for(entry["source"], entry["name"],
+                                                              entry.get("pretrained", True), entry.get("checkpoint")),
+        )
+
+    @property
+    def checkpoint_path(self) -> Path | None:
+        """The checkpoint file on this machine (a ``pkg://`` reference resolved here), or None."""
+        return resolve_checkpoint_path(self.checkpoint) if self.checkpoint else None
+
+    @property
+    def weights_tag(self) -> str:
+        """What weights the outputs came from; part of every cache key."""
+        if self.checkpoint:
+            return f"checkpoint:{Path(self.checkpoint).name}"
+        if self.pretrained is False:
+            return f"random:seed={self.seed}"
+        if self.pretrained is True:
+            return "pretrained:default"
+        return f"pretrained:{self.pretrained}"
+
+    @property
+    def needs_zero_shot_head(self) -> bool:
+        return NEEDS_HEAD[self.source] and not self.features_only
+
+
+def _guess_family(arch: str) -> str:
+    arch = arch.lower()
+    if "vit" in arch or "deit" in arch:
+        return "vit"
+    if "convnext" in arch or "resnet" in arch:
+        return "convnet"
+    return "other"
+
+
+def _cache_file(source: str) -> Path:
+    """Where the answers of ``source``'s library are kept: one file per library version (and, for
+    open_clip, per set of configs bundled with this package), under the user's cache folder
+    (``$BEYOND_IMAGENET_CACHE``, else ``$XDG_CACHE_HOME`` or ``~/.cache``, ``/beyond_imagenet``)."""
+    from importlib import metadata, resources
+
+    try:
+        version = metadata.version(_DISTRIBUTIONS[source])
+    except metadata.PackageNotFoundError:
+        version = "missing"
+    if source == "open_clip":
+        digest = hashlib.sha256()
+        for config in sorted(resources.files("beyond_imagenet").joinpath("model_configs").iterdir(),
+                             key=lambda p: p.name):
+            if config.name.endswith(".json"):
+                digest.update(config.name.encode() + b"\0" + config.read_bytes())
+        version += "-" + digest.hexdigest()[:12]
+    root = os.environ.get("BEYOND_IMAGENET_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "beyond_imagenet")
+    return Path(root) / f"architectures-{source}-{version}.json"
+
+
+def cached_fact(source: str, key: str, compute) -> Any:
+    """``compute()`` (which may import the library and torch), remembered per library version under
+    ``key`` (a JSON value); a cache that cannot be read or written is only slower."""
+    path = _cache_file(source)
+    try:
+        known = json.loads(path.read_text())
+    except (OSError, ValueError):
+        known = {}
+    if key in known:
+        return known[key]
+    value = compute()
+    try:  # re-read: another parse may have added answers meanwhile
+        known = {**json.loads(path.read_text()), key: value} if path.is_file() else {key: value}
+    except (OSError, ValueError):
+        known = {key: value}
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, json.dumps(known, sort_keys=True))
+    except OSError as err:
+        log.debug("cannot keep %s: %s", path, err)
+    return value
+
+
+@functools.lru_cache(maxsize=1024)
+def architecture_facts(source: str, arch: str) -> dict[str, Any]:
+    """``models.architecture_facts`` (unknown-architecture message, pretrained tags, open_clip image
+    size), asked of the library once per version (see :func:`cached_fact`)."""
+
+    def ask():
+        from beyond_imagenet.models import architecture_facts as ask_library
+
+        return ask_library(source, arch)
+
+    return cached_fact(source, f"arch:{arch}", ask)
+
+
+def unknown_architecture_message(source: str, arch: str) -> str | None:
+    """None if ``source`` knows ``arch``; else a message with the closest known names."""
+    return architecture_facts(source, arch)["unknown"]
+
+
+def unknown_pretrained_message(source: str, arch: str, pretrained: bool | str) -> str | None:
+    """None if the library has the weights ``pretrained`` names for ``arch`` (checked offline in its
+    registry, as architectures are); else a message with the closest tags. A tag that is a local
+    file is open_clip's own way to load weights and is accepted."""
+    import difflib
+    import os
+
+    if pretrained is False:
+        return None
+    if source == "open_clip" and isinstance(pretrained, str) and os.path.isfile(pretrained):
+        return None
+    tags = architecture_facts(source, arch)["tags"]
+    if tags is None:
+        return None
+    if pretrained is True:
+        if source == "timm" and not tags:
+            return (f"timm has no pretrained weights for {arch!r} (timm would silently use random ones): set "
+                    "`pretrained: false` (random, seeded), or `checkpoint:` with your weights")
+        return None  # open_clip without a tag is refused with the list of tags elsewhere
+    if pretrained in tags:
+        return None
+    close = difflib.get_close_matches(pretrained, tags, n=3, cutoff=0.5)
+    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    shown = ", ".join(tags[:12]) + (f", ... ({len(tags)} in all)" if len(tags) > 12 else "")
+    known = f" Known tags: {shown}." if tags else f" {source} has no pretrained weights for {arch!r}."
+    return f"{source} has no pretrained tag {pretrained!r} for {arch!r}{hint}{known}"
+
+
+@functools.lru_cache(maxsize=64)
+def _checkpoint_sha256(path: str, size: int, mtime_ns: int) -> str:
+    return sha256_file(path)
+
+
+def checkpoint_sha256(path: str | Path) -> str:
+    """sha256 of a checkpoint file, hashed once per (path, size, mtime) in a process: the content,
+    not the name, keys the cache, so replacing the weights under the same name is noticed."""
+    stat = Path(path).stat()
+    return _checkpoint_sha256(str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
+
+
