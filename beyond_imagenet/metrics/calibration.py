@@ -70,9 +70,19 @@ def maximum_calibration_error(confidences, correct, n_bins: int = 15) -> float:
 
 def calibration_from_logits(logits, labels, n_bins: int = 15, class_mask=None) -> dict:
     """Summary and bins for one model on one dataset; labels are in the (masked) label space."""
+    confidences, correct = confidence_and_correct(logits, labels, class_mask)
+    return calibration_from_vectors(confidences, correct, n_bins)
+
+
+def confidence_and_correct(logits, labels, class_mask=None) -> tuple[np.ndarray, np.ndarray]:
+    """Per image: the top softmax probability and whether its class is the label (row by row, so
+    blocks of rows give the same values as the whole matrix)."""
     probs = softmax(logits, class_mask)
-    confidences = probs.max(axis=1)
-    correct = probs.argmax(axis=1) == np.asarray(labels)
+    return probs.max(axis=1), probs.argmax(axis=1) == np.asarray(labels)
+
+
+def calibration_from_vectors(confidences, correct, n_bins: int = 15) -> dict:
+    """:func:`calibration_from_logits` from per-image confidence and correctness."""
     bins = calibration_bins(confidences, correct, n_bins)
     accuracy, mean_conf = float(correct.mean()), float(confidences.mean())
     return {
