@@ -74,6 +74,7 @@ include: "rules/profile.smk"
 
 onstart:
     check_manual_datasets()
+    check_disk_space()
     check_slurm_jobs()
 
 

@@ -37,6 +37,25 @@ from beyond_imagenet.io import LockFile, atomic_path, atomic_write_text, h5_attr
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
+#: The large per-image arrays an output may hold; a study stores only those some evaluation of it
+#: reads (``Study.stored_arrays``), recorded in the ``arrays`` attribute. Files without it (older
+#: ones) hold both. ``labels``, ``ids`` and the skipped lists are always stored.
+LARGE_ARRAYS = ("logits", "features")
+
+
+def arrays_attr(arrays: Sequence[str]) -> str:
+    """The ``arrays`` attribute of an output holding ``arrays``: sorted names, comma-separated."""
+    unknown = sorted(set(arrays) - set(LARGE_ARRAYS))
+    if unknown:
+        raise ValueError(f"unknown output array(s) {unknown}; an output holds {' and/or '.join(LARGE_ARRAYS)}")
+    return ",".join(sorted(set(arrays)))
+
+
+def stored_arrays(attrs: dict[str, Any]) -> set[str]:
+    """The large arrays an output holds, from its attributes (all of them in a file that predates
+    the ``arrays`` attribute)."""
+    value = attrs.get("arrays")
+    return set(LARGE_ARRAYS) if value is None else {a for a in str(value).split(",") if a}
 
 
 class BadImagesError(RuntimeError):
@@ -257,6 +276,7 @@ def extract(
     progress: bool = True,
     reuse: bool = False,
     timings: dict[str, float] | None = None,
+    arrays: Sequence[str] | None = None,
 ) -> Path:
     """Run ``network`` (returning ``(logits, features)``) over ``samples`` and write ``out_path``.
 
@@ -264,7 +284,10 @@ def extract(
     ``out_path`` whose key is this call's (same attrs, images, batch size, device, dtype and
     bad-image policy) without computing it again. ``timings``: filled with the wall-clock time of
     the first batch (``first_batch``, time.time()), the seconds spent in forward passes
-    (``forward_s``) and in the first one (``first_forward_s``: where ``torch.compile`` compiles)."""
+    (``forward_s``) and in the first one (``first_forward_s``: where ``torch.compile`` compiles).
+    ``arrays``: which of :data:`LARGE_ARRAYS` the file holds (default: what ``attrs["arrays"]``
+    says, else both); the network computes both, what no reader needs is not written (ImageNet-C's
+    features would be 5.8 GB per model)."""
     out_path = Path(out_path)
     # How the numbers were computed is part of the file and of the checkpoint key: a job killed on
     # a GPU (bf16 autocast) and resumed on the CPU (float32) starts over instead of mixing shards.
@@ -277,11 +300,11 @@ def extract(
     shard_rows = math.ceil(shard_size / batch_size) * batch_size
     n_shards = math.ceil(n / shard_rows)
     parts = out_path.parent / f".{out_path.name}.parts"
-    run_key = hashlib.sha256(
-        json.dumps({"attrs": attrs, "batch_size": batch_size, "shard_rows": shard_rows,
-                    "features_dtype": features_dtype, "ids": hashlib.sha256("\n".join(ids).encode()).hexdigest()},
-                   sort_keys=True, default=str).encode()
-    ).hexdigest()
+    stored = arrays_attr(stored_arrays(attrs) if arrays is None else arrays)
+    attrs = {**attrs, "arrays": stored}
+    key = {"attrs": attrs, "batch_size": batch_size, "shard_rows": shard_rows, "features_dtype": features_dtype,
+           "ids": hashlib.sha256("\n".join(ids).encode()).hexdigest()}
+    run_key = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
     reuse_key = hashlib.sha256(f"{run_key}\non_bad_image={on_bad_image}\n".encode()).hexdigest()
     key_file = out_path.with_name(out_path.name + ".key")
     if reuse and out_path.is_file() and key_file.is_file() and key_file.read_text() == reuse_key:
@@ -324,6 +347,7 @@ def _extract(network, transform, root, ids, labels, out_path: Path, parts: Path,
              batch_size: int, num_workers: int, shard_rows: int, n_shards: int, features_dtype: str,
              on_bad_image: str, progress: bool, timings: dict[str, float]) -> Path:
     n = len(ids)
+    stored = stored_arrays(attrs)
     done = _resume_point(parts, run_key, n_shards, shard_rows, n)
     if done:
         log.info("resuming %s after %d of %d checkpoint shards", out_path, done, n_shards)
@@ -349,8 +373,9 @@ def _extract(network, transform, root, ids, labels, out_path: Path, parts: Path,
                 logits, features = forward(images)  # returns host arrays: the device is done
                 timings.setdefault("first_forward_s", time.perf_counter() - t0)  # incl. a lazy torch.compile
                 timings["forward_s"] += time.perf_counter() - t0
-                buffer["logits"].append(logits)
-                buffer["features"].append(features.astype(features_dtype))
+                # An array not stored is kept as (rows, 0): the checkpoint shards keep one layout.
+                buffer["logits"].append(logits if "logits" in stored else logits[:, :0])
+                buffer["features"].append((features if "features" in stored else features[:, :0]).astype(features_dtype))
                 buffer["index"].extend(good_idx)
             buffer["bad"].extend(bad)
             bar.update(len(good_idx) + len(bad))
@@ -474,22 +499,22 @@ class _RowDigest:
 
 def _write_output(parts, shards, out_path: Path, ids, labels, attrs, bad, n_good, n_classes, dim, fdtype) -> None:
     string = h5py.string_dtype("utf-8")
+    shapes = {"logits": ((n_good, n_classes), np.float32), "features": ((n_good, dim), fdtype)}
+    stored = [name for name in LARGE_ARRAYS if name in stored_arrays(attrs)]
     with atomic_path(out_path, durable=True) as tmp:  # after a power loss: whole or absent
-        digests = {"logits": _RowDigest("logits", np.float32, (n_good, n_classes)),
-                   "features": _RowDigest("features", fdtype, (n_good, dim))}
+        digests = {name: _RowDigest(name, shapes[name][1], shapes[name][0]) for name in stored}
         with h5py.File(tmp, "w") as f:
-            d_logits = f.create_dataset("logits", (n_good, n_classes), dtype=np.float32, track_times=False)
-            d_feats = f.create_dataset("features", (n_good, dim), dtype=fdtype, track_times=False)
+            large = {name: f.create_dataset(name, shapes[name][0], dtype=shapes[name][1], track_times=False)
+                     for name in stored}
             keep = np.zeros(len(ids), dtype=bool)
             row = 0
             for path in shards:
                 with np.load(path) as z:
                     k = len(z["index"])
                     if k:
-                        d_logits[row : row + k] = z["logits"]
-                        d_feats[row : row + k] = z["features"]
-                        digests["logits"].update(z["logits"])
-                        digests["features"].update(z["features"])
+                        for name, d in large.items():
+                            d[row : row + k] = z[name]
+                            digests[name].update(z[name])
                         keep[z["index"]] = True
                     row += k
             bad_sorted = sorted(bad)
@@ -548,6 +573,12 @@ def check_attrs(path: str | os.PathLike, expected: dict[str, Any]) -> dict[str, 
     for key, value in expected.items():
         want = h5_attr(value)
         have = found.get(key)
+        if key == "arrays":  # holding more than is read is fine; lacking one a reader needs is not
+            lacking = sorted(stored_arrays({"arrays": want}) - stored_arrays(found))
+            if lacking:
+                wrong.append(f"arrays: file has {', '.join(sorted(stored_arrays(found))) or 'none'}, lacks "
+                             f"{', '.join(lacking)} (an evaluation of the study reads it now)")
+            continue
         if isinstance(want, (int, float)) and not isinstance(want, bool):
             same = have is not None and not isinstance(have, str) and float(have) == float(want)
         else:
