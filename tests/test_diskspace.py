@@ -93,3 +93,18 @@ def test_paper_study_estimate_uses_the_catalogue_counts():
     assert c["images"] == 3_750_000 and c["arrays"] == "logits"
     assert rows[("vit_sup", "vtab-dtd-test", "")]["images"] == 1880
     assert rows[("vit_sup", "vtab-dtd-test", "")]["arrays"] == "features"
+
+
+def test_the_extraction_job_stores_what_its_identity_says(tmp_path):
+    """run_group passes the expected identity as the attributes: its ``arrays`` decide the file."""
+    from test_extract import TRANSFORM, TinyNet
+
+    from beyond_imagenet.extract import extract
+
+    samples = make_images(tmp_path / "data", n=6)
+    path = extract(TinyNet(), TRANSFORM, tmp_path / "data", samples, tmp_path / "split.h5",
+                   {"model": "tiny", "dataset": "toy", "arrays": "features"}, batch_size=4, num_workers=0,
+                   shard_size=4, progress=False)
+    with h5py.File(path) as f:
+        assert "features" in f and "logits" not in f
+    assert read_outputs(path, fields=("features",))["features"].shape == (6, 12)
