@@ -94,16 +94,24 @@ Finish = Callable[[dict[str, Any], dict[str, Any], dict[str, Any]], dict[str, An
 
 
 def reduced_item(job: Job, item: dict[str, Any], per_image: PerImage, finish: Finish | None = None,
-                 arrays: Sequence[str] = ("logits",)):
+                 arrays: Sequence[str] = ("logits",), samples: bool = False):
     """``(manifest, outputs)`` of one item as :func:`read_items` makes them with ``per_image``:
-    read once per job and reduction (the same function again is served from memory)."""
+    read once per job and reduction (the same function again is served from memory). The
+    manifest is one per dataset for the job, without its per-image ``samples`` unless asked for
+    (ImageNet-C's are 3.75 M pairs)."""
     from beyond_imagenet.datasets.manifest import load_manifest
     from beyond_imagenet.extract import stream_outputs
 
-    memo = job.__dict__.setdefault("_reduced", {"ids": {}})
-    key = (per_image, finish, item["output"], tuple(arrays))
+    memo = job.__dict__.setdefault("_reduced", {"ids": {}, "manifests": {}})
+    key = (per_image, finish, item["output"], tuple(arrays), samples)
     if key not in memo:
-        manifest = load_manifest(item["manifest"])
+        manifests = memo["manifests"]
+        if (item["manifest"], samples) not in manifests:
+            manifest = load_manifest(item["manifest"])
+            if not samples:
+                manifest = {k: v for k, v in manifest.items() if k != "samples"}
+            manifests[(item["manifest"], samples)] = manifest
+        manifest = manifests[(item["manifest"], samples)]
         out = stream_outputs(item["output"], lambda block: per_image(item, manifest, block),
                              expected_attrs(item["expect"], manifest), arrays=arrays, ids_cache=memo["ids"])
         memo[key] = (manifest, finish(item, manifest, out) if finish else out)

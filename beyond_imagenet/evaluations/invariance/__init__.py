@@ -338,7 +338,7 @@ def table(job) -> list[dict[str, Any]]:
     for (dataset, model), group in grouped.items():
         outputs, manifest = {}, None
         for item in group:
-            manifest, out = reduced_item(job, item, per_image)
+            manifest, out = reduced_item(job, item, per_image, samples=True)
             outputs[Variant.parse(item["level"])] = out
         subset = [sid for sid, _ in spread_subset(manifest["samples"], max_images)]
         mask = class_space_mask(group[0]["class_space"])
@@ -360,7 +360,7 @@ def samples(job) -> list[Sample]:
     for (dataset, model), group in grouped.items():
         outputs, manifest = {}, None
         for item in group:
-            manifest, out = reduced_item(job, item, per_image)
+            manifest, out = reduced_item(job, item, per_image, samples=True)
             outputs[Variant.parse(item["level"])] = out
         subset = [sid for sid, _ in spread_subset(manifest["samples"], job.params.settings["max_images"])]
         common = set(subset).intersection(*(set(out["ids"]) for out in outputs.values()))
