@@ -75,6 +75,7 @@ include: "rules/profile.smk"
 onstart:
     check_manual_datasets()
     check_study_ready()
+    check_disk_space()
     check_slurm_jobs()
 
 

@@ -37,6 +37,25 @@ from beyond_imagenet.io import LockFile, atomic_path, atomic_write_text, h5_attr
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
+#: The large per-image arrays an output may hold; a study stores only those some evaluation of it
+#: reads (``Study.stored_arrays``), recorded in the ``arrays`` attribute. Files without it (older
+#: ones) hold both. ``labels``, ``ids`` and the skipped lists are always stored.
+LARGE_ARRAYS = ("logits", "features")
+
+
+def arrays_attr(arrays: Sequence[str]) -> str:
+    """The ``arrays`` attribute of an output holding ``arrays``: sorted names, comma-separated."""
+    unknown = sorted(set(arrays) - set(LARGE_ARRAYS))
+    if unknown:
+        raise ValueError(f"unknown output array(s) {unknown}; an output holds {' and/or '.join(LARGE_ARRAYS)}")
+    return ",".join(sorted(set(arrays)))
+
+
+def stored_arrays(attrs: dict[str, Any]) -> set[str]:
+    """The large arrays an output holds, from its attributes (all of them in a file that predates
+    the ``arrays`` attribute)."""
+    value = attrs.get("arrays")
+    return set(LARGE_ARRAYS) if value is None else {a for a in str(value).split(",") if a}
 
 
 class BadImagesError(RuntimeError):
@@ -325,6 +344,7 @@ def extract(
     progress: bool = True,
     reuse: bool = False,
     timings: dict[str, float] | None = None,
+    arrays: Sequence[str] | None = None,
 ) -> Path:
     """Run ``network`` (returning ``(logits, features)``) over ``samples`` and write ``out_path``.
 
@@ -332,7 +352,10 @@ def extract(
     ``out_path`` whose key is this call's (same attrs, images, batch size, device, dtype and
     bad-image policy) without computing it again. ``timings``: filled with the wall-clock time of
     the first batch (``first_batch``, time.time()), the seconds spent in forward passes
-    (``forward_s``) and in the first one (``first_forward_s``: where ``torch.compile`` compiles)."""
+    (``forward_s``) and in the first one (``first_forward_s``: where ``torch.compile`` compiles).
+    ``arrays``: which of :data:`LARGE_ARRAYS` the file holds (default: what ``attrs["arrays"]``
+    says, else both); the network computes both, what no reader needs is not written (ImageNet-C's
+    features would be 5.8 GB per model)."""
     out_path = Path(out_path)
     # How the numbers were computed is part of the file and of the checkpoint key: a job killed on
     # a GPU (bf16 autocast) and resumed on the CPU (float32) starts over instead of mixing shards.
@@ -345,11 +368,11 @@ def extract(
     shard_rows = math.ceil(shard_size / batch_size) * batch_size
     n_shards = math.ceil(n / shard_rows)
     parts = out_path.parent / f".{out_path.name}.parts"
-    run_key = hashlib.sha256(
-        json.dumps({"attrs": attrs, "batch_size": batch_size, "shard_rows": shard_rows,
-                    "features_dtype": features_dtype, "ids": hashlib.sha256("\n".join(ids).encode()).hexdigest()},
-                   sort_keys=True, default=str).encode()
-    ).hexdigest()
+    stored = arrays_attr(stored_arrays(attrs) if arrays is None else arrays)
+    attrs = {**attrs, "arrays": stored}
+    key = {"attrs": attrs, "batch_size": batch_size, "shard_rows": shard_rows, "features_dtype": features_dtype,
+           "ids": hashlib.sha256("\n".join(ids).encode()).hexdigest()}
+    run_key = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
     reuse_key = hashlib.sha256(f"{run_key}\non_bad_image={on_bad_image}\n".encode()).hexdigest()
     key_file = out_path.with_name(out_path.name + ".key")
     if reuse and out_path.is_file() and key_file.is_file() and key_file.read_text() == reuse_key:
@@ -392,6 +415,7 @@ def _extract(network, transform, root, ids, labels, out_path: Path, parts: Path,
              batch_size: int, num_workers: int, shard_rows: int, n_shards: int, features_dtype: str,
              on_bad_image: str, progress: bool, timings: dict[str, float]) -> Path:
     n = len(ids)
+    stored = stored_arrays(attrs)
     done = _resume_point(parts, run_key, n_shards, shard_rows, n)
     if done:
         log.info("resuming %s after %d of %d checkpoint shards", out_path, done, n_shards)
@@ -417,8 +441,9 @@ def _extract(network, transform, root, ids, labels, out_path: Path, parts: Path,
                 logits, features = forward(images)  # returns host arrays: the device is done
                 timings.setdefault("first_forward_s", time.perf_counter() - t0)  # incl. a lazy torch.compile
                 timings["forward_s"] += time.perf_counter() - t0
-                buffer["logits"].append(logits)
-                buffer["features"].append(features.astype(features_dtype))
+                # An array not stored is kept as (rows, 0): the checkpoint shards keep one layout.
+                buffer["logits"].append(logits if "logits" in stored else logits[:, :0])
+                buffer["features"].append((features if "features" in stored else features[:, :0]).astype(features_dtype))
                 buffer["index"].extend(good_idx)
             buffer["bad"].extend(bad)
             bar.update(len(good_idx) + len(bad))
@@ -569,22 +594,22 @@ class _RowDigest:
 
 def _write_output(parts, shards, out_path: Path, ids, labels, attrs, bad, n_good, n_classes, dim, fdtype) -> None:
     string = h5py.string_dtype("utf-8")
+    shapes = {"logits": ((n_good, n_classes), np.float32), "features": ((n_good, dim), fdtype)}
+    stored = [name for name in LARGE_ARRAYS if name in stored_arrays(attrs)]
     with atomic_path(out_path, durable=True) as tmp:  # after a power loss: whole or absent
-        digests = {"logits": _RowDigest("logits", np.float32, (n_good, n_classes)),
-                   "features": _RowDigest("features", fdtype, (n_good, dim))}
+        digests = {name: _RowDigest(name, shapes[name][1], shapes[name][0]) for name in stored}
         with h5py.File(tmp, "w") as f:
-            d_logits = f.create_dataset("logits", (n_good, n_classes), dtype=np.float32, track_times=False)
-            d_feats = f.create_dataset("features", (n_good, dim), dtype=fdtype, track_times=False)
+            large = {name: f.create_dataset(name, shapes[name][0], dtype=shapes[name][1], track_times=False)
+                     for name in stored}
             keep = np.zeros(len(ids), dtype=bool)
             row = 0
             for path in shards:
                 with np.load(path) as z:
                     k = len(z["index"])
                     if k:
-                        d_logits[row : row + k] = z["logits"]
-                        d_feats[row : row + k] = z["features"]
-                        digests["logits"].update(z["logits"])
-                        digests["features"].update(z["features"])
+                        for name, d in large.items():
+                            d[row : row + k] = z[name]
+                            digests[name].update(z[name])
                         keep[z["index"]] = True
                     row += k
             bad_sorted = sorted(bad)
@@ -648,6 +673,12 @@ def check_attrs(path: str | os.PathLike, expected: dict[str, Any]) -> dict[str, 
     for key, value in expected.items():
         want = h5_attr(value)
         have = found.get(key)
+        if key == "arrays":  # holding more than is read is fine; lacking one a reader needs is not
+            lacking = sorted(stored_arrays({"arrays": want}) - stored_arrays(found))
+            if lacking:
+                wrong.append(f"arrays: file has {', '.join(sorted(stored_arrays(found))) or 'none'}, lacks "
+                             f"{', '.join(lacking)} (an evaluation of the study reads it now)")
+            continue
         if isinstance(want, (int, float)) and not isinstance(want, bool):
             same = have is not None and not isinstance(have, str) and float(have) == float(want)
         else:
@@ -662,6 +693,121 @@ def check_attrs(path: str | os.PathLike, expected: dict[str, Any]) -> dict[str, 
     return found
 
 
+#: Rows of a large array (logits, features) read at once by :func:`stream_outputs`: about this many
+#: bytes, so a metric job's memory does not grow with the dataset (3.75 M x 1,000 float32 logits of
+#: ImageNet-C are 15 GB; one block is 32 MB).
+BLOCK_BYTES = 32 * 2**20
+
+
+def block_rows(row_bytes: int, block_bytes: int = BLOCK_BYTES) -> int:
+    """How many rows of ``row_bytes`` each make one block (at least 1)."""
+    return max(1, block_bytes // max(1, row_bytes))
+
+
+def stream_outputs(path: str | os.PathLike, per_block: Callable[[dict[str, Any]], dict[str, np.ndarray]],
+                   expected: dict[str, Any] | None = None, arrays: Sequence[str] = ("logits",),
+                   ids_cache: dict[str, np.ndarray] | None = None,
+                   block_bytes: int = BLOCK_BYTES) -> dict[str, Any]:
+    """Read an output file once, in row blocks: its identity checked first (as :func:`read_outputs`),
+    ``labels`` and ``ids`` whole (one value per image), the large ``arrays`` (logits, features)
+    ``block_bytes`` at a time, each checked against its recorded sha256 while it streams.
+
+    ``per_block({"logits": rows, "labels": rows, "ids": rows, "start": first row})`` turns each
+    block into per-image arrays (correct, confidence, predicted class...); they are concatenated
+    over the blocks and returned with ``attrs``, ``labels`` and ``ids``. Nothing returned is
+    usable before every checksum matched: a mismatch raises (and removes the file) after the last
+    block. ``ids_cache``: ids arrays by their recorded sha256, shared by the outputs of one job
+    (every model's ids of a dataset are one array in memory, not one per model)."""
+    attrs = check_attrs(path, expected) if expected else read_attrs(path)
+    checksums = json.loads(attrs["sha256"]) if attrs.get("sha256") else {}
+    out: dict[str, Any] = {"attrs": attrs}
+    parts: dict[str, list[np.ndarray]] = {}
+    try:
+        with h5py.File(path, "r") as f:
+            for name in (*arrays, "labels", "ids"):
+                if name not in f:
+                    raise _missing_array(path, name, attrs, f)
+            shared = checksums.get("ids")
+            out["labels"] = _read_whole(f, "labels", checksums)
+            out["ids"] = ids_cache[shared] if ids_cache is not None and shared in ids_cache else \
+                _read_whole(f, "ids", checksums)
+            if ids_cache is not None and shared:
+                ids_cache.setdefault(shared, out["ids"])
+            datasets = {name: f[name] for name in arrays}
+            digests = {name: _RowDigest(name, d.dtype, d.shape) for name, d in datasets.items()}
+            nonfinite = dict.fromkeys(datasets, 0)  # rows with NaN/inf, per array (extract.nonfinite_rows)
+            n = len(out["labels"])
+            for name, d in datasets.items():
+                if d.shape[0] != n:
+                    raise ValueError(f"its {name!r} array has {d.shape[0]} rows for {n} labels")
+            row_bytes = sum(int(np.prod(d.shape[1:], dtype=np.int64)) * d.dtype.itemsize for d in datasets.values())
+            step = block_rows(row_bytes, block_bytes)
+            for start in range(0, n, step):
+                stop = min(n, start + step)
+                block: dict[str, Any] = {"start": start, "labels": out["labels"][start:stop],
+                                         "ids": out["ids"][start:stop]}
+                for name, d in datasets.items():
+                    block[name] = d[start:stop]
+                    digests[name].update(block[name])
+                    nonfinite[name] += int(nonfinite_rows(block[name]).sum())
+                try:
+                    reduced = per_block(block)
+                except Exception as err:  # the reducer's own error: not a damaged file
+                    raise _ReducerError(err) from err
+                for key, value in reduced.items():
+                    parts.setdefault(key, []).append(np.asarray(value))
+            for name, digest in digests.items():
+                if name in checksums and digest.hexdigest() != checksums[name]:
+                    raise ValueError(_MISMATCH.format(name=name))
+            bad = [(name, count) for name, count in nonfinite.items() if count]
+    except _ReducerError as err:
+        raise err.error from None
+    except ValueError as err:
+        raise _corrupt(path, str(err)) from None
+    except OSError as err:
+        raise _corrupt(path, f"HDF5 cannot read it ({err})") from None
+    if bad:  # a file written before extraction refused non-finite outputs; its checksums matched
+        raise nonfinite_output(path, bad[0][0], bad[0][1], len(out["labels"]))
+    for key, blocks in parts.items():
+        out[key] = np.concatenate(blocks) if len(blocks) > 1 else blocks[0]
+    return out
+
+
+class _ReducerError(Exception):
+    """Carries an error of a caller's per-block function out of the reading's error handling."""
+
+    def __init__(self, error: BaseException):
+        super().__init__(str(error))
+        self.error = error
+
+
+_MISMATCH = ("its {name!r} array does not match the sha256 recorded when it was written "
+             "(changed after it was written: bit rot, a bad copy, an edit)")
+
+
+def _read_whole(f, name: str, checksums: dict[str, str]):
+    """One array read whole and checked against its recorded sha256; strings decoded."""
+    data = f[name][()]
+    if name in checksums and _digest(name, data) != checksums[name]:
+        raise ValueError(_MISMATCH.format(name=name))
+    if h5py.check_string_dtype(f[name].dtype):  # ids, skipped_ids, skipped_reasons
+        data = np.asarray([x.decode() if isinstance(x, bytes) else x for x in data], dtype=object)
+    return data
+
+
+def _missing_array(path, name: str, attrs: dict[str, Any], f) -> StaleOutputError:
+    """A file without an array a reader needs: stored without it (``arrays`` records what the
+    study's evaluations read when it was extracted), or (older files) the wrong array asked for."""
+    stored = attrs.get("arrays")
+    if stored is not None:
+        return StaleOutputError(
+            f"{path} has no {name!r} array: it was extracted when no evaluation of the study read it (it holds "
+            f"{stored or 'no large array'}). Rerun the workflow: its extraction job reruns and stores it; or "
+            f"delete it (rm {path}) to recompute it.")
+    # not removed: the caller may have asked for the wrong array
+    return _corrupt(path, f"it has no {name!r} array (it has {', '.join(sorted(f))})", remove=False)
+
+
 def read_outputs(path: str | os.PathLike, expected: dict[str, Any] | None = None,
                  fields: Sequence[str] = ("logits", "labels", "ids")) -> dict[str, Any]:
     """Load an output file (read-only), checking its recorded identity first."""
@@ -673,17 +819,11 @@ def read_outputs(path: str | os.PathLike, expected: dict[str, Any] | None = None
     try:
         with h5py.File(path, "r") as f:
             for name in fields:
-                if name not in f:  # not removed: the caller may have asked for the wrong array
-                    raise _corrupt(path, f"it has no {name!r} array (it has {', '.join(sorted(f))})", remove=False)
-                data = f[name][()]
-                if name in checksums and _digest(name, data) != checksums[name]:
-                    raise ValueError(f"its {name!r} array does not match the sha256 recorded when it was written "
-                                     "(changed after it was written: bit rot, a bad copy, an edit)")
-                if name in ("logits", "features") and (count := int(nonfinite_rows(data).sum())):
-                    raise nonfinite_output(path, name, count, len(data))  # written before extraction refused it
-                if h5py.check_string_dtype(f[name].dtype):  # ids, skipped_ids, skipped_reasons
-                    data = np.asarray([x.decode() if isinstance(x, bytes) else x for x in data], dtype=object)
-                out[name] = data
+                if name not in f:
+                    raise _missing_array(path, name, attrs, f)
+                out[name] = _read_whole(f, name, checksums)
+                if name in ("logits", "features") and (count := int(nonfinite_rows(out[name]).sum())):
+                    raise nonfinite_output(path, name, count, len(out[name]))  # written before extraction refused it
     except ValueError as err:
         raise _corrupt(path, str(err)) from None
     except OSError as err:

@@ -595,7 +595,29 @@ class Study:
             hook = EVALUATIONS[self.variant_owner(model, dataset, variant)].variants
             if hook.identity:
                 identity.update(hook.identity(self, dataset, variant))
+        identity["arrays"] = ",".join(self.stored_arrays(model, dataset, variant))
         return identity
+
+    def stored_arrays(self, model: str, dataset: str, variant: str | None = None) -> list[str]:
+        """The large arrays (``logits``, ``features``) an output of ``model`` holds: those some
+        evaluation of the study that reads ``dataset`` (a VTAB task split: its study dataset) with
+        this model reads (its record's ``reads``); a variant's, those of the evaluations whose
+        ``variants`` hook asks for it. The reader refuses a file lacking one (extract.check_attrs),
+        so an evaluation that starts reading features re-extracts the outputs it reads."""
+        wanted = set()
+        for evaluation in self.model_evaluations(model):
+            record = EVALUATIONS[evaluation]
+            if record.reads not in ("logits", "features"):
+                continue
+            for name in self.evaluation_datasets(evaluation):
+                if variant:
+                    hit = name == dataset and record.variants is not None and \
+                        variant in record.variants(self, model, name)
+                else:
+                    hit = dataset in self.extraction_datasets(name)
+                if hit:
+                    wanted.add(record.reads)
+        return sorted(wanted)
 
     def input_transform(self, dataset: str) -> str:
         """How supervised models resize and crop this set's images (``models.INPUT_TRANSFORMS``).

@@ -153,6 +153,8 @@ def _selected(key: Key, select: Mapping[str, Any]) -> bool:
 
 def _common_positions(a: "Sample", b: "Sample"):
     """Positions in a and in b of the images both scored (in a's order); None, None when identical."""
+    if a.ids is b.ids:  # one array in memory for every model of a set (workflow.reduced_item)
+        return None, None
     ids_a, ids_b = np.asarray(a.ids), np.asarray(b.ids)
     if ids_a.shape == ids_b.shape and np.array_equal(ids_a, ids_b):
         return None, None

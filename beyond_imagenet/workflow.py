@@ -12,7 +12,9 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
 
 
 class Job:
@@ -68,12 +70,63 @@ def read_item(item: dict[str, Any], fields: Sequence[str] = ("logits", "labels",
     return manifest, read_outputs(item["output"], expected_attrs(item["expect"], manifest), fields)
 
 
-def read_items(job: Job, fields: Sequence[str] = ("logits", "labels", "ids")) -> Iterator[tuple]:
+def read_items(job: Job, per_image: PerImage | None = None, finish: Finish | None = None,
+               fields: Sequence[str] = ("logits", "labels", "ids")) -> Iterator[tuple]:
     """``(item, manifest, outputs)`` for every record of the job's ``cached`` param, in its order
-    (datasets in config order, models in config order within each)."""
+    (datasets in config order, models in config order within each).
+
+    With ``per_image`` (what a metric job uses): each output is streamed once in row blocks
+    (:func:`beyond_imagenet.extract.stream_outputs`) and ``outputs`` holds ``attrs``, ``labels``,
+    ``ids`` and the per-image arrays ``per_image(item, manifest, block)`` made of its blocks,
+    never the whole logits matrix; ``finish(item, manifest, outputs)`` may then reduce them
+    further (e.g. drop what only a scalar needed). The result is kept for the job, so its table
+    and its bootstrap samples read each output once. Without it: the whole ``fields`` arrays."""
     for item in job.params.cached:
-        manifest, out = read_item(item, fields)
+        if per_image is None:
+            manifest, out = read_item(item, fields)
+        else:
+            manifest, out = reduced_item(job, item, per_image, finish)
         yield item, manifest, out
+
+
+PerImage = Callable[[dict[str, Any], dict[str, Any], dict[str, Any]], dict[str, Any]]
+Finish = Callable[[dict[str, Any], dict[str, Any], dict[str, Any]], dict[str, Any]]
+
+
+def reduced_item(job: Job, item: dict[str, Any], per_image: PerImage, finish: Finish | None = None,
+                 arrays: Sequence[str] = ("logits",), samples: bool = False):
+    """``(manifest, outputs)`` of one item as :func:`read_items` makes them with ``per_image``:
+    read once per job and reduction (the same function again is served from memory). The
+    manifest is one per dataset for the job, without its per-image ``samples`` unless asked for
+    (ImageNet-C's are 3.75 M pairs)."""
+    from beyond_imagenet.datasets.manifest import load_manifest
+    from beyond_imagenet.extract import stream_outputs
+
+    memo = job.__dict__.setdefault("_reduced", {"ids": {}, "manifests": {}})
+    key = (per_image, finish, item["output"], tuple(arrays), samples)
+    if key not in memo:
+        manifests = memo["manifests"]
+        if (item["manifest"], samples) not in manifests:
+            manifest = load_manifest(item["manifest"])
+            if not samples:
+                manifest = {k: v for k, v in manifest.items() if k != "samples"}
+            manifests[(item["manifest"], samples)] = manifest
+        manifest = manifests[(item["manifest"], samples)]
+        out = stream_outputs(item["output"], lambda block: per_image(item, manifest, block),
+                             expected_attrs(item["expect"], manifest), arrays=arrays, ids_cache=memo["ids"])
+        memo[key] = (manifest, finish(item, manifest, out) if finish else out)
+    return memo[key]
+
+
+def reduce_outputs(out: dict[str, Any], item: dict[str, Any], manifest: dict[str, Any], per_image: PerImage,
+                   finish: Finish | None = None, arrays: Sequence[str] = ("logits",)) -> dict[str, Any]:
+    """What :func:`read_items` makes of an output already in memory (``logits``, ``labels``,
+    ``ids``, ``attrs``): the library's way to score outputs of your own, and the tests'."""
+    block = {"start": 0, "labels": np.asarray(out["labels"]), "ids": np.asarray(out["ids"], dtype=object),
+             **{name: np.asarray(out[name]) for name in arrays}}
+    reduced = {"attrs": out.get("attrs", {}), "labels": block["labels"], "ids": block["ids"],
+               **per_image(item, manifest, block)}
+    return finish(item, manifest, reduced) if finish else reduced
 
 
 def skipped_row(out: dict[str, Any], **groups: Any) -> dict[str, Any]:

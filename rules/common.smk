@@ -50,6 +50,19 @@ def check_checkpoint_times():
 check_checkpoint_times()
 
 
+def check_disk_space():
+    """Before any job runs: print the study's disk estimate (beyond_imagenet/diskspace.py) and stop
+    when the free disk under results_dir is smaller than what the run still writes."""
+    import sys
+
+    from beyond_imagenet.diskspace import DiskSpaceError, check_free_space
+
+    try:
+        check_free_space(STUDY, echo=lambda text: print(text, file=sys.stderr))
+    except DiskSpaceError as err:
+        raise WorkflowError(str(err))
+
+
 def check_slurm_jobs():
     """Under the SLURM executor, before any job is submitted: every job fits a node of its partition."""
     from beyond_imagenet.slurm import check_workflow

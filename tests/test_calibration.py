@@ -212,12 +212,14 @@ def test_table_writes_temperature_rows_only_when_enabled(monkeypatch):
     import types
 
     from beyond_imagenet.evaluations import calibration as evaluation
+    from beyond_imagenet.workflow import reduce_outputs
 
     z, labels = _simulated(seed=0, n=200)
     item = {"model": "m", "dataset": "d", "class_space": "imagenet1k"}
-    out = {"logits": z, "labels": labels, "attrs": {}}
+    out = {"logits": z, "labels": labels, "ids": [str(i) for i in range(len(labels))], "attrs": {}}
     monkeypatch.setattr(evaluation, "class_space_mask", lambda space: None)
-    monkeypatch.setattr(evaluation, "read_items", lambda job: iter([(item, {}, out)]))
+    monkeypatch.setattr(evaluation, "read_items", lambda job, per_image, finish: iter(
+        [(item, {}, reduce_outputs(out, item, {}, per_image, finish))]))
     for enabled in (True, False):
         job = types.SimpleNamespace(params=types.SimpleNamespace(
             settings={"n_bins": 5, "temperature_scaling": enabled, "temperature_seed": 0},

@@ -214,17 +214,16 @@ def test_a_temperature_at_its_bound_is_flagged(tmp_path):
 
 
 def test_the_temperature_table_row_flags_the_bound():
-    from beyond_imagenet.evaluations.calibration import temperature_scaling_rows
+    from beyond_imagenet.evaluations.calibration import _temperature
 
     rng = np.random.default_rng(1)
     labels = rng.integers(0, 10, 60)
     # Confidently wrong on every image: the NLL falls all the way to a uniform softmax, T to the bound.
     out = {"logits": 5 * np.eye(10)[(labels + 1) % 10], "labels": labels}
-    settings = {"temperature_scaling": True, "temperature_seed": 0, "n_bins": 5}
-    rows = {r["metric"]: r["value"] for r in temperature_scaling_rows({"model": "m"}, out, None, settings)}
+    rows = _temperature({"model": "m"}, out, out["logits"], seed=0, n_bins=5)
     assert rows["temperature_at_bound"] == 1.0 and rows["temperature"] > 99
     out = {"logits": 5 * np.eye(10)[labels] + rng.normal(size=(60, 10)), "labels": labels}
-    rows = {r["metric"]: r["value"] for r in temperature_scaling_rows({"model": "m"}, out, None, settings)}
+    rows = _temperature({"model": "m"}, out, out["logits"], seed=0, n_bins=5)
     assert rows["temperature_at_bound"] == 0.0
 
 

@@ -290,6 +290,7 @@ def test_robustness_table_adds_effective_robustness(monkeypatch) -> None:
     import types
 
     from beyond_imagenet.evaluations import robustness as evaluation
+    from beyond_imagenet.workflow import reduce_outputs
 
     rng = np.random.default_rng(0)
     items = []
@@ -301,7 +302,8 @@ def test_robustness_table_adds_effective_robustness(monkeypatch) -> None:
                    "attrs": {}}
             items.append(({"model": m, "dataset": dataset, "kind": dataset, "class_space": "imagenet1k"},
                           {"root": ""}, out))
-    monkeypatch.setattr(evaluation, "read_items", lambda job: iter(items))
+    monkeypatch.setattr(evaluation, "read_items", lambda job, per_image: iter(
+        (item, manifest, reduce_outputs(out, item, manifest, per_image)) for item, manifest, out in items))
     job = types.SimpleNamespace(params=types.SimpleNamespace(
         settings={"real": False, "effective_robustness_min_models": 3},
         models={m: {"model": m} for m in ("m1", "m2", "m3")}))

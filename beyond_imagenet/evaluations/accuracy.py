@@ -6,18 +6,27 @@ from beyond_imagenet.datasets.readers import class_space_mask
 import numpy as np
 
 from beyond_imagenet.evaluations import Evaluation, Sample, register
-from beyond_imagenet.metrics.accuracy import topk_accuracy
 from beyond_imagenet.profile import Headline
 from beyond_imagenet.workflow import read_items, skipped_row
 
 
+def per_image(item, manifest, block) -> dict:
+    """Top-1 and top-5 correct of each image of a block (the stable sort of ``topk_accuracy``)."""
+    mask = class_space_mask(item["class_space"])
+    logits = np.asarray(block["logits"])
+    logits = logits[:, np.asarray(mask, dtype=bool)] if mask is not None else logits
+    order = np.argsort(-logits, axis=1, kind="stable")[:, :5]
+    labels = np.asarray(block["labels"])[:, None]
+    return {"correct1": order[:, 0] == labels[:, 0], "correct5": (order == labels).any(axis=1)}
+
+
 def table(job) -> list[dict]:
     rows = []
-    for item, _, out in read_items(job):
-        mask = class_space_mask(item["class_space"])
-        top = topk_accuracy(out["logits"], out["labels"], (1, 5), class_mask=mask)
+    for item, _, out in read_items(job, per_image):
         base = {**job.params.models[item["model"]], "dataset": item["dataset"]}
-        for metric, value in (("top1", top[1]), ("top5", top[5]), ("n_images", len(out["labels"]))):
+        top = accuracy_rows(out)
+        for metric, value in (("top1", top[0]["value"]), ("top5", top[1]["value"]),
+                              ("n_images", len(out["labels"]))):
             rows.append({**base, "metric": metric, "value": value})
         rows.append({**base, **skipped_row(out)})
     return rows
@@ -31,14 +40,9 @@ def accuracy_rows(data) -> list[dict]:
 def samples(job) -> list[Sample]:
     """Per image: top-1 and top-5 correct (the same stable sort as ``topk_accuracy``)."""
     out_samples = []
-    for item, _, out in read_items(job):
-        mask = class_space_mask(item["class_space"])
-        logits = np.asarray(out["logits"])
-        logits = logits[:, np.asarray(mask, dtype=bool)] if mask is not None else logits
-        order = np.argsort(-logits, axis=1, kind="stable")[:, :5]
-        labels = np.asarray(out["labels"])[:, None]
-        data = {"correct1": order[:, 0] == labels[:, 0], "correct5": (order == labels).any(axis=1)}
-        out_samples.append(Sample(item["model"], item["dataset"], np.asarray(out["ids"]), data,
+    for item, _, out in read_items(job, per_image):
+        data = {"correct1": out["correct1"], "correct5": out["correct5"]}
+        out_samples.append(Sample(item["model"], item["dataset"], out["ids"], data,
                                   lambda d, dataset=item["dataset"]: [{"dataset": dataset, **r} for r in accuracy_rows(d)],
                                   correct={"top1": "correct1"}))
     return out_samples

@@ -14,8 +14,8 @@ from beyond_imagenet.datasets.readers import class_space_mask
 from beyond_imagenet.evaluations import Evaluation, Figure, Sample, register
 from beyond_imagenet.metrics.calibration import (
     calibration_bins,
-    calibration_from_logits,
-    softmax,
+    calibration_from_vectors,
+    confidence_and_correct,
     temperature_at_bound,
     temperature_scaled_calibration,
 )
@@ -52,19 +52,78 @@ TEMPERATURE_FLAG = "temperature_at_bound"
 log = logging.getLogger(__name__)
 
 
+def per_image(item, manifest, block) -> dict:
+    """Per image: confidence and correctness (masked to the set's classes before the softmax)."""
+    confidence, correct = confidence_and_correct(block["logits"], block["labels"],
+                                                 class_space_mask(item["class_space"]))
+    return {"confidence": confidence, "correct": correct}
+
+
+def per_image_and_logits(item, manifest, block) -> dict:
+    """:func:`per_image` and the (masked) logits, which temperature scaling fits T on."""
+    mask = class_space_mask(item["class_space"])
+    logits = np.asarray(block["logits"])
+    return {**per_image(item, manifest, block), "logits": logits[:, mask] if mask is not None else logits}
+
+
+def _reader(settings):
+    """What a calibration job keeps per image. Temperature scaling is the one step that needs every
+    class's logit (at a T not known before the fit): the (masked, float32) logits of one output are
+    held until its T is fitted and its rows are made, then dropped (:func:`_temperature`), so the
+    job holds one set's logits at a time, never one per model."""
+    if not settings["temperature_scaling"]:
+        return per_image, None
+    seed, n_bins = settings["temperature_seed"], settings["n_bins"]
+
+    def finish(item, manifest, out):
+        logits = out.pop("logits")
+        out["temperature_rows"] = _temperature(item, out, logits, seed, n_bins)
+        return out
+
+    return per_image_and_logits, _Finish(finish, (seed, n_bins))
+
+
+class _Finish:
+    """A finish step that is equal to another with the same settings (the job's read-once memo key)."""
+
+    def __init__(self, fn, key):
+        self.fn, self.key = fn, key
+
+    def __call__(self, *args):
+        return self.fn(*args)
+
+    def __eq__(self, other):
+        return isinstance(other, _Finish) and other.key == self.key
+
+    def __hash__(self):
+        return hash(self.key)
+
+
+def _temperature(item, out, logits, seed: int, n_bins: int) -> dict | None:
+    """Temperature scaling's results for one output (None when it has fewer than 2 images)."""
+    if len(out["labels"]) < 2:
+        log.warning("temperature scaling: %s on %s has %d image(s), fewer than the 2 a fit/held-out split "
+                    "needs; no temperature rows", item.get("model"), item.get("dataset"), len(out["labels"]))
+        return None
+    result = temperature_scaled_calibration(logits, out["labels"], n_bins=n_bins, seed=seed)
+    # 1: the search ended at a bound (metrics.calibration.temperature_at_bound), T is no fit.
+    return {**result, TEMPERATURE_FLAG: float(temperature_at_bound(result["temperature"]))}
+
+
 def table(job) -> list[dict]:
-    n_bins = job.params.settings["n_bins"]
+    settings = job.params.settings
+    n_bins = settings["n_bins"]
     rows = []
-    for item, _, out in read_items(job):
-        # ImageNet-R/A: logits restricted to the benchmark's 200 classes *before* the softmax.
-        mask = class_space_mask(item["class_space"])
-        result = calibration_from_logits(out["logits"], out["labels"], n_bins=n_bins, class_mask=mask)
+    for item, _, out in read_items(job, *_reader(settings)):
+        result = calibration_from_vectors(out["confidence"], out["correct"], n_bins=n_bins)
         base = {**job.params.models[item["model"]], "dataset": item["dataset"]}
         no_bin = {"bin": "", "bin_lower": "", "bin_upper": ""}
         for metric in SUMMARY_METRICS:
             rows.append({**base, "metric": metric, **no_bin, "value": result[metric]})
         rows.append({**base, **skipped_row(out, **no_bin)})
-        rows += temperature_scaling_rows(base, out, mask, job.params.settings)
+        if out.get("temperature_rows"):
+            rows += [{**base, "metric": metric, **no_bin, "value": out["temperature_rows"][metric]}
+                     for metric in (*TEMPERATURE_METRICS, TEMPERATURE_FLAG)]
         bins = result["bins"]
         for b in range(n_bins):
             for metric, key in (("bin_count", "count"), ("bin_accuracy", "accuracy"), ("bin_confidence", "confidence")):
@@ -93,33 +152,13 @@ def calibration_rows(data, n_bins: int) -> list[dict]:
 def samples(job) -> list[Sample]:
     n_bins = job.params.settings["n_bins"]
     out_samples = []
-    for item, _, out in read_items(job):
-        probs = softmax(out["logits"], class_space_mask(item["class_space"]))
-        data = {"confidence": probs.max(axis=1), "correct": probs.argmax(axis=1) == np.asarray(out["labels"])}
+    for item, _, out in read_items(job, *_reader(job.params.settings)):
+        data = {"confidence": out["confidence"], "correct": out["correct"]}
         out_samples.append(Sample(
-            item["model"], item["dataset"], np.asarray(out["ids"]), data,
+            item["model"], item["dataset"], out["ids"], data,
             lambda d, dataset=item["dataset"]: [{"dataset": dataset, **r} for r in calibration_rows(d, n_bins)],
             correct={"accuracy": "correct"}))
     return out_samples
-
-
-def temperature_scaling_rows(base: dict, out: dict, mask, settings) -> list[dict]:
-    """Summary rows (empty bin columns) of temperature scaling for one (model, dataset) output:
-    T fitted on a seeded half of the images, ECE / NLL before and after on the other half. None
-    when ``temperature_scaling`` is off, or (with a warning) when there are fewer than 2 images."""
-    enabled, seed, n_bins = settings["temperature_scaling"], settings["temperature_seed"], settings["n_bins"]
-    if not enabled:
-        return []
-    if len(out["labels"]) < 2:
-        log.warning("temperature scaling: %s on %s has %d image(s), fewer than the 2 a fit/held-out split "
-                    "needs; no temperature rows", base.get("model"), base.get("dataset"), len(out["labels"]))
-        return []
-    result = temperature_scaled_calibration(out["logits"], out["labels"], n_bins=n_bins, class_mask=mask, seed=seed)
-    # 1: the search ended at a bound (metrics.calibration.temperature_at_bound), T is no fit.
-    result = {**result, TEMPERATURE_FLAG: float(temperature_at_bound(result["temperature"]))}
-    no_bin = {"bin": "", "bin_lower": "", "bin_upper": ""}
-    return [{**base, "metric": metric, **no_bin, "value": result[metric]}
-            for metric in (*TEMPERATURE_METRICS, TEMPERATURE_FLAG)]
 
 
 def published_ece(study, wildcards) -> dict:

@@ -32,10 +32,16 @@ from beyond_imagenet.workflow import read_items, skipped_row
 Row = dict[str, Any]
 
 
+def per_image(item, manifest, block) -> dict[str, np.ndarray]:
+    """Per image: the predicted class (what ImageNet-X joins with its annotations)."""
+    return {"predicted": np.asarray(block["logits"]).argmax(axis=1)}
+
+
 def imagenet_x_rows(out: dict[str, Any]) -> list[Row]:
     """Per factor: error ratio, accuracy and image count; ``average`` = mean of the 16 ratios
-    (factors without images are NaN and left out); ``overall`` = accuracy over the joined images."""
-    predicted = np.asarray(out["logits"]).argmax(axis=1)
+    (factors without images are NaN and left out); ``overall`` = accuracy over the joined images.
+    ``out``: ``ids`` and ``predicted`` (:func:`per_image`) or the whole ``logits``."""
+    predicted = out["predicted"] if "predicted" in out else np.asarray(out["logits"]).argmax(axis=1)
     table = inx.factor_table(list(out["ids"]), predicted)
     rows = []
     for factor in inx.FACTORS:
@@ -50,7 +56,7 @@ def imagenet_x_rows(out: dict[str, Any]) -> list[Row]:
 
 def table(job) -> list[Row]:
     rows = []
-    for item, _, out in read_items(job):
+    for item, _, out in read_items(job, per_image):
         rows += [{**job.params.models[item["model"]], "dataset": item["dataset"], **r}
                  for r in [*imagenet_x_rows(out), skipped_row(out, factor="")]]
     return rows
@@ -81,8 +87,8 @@ def factor_rows(data: dict[str, np.ndarray], patterns: np.ndarray) -> list[Row]:
 def samples(job) -> list[Sample]:
     """Per joined image: correct, and its top-factor membership (joined once)."""
     out_samples = []
-    for item, _, out in read_items(job):
-        joined = inx._join(list(out["ids"]), np.asarray(out["logits"]).argmax(axis=1), "top")
+    for item, _, out in read_items(job, per_image):
+        joined = inx._join(list(out["ids"]), out["predicted"], "top")
         patterns, pattern = np.unique(joined[list(inx.FACTORS)].to_numpy(), axis=0, return_inverse=True)
         data = {"correct": (joined["predicted_class"] == joined["class"]).to_numpy(), "pattern": pattern.ravel()}
         out_samples.append(Sample(item["model"], item["dataset"], joined.index.to_numpy(dtype=object), data,

@@ -30,11 +30,17 @@ from beyond_imagenet.workflow import read_items, skipped_row
 Row = dict[str, Any]
 
 
+def per_image(item, manifest, block) -> dict[str, np.ndarray]:
+    """Per image: the predicted ImageNet class (scored against the PUG class map)."""
+    return {"predicted": np.asarray(block["logits"]).argmax(axis=1)}
+
+
 def pug_rows(out: dict[str, Any], class_map: dict[str, list[int]], rule: str = "membership") -> list[Row]:
-    """Accuracy per factor subset and their unweighted mean (``Average``), under ``rule``."""
+    """Accuracy per factor subset and their unweighted mean (``Average``), under ``rule``.
+    ``out``: ``labels``, ``ids`` and ``predicted`` (:func:`per_image`) or the whole ``logits``."""
     names = sorted(class_map)
     labels = np.asarray(out["labels"])
-    predicted = np.asarray(out["logits"]).argmax(axis=1)
+    predicted = out["predicted"] if "predicted" in out else np.asarray(out["logits"]).argmax(axis=1)
     subsets = np.asarray([sid.split("/", 1)[0] for sid in out["ids"]])
     per_subset, rows = {}, []
     for subset in PUG_SUBSETS:
@@ -54,7 +60,7 @@ def table(job) -> list[Row]:
 
     rule = job.params.settings["rule"]
     rows = []
-    for item, manifest, out in read_items(job):
+    for item, manifest, out in read_items(job, per_image):
         class_map = pug_class_map(manifest["root"])
         rows += [{**job.params.models[item["model"]], "dataset": item["dataset"], **r}
                  for r in [*pug_rows(out, class_map, rule), skipped_row(out, subset="", rule=rule)]]
@@ -82,14 +88,14 @@ def samples(job) -> list[Sample]:
 
     rule = job.params.settings["rule"]
     out_samples = []
-    for item, manifest, out in read_items(job):
+    for item, manifest, out in read_items(job, per_image):
         class_map = pug_class_map(manifest["root"])
         names = sorted(class_map)
-        predicted = np.asarray(out["logits"]).argmax(axis=1)
+        predicted = out["predicted"]
         subsets = np.asarray([sid.split("/", 1)[0] for sid in out["ids"]])
         correct = np.asarray(pug_correct(predicted, [names[k] for k in np.asarray(out["labels"])], class_map, rule))
         out_samples.append(Sample(
-            item["model"], item["dataset"], np.asarray(out["ids"]),
+            item["model"], item["dataset"], out["ids"],
             {"correct": correct, "subset": np.asarray([PUG_SUBSETS.index(x) if x in PUG_SUBSETS else -1
                                                        for x in subsets])},
             lambda d, dataset=item["dataset"]: [{"dataset": dataset, **r} for r in subset_rows(d, rule)],

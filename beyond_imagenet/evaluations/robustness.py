@@ -25,7 +25,6 @@ from beyond_imagenet.metrics.robustness import (
     logit_linear_fit,
     multilabel_top1,
     real_accuracy,
-    top1,
 )
 from beyond_imagenet.profile import Headline
 from beyond_imagenet.style import (
@@ -75,10 +74,45 @@ def _row(benchmark: str, metric: str, value: float, corruption: str = "", severi
 
 
 # ------------------------------------------------------------------------------- robustness
+def per_image(item, manifest, block) -> dict[str, np.ndarray]:
+    """Per image of a block: ``correct`` (top-1 among the set's classes: the logits masked to
+    them first, A / R) and ``predicted`` (the argmax over all 1000: ReaL, ImageNet-Hard). What
+    every scorer reads instead of the logits, so a robustness job never holds a logits matrix."""
+    # ImageNet-Hard is scored on its label sets only (its sample label is not range-checked).
+    return _vectors(block["logits"], block["labels"], class_space_mask(item["class_space"]),
+                    check=item["kind"] != "imagenet_hard")
+
+
+def _vectors(logits, labels, mask, check: bool = True) -> dict[str, np.ndarray]:
+    logits = np.asarray(logits)
+    scores = logits[:, mask] if mask is not None else logits
+    labels = np.asarray(labels)
+    if check and labels.size and (labels.min() < 0 or labels.max() >= scores.shape[1]):
+        raise ValueError(f"labels must lie in 0..{scores.shape[1] - 1} (the masked space)")
+    return {"correct": scores.argmax(axis=1) == labels, "predicted": logits.argmax(axis=1)}
+
+
+def _per_image_of(out: dict[str, Any], class_space: str) -> dict[str, Any]:
+    """``out`` with the per-image vectors: as read (:func:`per_image`), or from its whole logits
+    (an output already in memory, the library's use)."""
+    if "correct" in out:
+        return out
+    return {**out, **_vectors(out["logits"], out["labels"], class_space_mask(class_space),
+                              check=class_space != "imagenet1k_multilabel")}
+
+
+def _accuracy(correct) -> float:
+    correct = np.asarray(correct)
+    if correct.size == 0:
+        raise ValueError("no samples")
+    return float(np.mean(correct))
+
+
 @robustness_scorer("imagenet_val", "imagenet_v2", "imagenet_a", "imagenet_r", "imagenet_sketch", "image_folder")
 def score_top1(out: dict[str, Any], *, kind: str, class_space: str, real: bool = False, **_: Any) -> list[Row]:
     """Top-1, with logits masked to the set's classes for the 200-class sets (A, R)."""
-    rows = [_row(kind, "top1", top1(out["logits"], out["labels"], class_space_mask(class_space))),
+    out = _per_image_of(out, class_space)
+    rows = [_row(kind, "top1", _accuracy(out["correct"])),
             _row(kind, "n_images", len(out["labels"]))]
     if kind == CLEAN_BENCHMARK and real:
         rows += score_real(out)
@@ -88,7 +122,7 @@ def score_top1(out: dict[str, Any], *, kind: str, class_space: str, real: bool =
 def score_real(out: dict[str, Any]) -> list[Row]:
     """ImageNet-ReaL on val outputs: top-1 in the image's ReaL set; images with an empty set are
     left out (NaN when none of the given images has a ReaL label)."""
-    predicted = np.asarray(out["logits"]).argmax(axis=1)
+    predicted = out["predicted"] if "predicted" in out else np.asarray(out["logits"]).argmax(axis=1)
     try:
         result = real_accuracy(list(out["ids"]), predicted)
     except ValueError as err:
@@ -99,12 +133,14 @@ def score_real(out: dict[str, Any]) -> list[Row]:
 
 
 @robustness_scorer("imagenet_hard")
-def score_label_sets(out: dict[str, Any], *, kind: str, label_sets: dict[str, list[int]], **_: Any) -> list[Row]:
+def score_label_sets(out: dict[str, Any], *, kind: str, class_space: str, label_sets: dict[str, list[int]],
+                     **_: Any) -> list[Row]:
     """Top-1 counted correct when it is any of the image's valid labels (ImageNet-Hard)."""
+    out = _per_image_of(out, class_space)
     missing = [i for i in out["ids"] if i not in label_sets]
     if missing:
         raise ValueError(f"{len(missing)} output ids have no label set, e.g. {missing[0]}")
-    result = multilabel_top1(np.asarray(out["logits"]), [label_sets[i] for i in out["ids"]])
+    result = multilabel_top1(out["predicted"], [label_sets[i] for i in out["ids"]])
     return [_row("imagenet_hard", "top1", result.accuracy), _row("imagenet_hard", "n_images", result.n)]
 
 
@@ -114,13 +150,13 @@ def score_imagenet_c(out: dict[str, Any], *, class_space: str, **_: Any) -> list
     normalised), the mean accuracy over the 15 (the ``top1`` the paper plots) and mCE."""
     from beyond_imagenet.datasets.imagenet_variants import imagenet_c_condition
 
-    logits, labels = np.asarray(out["logits"]), np.asarray(out["labels"])
+    out = _per_image_of(out, class_space)
     groups: dict[tuple[str, int], list[int]] = defaultdict(list)
     for i, sid in enumerate(out["ids"]):
         groups[imagenet_c_condition(sid)].append(i)
-    mask = class_space_mask(class_space)
-    acc = {cond: top1(logits[idx], labels[idx], mask) for cond, idx in groups.items()}
-    return [*imagenet_c_rows(acc), _row("imagenet_c", "n_images", len(labels))]
+    correct = np.asarray(out["correct"])
+    acc = {cond: _accuracy(correct[idx]) for cond, idx in groups.items()}
+    return [*imagenet_c_rows(acc), _row("imagenet_c", "n_images", len(out["labels"]))]
 
 
 def imagenet_c_rows(acc: dict[tuple[str, int], float]) -> list[Row]:
@@ -163,8 +199,8 @@ def _mean(values: np.ndarray) -> float:
 def robustness_sample(out: dict[str, Any], kind: str, class_space: str, root=None, real: bool = False):
     """Per-image data (correct as 1/0, NaN for images a benchmark leaves out), strata and the rows
     function (the scorer's rows but the counts) of one output, for the bootstrap."""
-    logits = np.asarray(out["logits"])
-    predicted = logits.argmax(axis=1)
+    out = _per_image_of(out, class_space)
+    predicted = np.asarray(out["predicted"])
     if kind == "imagenet_hard":
         from beyond_imagenet.datasets.imagenet_variants import imagenet_hard_label_sets
 
@@ -172,9 +208,7 @@ def robustness_sample(out: dict[str, Any], kind: str, class_space: str, root=Non
         correct = [_in_set(p, label_sets[i]) for p, i in zip(predicted.tolist(), out["ids"])]
         return {"correct": np.asarray(correct, dtype=float)}, None, \
             lambda d: [_row("imagenet_hard", "top1", _mean(d["correct"]))]
-    mask = class_space_mask(class_space)
-    masked = logits[:, mask] if mask is not None else logits
-    correct = (masked.argmax(axis=1) == np.asarray(out["labels"])).astype(float)
+    correct = np.asarray(out["correct"]).astype(float)
     if kind in ("imagenet_c", "imagenet_c_all"):
         from beyond_imagenet.datasets.imagenet_variants import imagenet_c_condition
 
@@ -212,10 +246,10 @@ def _in_set(predicted: int, labels) -> float:
 
 def samples(job) -> list[Sample]:
     out_samples = []
-    for item, manifest, out in read_items(job):
+    for item, manifest, out in read_items(job, per_image):
         data, strata, rows = robustness_sample(out, item["kind"], item["class_space"], manifest["root"],
                                                real=job.params.settings["real"])
-        out_samples.append(Sample(item["model"], item["dataset"], np.asarray(out["ids"]), data,
+        out_samples.append(Sample(item["model"], item["dataset"], out["ids"], data,
                                   lambda d, rows=rows, dataset=item["dataset"]: [{"dataset": dataset, **r}
                                                                                  for r in rows(d)],
                                   strata=strata))
@@ -282,7 +316,7 @@ def benchmark_of(kind: str) -> str:
 def table(job) -> list[Row]:
     real = job.params.settings["real"]
     per_model: dict[str, list[Row]] = defaultdict(list)
-    for item, manifest, out in read_items(job):
+    for item, manifest, out in read_items(job, per_image):
         rows = robustness_rows(out, item["kind"], item["class_space"], manifest["root"], real=real)
         rows.append(skipped_row(out, benchmark=benchmark_of(item["kind"]), corruption="", severity=""))
         per_model[item["model"]] += [{"dataset": item["dataset"], **r} for r in rows]

@@ -43,9 +43,15 @@ from beyond_imagenet.workflow import read_items, skipped_row
 Row = dict[str, Any]
 
 
+def per_image(item, manifest, block) -> dict[str, np.ndarray]:
+    """Per image: the 16-class decision (row by row: blocks give the whole matrix's decisions)."""
+    return {"decision": probabilities_to_16_class(softmax(block["logits"]))}
+
+
 def shape_bias_rows(out: dict[str, Any]) -> list[Row]:
-    """Overall shape bias, shape / texture fractions, 16-class accuracy, and shape bias per category."""
-    decisions = probabilities_to_16_class(softmax(out["logits"]))
+    """Overall shape bias, shape / texture fractions, 16-class accuracy, and shape bias per category.
+    ``out``: ``ids`` and ``decision`` (:func:`per_image`) or the whole ``logits``."""
+    decisions = out["decision"] if "decision" in out else probabilities_to_16_class(softmax(out["logits"]))
     result = shape_bias(decisions, list(out["ids"]))
     rows = [{"category": "", "metric": m, "value": float(result[m])}
             for m in ("shape_bias", "shape_fraction", "texture_fraction", "accuracy_16", "n_images", "n_images_all")]
@@ -77,8 +83,8 @@ def bias_rows(data: dict[str, np.ndarray]) -> list[Row]:
 
 def samples(job) -> list[Sample]:
     out_samples = []
-    for item, _, out in read_items(job):
-        decisions = probabilities_to_16_class(softmax(out["logits"]))
+    for item, _, out in read_items(job, per_image):
+        decisions = out["decision"]
         parsed = [parse_cue_conflict_name(f) for f in out["ids"]]
         shape = np.asarray([s for s, _ in parsed], dtype=object)
         texture = np.asarray([t for _, t in parsed], dtype=object)
@@ -86,14 +92,14 @@ def samples(job) -> list[Sample]:
         data = {"conflict": conflict, "hit_shape": (decisions == shape) & conflict,
                 "hit_texture": (decisions == texture) & conflict, "correct16": decisions == shape,
                 "category": np.asarray([CATEGORIES.index(c) for c in shape], dtype=np.int64)}
-        out_samples.append(Sample(item["model"], item["dataset"], np.asarray(out["ids"]), data,
+        out_samples.append(Sample(item["model"], item["dataset"], out["ids"], data,
                                   lambda d, dataset=item["dataset"]: [{"dataset": dataset, **r} for r in bias_rows(d)]))
     return out_samples
 
 
 def table(job) -> list[Row]:
     rows = []
-    for item, _, out in read_items(job):
+    for item, _, out in read_items(job, per_image):
         rows += [{**job.params.models[item["model"]], "dataset": item["dataset"], **r}
                  for r in [*shape_bias_rows(out), skipped_row(out, category="")]]
     return rows

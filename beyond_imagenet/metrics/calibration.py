@@ -70,9 +70,19 @@ def maximum_calibration_error(confidences, correct, n_bins: int = 15) -> float:
 
 def calibration_from_logits(logits, labels, n_bins: int = 15, class_mask=None) -> dict:
     """Summary and bins for one model on one dataset; labels are in the (masked) label space."""
+    confidences, correct = confidence_and_correct(logits, labels, class_mask)
+    return calibration_from_vectors(confidences, correct, n_bins)
+
+
+def confidence_and_correct(logits, labels, class_mask=None) -> tuple[np.ndarray, np.ndarray]:
+    """Per image: the top softmax probability and whether its class is the label (row by row, so
+    blocks of rows give the same values as the whole matrix)."""
     probs = softmax(logits, class_mask)
-    confidences = probs.max(axis=1)
-    correct = probs.argmax(axis=1) == np.asarray(labels)
+    return probs.max(axis=1), probs.argmax(axis=1) == np.asarray(labels)
+
+
+def calibration_from_vectors(confidences, correct, n_bins: int = 15) -> dict:
+    """:func:`calibration_from_logits` from per-image confidence and correctness."""
     bins = calibration_bins(confidences, correct, n_bins)
     accuracy, mean_conf = float(correct.mean()), float(confidences.mean())
     return {
@@ -90,6 +100,13 @@ def calibration_from_logits(logits, labels, n_bins: int = 15, class_mask=None) -
 # ------------------------------------------------------------------------ temperature scaling
 #: Bounds of the 1-D search for the temperature (searched over log T).
 TEMPERATURE_BOUNDS = (1e-2, 1e2)
+#: Rows per block of the temperature-scaling passes: their float64 temporaries stay a few tens of MB
+#: whatever the number of images (every value is computed row by row, so blocks change no number).
+ROW_BLOCK = 4096
+
+
+def _row_blocks(n: int):
+    return ((start, min(n, start + ROW_BLOCK)) for start in range(0, n, ROW_BLOCK))
 
 
 def temperature_at_bound(temperature: float, bounds: tuple[float, float] = TEMPERATURE_BOUNDS,
@@ -116,12 +133,19 @@ def nll(logits, labels, temperature: float = 1.0, class_mask=None) -> float:
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
     labels = np.asarray(labels, dtype=np.int64)
-    logp = log_softmax(np.asarray(logits, dtype=np.float64) / float(temperature), class_mask)
-    if labels.shape != (logp.shape[0],) or labels.size == 0:
-        raise ValueError(f"need one label per row (and at least one row); got {labels.shape} for {logp.shape[0]} rows")
-    if labels.min() < 0 or labels.max() >= logp.shape[1]:
-        raise ValueError(f"labels must lie in 0..{logp.shape[1] - 1} (the masked space)")
-    return float(-np.mean(logp[np.arange(len(labels)), labels]))
+    logits = np.asarray(logits)
+    if logits.ndim != 2:
+        raise ValueError(f"expected (N, C) logits, got shape {logits.shape}")
+    n_classes = np.count_nonzero(class_mask) if class_mask is not None else logits.shape[1]
+    if labels.shape != (logits.shape[0],) or labels.size == 0:
+        raise ValueError(f"need one label per row (and at least one row); got {labels.shape} for {logits.shape[0]} rows")
+    if labels.min() < 0 or labels.max() >= n_classes:
+        raise ValueError(f"labels must lie in 0..{n_classes - 1} (the masked space)")
+    picked = np.empty(len(labels))  # log p(label) per image, block by block (float64 per block only)
+    for start, stop in _row_blocks(len(labels)):
+        logp = log_softmax(np.asarray(logits[start:stop], dtype=np.float64) / float(temperature), class_mask)
+        picked[start:stop] = logp[np.arange(stop - start), labels[start:stop]]
+    return float(-np.mean(picked))
 
 
 def fit_temperature(logits, labels, class_mask=None, bounds: tuple[float, float] = TEMPERATURE_BOUNDS) -> float:
@@ -137,7 +161,7 @@ def fit_temperature(logits, labels, class_mask=None, bounds: tuple[float, float]
     lo, hi = bounds
     if not 0 < lo < 1 < hi:
         raise ValueError(f"bounds must satisfy 0 < low < 1 < high, got {bounds}")
-    logits = np.asarray(logits, dtype=np.float64)
+    logits = np.asarray(logits)  # its own dtype: nll converts each block to float64
     if class_mask is not None:
         logits = logits[:, np.asarray(class_mask, dtype=bool)]
     result = minimize_scalar(lambda u: nll(logits, labels, np.exp(u)), bounds=(np.log(lo), np.log(hi)),
@@ -160,18 +184,28 @@ def temperature_split(n_images: int, seed: int = 0) -> tuple[np.ndarray, np.ndar
 def temperature_scaled_calibration(logits, labels, n_bins: int = 15, class_mask=None, seed: int = 0) -> dict:
     """Fit T on one half of the images (:func:`temperature_split`) and report on the other half
     the ECE and NLL before (T = 1) and after (T fitted) scaling, and the temperature."""
-    logits = np.asarray(logits, dtype=np.float64)
+    logits = np.asarray(logits)  # its own dtype (float32 as stored): converted block by block
     if class_mask is not None:
         logits = logits[:, np.asarray(class_mask, dtype=bool)]
     labels = np.asarray(labels, dtype=np.int64)
     fit, held = temperature_split(len(labels), seed)
     temperature = fit_temperature(logits[fit], labels[fit])
-    before = calibration_from_logits(logits[held], labels[held], n_bins)
-    after = calibration_from_logits(logits[held] / temperature, labels[held], n_bins)
+    held_logits, held_labels = logits[held], labels[held]
+    before = _scaled_calibration(held_logits, held_labels, n_bins, 1.0)
+    after = _scaled_calibration(held_logits, held_labels, n_bins, temperature)
     return {
         "ece_heldout": before["ece"],
         "ece_temperature_scaled": after["ece"],
-        "nll_heldout": nll(logits[held], labels[held]),
-        "nll_temperature_scaled": nll(logits[held], labels[held], temperature),
+        "nll_heldout": nll(held_logits, held_labels),
+        "nll_temperature_scaled": nll(held_logits, held_labels, temperature),
         "temperature": temperature,
     }
+
+
+def _scaled_calibration(logits, labels, n_bins: int, temperature: float) -> dict:
+    """:func:`calibration_from_logits` of ``logits / temperature``, block by block."""
+    confidences, correct = np.empty(len(labels)), np.empty(len(labels), dtype=bool)
+    for start, stop in _row_blocks(len(labels)):
+        block = np.asarray(logits[start:stop], dtype=np.float64) / temperature
+        confidences[start:stop], correct[start:stop] = confidence_and_correct(block, labels[start:stop])
+    return calibration_from_vectors(confidences, correct, n_bins)

@@ -56,6 +56,27 @@ def restrict(out: Mapping[str, Any], ids: Sequence[str]) -> tuple[np.ndarray, np
     return np.asarray(out["logits"])[index], np.asarray(out["labels"])[index]
 
 
+def per_image(item, manifest, block) -> dict[str, np.ndarray]:
+    """Per image: correct and the softmax probability of its label (masked to the set's classes
+    first), row by row as :func:`beyond_imagenet.metrics.invariance.invariance_metrics`."""
+    from beyond_imagenet.datasets.readers import class_space_mask
+    from beyond_imagenet.metrics.calibration import softmax
+
+    labels = np.asarray(block["labels"], dtype=np.int64)
+    probs = softmax(block["logits"], class_space_mask(item["class_space"]))
+    return {"correct": probs.argmax(axis=1) == labels, "prob": probs[np.arange(len(labels)), labels]}
+
+
+def restrict_vectors(out: Mapping[str, Any], ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """The per-image ``correct`` and ``prob`` of ``out`` (:func:`per_image`) for ``ids``, in that order."""
+    row = {sid: i for i, sid in enumerate(out["ids"])}
+    missing = [sid for sid in ids if sid not in row]
+    if missing:
+        raise ValueError(f"{len(missing)} image(s) missing from the outputs, e.g. {missing[:3]}")
+    index = np.asarray([row[sid] for sid in ids], dtype=np.int64)
+    return np.asarray(out["correct"])[index], np.asarray(out["prob"])[index]
+
+
 def invariance_rows(outputs: Mapping[Variant, Mapping[str, Any]], subset: Sequence[str],
                     class_mask, base: dict[str, Any]) -> list[dict[str, Any]]:
     """Rows (``transform``, ``level``, ``variant``, ``metric``, ``value``) for one model and dataset.
@@ -75,8 +96,13 @@ def invariance_rows(outputs: Mapping[Variant, Mapping[str, Any]], subset: Sequen
     rows = []
     per_kind: dict[str, list[tuple[float, bool]]] = {}
     for variant, out in outputs.items():
-        logits, labels = restrict(out, ids)
-        scores = invariance_metrics(logits, labels, class_mask)
+        if "correct" in out:  # read per image (per_image)
+            correct, prob = restrict_vectors(out, ids)
+            if not len(correct):
+                raise ValueError("no samples")
+            scores = {"top1": float(np.mean(correct)), "true_class_prob": float(np.mean(prob))}
+        else:  # whole logits in memory
+            scores = invariance_metrics(*restrict(out, ids), class_mask)
         # The standard extraction records no variant: that is how it was reused for this level.
         is_standard = out["attrs"].get("variant", "") == ""
         head = {**base, "transform": variant.kind, "level": variant.value, "variant": variant.name,
@@ -362,7 +388,7 @@ def table(job) -> list[dict[str, Any]]:
     datasets, models and variants."""
     from beyond_imagenet.datasets.readers import class_space_mask
     from beyond_imagenet.evaluations.invariance.names import Variant, spread_subset
-    from beyond_imagenet.workflow import read_item
+    from beyond_imagenet.workflow import reduced_item
 
     max_images = job.params.settings["max_images"]
     grouped: dict[tuple[str, str], list[dict[str, Any]]] = {}
@@ -372,7 +398,7 @@ def table(job) -> list[dict[str, Any]]:
     for (dataset, model), group in grouped.items():
         outputs, manifest = {}, None
         for item in group:
-            manifest, out = read_item(item)
+            manifest, out = reduced_item(job, item, per_image, samples=True)
             outputs[Variant.parse(item["level"])] = out
         subset = [sid for sid, _ in spread_subset(manifest["samples"], max_images)]
         mask = class_space_mask(group[0]["class_space"])
@@ -383,11 +409,8 @@ def table(job) -> list[dict[str, Any]]:
 def samples(job) -> list[Sample]:
     """One sample per (model, dataset): every variant's per-image correctness and true-class
     probability on the common images, so a resample draws the same images for all variants."""
-    from beyond_imagenet.datasets.readers import class_space_mask
-    from beyond_imagenet.evaluations.invariance.names import STANDARD_VALUES
-    from beyond_imagenet.evaluations.invariance.names import Variant, spread_subset
-    from beyond_imagenet.metrics.calibration import softmax
-    from beyond_imagenet.workflow import read_item
+    from beyond_imagenet.evaluations.invariance.names import STANDARD_VALUES, Variant, spread_subset
+    from beyond_imagenet.workflow import reduced_item
 
     grouped: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for item in job.params.cached:
@@ -396,18 +419,16 @@ def samples(job) -> list[Sample]:
     for (dataset, model), group in grouped.items():
         outputs, manifest = {}, None
         for item in group:
-            manifest, out = read_item(item)
+            manifest, out = reduced_item(job, item, per_image, samples=True)
             outputs[Variant.parse(item["level"])] = out
         subset = [sid for sid, _ in spread_subset(manifest["samples"], job.params.settings["max_images"])]
         common = set(subset).intersection(*(set(out["ids"]) for out in outputs.values()))
         ids = [sid for sid in subset if sid in common]
-        mask = class_space_mask(group[0]["class_space"])
         heads, correct, prob = [], [], []
         for variant, out in outputs.items():
-            logits, labels = restrict(out, ids)
-            probs = softmax(logits, mask)
-            correct.append(probs.argmax(axis=1) == labels)
-            prob.append(probs[np.arange(len(labels)), labels])
+            variant_correct, variant_prob = restrict_vectors(out, ids)
+            correct.append(variant_correct)
+            prob.append(variant_prob)
             heads.append(({"dataset": dataset, "transform": variant.kind, "level": variant.value,
                            "variant": variant.name, "standard": out["attrs"].get("variant", "") == ""},
                           float(variant.value) == float(STANDARD_VALUES[variant.kind])))

@@ -9,11 +9,15 @@ the variant passes to ``max_images``.
 from __future__ import annotations
 
 import dataclasses
+
 from torchvision.transforms import InterpolationMode
 
 # The names, study variants and image subset are torch-free (names.py); re-exported here.
-from beyond_imagenet.evaluations.invariance.names import (
+from beyond_imagenet.evaluations.invariance.names import (  # noqa: F401
+    CONFIG_KINDS,
     Variant,
+    spread_subset,
+    study_variants,
 )
 from beyond_imagenet.evaluations.invariance.transforms import (
     PARADIGMS,
