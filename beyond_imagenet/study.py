@@ -71,6 +71,12 @@ def _key(path) -> str:
 
 def validate_config(config: dict[str, Any], schema_path: str | os.PathLike = SCHEMA_PATH) -> dict[str, Any]:
     """Validate in place (filling defaults) and cross-check names; raise ConfigError naming keys."""
+    from beyond_imagenet.zoo import expand_model_lists, input_size_notes
+
+    # models_from: expanded into models: before anything else reads them (beyond_imagenet/zoo.py).
+    listed = expand_model_lists(config)
+    if listed:
+        raise ConfigError("invalid study config:\n" + "\n".join(listed))
     schema = load_schema(str(schema_path))
     validator = _with_defaults(jsonschema.Draft202012Validator)(schema)
     errors = sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path)))
@@ -150,7 +156,7 @@ def validate_config(config: dict[str, Any], schema_path: str | os.PathLike = SCH
     problems += _group_problems(config)
     if problems:
         raise ConfigError("invalid study config:\n" + "\n".join(problems))
-    for note in features_only_notes(config):
+    for note in features_only_notes(config) + input_size_notes(config):
         log.warning("%s", note)
     return config
 
@@ -373,7 +379,7 @@ class Study:
         """Grouping columns every metric row carries, so figures need only the tables."""
         spec = self.models[model]
         return {"model": model, "label": spec.label, "family": spec.family, "paradigm": spec.paradigm,
-                "paper_key": spec.paper_key or ""}
+                "paper_key": spec.paper_key or "", "training_data": spec.training_data}
 
     # -------------------------------------------------------------------------- cache keys
     def model_identity(self, model: str) -> dict[str, Any]:
@@ -451,13 +457,14 @@ class Study:
                 "manifest": self.manifest(dataset), "expect": self.output_identity(model, dataset, variant)}
 
     def model_entry(self, model: str) -> dict[str, Any]:
-        """What a job needs to build the model (``ModelSpec`` fields); the label and paper_key
-        (display only) are left out, so relabelling a model reruns no model job."""
+        """What a job needs to build the model (``ModelSpec`` fields); the label, paper_key and
+        training_data (display only) are left out, so relabelling a model reruns no model job."""
         import dataclasses
 
         entry = dataclasses.asdict(self.models[model])
         entry.pop("label")
         entry.pop("paper_key")
+        entry.pop("training_data")
         return entry
 
     def dataset_entry(self, dataset: str) -> dict[str, Any]:
