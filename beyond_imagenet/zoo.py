@@ -271,9 +271,12 @@ def expand_model_lists(config: dict[str, Any], base: str | os.PathLike = ".") ->
                 expanded.setdefault(name, model)
         except ModelListError as err:
             problems.append(f"  {err}")
+    explicit = config.get("models") or {}
+    if not isinstance(explicit, dict):
+        problems.append("  models: a mapping of model entries (or leave it out with models_from:), not a "
+                        f"{type(explicit).__name__}")
     if problems:
         return problems
-    explicit = config.get("models") or {}
     merged = {name: {**model, **(explicit.get(name) or {})} for name, model in expanded.items()}
     config["models"] = {**merged, **{n: e for n, e in explicit.items() if n not in merged}}
     return []
@@ -294,7 +297,7 @@ def input_size_notes(config: dict[str, Any]) -> list[str]:
         arch = entry["name"] if not isinstance(tag, str) or "." in entry["name"] else f"{entry['name']}.{tag}"
         try:
             cfg = get_pretrained_cfg(arch)
-        except RuntimeError:  # a tag the registry does not know: reported by validation
+        except (RuntimeError, KeyError, ValueError):  # a name / tag timm does not know: reported by validation
             cfg = None
         size = tuple(getattr(cfg, "input_size", None) or ())
         if size and size[-1] != 224:
