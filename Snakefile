@@ -70,6 +70,10 @@ include: "rules/transfer.smk"
 include: "rules/comparisons.smk"
 # Every model across every evaluation above, from their metric tables.
 include: "rules/profile.smk"
+# The profile's headlines against ImageNet top-1 across the study's models.
+include: "rules/across_models.smk"
+# One interactive HTML page of the study (sortable profile, scatters with hover).
+include: "rules/results_page.smk"
 
 
 onstart:

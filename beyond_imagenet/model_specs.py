@@ -53,6 +53,7 @@ class ModelSpec:
     # In a job: the checkpoint's sha256 the run was planned with (its identity); the file is refused
     # if it differs when loaded. Not part of the job's params (Study.model_entry leaves it out).
     checkpoint_sha256: str | None = None
+    training_data: str = ""  # display and grouping only (beyond_imagenet/zoo.py infers it from the tag)
 
     @classmethod
     def from_config(cls, name: str, entry: dict[str, Any]) -> ModelSpec:
@@ -72,6 +73,7 @@ class ModelSpec:
             family=entry.get("family") or _guess_family(entry["name"]),
             paradigm=paradigm,
             label=entry.get("label") or name,
+            training_data=entry.get("training_data") or _guess_training_data(entry),
             # The published numbers are drawn beside a model that *is* a paper model, whatever the
             # study calls it; `paper_key:` names one explicitly (e.g. for a re-hosted copy).
             paper_key=entry.get("paper_key") or paper_key_for(entry["source"], entry["name"],
@@ -97,6 +99,19 @@ class ModelSpec:
     @property
     def needs_zero_shot_head(self) -> bool:
         return NEEDS_HEAD[self.source] and not self.features_only
+
+
+def _guess_training_data(entry: dict[str, Any]) -> str:
+    """The pretraining data the entry's tag names (zoo.infer_training_data), "" for none known,
+    random weights or a checkpoint."""
+    from beyond_imagenet.zoo import infer_training_data
+
+    if entry.get("checkpoint") or entry.get("pretrained", True) is False:
+        return ""
+    tag = entry.get("pretrained", True)
+    if not isinstance(tag, str):  # timm's default tag, or one written into the name
+        tag = entry["name"].split(".", 1)[1] if "." in entry["name"] else ""
+    return infer_training_data(tag)
 
 
 def _guess_family(arch: str) -> str:

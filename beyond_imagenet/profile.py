@@ -24,7 +24,7 @@ from beyond_imagenet.style import plt, save_figure
 
 log = logging.getLogger(__name__)
 
-MODEL_COLUMNS = ("model", "label", "family", "paradigm", "paper_key")
+MODEL_COLUMNS = ("model", "label", "family", "paradigm", "paper_key", "training_data")
 CI_COLUMNS = ("ci_low", "ci_high")
 
 

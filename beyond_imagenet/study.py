@@ -156,6 +156,12 @@ def validate_config(config: dict[str, Any], schema_path: str | os.PathLike = SCH
 
     Whole-number floats of integer settings (``n_bins: 15.0``) become ints first
     (:func:`normalise_integers`); a fractional one (``15.5``) is refused naming the key."""
+    from beyond_imagenet.zoo import expand_model_lists, input_size_notes
+
+    # models_from: expanded into models: before anything else reads them (beyond_imagenet/zoo.py).
+    listed = expand_model_lists(config)
+    if listed:
+        raise ConfigError("invalid study config:\n" + "\n".join(listed))
     schema = load_schema(str(schema_path))
     normalise_integers(config, schema, schema)
     validator = _with_defaults(jsonschema.Draft202012Validator)(schema)
@@ -238,7 +244,7 @@ def validate_config(config: dict[str, Any], schema_path: str | os.PathLike = SCH
     problems += _uncertainty_problems(config)
     if problems:
         raise ConfigError("invalid study config:\n" + "\n".join(problems))
-    for note in features_only_notes(config):
+    for note in features_only_notes(config) + input_size_notes(config):
         log.warning("%s", note)
     canonical_order(config)
     return config
@@ -546,7 +552,7 @@ class Study:
         """Grouping columns every metric row carries, so figures need only the tables."""
         spec = self.models[model]
         return {"model": model, "label": spec.label, "family": spec.family, "paradigm": spec.paradigm,
-                "paper_key": spec.paper_key or ""}
+                "paper_key": spec.paper_key or "", "training_data": spec.training_data}
 
     # -------------------------------------------------------------------------- cache keys
     def model_identity(self, model: str) -> dict[str, Any]:
@@ -648,14 +654,20 @@ class Study:
                 "manifest": self.manifest(dataset), "expect": self.output_identity(model, dataset, variant)}
 
     def model_entry(self, model: str) -> dict[str, Any]:
-        """What a job needs to build the model (``ModelSpec`` fields); the label and paper_key
-        (display only) are left out, so relabelling a model reruns no model job."""
+        """What a job needs to build the model (``ModelSpec`` fields); the label, paper_key and
+        training_data (display only) are left out, so relabelling a model reruns no model job."""
         import dataclasses
 
         entry = dataclasses.asdict(self.models[model])
         entry.pop("label")
         entry.pop("paper_key")
         entry.pop("checkpoint_sha256")  # given to a job by its identity params (workflow.model_spec)
+    from beyond_imagenet.zoo import expand_model_lists, input_size_notes
+
+    # models_from: expanded into models: before anything else reads them (beyond_imagenet/zoo.py).
+    listed = expand_model_lists(config)
+    if listed:
+        raise ConfigError("invalid study config:\n" + "\n".join(listed))
         return entry
 
     def dataset_entry(self, dataset: str) -> dict[str, Any]:

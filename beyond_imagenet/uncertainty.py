@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 Rows = list[dict[str, Any]]
 Key = tuple
 #: Columns a table row carries for its model (study.model_columns), not part of a row's identity.
-MODEL_DETAIL_COLUMNS = {"label", "family", "paradigm", "paper_key"}
+MODEL_DETAIL_COLUMNS = {"label", "family", "paradigm", "paper_key", "training_data"}
 IGNORED = {"value", "ci_low", "ci_high", "model", *MODEL_DETAIL_COLUMNS}
 COMPARISON_COLUMNS = ("evaluation", "headline", "dataset", "model_a", "model_b", "label_a", "label_b",
                       "difference", "ci_low", "ci_high", "mcnemar_p", "distinguishable")

@@ -6,7 +6,7 @@ from beyond_imagenet.io import atomic_path
 from beyond_imagenet.workflow import setup
 
 job = setup(snakemake)
-COLUMNS = ["model", "label", "family", "paradigm", "paper_key", "dataset", "variant", "id", "reason"]
+COLUMNS = ["model", "label", "family", "paradigm", "paper_key", "training_data", "dataset", "variant", "id", "reason"]
 models = job.params.models
 rows = []
 for path in job.params.outputs:  # the input: their groups' markers

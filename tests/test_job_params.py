@@ -62,7 +62,8 @@ RERUN_TRIGGERS = {
 # Study-wide aggregates: they read every metric table / every extracted output, so any evaluation
 # or extraction change legitimately reruns them.
 # Study-wide jobs that read every table (the profile, the model-against-model comparisons) or every output.
-AGGREGATES = {"compute_profile", "plot_profile", "compute_comparisons", "plot_comparisons", "list_skipped_images"}
+AGGREGATES = {"compute_profile", "plot_profile", "compute_comparisons", "plot_comparisons", "list_skipped_images",
+              "compute_across_models", "plot_across_models", "results_page"}
 
 
 # ------------------------------------------------------------------------------------- study
