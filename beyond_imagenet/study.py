@@ -618,7 +618,7 @@ class Study:
             for name in self.evaluation_datasets(evaluation):
                 if variant:
                     hit = name == dataset and record.variants is not None and \
-                        variant in record.variants(self, model, name)
+                        variant in record.variants.names(self, model, name)
                 else:
                     hit = dataset in self.extraction_datasets(name)
                 if hit:
@@ -662,12 +662,7 @@ class Study:
         entry.pop("label")
         entry.pop("paper_key")
         entry.pop("checkpoint_sha256")  # given to a job by its identity params (workflow.model_spec)
-    from beyond_imagenet.zoo import expand_model_lists, input_size_notes
-
-    # models_from: expanded into models: before anything else reads them (beyond_imagenet/zoo.py).
-    listed = expand_model_lists(config)
-    if listed:
-        raise ConfigError("invalid study config:\n" + "\n".join(listed))
+        entry.pop("training_data")
         return entry
 
     def dataset_entry(self, dataset: str) -> dict[str, Any]:

@@ -282,12 +282,28 @@ def expand_model_lists(config: dict[str, Any], base: str | os.PathLike = ".") ->
     return []
 
 
+def _pretrained_input_size(arch: str) -> int | None:
+    """The input side timm's pretrained config of ``arch`` (``name.tag``) gives, None if unknown;
+    asked of timm once per timm version (model_specs.cached_fact: a parse imports no torch)."""
+    from beyond_imagenet.model_specs import cached_fact
+
+    def ask():
+        from timm.models import get_pretrained_cfg
+
+        try:
+            cfg = get_pretrained_cfg(arch)
+        except (RuntimeError, KeyError, ValueError):  # a name / tag timm does not know: reported by validation
+            return None
+        size = tuple(getattr(cfg, "input_size", None) or ())
+        return int(size[-1]) if size else None
+
+    return cached_fact("timm", f"input_size:{arch}", ask)
+
+
 def input_size_notes(config: dict[str, Any]) -> list[str]:
     """One line per timm model whose ``paper`` protocol changes its input size: the paper feeds
     224-px crops, so a 384-px model's position embeddings are resampled (a ViT) or it sees
     smaller objects than it was trained on (a ConvNet)."""
-    from timm.models import get_pretrained_cfg
-
     notes = []
     for name, entry in config["models"].items():
         protocol = entry.get("preprocessing") or config.get("preprocessing", "paper")
@@ -295,13 +311,9 @@ def input_size_notes(config: dict[str, Any]) -> list[str]:
             continue
         tag = entry.get("pretrained", True)
         arch = entry["name"] if not isinstance(tag, str) or "." in entry["name"] else f"{entry['name']}.{tag}"
-        try:
-            cfg = get_pretrained_cfg(arch)
-        except (RuntimeError, KeyError, ValueError):  # a name / tag timm does not know: reported by validation
-            cfg = None
-        size = tuple(getattr(cfg, "input_size", None) or ())
-        if size and size[-1] != 224:
+        size = _pretrained_input_size(arch)
+        if size and size != 224:
             notes.append(f"models.{name}: preprocessing paper feeds 224-px crops to {arch}, pretrained at "
-                         f"{size[-1]} px (a ViT's position embeddings are resampled to 224); set "
+                         f"{size} px (a ViT's position embeddings are resampled to 224); set "
                          "`preprocessing: native` on the model for its own input size")
     return notes
