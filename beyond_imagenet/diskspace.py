@@ -43,9 +43,11 @@ class DiskSpaceError(RuntimeError):
     """The free disk under results_dir is smaller than what the run still writes."""
 
 
-def image_count(study: Study, dataset: str, variant: str | None = None) -> int:
+def image_count(study: Study, dataset: str, variant: str | None = None, model: str | None = None) -> int:
     """Images of one output: the manifest's count once built, else the catalogue's or the recipe's;
-    a variant's is capped by ``invariance.max_images`` (its recorded ``max_images``)."""
+    a variant's is capped by the image subset its evaluation records (invariance: ``max_images``).
+    ``model``: whose variant it is (a variant need not exist for every model, e.g. scale 1 of a
+    CLIP model only); default the study's first."""
     spec = study.datasets[dataset]
     manifest = Path(study.manifest(dataset))
     n = None
@@ -57,7 +59,8 @@ def image_count(study: Study, dataset: str, variant: str | None = None) -> int:
     if n is None:
         n = _expected_count(study, spec)
     if variant:
-        cap = int(study.output_identity(next(iter(study.models)), dataset, variant).get("max_images") or 0)
+        owner = model or next(iter(study.models))
+        cap = int(study.output_identity(owner, dataset, variant).get("max_images") or 0)
         n = min(n, cap) if cap else n
     return n
 
@@ -129,7 +132,7 @@ def estimate_rows(study: Study) -> list[dict[str, Any]]:
             for dataset, variant in group:
                 arrays = study.stored_arrays(model, dataset, variant)
                 path = Path(study.output(model, dataset, variant))
-                images = image_count(study, dataset, variant)
+                images = image_count(study, dataset, variant, model)
                 per_image = ROW_BYTES
                 if "logits" in arrays:
                     per_image += LOGIT_BYTES

@@ -97,7 +97,7 @@ def _job(tmp_path, written, models=("m1", "m2")):
     attrs = read_outputs(path, fields=())["attrs"]
     manifest = tmp_path / "manifest.json"
     manifest.write_text(json.dumps({"samples": [], "fingerprint": attrs.get("manifest_fingerprint", ""),
-                                    "n_images": 20}))
+                                    "n_images": 20, "root": str(tmp_path)}))
     cached = []
     for model in models:
         out = tmp_path / f"{model}.h5"
