@@ -11,17 +11,6 @@ CKA_PAIRS = cka_evaluation.pairs(STUDY) if "cka" in STUDY.evaluations else []
 CKA_USED = [m for m in CKA_MODELS if any(m in pair for pair in CKA_PAIRS)]
 
 
-def cka_settings():
-    """The pass's own settings only (not its list of datasets: adding one reruns no pass)."""
-    return {k: config["evaluations"].get("cka", {}).get(k) for k in cka_evaluation.PASS_SETTINGS}
-
-
-def cka_model(wildcards):
-    if wildcards.model not in CKA_MODELS:
-        raise WorkflowError(f"{wildcards.model} takes no part in this study's CKA ({', '.join(CKA_MODELS)})")
-    return wildcards.model
-
-
 rule compute_cka_pass:
     input:
         manifest=f"{RESULTS}/manifests/{{dataset}}.json",

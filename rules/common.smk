@@ -82,7 +82,7 @@ def check_study_ready():
     from beyond_imagenet.doctor import check
 
     preflight = check(config)  # (not `report`: a Snakemake keyword)
-    logger.info("pre-flight check (python -m beyond_imagenet.doctor):\n" + preflight.table())
+    logger.info(f"pre-flight check (python -m beyond_imagenet.doctor):\n{preflight.table()}")
     if not preflight.ready:
         raise WorkflowError("the pre-flight check found problems that would stop the run; no job was "
                             "started:\n" + "\n".join(f"{r.check} {r.item}: {r.detail}" for r in preflight.failed))
@@ -316,3 +316,18 @@ def register_evaluation(evaluation, *extra):
     if evaluation in STUDY.evaluations:
         register_targets(STUDY.metric(evaluation), *extra, *evaluation_figures(evaluation))
 
+
+# CKA (rules/cka.smk): the models that take part, the pairs and the pass settings.
+def cka_settings():
+    """The pass's own settings only (not its list of datasets: adding one reruns no pass)."""
+    from beyond_imagenet.evaluations.cka import PASS_SETTINGS
+
+    return {k: config["evaluations"].get("cka", {}).get(k) for k in PASS_SETTINGS}
+
+
+def cka_model(wildcards):
+    """The model of a CKA pass job (one that takes part in the study's CKA)."""
+    models = STUDY.evaluation_models("cka")
+    if wildcards.model not in models:
+        raise WorkflowError(f"{wildcards.model} takes no part in this study's CKA ({', '.join(models)})")
+    return wildcards.model

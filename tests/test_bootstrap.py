@@ -120,6 +120,8 @@ def test_engine_intervals_and_comparisons():
 def test_default_study_tables_carry_intervals(default_study):
     import pandas as pd
 
+    from conftest import default_config
+
     from beyond_imagenet.tables import read_table
 
     workdir, _ = default_study
@@ -137,7 +139,7 @@ def test_default_study_tables_carry_intervals(default_study):
         counts = table["metric"].astype(str).str.startswith("n_") | (table["metric"] == "bin_count")
         assert table.loc[counts, "ci_low"].isna().all(), f"{name}: a count has an interval"
     comparisons = pd.read_csv(metrics / "comparisons.csv", keep_default_na=False, na_values=[""])
-    models = 5
+    models = len(default_config()["models"])  # the default study: 4 random-weight models and the 3 Lite
     top1 = comparisons[comparisons["evaluation"] == "accuracy"]
     assert len(top1) == models * (models - 1) // 2
     assert top1["mcnemar_p"].notna().all()

@@ -16,6 +16,7 @@ import io
 import os
 import socket
 import subprocess
+from pathlib import Path
 import sys
 import tarfile
 import threading
@@ -195,10 +196,12 @@ def test_prefetch_then_extract_with_the_network_refused(login_node, tmp_path, mo
             socket.create_connection(("127.0.0.1", 9), timeout=1)
         from beyond_imagenet.study import Study, load_config
 
-        targets = Study(load_config(work / "study.yaml")).extraction_targets()
-        planned = {rule for rule, _ in dry_run_jobs(work / "study.yaml", work, targets)}
+        study = Study(load_config(work / "study.yaml"))
+        targets = study.extraction_targets()  # the output files; their groups' markers are the job outputs
+        markers = sorted({study.output_marker(*Path(t).with_suffix("").parts[-2:]) for t in targets})
+        planned = {rule for rule, _ in dry_run_jobs(work / "study.yaml", work, markers)}
         assert not planned & {"download_dataset", "unpack_dataset"}, planned  # prefetched: nothing to download
-        run_snakemake(work / "study.yaml", work, targets=targets)
+        run_snakemake(work / "study.yaml", work, targets=markers)
     finally:
         socket.socket.connect, socket.socket.connect_ex = original
     import h5py

@@ -190,7 +190,9 @@ def chance_levels(study) -> dict[str, float]:
             level = chance_level(spec.class_space, task)
             if level is not None:
                 out[f"{name}/{task}"] = level
-    return out
+    # Sorted: a lookup table, so the study's dataset order is no part of the jobs' params (a study
+    # with its keys reordered reruns nothing).
+    return dict(sorted(out.items()))
 
 
 def figure_chance(study, evaluation: str, figure: Figure, wildcards) -> dict[str, float]:

@@ -46,13 +46,18 @@ log = logging.getLogger(__name__)
 SUMMARY_METRICS = ("mean_top1", "retained_top1")
 
 
-def restrict(out: Mapping[str, Any], ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Logits and labels of ``out`` for ``ids`` (in that order); every id must be present."""
+def _rows_of(out: Mapping[str, Any], ids: Sequence[str]) -> np.ndarray:
+    """The row of each of ``ids`` (in that order) in ``out``; every id must be present."""
     row = {sid: i for i, sid in enumerate(out["ids"])}
     missing = [sid for sid in ids if sid not in row]
     if missing:
         raise ValueError(f"{len(missing)} image(s) missing from the outputs, e.g. {missing[:3]}")
-    index = np.asarray([row[sid] for sid in ids], dtype=np.int64)
+    return np.asarray([row[sid] for sid in ids], dtype=np.int64)
+
+
+def restrict(out: Mapping[str, Any], ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Logits and labels of ``out`` for ``ids`` (in that order); every id must be present."""
+    index = _rows_of(out, ids)
     return np.asarray(out["logits"])[index], np.asarray(out["labels"])[index]
 
 
@@ -69,11 +74,7 @@ def per_image(item, manifest, block) -> dict[str, np.ndarray]:
 
 def restrict_vectors(out: Mapping[str, Any], ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     """The per-image ``correct`` and ``prob`` of ``out`` (:func:`per_image`) for ``ids``, in that order."""
-    row = {sid: i for i, sid in enumerate(out["ids"])}
-    missing = [sid for sid in ids if sid not in row]
-    if missing:
-        raise ValueError(f"{len(missing)} image(s) missing from the outputs, e.g. {missing[:3]}")
-    index = np.asarray([row[sid] for sid in ids], dtype=np.int64)
+    index = _rows_of(out, ids)
     return np.asarray(out["correct"])[index], np.asarray(out["prob"])[index]
 
 
