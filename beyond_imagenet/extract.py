@@ -96,7 +96,8 @@ def nonfinite_rows(block: np.ndarray) -> np.ndarray:
     # a NaN or inf anywhere in a row makes its sum NaN or inf. Rows flagged are checked exactly, since
     # a sum of huge finite values can also overflow.
     out = np.zeros(len(block), dtype=bool)
-    suspect = ~np.isfinite(block @ np.ones(block.shape[1], dtype=np.float32))
+    with np.errstate(invalid="ignore", over="ignore"):  # the NaN/inf sums are what is looked for
+        suspect = ~np.isfinite(block @ np.ones(block.shape[1], dtype=np.float32))
     if suspect.any():
         out[suspect] = ~np.isfinite(block[suspect]).all(axis=1)
     return out
