@@ -212,8 +212,10 @@ def _disk_rows(study) -> list[Row]:
     return [Row("disk", "needed / free", status, f"needed {_gb(needed)}, free {_gb(free)} under {where}")]
 
 
-def check(config: dict[str, Any], offline: bool | None = None) -> Report:
-    """Every check on a validated study config; no network access."""
+def check(config: dict[str, Any], offline: bool | None = None, disk: bool = True) -> Report:
+    """Every check on a validated study config; no network access. ``disk=False``: without the disk
+    row, for a caller that runs the disk check itself (the Snakefile's onstart: check_disk_space
+    prints the estimate's table and stops on it), so the estimate is not made twice."""
     from beyond_imagenet.study import Study
     from beyond_imagenet.weights import hub_offline
 
@@ -223,7 +225,7 @@ def check(config: dict[str, Any], offline: bool | None = None) -> Report:
     rows += _model_rows(study, offline)
     notes: list[str] = []
     dataset_rows, packages = _dataset_rows(study, offline, notes)
-    rows += dataset_rows + _package_rows(packages) + _disk_rows(study)
+    rows += dataset_rows + _package_rows(packages) + (_disk_rows(study) if disk else [])
     return Report(rows, notes)
 
 

@@ -75,13 +75,14 @@ def check_slurm_jobs():
 
 def check_study_ready():
     """Before any job runs: the doctor's table (python -m beyond_imagenet.doctor, no network); a
-    FAIL row (a GPU torch cannot use, weights not cached under HF_HUB_OFFLINE=1, a missing package,
-    too little disk) stops the run here instead of in a job hours later."""
+    FAIL row (a GPU torch cannot use, weights not cached under HF_HUB_OFFLINE=1, a missing package)
+    stops the run here instead of in a job hours later. Its disk row is left to check_disk_space,
+    which onstart runs next (the estimate, made once, with its table)."""
     from snakemake.logging import logger
 
     from beyond_imagenet.doctor import check
 
-    preflight = check(config)  # (not `report`: a Snakemake keyword)
+    preflight = check(config, disk=False)  # (not `report`: a Snakemake keyword)
     logger.info(f"pre-flight check (python -m beyond_imagenet.doctor):\n{preflight.table()}")
     if not preflight.ready:
         raise WorkflowError("the pre-flight check found problems that would stop the run; no job was "
