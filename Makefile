@@ -1,6 +1,6 @@
 # Two commands for a fresh machine with Python >= 3.11 and pip:
 #   make demo   - create .venv and run the default study end to end (offline, CPU, a few minutes)
-#   make test   - create .venv and run the test suite (what CI runs, via .ci/run)
+#   make test   - create .venv, run ruff and the test suite (what CI runs, via .ci/run)
 #   make lint   - ruff (pinned in requirements.lock; settings in pyproject.toml)
 PYTHON ?= python3
 VENV ?= .venv
@@ -29,7 +29,7 @@ demo: setup
 	$(BIN)/snakemake --report results/report.html
 	@echo "Figures: results/figures/  Tables: results/metrics/  Report: results/report.html"
 
-test: setup
+test: lint
 	$(BIN)/python -m pytest -q -rs -p no:cacheprovider
 
 lint: setup
