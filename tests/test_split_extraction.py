@@ -129,3 +129,171 @@ def test_parts_computed_differently_are_refused(tmp_path):
     with pytest.raises(ValueError, match="computed for something else"):
         merge_parts([one, {**two, "run_key": one["run_key"]}], samples, out, {"model": "other"},
                     root=tmp_path / "data")
+
+
+# ------------------------------------------------------------------------------ configuration
+def _config(split, group="model"):
+    from conftest import default_config
+
+    config = default_config()
+    config["extraction"]["group"] = group
+    config["extraction"]["split"] = split
+    return config
+
+
+@pytest.mark.parametrize("group", ["model", "dataset"])
+def test_a_split_dataset_is_a_group_of_its_own_and_its_variants_are_not_split(group):
+    from beyond_imagenet.study import Study, validate_config
+
+    study = Study(validate_config(_config({"imagenet_val": 4, "imagenet_c": 2}, group)))
+    plan = study.extraction_plan("vit_sup")
+    assert plan["imagenet_val"] == [("imagenet_val", None)] and plan["imagenet_c"] == [("imagenet_c", None)]
+    variants = "all" if group == "model" else "imagenet_val@variants"
+    assert plan[variants] and all(d == "imagenet_val" and v for d, v in plan[variants])  # its variants: as before
+    if group == "model":
+        assert ("imagenet_r", None) in plan["all"]  # the other datasets stay in the model's group
+    assert study.split_parts("vit_sup", "imagenet_val") == 4 and study.split_parts("vit_sup", variants) is None
+    assert study.part_groups("vit_sup", "imagenet_c") == ["imagenet_c@part-1-of-2", "imagenet_c@part-2-of-2"]
+    # readers take the dataset's group marker, as for any group
+    assert study.output_marker("vit_sup", "imagenet_val").endswith("extracted/vit_sup/imagenet_val.group.json")
+
+
+@pytest.mark.parametrize("split, message", [
+    ({"imagenet_val": 0}, "extraction.split.imagenet_val: 0 is less than the minimum of 1"),
+    ({"imagenet_val": "two"}, "extraction.split.imagenet_val: 'two' is not of type 'integer'"),
+    ({"imagenet_val": 2.5}, "extraction.split.imagenet_val"),
+    ({"nope": 2}, "extraction.split.nope: unknown dataset 'nope'; defined under datasets: imagenet_val"),
+    ({"imagenet_val@scale-3": 2}, "extraction.split.imagenet_val@scale-3: variants are not split"),
+    ({"vtab": 2}, "extraction.split.vtab: a vtab dataset is not split"),
+])
+def test_bad_splits_are_refused_naming_the_key(split, message):
+    from beyond_imagenet.study import ConfigError, validate_config
+
+    with pytest.raises(ConfigError, match=message.replace(".", r"\.").replace("(", r"\(")):
+        validate_config(_config(split))
+
+
+def test_a_split_dataset_in_a_named_group_is_refused():
+    from beyond_imagenet.study import ConfigError, validate_config
+
+    config = _config({"imagenet_v2": 2})
+    config["extraction"]["groups"] = {"small": ["imagenet_v2", "imagenet_hard"]}
+    with pytest.raises(ConfigError, match=r"extraction\.split\.imagenet_v2: 'imagenet_v2' is also in "
+                                          r"extraction\.groups\.small"):
+        validate_config(config)
+
+
+# ---------------------------------------------------------------------------------- workflow
+def _planned(configfile, workdir, targets):
+    """(rule, wildcards, gpu slots) of every job a dry run plans."""
+    import os
+    from pathlib import Path
+
+    from conftest import REPO
+    from snakemake.api import SnakemakeApi
+    from snakemake.settings.types import (ConfigSettings, DAGSettings, OutputSettings, Quietness,
+                                          ResourceSettings, StorageSettings)
+
+    cwd = os.getcwd()
+    try:
+        with SnakemakeApi(OutputSettings(quiet={Quietness.PROGRESS, Quietness.RULES})) as api:
+            workflow = api.workflow(
+                resource_settings=ResourceSettings(cores=1, resources={"gpu": 2}),
+                config_settings=ConfigSettings(configfiles=[Path(configfile).resolve()]),
+                storage_settings=StorageSettings(), snakefile=REPO / "Snakefile", workdir=Path(workdir))
+            dag = workflow.dag(dag_settings=DAGSettings(targets=set(targets)))
+            dag.execute_workflow(executor="dryrun")
+            return [(job.rule.name, dict(job.wildcards_dict), job.resources.get("gpu", 0))
+                    for job in dag.workflow_api._workflow.dag.needrun_jobs()]
+    finally:
+        os.chdir(cwd)
+
+
+@pytest.mark.workflow
+def test_dry_run_plans_parts_on_gpus_and_a_merge_without(tmp_path):
+    """K part jobs per model, each an extract_outputs job taking a GPU slot (so --resources gpu=N
+    limits them, and the SLURM profile's extract_outputs settings apply), and one merge job without."""
+    from conftest import write_config
+
+    config = _config({"imagenet_c": 3})
+    config["extraction"]["device"] = "auto"
+    jobs = _planned(write_config(tmp_path / "split.yaml", config), tmp_path, targets=())
+    parts = [(w["model"], w["group"], gpu) for rule, w, gpu in jobs
+             if rule == "extract_outputs" and "@part-" in w["group"]]
+    merges = [(w["model"], w["dataset"], gpu) for rule, w, gpu in jobs if rule == "merge_extraction_parts"]
+    models = list(config["models"])
+    assert sorted(parts) == sorted((m, f"imagenet_c@part-{k}-of-3", 1) for m in models for k in (1, 2, 3))
+    assert sorted(merges) == sorted((m, "imagenet_c", 0) for m in models)
+    # the rest of each model's outputs: still one job ("all")
+    assert sorted(w["model"] for rule, w, _ in jobs if rule == "extract_outputs" and w["group"] == "all") == \
+        sorted(models)
+    # metric tables read the merged file's marker as any group's
+    assert any(rule == "compute_robustness" for rule, _, _ in jobs)
+
+
+@pytest.mark.workflow
+def test_lint_is_clean_with_a_split(tmp_path):
+    from conftest import lint_workflow, write_config
+
+    assert not lint_workflow(write_config(tmp_path / "split.yaml", _config({"imagenet_c": 2})))
+
+
+def _small(tiny_config, split=None):
+    import copy
+
+    config = copy.deepcopy(tiny_config)
+    config["models"] = {"vit_sup": config["models"]["vit_sup"]}
+    config["datasets"]["imagenet_val"]["images_per_class"] = 2  # 8 images
+    config["evaluations"] = {k: config["evaluations"][k] for k in ("accuracy", "invariance")}
+    config["evaluations"]["invariance"].update(scale=[1, 2], shift=[], resolution=[224], max_images=4)
+    config["extraction"].update(batch_size=2, shard_size=2)  # 4 shards
+    if split:
+        config["extraction"]["split"] = split
+    return config
+
+
+def _outputs(workdir):
+    return {p.relative_to(workdir).as_posix(): p.read_bytes()
+            for p in sorted((workdir / "results" / "extracted").glob("*/*.h5*"))}
+
+
+@pytest.mark.workflow
+def test_split_workflow_writes_the_unsplit_files_byte_for_byte(tiny_config, tmp_path):
+    """3 part jobs and a merge write the file one job writes (and its key), byte for byte; a study
+    that starts splitting reuses its files; a deleted split file is recomputed by its parts."""
+    import os
+
+    from conftest import run_snakemake, write_config
+
+    from beyond_imagenet.study import Study, validate_config
+
+    split = _small(tiny_config, {"imagenet_val": 3})
+    targets = [os.path.relpath(p, ".") for p in Study(validate_config(_small(tiny_config, {"imagenet_val": 3})))
+               .all_markers()] + ["results/metrics/accuracy.csv"]
+    unsplit_file = write_config(tmp_path / "unsplit.yaml", _small(tiny_config))
+    split_file = write_config(tmp_path / "split.yaml", split)
+    jobs = run_snakemake(unsplit_file, tmp_path / "a", targets=["results/metrics/accuracy.csv"])
+    assert jobs["extract_outputs"] == 1 and "merge_extraction_parts" not in jobs
+    jobs = run_snakemake(split_file, tmp_path / "b", targets=targets)
+    assert jobs["extract_outputs"] == 3 + 1 and jobs["merge_extraction_parts"] == 1  # 3 parts, the variants' group
+    a, b = _outputs(tmp_path / "a"), _outputs(tmp_path / "b")
+    name = "results/extracted/vit_sup/imagenet_val.h5"
+    assert a[name] == b[name] and a[name + ".key"] == b[name + ".key"]
+    assert sorted(a) == sorted(b) and [n for n in a if a[n] != b[n]] == []  # the variant too
+    assert (tmp_path / "a/results/metrics/accuracy.csv").read_bytes() == \
+        (tmp_path / "b/results/metrics/accuracy.csv").read_bytes()
+    assert not list((tmp_path / "b/results/extracted/vit_sup").glob(".*.split"))  # shards removed once merged
+
+    # The unsplit study starts splitting: every part reuses the file (no forward pass), the merge too.
+    jobs = run_snakemake(split_file, tmp_path / "a", targets=targets)
+    assert jobs["merge_extraction_parts"] == 1
+    for k in (1, 2, 3):
+        log = (tmp_path / f"a/results/logs/extract_outputs/vit_sup/imagenet_val@part-{k}-of-3.log").read_text()
+        assert '"computed": 0' in log, log
+    assert _outputs(tmp_path / "a") == a
+
+    # The merged file is deleted (as a stale-output error says to): its parts and merge run again.
+    (tmp_path / "b" / name).unlink()
+    jobs = run_snakemake(split_file, tmp_path / "b", targets=targets)
+    assert jobs["extract_outputs"] == 3 and jobs["merge_extraction_parts"] == 1
+    assert _outputs(tmp_path / "b")[name] == a[name]
