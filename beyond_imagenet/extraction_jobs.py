@@ -58,7 +58,9 @@ def run_group(job) -> dict[str, Any]:
     Everything comes from the job (``rules/extract.smk``: ``extract_outputs``): the model's build
     entry and identity, the protocol, each output's dataset, variant, manifest, destination and
     expected identity (``items``), the extraction settings (params) and the device, lock folder and
-    loader workers (resources)."""
+    loader workers (resources). A part job of a split dataset (``extraction.split``: one item with
+    ``part`` and ``parts``) computes its slice's checkpoint shards (:func:`extract.extract_part`) and
+    records them in its marker for the merge job (:func:`merge_split`), which writes the file."""
     import torch
 
     from beyond_imagenet.datasets.manifest import load_manifest
@@ -87,12 +89,12 @@ def run_group(job) -> dict[str, Any]:
     if len(items) == 1 and items[0].get("part"):
         item = items[0]
         manifest = load_manifest(item["manifest"], images=True)
-        first, end = part_shards(manifest["n_images"], params.batch_size, params.shard_size, item["part"],
-                                 item["parts"])
+        n_images = len(manifest["samples"])
+        first, end = part_shards(n_images, params.batch_size, params.shard_size, item["part"], item["parts"])
         if first == end:  # fewer checkpoint shards than parts: no model built, no device leased
             log.info("part %d of %d of %s has no images (%d images make fewer shards than parts)", item["part"],
-                     item["parts"], item["extracted"], manifest["n_images"])
-            part_record = empty_part_record(item["extracted"], item["part"], item["parts"], manifest["n_images"],
+                     item["parts"], item["extracted"], n_images)
+            part_record = empty_part_record(item["extracted"], item["part"], item["parts"], n_images,
                                             params.batch_size, params.shard_size)
             items = []
     with lease_device(resources.device, resources.lock_dir or None) if items else contextlib.nullcontext() as device:

@@ -216,9 +216,9 @@ def split_part_markers(wildcards):
 
 
 def split_item(wildcards):
-    """The file a merge job writes, as group_items describes it."""
+    """The file a merge job writes, from which manifest, and what it must record (as group_items)."""
     d = wildcards.dataset
-    return {"dataset": d, "variant": "", "manifest": STUDY.manifest(d), "extracted": STUDY.output(wildcards.model, d),
+    return {"manifest": STUDY.manifest(d), "extracted": STUDY.output(wildcards.model, d),
             "expect": STUDY.output_identity(wildcards.model, d)}
 
 
