@@ -298,3 +298,45 @@ def test_split_workflow_writes_the_unsplit_files_byte_for_byte(tiny_config, tmp_
     jobs = run_snakemake(split_file, tmp_path / "b", targets=targets)
     assert jobs["extract_outputs"] == 3 and jobs["merge_extraction_parts"] == 1
     assert _outputs(tmp_path / "b")[name] == a[name]
+
+
+def test_merge_job_drops_the_markers_of_parts_to_recompute_and_reuses_its_file(tmp_path):
+    """The merge job (extraction_jobs.merge_split) as Snakemake runs it: a part whose shards are gone
+    loses its marker (the next run computes it again) and the error names it; a merge rerun after
+    the file was written reuses it; its marker lists the file as a group marker does."""
+    import shutil
+    from types import SimpleNamespace
+
+    from beyond_imagenet.extraction_jobs import group_damage, merge_split
+    from beyond_imagenet.workflow import expected_attrs
+
+    samples = make_images(tmp_path / "data")
+    manifest = {"samples": samples, "root": str(tmp_path / "data"), "n_images": len(samples), "fingerprint": "f"}
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    expect = {"model": "tiny", "dataset": "toy"}
+    attrs = expected_attrs(expect, manifest)
+    out = tmp_path / "extracted" / "tiny" / "toy.h5"
+    reference = extract(TinyNet(), TRANSFORM, tmp_path / "data", samples, tmp_path / "a" / "toy.h5", attrs, **KW)
+    markers = []
+    for k in (1, 2):
+        record = extract_part(TinyNet(), TRANSFORM, tmp_path / "data", samples, out, attrs, part=k, parts=2, **KW)
+        markers.append(out.parent / f"toy@part-{k}-of-2.group.json")
+        markers[-1].write_text(json.dumps({"outputs": [], "part": record}))
+    job = SimpleNamespace(params=SimpleNamespace(item={"manifest": str(tmp_path / "manifest.json"), "expect": expect,
+                                                       "extracted": str(out)}, on_bad_image="error"),
+                          wildcards=SimpleNamespace(model="tiny", dataset="toy"),
+                          input=SimpleNamespace(parts=[str(m) for m in markers]),
+                          output=[str(out.parent / "toy.group.json")])
+    kept = (split_folder(out) / "part-2-of-2").rename(tmp_path / "kept")
+    with pytest.raises(PartsMissingError, match=r"part\(s\) 2 of 2"):
+        merge_split(job)
+    assert markers[0].exists() and not markers[1].exists()
+    kept.rename(split_folder(out) / "part-2-of-2")  # as if part 2 ran again
+    markers[1].write_text(json.dumps({"outputs": [], "part": record}))
+    assert merge_split(job)["computed"] == 1
+    assert out.read_bytes() == reference.read_bytes() and not split_folder(out).exists()
+    assert json.loads((out.parent / "toy.group.json").read_text())["outputs"] == [str(out)]
+    assert group_damage(out.parent / "toy.group.json") == []
+    assert merge_split(job)["reused"] == 1  # a rerun of the merge alone: the shards are gone, the file kept
+    assert out.read_bytes() == reference.read_bytes()
+    shutil.rmtree(tmp_path / "a")
