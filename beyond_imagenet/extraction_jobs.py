@@ -230,6 +230,23 @@ def group_damage(marker: str | os.PathLike) -> list[str]:
     return problems
 
 
+def part_needs_rerun(record: dict[str, Any]) -> bool:
+    """Whether a part of a split dataset (its marker's ``part`` record) has no shards left for its
+    merge: reused (it computed none) or its shards removed (by the merge that used them). Stats only
+    (no torch, no numpy): cheap enough for every parse of the workflow; the merge reads them whole."""
+    if record.get("empty"):
+        return False
+    if record.get("reused"):
+        return True
+    folder = Path(record["folder"])
+    try:
+        if (folder / "run-key").read_text() != record["run_key"]:
+            return True
+    except OSError:
+        return True
+    return not all((folder / name).is_file() for name in record.get("shards", []))
+
+
 def forward_threads(job) -> int:
     """The forward pass's intra-op threads: the job's threads less its loader workers (at least 1).
     Snakemake would set OMP_NUM_THREADS to all of the job's threads; the loaders use the rest."""

@@ -6,7 +6,7 @@ import re
 from snakemake.logging import logger
 
 from beyond_imagenet.evaluations import EVALUATIONS, chance_levels, figure_chance, layout
-from beyond_imagenet.extraction_jobs import group_damage
+from beyond_imagenet.extraction_jobs import group_damage, part_needs_rerun
 from beyond_imagenet.study import split_group
 
 # GPU slots a model-running job takes. A study pinned to the CPU takes none, so its jobs are not
@@ -194,8 +194,6 @@ def split_part_markers(wildcards):
     (removed by the merge that wrote the file): its part job then computes its slice again."""
     import json
 
-    from beyond_imagenet.extract import unmergeable_parts
-
     if STUDY.split_parts(wildcards.model, wildcards.dataset) is None:
         raise WorkflowError(f"{wildcards.dataset} is not split for model {wildcards.model} (extraction.split)")
     marker = STUDY.group_marker(wildcards.model, wildcards.dataset)
@@ -210,7 +208,7 @@ def split_part_markers(wildcards):
                 record = json.loads(Path(part).read_text())["part"]
             except (OSError, ValueError, KeyError):
                 continue  # missing: its job runs anyway; unreadable: the merge names it
-            if unmergeable_parts([record]):
+            if part_needs_rerun(record):
                 workflow.dag.forcefiles.add(part)
     return markers
 

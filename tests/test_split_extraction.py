@@ -307,7 +307,7 @@ def test_merge_job_drops_the_markers_of_parts_to_recompute_and_reuses_its_file(t
     import shutil
     from types import SimpleNamespace
 
-    from beyond_imagenet.extraction_jobs import group_damage, merge_split
+    from beyond_imagenet.extraction_jobs import group_damage, merge_split, part_needs_rerun
     from beyond_imagenet.workflow import expected_attrs
 
     samples = make_images(tmp_path / "data")
@@ -327,7 +327,10 @@ def test_merge_job_drops_the_markers_of_parts_to_recompute_and_reuses_its_file(t
                           wildcards=SimpleNamespace(model="tiny", dataset="toy"),
                           input=SimpleNamespace(parts=[str(m) for m in markers]),
                           output=[str(out.parent / "toy.group.json")])
+    first = json.loads(markers[0].read_text())["part"]
+    assert not part_needs_rerun(first) and not part_needs_rerun(record)
     kept = (split_folder(out) / "part-2-of-2").rename(tmp_path / "kept")
+    assert part_needs_rerun(record)  # what the workflow's plan sees (stats only): the part is forced
     with pytest.raises(PartsMissingError, match=r"part\(s\) 2 of 2"):
         merge_split(job)
     assert markers[0].exists() and not markers[1].exists()
@@ -337,6 +340,7 @@ def test_merge_job_drops_the_markers_of_parts_to_recompute_and_reuses_its_file(t
     assert out.read_bytes() == reference.read_bytes() and not split_folder(out).exists()
     assert json.loads((out.parent / "toy.group.json").read_text())["outputs"] == [str(out)]
     assert group_damage(out.parent / "toy.group.json") == []
+    assert part_needs_rerun(first) and part_needs_rerun(record)  # consumed by the merge
     assert merge_split(job)["reused"] == 1  # a rerun of the merge alone: the shards are gone, the file kept
     assert out.read_bytes() == reference.read_bytes()
     shutil.rmtree(tmp_path / "a")
