@@ -8,6 +8,10 @@ go from the shards: the file is identical either way. Memory is bounded by one s
 
 Bad images (undecodable, truncated, empty, not an image) are collected over the whole pass, so
 the error names every one of them, and with ``on_bad_image='error'`` nothing is written.
+
+A split extraction (``extraction.split``) computes the same shards in K part jobs
+(:func:`extract_part`: a contiguous run of shards each, in a folder of its own, resumable the same
+way) and assembles them in one merge job (:func:`merge_parts`) with the same writer: the same file.
 """
 
 from __future__ import annotations
