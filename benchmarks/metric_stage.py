@@ -137,7 +137,8 @@ def write_output(study, model: str, dataset: str, variant: str | None, manifest:
         logits[np.flatnonzero(hit), np.asarray(labels[start:stop])[hit] % 1000] += 4.0
         _flush(parts, k, {"logits": [logits], "features": [np.zeros((stop - start, 0), np.float16)],
                           "index": list(range(start, stop)), "bad": []})
-    return _assemble(parts, (n + shard_rows - 1) // shard_rows, path, list(ids), np.asarray(labels, np.int64),
+    shards = [parts / f"shard-{k:06d}.npz" for k in range((n + shard_rows - 1) // shard_rows)]
+    return _assemble(shards, [parts], path, list(ids), np.asarray(labels, np.int64),
                      {**attrs, "versions": "synthetic"}, "error", manifest["root"])
 
 

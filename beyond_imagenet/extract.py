@@ -8,6 +8,10 @@ go from the shards: the file is identical either way. Memory is bounded by one s
 
 Bad images (undecodable, truncated, empty, not an image) are collected over the whole pass, so
 the error names every one of them, and with ``on_bad_image='error'`` nothing is written.
+
+A split extraction (``extraction.split``) computes the same shards in K part jobs
+(:func:`extract_part`: a contiguous run of shards each, in a folder of its own, resumable the same
+way) and assembles them in one merge job (:func:`merge_parts`) with the same writer: the same file.
 """
 
 from __future__ import annotations
@@ -206,14 +210,16 @@ def load_rgb(path: str | os.PathLike) -> Image.Image:
 
 
 class ImageList(Dataset):
-    def __init__(self, root: str | os.PathLike, ids: Sequence[str], transform: Callable, start: int = 0):
+    def __init__(self, root: str | os.PathLike, ids: Sequence[str], transform: Callable, start: int = 0,
+                 stop: int | None = None):
         self.root = Path(root)
         self.ids = ids
         self.transform = transform
         self.start = start
+        self.stop = len(ids) if stop is None else stop
 
     def __len__(self) -> int:
-        return len(self.ids) - self.start
+        return self.stop - self.start
 
     def __getitem__(self, i: int):
         index = self.start + i
@@ -358,37 +364,262 @@ def extract(
     says, else both); the network computes both, what no reader needs is not written (ImageNet-C's
     features would be 5.8 GB per model)."""
     out_path = Path(out_path)
-    # How the numbers were computed is part of the file and of the checkpoint key: a job killed on
-    # a GPU (bf16 autocast) and resumed on the CPU (float32) starts over instead of mixing shards.
-    attrs = {**attrs, "batch_size": int(batch_size), "device_type": device.type,
-             "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-             "autocast": "bfloat16 (classifier in float32)" if device.type == "cuda" else "none"}
-    ids = [sid for sid, _ in samples]
-    labels = np.asarray([label for _, label in samples], dtype=np.int64)
-    n = len(ids)
-    shard_rows = math.ceil(shard_size / batch_size) * batch_size
-    n_shards = math.ceil(n / shard_rows)
-    parts = out_path.parent / f".{out_path.name}.parts"
-    stored = arrays_attr(stored_arrays(attrs) if arrays is None else arrays)
-    attrs = {**attrs, "arrays": stored}
-    key = {"attrs": attrs, "batch_size": batch_size, "shard_rows": shard_rows, "features_dtype": features_dtype,
-           "ids": hashlib.sha256("\n".join(ids).encode()).hexdigest()}
-    run_key = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
-    reuse_key = hashlib.sha256(f"{run_key}\non_bad_image={on_bad_image}\n".encode()).hexdigest()
-    key_file = out_path.with_name(out_path.name + ".key")
-    if reuse and out_path.is_file() and key_file.is_file() and key_file.read_text() == reuse_key:
-        log.info("reusing %s: made by the same extraction (key %s)", out_path, reuse_key[:16])
+    run = _Run(samples, out_path, attrs, device=device, batch_size=batch_size, shard_size=shard_size,
+                    features_dtype=features_dtype, on_bad_image=on_bad_image, arrays=arrays)
+    if reuse and run.reusable():
+        log.info("reusing %s: made by the same extraction (key %s)", out_path, run.reuse_key[:16])
         return out_path
+    parts = out_path.parent / f".{out_path.name}.parts"
     with _sole_writer(parts, out_path):
         if reuse:
-            key_file.unlink(missing_ok=True)  # no key while the file is being replaced
-        written = _extract(network, transform, root, ids, labels, out_path, parts, attrs, run_key, device=device,
-                           batch_size=batch_size, num_workers=num_workers, shard_rows=shard_rows, n_shards=n_shards,
-                           features_dtype=features_dtype, on_bad_image=on_bad_image, progress=progress,
-                           timings=timings if timings is not None else {})
+            run.key_file.unlink(missing_ok=True)  # no key while the file is being replaced
+        _extract(network, transform, root, run, parts, 0, run.n_shards, device=device, batch_size=batch_size,
+                 num_workers=num_workers, progress=progress, timings=timings if timings is not None else {})
+        written = _assemble([_shard_path(parts, k) for k in range(run.n_shards)], [parts], out_path, run.ids,
+                            run.labels, run.attrs, on_bad_image, root)
         if reuse:
-            atomic_write_text(key_file, reuse_key)
+            atomic_write_text(run.key_file, run.reuse_key)
         return written
+
+
+class _Run:
+    """What one extraction of ``out_path`` computes: its images, identity, shard layout and keys.
+    A split extraction's parts and its merge (:func:`extract_part`, :func:`merge_parts`) share it
+    with the unsplit one, which is why their files are the same bytes."""
+
+    def __init__(self, samples, out_path: Path, attrs: dict[str, Any], *, device, batch_size: int,
+                 shard_size: int, features_dtype: str, on_bad_image: str, arrays):
+        # How the numbers were computed is part of the file and of the checkpoint key: a job killed on
+        # a GPU (bf16 autocast) and resumed on the CPU (float32) starts over instead of mixing shards.
+        attrs = {**attrs, "batch_size": int(batch_size), "device_type": device.type,
+                 "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+                 "autocast": "bfloat16 (classifier in float32)" if device.type == "cuda" else "none"}
+        self.out_path = out_path
+        self.ids = [sid for sid, _ in samples]
+        self.labels = np.asarray([label for _, label in samples], dtype=np.int64)
+        self.n = len(self.ids)
+        self.batch_size = batch_size
+        self.shard_rows = shard_rows(batch_size, shard_size)
+        self.n_shards = math.ceil(self.n / self.shard_rows)
+        self.features_dtype = features_dtype
+        stored = arrays_attr(stored_arrays(attrs) if arrays is None else arrays)
+        self.attrs = {**attrs, "arrays": stored}
+        self.ids_sha256 = hashlib.sha256("\n".join(self.ids).encode()).hexdigest()
+        key = {"attrs": self.attrs, "batch_size": batch_size, "shard_rows": self.shard_rows,
+               "features_dtype": features_dtype, "ids": self.ids_sha256}
+        self.run_key = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
+        self.reuse_key = hashlib.sha256(f"{self.run_key}\non_bad_image={on_bad_image}\n".encode()).hexdigest()
+        self.key_file = out_path.with_name(out_path.name + ".key")
+
+    def reusable(self) -> bool:
+        return _key_matches(self.out_path, self.reuse_key)
+
+
+def _key_matches(out_path: Path, reuse_key: str) -> bool:
+    key_file = out_path.with_name(out_path.name + ".key")
+    return out_path.is_file() and key_file.is_file() and key_file.read_text() == reuse_key
+
+
+def shard_rows(batch_size: int, shard_size: int) -> int:
+    """Images per checkpoint shard: ``shard_size`` rounded up to whole batches."""
+    return math.ceil(shard_size / batch_size) * batch_size
+
+
+# --------------------------------------------------------------- split extraction (parts, merge)
+# extraction.split: {<dataset>: K} extracts one file in K jobs: part k of K computes a contiguous run
+# of the unsplit extraction's checkpoint shards (same batches, same shard boundaries, same numbers)
+# into its own folder, resumable the same way; one merge job assembles all shards with the same
+# code as the unsplit extraction, so the file is the same bytes.
+def split_folder(out_path: str | os.PathLike) -> Path:
+    """Where the parts of a split extraction of ``out_path`` keep their checkpoint shards."""
+    out_path = Path(out_path)
+    return out_path.parent / f".{out_path.name}.split"
+
+
+def part_folder(out_path: str | os.PathLike, part: int, parts: int) -> Path:
+    return split_folder(out_path) / f"part-{part}-of-{parts}"
+
+
+def part_shards(n_images: int, batch_size: int, shard_size: int, part: int, parts: int) -> tuple[int, int]:
+    """The checkpoint shards ``[first, end)`` part ``part`` (1-based) of ``parts`` computes: contiguous,
+    disjoint, together all shards of the unsplit extraction, sizes differing by at most one shard
+    (a part with none when there are fewer shards than parts)."""
+    if not 1 <= part <= parts:
+        raise ValueError(f"part {part} of {parts}: parts are numbered 1 to {parts}")
+    n_shards = math.ceil(n_images / shard_rows(batch_size, shard_size))
+    return (part - 1) * n_shards // parts, part * n_shards // parts
+
+
+def empty_part_record(out_path, part: int, parts: int, n_images: int, batch_size: int, shard_size: int) -> dict:
+    """The record of a part with no shard (fewer shards than parts): nothing to compute, no model."""
+    first, end = part_shards(n_images, batch_size, shard_size, part, parts)
+    assert first == end
+    return {"output": str(out_path), "part": part, "parts": parts, "first_shard": first, "end_shard": end,
+            "n_images": n_images, "empty": True}
+
+
+def extract_part(network: torch.nn.Module, transform: Callable, root: str | os.PathLike,
+                 samples: Sequence[tuple[str, int]], out_path: str | os.PathLike, attrs: dict[str, Any], *,
+                 part: int, parts: int, device: torch.device = torch.device("cpu"), batch_size: int = 64,
+                 num_workers: int = 2, shard_size: int = 4096, features_dtype: str = "float16",
+                 on_bad_image: str = "error", progress: bool = True, timings: dict[str, float] | None = None,
+                 arrays: Sequence[str] | None = None) -> dict[str, Any]:
+    """Part ``part`` of ``parts`` of :func:`extract` (same arguments, ``reuse`` always on): compute
+    its shards (:func:`part_shards`) into :func:`part_folder`, resuming after its last whole shard
+    like the unsplit extraction. Nothing is written at ``out_path``: :func:`merge_parts` does that
+    from every part's record, which this returns (JSON-able). A finished ``out_path`` whose key is
+    this extraction's is reused: nothing computed, the record says ``reused``."""
+    out_path = Path(out_path)
+    run = _Run(samples, out_path, attrs, device=device, batch_size=batch_size, shard_size=shard_size,
+                    features_dtype=features_dtype, on_bad_image=on_bad_image, arrays=arrays)
+    first, end = part_shards(run.n, batch_size, shard_size, part, parts)
+    folder = part_folder(out_path, part, parts)
+    record = {"output": str(out_path), "part": part, "parts": parts, "first_shard": first, "end_shard": end,
+              "n_images": run.n, "n_shards": run.n_shards, "shard_rows": run.shard_rows,
+              "run_key": run.run_key, "reuse_key": run.reuse_key, "ids_sha256": run.ids_sha256,
+              "attrs": encode_attrs(run.attrs), "folder": str(folder),
+              "shards": [_shard_path(folder, k).name for k in range(first, end)], "reused": False}
+    if run.reusable():
+        log.info("reusing %s: made by the same extraction (key %s); part %d of %d computes nothing",
+                 out_path, run.reuse_key[:16], part, parts)
+        return {**record, "shards": [], "reused": True}
+    with _sole_writer(folder, out_path):
+        _extract(network, transform, root, run, folder, first, end, device=device, batch_size=batch_size,
+                 num_workers=num_workers, progress=progress, timings=timings if timings is not None else {})
+    log.info("part %d of %d of %s: shards %d to %d of %d in %s", part, parts, out_path, first, end - 1,
+             run.n_shards, folder)
+    return record
+
+
+class PartsMissingError(RuntimeError):
+    """Parts of a split extraction whose shards are gone or damaged: they must be computed again."""
+
+    def __init__(self, message: str, parts: list[int]):
+        super().__init__(message)
+        self.parts = parts
+
+
+def unmergeable_parts(records: Sequence[dict[str, Any]]) -> list[int]:
+    """The parts whose shards are not all there and whole (a reused part has none): cheap (stats and
+    reads the shards' zip directories)."""
+    missing = []
+    for record in records:
+        if record.get("empty"):
+            continue
+        if record.get("reused") or not _part_shards_ok(record):
+            missing.append(record["part"])
+    return missing
+
+
+def _part_shards_ok(record: dict[str, Any]) -> bool:
+    folder = Path(record["folder"])
+    key = folder / "run-key"
+    if not key.is_file() or key.read_text() != record["run_key"]:
+        return False
+    n, rows = record["n_images"], record["shard_rows"]
+    for k in range(record["first_shard"], record["end_shard"]):
+        expected = rows if k < record["n_shards"] - 1 else n - k * rows
+        if _shard_ok(_shard_path(folder, k), expected):
+            return False
+    return True
+
+
+def merge_parts(records: Sequence[dict[str, Any]], samples: Sequence[tuple[str, int]], out_path: str | os.PathLike,
+                expected: dict[str, Any], *, on_bad_image: str = "error", root: str | os.PathLike = "") -> bool:
+    """Write ``out_path`` from the records of all parts of its split extraction (:func:`extract_part`),
+    byte-identical to the unsplit :func:`extract`, then remove the parts' shards; keep its key beside
+    it (as ``reuse=True``). ``samples``: the image list the parts were given (checked against their
+    key); ``expected``: what the file must record (its identity: checked against the parts' attrs).
+    Returns True where the file was already there under the same key (every part reused it).
+
+    Raises :class:`PartsMissingError` naming the parts to compute again where some part's shards are
+    gone; :class:`BadImagesError` and :class:`NonFiniteOutputError` as the unsplit extraction, after
+    removing every shard (the parts must run again once the images or weights are fixed)."""
+    out_path = Path(out_path)
+    records = sorted(records, key=lambda r: r["part"])
+    _check_parts(records, samples, out_path, expected)
+    full = [r for r in records if not r.get("empty")]
+    if not full:
+        raise ValueError(f"{out_path}: no part of the split extraction holds an image (an empty dataset)")
+    reuse_key = full[0]["reuse_key"]
+    if _key_matches(out_path, reuse_key):
+        log.info("reusing %s: made by the same extraction (key %s)", out_path, reuse_key[:16])
+        shutil.rmtree(split_folder(out_path), ignore_errors=True)
+        return True
+    missing = unmergeable_parts(full)
+    if missing:
+        raise PartsMissingError(
+            f"{out_path}: the checkpoint shards of part(s) {', '.join(map(str, missing))} of {full[0]['parts']} "
+            f"are missing or damaged (removed after an earlier merge or by hand) and {out_path} is not there "
+            "to reuse; those parts are computed again when you rerun the same snakemake command.", missing)
+    attrs = decode_attrs(full[0]["attrs"])
+    key_file = out_path.with_name(out_path.name + ".key")
+    folder = split_folder(out_path)
+    ids = [sid for sid, _ in samples]
+    labels = np.asarray([label for _, label in samples], dtype=np.int64)
+    with contextlib.ExitStack() as locks:  # no part may still be writing (an orphaned job)
+        for record in full:
+            locks.enter_context(_sole_writer(Path(record["folder"]), out_path))
+        key_file.unlink(missing_ok=True)
+        shards = [_shard_path(Path(r["folder"]), k) for r in full for k in range(r["first_shard"], r["end_shard"])]
+        _assemble(shards, [folder], out_path, ids, labels, attrs, on_bad_image, root)
+        atomic_write_text(key_file, reuse_key)
+    return False
+
+
+def _check_parts(records, samples, out_path: Path, expected: dict[str, Any]) -> None:
+    """The records are the parts 1..K of one extraction of ``samples``, computed the same way."""
+    parts = records[0]["parts"] if records else 0
+    if [r["part"] for r in records] != list(range(1, parts + 1)) or any(r["parts"] != parts for r in records):
+        raise ValueError(f"{out_path}: the parts given are {[(r['part'], r['parts']) for r in records]}, "
+                         f"not parts 1 to {parts} of {parts}")
+    for a, b in zip(records, records[1:]):
+        if a["end_shard"] != b["first_shard"]:
+            raise ValueError(f"{out_path}: parts {a['part']} and {b['part']} are not contiguous")
+    full = [r for r in records if not r.get("empty")]
+    ids_sha256 = hashlib.sha256("\n".join(sid for sid, _ in samples).encode()).hexdigest()
+    for record in full:
+        if record["ids_sha256"] != ids_sha256 or record["n_images"] != len(samples):
+            raise ValueError(f"{out_path}: part {record['part']} was computed on another image list "
+                             "(its manifest changed since); rerun the workflow to recompute it")
+    keys = {r["run_key"] for r in full}
+    if len(keys) > 1:
+        # e.g. parts run on different kinds of GPU: a file records one device and its numbers
+        differ = sorted({k for r in full for k, v in r["attrs"].items() if v != full[0]["attrs"].get(k)})
+        seen = "; ".join(f"part {r['part']}: " + ", ".join(f"{k}={decode_attrs(r['attrs']).get(k)!r}" for k in differ)
+                         for r in full)
+        raise PartsMissingError(
+            f"{out_path}: the parts of its split extraction were not computed the same way ({seen}). One file "
+            "records one device and batch size: run every part on one kind of GPU (e.g. "
+            "BEYOND_IMAGENET_SLURM_GPU_MODEL on SLURM) or on the CPU. The parts that differ from part 1 are "
+            "computed again when you rerun the same snakemake command.",
+            [r["part"] for r in full if r["run_key"] != full[0]["run_key"]])
+    if full:
+        attrs = decode_attrs(full[0]["attrs"])
+        wrong = [k for k, v in expected.items() if str(h5_attr(v)) != str(h5_attr(attrs.get(k)))]
+        if wrong:
+            raise ValueError(f"{out_path}: its parts were computed for something else ({', '.join(wrong)} differ); "
+                             "rerun the workflow to recompute them")
+
+
+def encode_attrs(attrs: dict[str, Any]) -> dict[str, Any]:
+    """An output's attributes as JSON, exactly as they are stored (:func:`decode_attrs` gives back
+    values that :func:`write_h5_attrs` writes as the same bytes: numpy scalars keep their dtype)."""
+    out: dict[str, Any] = {}
+    for key, value in attrs.items():
+        value = h5_attr(value)
+        if isinstance(value, np.generic):
+            out[key] = {"numpy": value.dtype.str, "value": value.item()}
+        elif isinstance(value, (str, bool, int, float)):
+            out[key] = value
+        else:
+            raise TypeError(f"attribute {key}={value!r} ({type(value).__name__}) cannot be passed between jobs")
+    return out
+
+
+def decode_attrs(encoded: dict[str, Any]) -> dict[str, Any]:
+    return {key: np.dtype(value["numpy"]).type(value["value"]) if isinstance(value, dict) else value
+            for key, value in encoded.items()}
 
 
 @contextlib.contextmanager
@@ -412,28 +643,31 @@ def _sole_writer(parts: Path, out_path: Path):
         lock.release()
 
 
-def _extract(network, transform, root, ids, labels, out_path: Path, parts: Path, attrs, run_key: str, *, device,
-             batch_size: int, num_workers: int, shard_rows: int, n_shards: int, features_dtype: str,
-             on_bad_image: str, progress: bool, timings: dict[str, float]) -> Path:
-    n = len(ids)
-    stored = stored_arrays(attrs)
-    done = _resume_point(parts, run_key, n_shards, shard_rows, n)
-    if done:
-        log.info("resuming %s after %d of %d checkpoint shards", out_path, done, n_shards)
+def _extract(network, transform, root, run: _Run, parts: Path, first: int, end: int, *, device,
+             batch_size: int, num_workers: int, progress: bool, timings: dict[str, float]) -> None:
+    """Compute the checkpoint shards ``[first, end)`` of ``run`` into ``parts``, resuming after the
+    last whole one there."""
+    n, ids, shard_rows = run.n, run.ids, run.shard_rows
+    stored = stored_arrays(run.attrs)
+    features_dtype = run.features_dtype
+    done = _resume_point(parts, run.run_key, first, end, run.n_shards, shard_rows, n)
+    if done > first:
+        log.info("resuming %s after %d of %d checkpoint shards", run.out_path, done - first, end - first)
 
     network.eval().to(device)
     transform, normalize = split_transform(transform)
     forward = _Forward(network, device, normalize)
-    start = done * shard_rows
-    if start < n:
+    start, stop = done * shard_rows, min(n, end * shard_rows)
+    if start < stop:
         loader = DataLoader(
-            ImageList(root, ids, transform, start=start), batch_size=batch_size, shuffle=False,
+            ImageList(root, ids, transform, start=start, stop=stop), batch_size=batch_size, shuffle=False,
             num_workers=num_workers, collate_fn=collate, pin_memory=device.type == "cuda",
             persistent_workers=False, prefetch_factor=4 if num_workers else None,
         )
         buffer: dict[str, list] = {"logits": [], "features": [], "index": [], "bad": []}
         shard = done
-        bar = tqdm(total=n, initial=start, unit="img", desc=out_path.stem, disable=not progress, mininterval=5)
+        bar = tqdm(total=stop - first * shard_rows, initial=start - first * shard_rows, unit="img",
+                   desc=run.out_path.stem, disable=not progress, mininterval=5)
         timings.setdefault("forward_s", 0.0)
         for images, good_idx, bad in loader:
             timings.setdefault("first_batch", time.time())
@@ -449,7 +683,7 @@ def _extract(network, transform, root, ids, labels, out_path: Path, parts: Path,
             buffer["bad"].extend(bad)
             bar.update(len(good_idx) + len(bad))
             filled = len(buffer["index"]) + len(buffer["bad"])
-            if filled == shard_rows or start + (shard - done) * shard_rows + filled == n:
+            if filled == shard_rows or shard * shard_rows + filled == stop:
                 _flush(parts, shard, buffer)
                 if faults.FAULT:
                     faults.at(f"extract-shard:{shard}")
@@ -457,12 +691,10 @@ def _extract(network, transform, root, ids, labels, out_path: Path, parts: Path,
                 buffer = {"logits": [], "features": [], "index": [], "bad": []}
         bar.close()
 
-    return _assemble(parts, n_shards, out_path, ids, labels, attrs, on_bad_image, root)
 
-
-def _resume_point(parts: Path, run_key: str, n_shards: int, shard_rows: int, n: int) -> int:
-    """How many checkpoint shards of this run can be reused: those of another run are deleted, and
-    so is the first damaged one and everything after it."""
+def _resume_point(parts: Path, run_key: str, first: int, end: int, n_shards: int, shard_rows: int, n: int) -> int:
+    """The first checkpoint shard of ``[first, end)`` still to compute: those of another run are
+    deleted, and so is the first damaged one and everything after it."""
     key_file = parts / "run-key"
     if not key_file.exists() or key_file.read_text() != run_key:
         stale = sorted(parts.glob("shard-*.npz"))
@@ -471,8 +703,8 @@ def _resume_point(parts: Path, run_key: str, n_shards: int, shard_rows: int, n: 
         for path in stale:  # the folder itself stays: it holds this writer's lock
             path.unlink()
         key_file.write_text(run_key)
-    done = 0
-    while done < n_shards and _shard_path(parts, done).exists():
+    done = first
+    while done < end and _shard_path(parts, done).exists():
         rows = shard_rows if done < n_shards - 1 else n - done * shard_rows
         problem = _shard_ok(_shard_path(parts, done), rows)
         if problem:
@@ -500,9 +732,10 @@ def _flush(parts: Path, shard: int, buffer: dict[str, list]) -> None:
     )
 
 
-def _assemble(parts: Path, n_shards: int, out_path: Path, ids: list[str], labels: np.ndarray,
+def _assemble(shards: list[Path], folders: list[Path], out_path: Path, ids: list[str], labels: np.ndarray,
               attrs: dict[str, Any], on_bad_image: str, root) -> Path:
-    shards = [_shard_path(parts, k) for k in range(n_shards)]
+    """Write ``out_path`` from the checkpoint ``shards`` (in image order), then remove ``folders``
+    (where they are); an extraction that must not be written removes them too."""
     bad: list[tuple[int, str]] = []
     n_good, n_classes, dim, fdtype = 0, 0, 0, np.float16
     nonfinite: dict[str, list[int]] = {"logits": [], "features": []}  # image indices, per array
@@ -514,23 +747,28 @@ def _assemble(parts: Path, n_shards: int, out_path: Path, ids: list[str], labels
                 n_classes, dim, fdtype = z["logits"].shape[1], z["features"].shape[1], z["features"].dtype
                 for name in nonfinite:
                     nonfinite[name] += z["index"][nonfinite_rows(z[name])].tolist()
+
+    def remove_folders():
+        for folder in folders:
+            shutil.rmtree(folder, ignore_errors=True)
+
     if nonfinite["logits"] or nonfinite["features"]:
-        shutil.rmtree(parts)  # nothing of this run is kept: the weights or the settings must change first
+        remove_folders()  # nothing of this run is kept: the weights or the settings must change first
         raise _nonfinite_extraction(attrs, ids, nonfinite, fdtype, out_path)
     if bad and on_bad_image == "error":
-        shutil.rmtree(parts)
+        remove_folders()
         raise BadImagesError(str(root), [(ids[i], reason) for i, reason in bad])
     if n_good == 0:
-        shutil.rmtree(parts)
+        remove_folders()
         raise BadImagesError(str(root), [(ids[i], reason) for i, reason in bad] or [("(none)", "dataset is empty")])
     try:
-        _write_output(parts, shards, out_path, ids, labels, attrs, bad, n_good, n_classes, dim, fdtype)
+        _write_output(shards, out_path, ids, labels, attrs, bad, n_good, n_classes, dim, fdtype)
     except (OSError, RuntimeError) as err:
         if _is_disk_full(err):
             raise _disk_full(out_path, err, "the checkpoint shards are kept, so only this file is assembled "
                                             "again (no forward pass).") from None
         raise
-    shutil.rmtree(parts)
+    remove_folders()
     if bad:
         log.warning("%d unreadable image(s) skipped and recorded in %s", len(bad), out_path)
     log.info("wrote %s (%d images)", out_path, n_good)
@@ -593,7 +831,7 @@ class _RowDigest:
         return self.h.hexdigest()
 
 
-def _write_output(parts, shards, out_path: Path, ids, labels, attrs, bad, n_good, n_classes, dim, fdtype) -> None:
+def _write_output(shards, out_path: Path, ids, labels, attrs, bad, n_good, n_classes, dim, fdtype) -> None:
     string = h5py.string_dtype("utf-8")
     shapes = {"logits": ((n_good, n_classes), np.float32), "features": ((n_good, dim), fdtype)}
     stored = [name for name in LARGE_ARRAYS if name in stored_arrays(attrs)]

@@ -58,13 +58,15 @@ def run_group(job) -> dict[str, Any]:
     Everything comes from the job (``rules/extract.smk``: ``extract_outputs``): the model's build
     entry and identity, the protocol, each output's dataset, variant, manifest, destination and
     expected identity (``items``), the extraction settings (params) and the device, lock folder and
-    loader workers (resources)."""
+    loader workers (resources). A part job of a split dataset (``extraction.split``: one item with
+    ``part`` and ``parts``) computes its slice's checkpoint shards (:func:`extract.extract_part`) and
+    records them in its marker for the merge job (:func:`merge_split`), which writes the file."""
     import torch
 
     from beyond_imagenet.datasets.manifest import load_manifest
     from beyond_imagenet.devices import lease_device
     from beyond_imagenet.evaluations import EVALUATIONS
-    from beyond_imagenet.extract import extract
+    from beyond_imagenet.extract import empty_part_record, extract, extract_part, part_shards
     from beyond_imagenet.heads import read_head
     from beyond_imagenet.models import build_model
     from beyond_imagenet.workflow import expected_attrs, model_spec, versions
@@ -82,8 +84,20 @@ def run_group(job) -> dict[str, Any]:
     built: dict[str, Any] = {}  # standard transforms share one network per input transform
     timing = {"items": len(items), "forward_s": 0.0, "computed": 0, "reused": 0}
     written = []
+    part_record = None  # a part job of a split dataset (extraction.split): what its merge needs
     recorded_versions = versions()
-    with lease_device(resources.device, resources.lock_dir or None) as device:
+    if len(items) == 1 and items[0].get("part"):
+        item = items[0]
+        manifest = load_manifest(item["manifest"], images=True)
+        n_images = len(manifest["samples"])
+        first, end = part_shards(n_images, params.batch_size, params.shard_size, item["part"], item["parts"])
+        if first == end:  # fewer checkpoint shards than parts: no model built, no device leased
+            log.info("part %d of %d of %s has no images (%d images make fewer shards than parts)", item["part"],
+                     item["parts"], item["extracted"], n_images)
+            part_record = empty_part_record(item["extracted"], item["part"], item["parts"], n_images,
+                                            params.batch_size, params.shard_size)
+            items = []
+    with lease_device(resources.device, resources.lock_dir or None) if items else contextlib.nullcontext() as device:
         for item in items:
             dataset, variant = item["dataset"], item["variant"] or None
             manifest = load_manifest(item["manifest"], images=True)
@@ -111,25 +125,79 @@ def run_group(job) -> dict[str, Any]:
             _forget_if_older(out, [item["manifest"], head_path, spec.checkpoint_path])
             _forget_if_made_for_something_else(out, expected_attrs(item["expect"], manifest))
             item_timing: dict[str, float] = {}
-            extract(loaded.network, loaded.transform, manifest["root"], samples, out, attrs, device=device,
-                    batch_size=params.batch_size, num_workers=resources.num_workers,
-                    shard_size=params.shard_size, features_dtype=params.features_dtype,
-                    on_bad_image=params.on_bad_image, reuse=True, timings=item_timing)
+            settings = dict(device=device, batch_size=params.batch_size, num_workers=resources.num_workers,
+                            shard_size=params.shard_size, features_dtype=params.features_dtype,
+                            on_bad_image=params.on_bad_image, timings=item_timing)
+            if item.get("part"):  # its slice's checkpoint shards; the merge job writes the file
+                part_record = extract_part(loaded.network, loaded.transform, manifest["root"], samples, out, attrs,
+                                           part=item["part"], parts=item["parts"], **settings)
+            else:
+                extract(loaded.network, loaded.transform, manifest["root"], samples, out, attrs, reuse=True,
+                        **settings)
+                written.append(out)
             if "first_batch" in item_timing:
                 timing["computed"] += 1
                 timing.setdefault("first_batch", item_timing["first_batch"])
             else:
                 timing["reused"] += 1
             timing["forward_s"] += item_timing.get("forward_s", 0.0)
-            written.append(out)
             if variant is not None:
                 del loaded  # a variant's network (e.g. another resolution) is not needed again
             if device.type == "cuda":
                 torch.cuda.empty_cache()
     timing["end"] = time.time()
-    atomic_write_text(marker, json.dumps({"model": model, "group": group, "outputs": written,
-                                          "files": {out: file_stamp(out) for out in written}}, indent=1) + "\n")
+    record = {"model": model, "group": group, "outputs": written, "files": {out: file_stamp(out) for out in written}}
+    if part_record is not None:
+        record["part"] = part_record
+    atomic_write_text(marker, json.dumps(record, indent=1) + "\n")
     return timing
+
+
+def merge_split(job) -> dict[str, Any]:
+    """The merge job of a split dataset (``merge_extraction_parts``): its file from the records of its
+    part jobs (their markers), byte-identical to one job's, then its group marker, as a group job
+    writes it. Parts whose shards are gone have their markers removed (the next run computes them
+    again) and are named in the error."""
+    from beyond_imagenet.datasets.manifest import load_manifest
+    from beyond_imagenet.extract import PartsMissingError, merge_parts, unmergeable_parts
+    from beyond_imagenet.workflow import expected_attrs
+
+    item, model, marker = job.params.item, job.wildcards.model, job.output[0]
+    manifest = load_manifest(item["manifest"])
+    out = item["extracted"]
+    records = []
+    for path in job.input.parts:
+        try:
+            records.append(json.loads(Path(path).read_text())["part"])
+        except (OSError, ValueError, KeyError) as err:
+            Path(path).unlink(missing_ok=True)
+            raise PartsMissingError(f"{path} cannot be read ({type(err).__name__}: {err}); it was removed: rerun the "
+                                    "same snakemake command and its part is computed again", []) from None
+    _forget_if_made_for_something_else(out, expected_attrs(item["expect"], manifest))
+    try:
+        reused = merge_parts(records, manifest["samples"], out, expected_attrs(item["expect"], manifest),
+                             on_bad_image=job.params.on_bad_image, root=manifest["root"])
+    except PartsMissingError as err:
+        _drop_part_markers(job.input.parts, err.parts)
+        raise
+    except Exception:
+        # bad images, NaN outputs: the shards were removed with the error; the parts run again
+        _drop_part_markers(job.input.parts, unmergeable_parts(records))
+        raise
+    atomic_write_text(marker, json.dumps({"model": model, "group": job.wildcards.dataset, "outputs": [out],
+                                          "files": {out: file_stamp(out)}, "parts": len(records)}, indent=1) + "\n")
+    return {"items": 1, "computed": 0 if reused else 1, "reused": int(reused), "end": time.time()}
+
+
+def _drop_part_markers(markers, parts: list[int]) -> None:
+    for path in markers:
+        try:
+            part = json.loads(Path(path).read_text())["part"]["part"]
+        except (OSError, ValueError, KeyError):
+            continue
+        if part in parts:
+            log.info("removing %s: part %d is computed again by the next run", path, part)
+            Path(path).unlink(missing_ok=True)
 
 
 def file_stamp(path: str | os.PathLike) -> list[int]:
@@ -160,6 +228,23 @@ def group_damage(marker: str | os.PathLike) -> list[str]:
         if out in stamps and list(stamps[out]) != stamp:
             problems.append(f"{out} changed after its job wrote it")
     return problems
+
+
+def part_needs_rerun(record: dict[str, Any]) -> bool:
+    """Whether a part of a split dataset (its marker's ``part`` record) has no shards left for its
+    merge: reused (it computed none) or its shards removed (by the merge that used them). Stats only
+    (no torch, no numpy): cheap enough for every parse of the workflow; the merge reads them whole."""
+    if record.get("empty"):
+        return False
+    if record.get("reused"):
+        return True
+    folder = Path(record["folder"])
+    try:
+        if (folder / "run-key").read_text() != record["run_key"]:
+            return True
+    except OSError:
+        return True
+    return not all((folder / name).is_file() for name in record.get("shards", []))
 
 
 def forward_threads(job) -> int:

@@ -10,6 +10,7 @@ import copy
 import functools
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -241,6 +242,7 @@ def validate_config(config: dict[str, Any], schema_path: str | os.PathLike = SCH
                 if not path.is_file():
                     problems.append(f"  models.{name}.checkpoint: file {path} does not exist")
     problems += _group_problems(config)
+    problems += _split_problems(config)
     problems += _uncertainty_problems(config)
     if problems:
         raise ConfigError("invalid study config:\n" + "\n".join(problems))
@@ -401,6 +403,34 @@ def _group_problems(config: dict[str, Any]) -> list[str]:
     return problems
 
 
+def _split_problems(config: dict[str, Any]) -> list[str]:
+    """``extraction.split``: study datasets with one file each, in no named group (the schema has
+    checked that each K is a positive whole number)."""
+    problems = []
+    grouped = {d: g for g, names in config["extraction"].get("groups", {}).items() for d in names}
+    for name in config["extraction"].get("split", {}):
+        key = f"  extraction.split.{name}"
+        if "@" in name:
+            dataset = name.split("@", 1)[0]
+            problems.append(f"{key}: variants are not split; name the dataset ({dataset!r}): its standard file is "
+                            "split, its invariance variants are extracted by their usual group's job")
+        elif name not in config["datasets"]:
+            problems.append(f"{key}: unknown dataset {name!r}; defined under datasets: {', '.join(config['datasets'])}")
+        elif config["datasets"][name].get("kind") == "vtab":
+            problems.append(f"{key}: a vtab dataset is not split (its task splits are many small files, extracted "
+                            "by one job per model); split a dataset that is one large file")
+        elif name in grouped:
+            problems.append(f"{key}: {name!r} is also in extraction.groups.{grouped[name]}; a split dataset is "
+                            "extracted by its own part jobs: remove it from the group")
+    return problems
+
+
+def split_group(group: str) -> tuple[str, int, int] | None:
+    """``(dataset, part, parts)`` of a part group ``<dataset>@part-<k>-of-<K>`` (extraction.split), else None."""
+    match = re.fullmatch(r"(.+)@part-([0-9]+)-of-([0-9]+)", group)
+    return (match.group(1), int(match.group(2)), int(match.group(3))) if match else None
+
+
 def load_config(path: str | os.PathLike) -> dict[str, Any]:
     config = read_config_file(path)
     try:
@@ -506,8 +536,10 @@ class Study:
         ``extraction.group``: ``dataset`` = a group per study dataset (named after it; a vtab
         dataset's task splits together) and one per invariance dataset for its variants
         (``<dataset>@variants``); ``model`` = everything in group ``all``. ``extraction.groups``
-        names groups of datasets explicitly (their standard outputs). An evaluation's ``variants``
-        hook (invariance) adds the extra outputs it needs."""
+        names groups of datasets explicitly (their standard outputs). ``extraction.split`` takes a
+        dataset out of its group: it is a group of its own (named after it), whose file its part
+        jobs and their merge write (:meth:`split_parts`). An evaluation's ``variants`` hook
+        (invariance) adds the extra outputs it needs (never split: they follow ``group``)."""
         if model in self._plans:
             return self._plans[model]
         settings = self.config["extraction"]
@@ -519,9 +551,11 @@ class Study:
         evaluations = self.model_evaluations(model)
         used = [d for d in self.config["datasets"] if any(d in self.evaluation_datasets(ev) for ev in evaluations
                                                           if EVALUATIONS[ev].reads != "images")]
+        split = settings.get("split", {})
         plan: dict[str, list[tuple[str, str | None]]] = {}
         for d in used:
-            group = explicit.get(d) or ("all" if by_model else d)
+            # a split dataset is its own group, written by its part jobs and their merge (split_parts)
+            group = d if d in split else explicit.get(d) or ("all" if by_model else d)
             plan.setdefault(group, []).extend((x, None) for x in self.extraction_datasets(d))
         for record in (EVALUATIONS[ev] for ev in evaluations):  # extra outputs an evaluation asks for
             if not record.variants:
@@ -532,6 +566,20 @@ class Study:
                     plan.setdefault("all" if by_model else f"{d}@variants", []).extend((d, v) for v in variants)
         self._plans[model] = plan
         return plan
+
+    def split_parts(self, model: str, group: str) -> int | None:
+        """K where the extraction group ``group`` of ``model`` is a split dataset (``extraction.split``):
+        K part jobs (groups ``<dataset>@part-<k>-of-<K>``, :meth:`part_groups`) extract it and one
+        merge job writes its file and its marker; None for a group extracted by one job."""
+        parts = self.config["extraction"].get("split", {}).get(group)
+        return parts if parts and group in self.extraction_plan(model) else None
+
+    def part_groups(self, model: str, dataset: str) -> list[str]:
+        """The groups of the part jobs of a split dataset, whose markers its merge job reads."""
+        parts = self.split_parts(model, dataset)
+        if parts is None:
+            raise ConfigError(f"{dataset} is not split for model {model} (extraction.split)")
+        return [f"{dataset}@part-{k}-of-{parts}" for k in range(1, parts + 1)]
 
     def variant_owner(self, model: str, dataset: str, variant: str) -> str:
         """The evaluation whose ``variants`` hook asks for ``<dataset>@<variant>`` of ``model``."""

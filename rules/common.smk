@@ -6,7 +6,8 @@ import re
 from snakemake.logging import logger
 
 from beyond_imagenet.evaluations import EVALUATIONS, chance_levels, figure_chance, layout
-from beyond_imagenet.extraction_jobs import group_damage
+from beyond_imagenet.extraction_jobs import group_damage, part_needs_rerun
+from beyond_imagenet.study import split_group
 
 # GPU slots a model-running job takes. A study pinned to the CPU takes none, so its jobs are not
 # serialised behind the profile's `gpu` resource; `auto`/`cuda` take one (leased inside the job).
@@ -134,6 +135,13 @@ def dataset_entry(wildcards):
 
 def _group_items(wildcards):
     plan = STUDY.extraction_plan(wildcards.model)
+    part = split_group(wildcards.group)
+    if part:  # a part job of a split dataset (extraction.split): its dataset's standard file
+        dataset, _, parts = part
+        if STUDY.split_parts(wildcards.model, dataset) != parts:
+            raise WorkflowError(f"model {wildcards.model} has no extraction part group {wildcards.group!r}; "
+                                f"extraction.split: {config['extraction']['split']}")
+        return plan[dataset]
     if wildcards.group not in plan:
         raise WorkflowError(f"model {wildcards.model} has no extraction group {wildcards.group!r}; "
                             f"its groups: {', '.join(sorted(plan))}")
@@ -167,8 +175,53 @@ def group_items(wildcards):
                 "expect": STUDY.output_identity(wildcards.model, d, v)}
         if v:
             item["evaluation"] = STUDY.variant_owner(wildcards.model, d, v)
+        part = split_group(wildcards.group)
+        if part:  # part k of K: its slice of the dataset (beyond_imagenet.extract.part_shards)
+            item.update(part=part[1], parts=part[2])
         items.append(item)
     return items
+
+
+# extraction.split: a split dataset's file is written by K part jobs (extract_outputs jobs of the
+# groups <dataset>@part-<k>-of-<K>, each leasing its own GPU) and one merge job (merge_extraction_parts,
+# no GPU) whose output is the dataset's group marker, which readers take as usual.
+SPLIT_DATASETS = sorted(config["extraction"]["split"])
+
+
+def split_part_markers(wildcards):
+    """The part markers a merge job reads. A finished merge whose file was deleted or replaced since
+    is forced (as group_manifests does for a group), and so is every part whose shards are gone
+    (removed by the merge that wrote the file): its part job then computes its slice again."""
+    import json
+
+    if STUDY.split_parts(wildcards.model, wildcards.dataset) is None:
+        raise WorkflowError(f"{wildcards.dataset} is not split for model {wildcards.model} (extraction.split)")
+    marker = STUDY.group_marker(wildcards.model, wildcards.dataset)
+    markers = [STUDY.group_marker(wildcards.model, g) for g in STUDY.part_groups(wildcards.model, wildcards.dataset)]
+    damage = group_damage(marker)
+    if damage:
+        logger.warning(f"{marker}: " + "; ".join(damage) + ": its parts and merge rerun and recompute it")
+        workflow.dag.forcefiles.add(marker)
+    if damage or not Path(marker).exists():
+        for part in markers:
+            try:
+                record = json.loads(Path(part).read_text())["part"]
+            except (OSError, ValueError, KeyError):
+                continue  # missing: its job runs anyway; unreadable: the merge names it
+            if part_needs_rerun(record):
+                workflow.dag.forcefiles.add(part)
+    return markers
+
+
+def split_item(wildcards):
+    """The file a merge job writes, from which manifest, and what it must record (as group_items)."""
+    d = wildcards.dataset
+    return {"manifest": STUDY.manifest(d), "extracted": STUDY.output(wildcards.model, d),
+            "expect": STUDY.output_identity(wildcards.model, d)}
+
+
+def split_manifest(wildcards):
+    return STUDY.manifest(wildcards.dataset)
 
 
 def checkpoint_input(wildcards):

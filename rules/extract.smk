@@ -53,7 +53,7 @@ rule extract_outputs:
     benchmark:
         f"{RESULTS}/benchmarks/extract_outputs/{{model}}/{{group}}.tsv"
     wildcard_constraints:
-        group=r"[A-Za-z0-9][A-Za-z0-9_-]*(@variants)?",
+        group=r"[A-Za-z0-9][A-Za-z0-9_-]*(@variants|@part-[0-9]+-of-[0-9]+)?",
     threads: MODEL_JOB_THREADS
     conda:
         "../envs/torch.yaml"
@@ -61,6 +61,36 @@ rule extract_outputs:
         **EXECUTION,
     script:
         "../scripts/extract_outputs.py"
+
+
+# extraction.split: {<dataset>: K}. The K part jobs are extract_outputs jobs (groups
+# <dataset>@part-<k>-of-<K>: same resources, GPU lease, SLURM settings), each computing a contiguous
+# slice of the dataset's checkpoint shards, resumable; this job (CPU, no GPU) assembles them into
+# results/extracted/<model>/<dataset>.h5, byte-identical to one job's file, and writes the dataset's
+# group marker, which readers take as usual (beyond_imagenet/extract.py: extract_part, merge_parts).
+rule merge_extraction_parts:
+    input:
+        parts=split_part_markers,
+        manifest=split_manifest,
+    output:
+        f"{RESULTS}/extracted/{{model}}/{{dataset}}.group.json",
+    params:
+        item=split_item,
+        on_bad_image=config["extraction"]["on_bad_image"],
+    log:
+        f"{RESULTS}/logs/merge_extraction_parts/{{model}}/{{dataset}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/merge_extraction_parts/{{model}}/{{dataset}}.tsv"
+    wildcard_constraints:
+        dataset="|".join(re.escape(d) for d in SPLIT_DATASETS) or "(?!)",
+    conda:
+        "../envs/torch.yaml"
+    script:
+        "../scripts/merge_extraction_parts.py"
+
+
+# A split dataset's marker matches both rules' outputs; its merge writes it.
+ruleorder: merge_extraction_parts > extract_outputs
 
 
 # Every image an extraction skipped (extraction.on_bad_image: skip), one row each, across the study;

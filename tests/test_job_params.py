@@ -91,7 +91,9 @@ def study_config(download_url: str) -> dict:
     # Per-dataset extraction jobs (so an added dataset is one new job per model, not a rerun of a
     # model's everything-job), with the study's datasets in one named group to keep the jobs few.
     config["extraction"].update(num_workers=0, group="dataset", groups={"base": [
-        "imagenet_val", "pug_imagenet", "cue_conflict", "vtab"]})
+        "imagenet_val", "pug_imagenet", "vtab"]})
+    # cue_conflict split in 2 (extraction.split: part jobs and a merge job): 16 images, 2 shards of 8
+    config["extraction"].update(split={"cue_conflict": 2}, batch_size=8, shard_size=8)
     return config
 
 
