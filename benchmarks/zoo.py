@@ -123,7 +123,7 @@ def run(configfile: Path, workdir: Path, n: int, cores: int) -> dict:
     starts = [t["start_to_first_batch_s"] for t in timings if "start_to_first_batch_s" in t]
     start_up = statistics.median(starts) if starts else 0.0
     budget = forward + n * start_up
-    finished = len(re.findall(r"^Finished job(?:id)? ", text, re.MULTILINE))
+    finished = len(re.findall(r"^Finished job(?:id)?[: ]", text, re.MULTILINE))
     figures = {"wall_s": round(wall, 1), "jobs_run": finished, "extraction_jobs": len(timings),
                "forward_s": round(forward, 1), "start_up_s": round(start_up, 2), "start_ups": n,
                "forward_plus_start_ups_s": round(budget, 1),
