@@ -357,9 +357,12 @@ def published(study, wildcards) -> dict:
     return {"paper_top1": load_paper_results()["vtab"]["top1"]}
 
 
-def plot_transfer_paired(table: pd.DataFrame, dataset: str, paths, comparisons: pd.DataFrame | None = None):
+def plot_transfer_paired(table: pd.DataFrame, dataset: str, paths, comparisons: pd.DataFrame | None = None,
+                         chance: Mapping[str, float] | None = None):
     """``layout: paired``: per paradigm, ViT vs ConvNet probe top-1 (%) per task and the mean over
-    tasks, with the winner and its margin; the mean's margin with its paired-bootstrap interval."""
+    tasks, with the winner and its margin; the mean's margin with its paired-bootstrap interval.
+    ``chance`` (``<dataset>/<task>`` -> 1 / the task's classes): bars at chance faded and labelled,
+    as in :func:`plot_transfer` (the mean against the mean of its tasks' chance levels)."""
     from beyond_imagenet.style import margin_lookup, plot_paired, styled_models
 
     data = table[(table["dataset"] == dataset) & (table["metric"] == "test_top1")]
@@ -373,10 +376,21 @@ def plot_transfer_paired(table: pd.DataFrame, dataset: str, paths, comparisons: 
         return means.get(model, np.nan) if group == "mean" else per_task.get((model, group), np.nan)
 
     models = styled_models(data.assign(paper_key=data["paper_key"].fillna("")), table)
+    task_interval = interval_lookup(data[data["task"] != "mean"], ["model", "task"])
+    mean_interval = interval_lookup(data[(data["task"] == "mean") & (data["group"] == "all")], ["model"])
+    levels = {t: chance_of(chance, dataset, t) for t in tasks}
+    known = [v for v in levels.values() if v is not None]
+    levels["mean"] = float(np.mean(known)) if known and len(known) == len(tasks) else None
+
+    def is_chance(model, group):
+        bounds = (mean_interval(model) if mean_interval else None) if group == "mean" else \
+            (task_interval(model, group) if task_interval else None)
+        return at_chance(value(model, group), bounds, levels.get(group))
+
     return plot_paired([*tasks, "mean"], [*(TASKS[t].label for t in tasks), f"Mean of {len(tasks)}"], models, value,
                        paths, f"VTAB-1k linear probes on {dataset}, the paper's reading: ViT vs ConvNet",
                        "linear-probe top-1 (%)", scale=100, margin=margin_lookup(comparisons, dataset),
-                       headline_group="mean", ylim=(0, 110))
+                       headline_group="mean", ylim=(0, 110), chance=is_chance if known else None)
 
 
 def draw(job) -> None:
@@ -384,7 +398,7 @@ def draw(job) -> None:
 
     if job.params.layout == "paired":
         plot_transfer_paired(read_table(job.input[0]), job.wildcards.dataset, job.figure_paths(),
-                             read_table(job.input[1]) if len(job.input) > 1 else None)
+                             read_table(job.input[1]) if len(job.input) > 1 else None, chance=job.params.chance)
         return
     plot_transfer(read_table(job.input[0]), job.wildcards.dataset, job.figure_paths(),
                   paper_top1=job.params.data["paper_top1"], chance=job.params.chance)
