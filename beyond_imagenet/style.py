@@ -70,7 +70,7 @@ class _Pyplot:
 
 plt = _Pyplot()
 
-__all__ = ["MANY_MODELS", "many_models", "model_fontsize", "row_inches", "paradigm_colors", "labelled_models",
+__all__ = ["CHANCE_LEGEND", "MANY_MODELS", "many_models", "model_fontsize", "row_inches", "paradigm_colors", "labelled_models",
            "place_labels", "dot_panels", "CHANCE_ALPHA", "CHANCE_HATCH", "chance_note", "CI_COLUMNS", "at_chance", "chance_of", "clip_upper", "empty_note",
            "legend_outside", "n_text", "ERRORBAR_STYLE", "FAMILY_STYLES", "as_text", "draw_intervals", "grouped_bars", "interval",
            "interval_lookup", "interval_text", "styled_models", "plt", "OTHER_PALETTE", "PAPER_COLORS", "PAPER_MARKER",
@@ -189,16 +189,14 @@ def place_labels(ax, points: Sequence[tuple[float, float, str]], fontsize: float
     (growing) where its box overlaps no label placed before it, no point, and stays inside the axes.
     A thin leader line joins a label moved away from its point. Labels are ``_point_label``
     annotations (tests read them back); returns them."""
-    fig = ax.figure
-    renderer = fig.canvas.get_renderer() if hasattr(fig.canvas, "get_renderer") else None
-    if renderer is None:  # pragma: no cover - Agg always has one
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.transforms import Bbox
 
-        renderer = FigureCanvasAgg(fig).get_renderer()
+    fig = ax.figure
+    renderer = fig.canvas.get_renderer()
     frame = ax.get_window_extent(renderer)
     dots = [ax.transData.transform((x, y)) for x, y, _ in points]
-    pad = fontsize * 0.35 * fig.dpi / 72
-    taken = [type(frame).from_extents(px - pad, py - pad, px + pad, py + pad) for px, py in dots]
+    pad = 3.5 * fig.dpi / 72  # half a marker
+    taken = [Bbox.from_extents(px - pad, py - pad, px + pad, py + pad) for px, py in dots]
     directions = [(1, 0.4), (1, -1), (-1, 0.4), (-1, -1), (0, 1.4), (0, -1.8), (1, 1.4), (-1, 1.4)]
     placed = []
     for x, y, text in points:
@@ -231,6 +229,10 @@ def place_labels(ax, points: Sequence[tuple[float, float, str]], fontsize: float
 
 CHANCE_NOTE = ("faded, cross-hatched, 'chance': the model's accuracy interval reaches chance "
                "(1 / number of classes): not a result")
+
+
+#: The legend entry of a point drawn at chance (hollow and faded; dot plots and scatters).
+CHANCE_LEGEND = "hollow, faded: at chance (accuracy interval reaches 1 / number of classes), not a result"
 
 
 def chance_note(fig) -> None:
@@ -719,11 +721,8 @@ def dot_panels(groups: Sequence[str], labels: Sequence[str], models: pd.DataFram
         handles.append(plt.Line2D([], [], label="published (paper)", **{**PAPER_MARKER, "markersize": 3}))
     if chance_drawn:
         handles.append(plt.Line2D([], [], marker="o", linestyle="none", color="0.3", markerfacecolor="white",
-                                  alpha=CHANCE_ALPHA, label="at chance"))
+                                  alpha=CHANCE_ALPHA, label=CHANCE_LEGEND))
     fig.tight_layout()
-    legend_outside(fig, handles=handles, ncol=len(handles))
-    if chance_drawn:
-        fig.text(0.01, -0.06, CHANCE_NOTE.replace("faded, cross-hatched", "hollow, faded"), fontsize=6, color="0.35",
-                 ha="left", va="top", label="_chance_note")
+    legend_outside(fig, handles=handles, ncol=len(handles) if len(handles) < 5 else 3)
     save_figure(fig, paths)
     return fig
