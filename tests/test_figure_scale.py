@@ -295,3 +295,19 @@ def test_paired_layout_fades_a_model_at_chance(tmp_path):
     fig = plot_robustness_paired(pd.DataFrame(rows), [tmp_path / "q.png"])
     assert [t.get_text() for t in fig.axes[0].texts if t.get_label() == "_margin"][0].endswith("ViT")
     plt.close("all")
+
+
+def test_label_models_is_a_study_setting_of_its_models():
+    from conftest import default_config
+
+    from beyond_imagenet.study import ConfigError, validate_config
+
+    config = default_config()
+    assert "label_models" not in validate_config(default_config())  # absent: the figure's default
+    first = next(iter(config["models"]))
+    config["label_models"] = [first]
+    assert validate_config(config)["label_models"] == [first]
+    config = default_config()
+    config["label_models"] = [first, "no_such_model"]
+    with pytest.raises(ConfigError, match="label_models.*no_such_model"):
+        validate_config(config)
