@@ -700,8 +700,9 @@ def dot_panels(groups: Sequence[str], labels: Sequence[str], models: pd.DataFram
             ax.axvline(reference, color="black", linestyle="--", linewidth=0.7)
         ax.grid(axis="y", color="0.92", linewidth=0.5)
         ax.set_axisbelow(True)
-        if xlim is not None:
-            ax.set_xlim(*xlim)
+        if xlim is not None:  # a little past the limits: a dot at 0 or 100 % is drawn whole
+            pad = 0.03 * (xlim[1] - xlim[0])
+            ax.set_xlim(xlim[0] - pad, xlim[1] + pad)
         ax.tick_params(axis="x", labelsize=6.5)
         n_line = (n_of or {}).get(group, "")
         ax.set_title(str(label) + (f"\n{n_line}" if n_line else "") + (" (sorted by)" if group == key else ""),
@@ -722,7 +723,7 @@ def dot_panels(groups: Sequence[str], labels: Sequence[str], models: pd.DataFram
     if chance_drawn:
         handles.append(plt.Line2D([], [], marker="o", linestyle="none", color="0.3", markerfacecolor="white",
                                   alpha=CHANCE_ALPHA, label=CHANCE_LEGEND))
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / fig.get_size_inches()[1]))  # room for the suptitle
     legend_outside(fig, handles=handles, ncol=len(handles) if len(handles) < 5 else 3)
     save_figure(fig, paths)
     return fig

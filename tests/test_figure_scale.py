@@ -311,3 +311,30 @@ def test_label_models_is_a_study_setting_of_its_models():
     config["label_models"] = [first, "no_such_model"]
     with pytest.raises(ConfigError, match="label_models.*no_such_model"):
         validate_config(config)
+
+
+@pytest.mark.parametrize("n", [4, 30])
+def test_transfer_bars_become_a_sorted_dot_plot_past_the_threshold(tmp_path, n):
+    from beyond_imagenet.datasets.vtab import TASKS
+    from beyond_imagenet.evaluations.transfer import plot_transfer, transfer_rows
+    from beyond_imagenet.paper_results import load_paper_results
+
+    rng = np.random.default_rng(4)
+    models = _models(n)
+    results = [{"model": m["model"], "dataset": "vtab", "task": t, "test_top1": rng.random(), "val_top1": 0.5,
+                "weight_decay": 1e-3, "n_train": 800, "n_val": 200, "n_test": 50} for m in models for t in TASKS]
+    table = pd.DataFrame(transfer_rows(results, {m["model"]: m for m in models}))
+    fig = plot_transfer(table, "vtab", [tmp_path / "t.png"], paper_top1=load_paper_results()["vtab"]["top1"])
+    panels = _panels(fig)
+    from matplotlib.container import BarContainer
+
+    bars = [c for ax in panels for c in ax.containers if isinstance(c, BarContainer)]
+    if n <= MANY_MODELS:
+        assert len(panels) == 2 and len(bars) == 2 * n
+    else:  # a panel per task and per group mean, every model a row
+        assert not bars and len(panels) == len(TASKS) + 4
+        assert sorted(t.get_text() for t in panels[0].get_yticklabels()) == sorted(m["label"] for m in models)
+        assert all("n=50" in ax.get_title() for ax in panels[:len(TASKS)])
+        _no_text_overlaps(fig)
+    assert _legends_clear_of_axes(fig) == 1
+    plt.close("all")
