@@ -36,7 +36,7 @@ Key = tuple
 MODEL_DETAIL_COLUMNS = {"label", "family", "paradigm", "paper_key", "training_data"}
 IGNORED = {"value", "ci_low", "ci_high", "model", *MODEL_DETAIL_COLUMNS}
 COMPARISON_COLUMNS = ("evaluation", "headline", "dataset", "model_a", "model_b", "label_a", "label_b",
-                      "difference", "ci_low", "ci_high", "mcnemar_p", "distinguishable", "n")
+                      "difference", "ci_low", "ci_high", "mcnemar_p", "distinguishable", "n", "n_unit")
 
 
 def _text(value: Any) -> str:
@@ -239,8 +239,14 @@ def compare(record: "Evaluation", samples: Sequence["Sample"], replicates: Mappi
                         "distinguishable": bool(low > 0 or high < 0) if not np.isnan(low) else "",
                         # the images both models were scored on (an average: summed over its sets)
                         "n": ea.n if ea.n is not None else "",
+                        "n_unit": _counts(ea) if ea.n is not None else "",
                     })
     return out
+
+
+def _counts(entry: Entry) -> str:
+    """What the entry's n counts (``Sample.counts``; a combined row: its samples', "images")."""
+    return getattr(entry.sample, "counts", "images") if entry.sample is not None else "images"
 
 
 def _pair_key(key: Key, ignore: Sequence[str]) -> Key:
@@ -306,15 +312,21 @@ def plot_comparisons(comparisons, paths, title: str = "Model against model") -> 
     def n_of(headline) -> str:
         if counts is None:
             return ""
-        text = n_text(counts[comparisons["headline"] == headline].tolist())
-        return f"{text} images" if text else ""
+        mine = comparisons["headline"] == headline
+        text = n_text(counts[mine].tolist())
+        units = [str(u) for u in dict.fromkeys(comparisons.loc[mine, "n_unit"]) if isinstance(u, str) and u] \
+            if "n_unit" in comparisons else []
+        return f"{text} {' / '.join(units) or 'images'}" if text else ""
 
     if many_models(n_models):
         return _comparison_matrices(comparisons, headlines, models_of, n_of, paths, title)
     cols = min(3, len(headlines))
     rows = math.ceil(len(headlines) / cols)
     n_pairs = comparisons.groupby("headline").size().max()
-    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 0.9 + (0.28 * n_pairs + 0.9) * rows), squeeze=False)
+    longest = max(len(f"{a} − {b}") for a, b in zip(comparisons["label_a"], comparisons["label_b"]))
+    width = 2.2 + longest * 5.5 * 0.55 / 72  # the plot, and the pair names in 5.5 pt
+    height = 0.9 + (0.28 * n_pairs + 0.9) * rows
+    fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height), squeeze=False)
     for ax in axes.flat[len(headlines):]:
         ax.set_visible(False)
     for ax, headline in zip(axes.flat, headlines):
@@ -334,7 +346,7 @@ def plot_comparisons(comparisons, paths, title: str = "Model against model") -> 
         ax.set_title(headline + (f"\n{n}" if n else ""), fontsize=8)
         ax.tick_params(axis="x", labelsize=7)
     fig.suptitle(f"{title} (filled: interval excludes 0)", fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.4 / height))  # room for the suptitle
     save_figure(fig, paths)
     return fig
 
@@ -381,6 +393,6 @@ def _comparison_matrices(comparisons, headlines, models_of, n_of, paths, title):
         bar.set_label("row − column", fontsize=7)
         bar.ax.tick_params(labelsize=6)
     fig.suptitle(f"{title}: row − column per headline ({n} models; dot: interval excludes 0)", fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.4 / fig.get_size_inches()[1]))  # room for the suptitle
     save_figure(fig, paths)
     return fig

@@ -111,7 +111,7 @@ def test_engine_intervals_and_comparisons():
     far = pairs[("a", "b")]
     assert far["distinguishable"] is True and far["mcnemar_p"] < 1e-6 and far["ci_low"] > 0
     assert far["difference"] == pytest.approx(100 * (correct["a"].mean() - correct["b"].mean()))
-    assert {r["n"] for r in pairs.values()} == {300}  # every comparison states its images
+    assert {(r["n"], r["n_unit"]) for r in pairs.values()} == {(300, "images")}  # every comparison states its n
 
 
 def test_a_comparison_states_the_images_it_is_over():

@@ -235,6 +235,7 @@ def test_comparisons_become_a_matrix_past_the_threshold_and_state_n(tmp_path, n)
     if n <= MANY_MODELS:  # every pair a row
         assert all(len(ax.get_yticklabels()) == n * (n - 1) // 2 for ax in panels)
         assert not any(ax.get_images() for ax in panels)
+        _no_text_overlaps(fig)
     else:  # a model x model matrix, every model on both axes, a dot where the interval excludes 0
         for ax in panels:
             (image,) = ax.get_images()
@@ -260,6 +261,10 @@ def test_compute_comparisons_carries_n_to_the_figure(tmp_path):
     assert (table["n"] == 500).all()
     fig = plot_comparisons(table, [tmp_path / "c.png"])
     assert all(ax.get_title().endswith("n=500 images") for ax in _panels(fig))
+    # what n counts: CKA resamples batches, not images
+    cka = _comparisons(3).assign(headline="mean layer-to-layer CKA (val)", n=2, n_unit="batches")
+    fig = plot_comparisons(cka, [tmp_path / "k.png"])
+    assert _panels(fig)[0].get_title().endswith("n=2 batches")
     plt.close("all")
 
 
