@@ -241,6 +241,9 @@ def validate_config(config: dict[str, Any], schema_path: str | os.PathLike = SCH
             else:
                 if not path.is_file():
                     problems.append(f"  models.{name}.checkpoint: file {path} does not exist")
+    unknown = [m for m in config.get("label_models", []) if m not in config["models"]]
+    if unknown:
+        problems.append(f"  label_models: {unknown} are not models of the study; models: {', '.join(config['models'])}")
     problems += _group_problems(config)
     problems += _split_problems(config)
     problems += _uncertainty_problems(config)

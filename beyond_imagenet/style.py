@@ -70,7 +70,8 @@ class _Pyplot:
 
 plt = _Pyplot()
 
-__all__ = ["CHANCE_ALPHA", "CHANCE_HATCH", "chance_note", "CI_COLUMNS", "at_chance", "chance_of", "clip_upper", "empty_note",
+__all__ = ["CHANCE_LEGEND", "MANY_MODELS", "many_models", "model_fontsize", "row_inches", "paradigm_colors", "labelled_models",
+           "place_labels", "dot_panels", "CHANCE_ALPHA", "CHANCE_HATCH", "chance_note", "CI_COLUMNS", "at_chance", "chance_of", "clip_upper", "empty_note",
            "legend_outside", "n_text", "ERRORBAR_STYLE", "FAMILY_STYLES", "as_text", "draw_intervals", "grouped_bars", "interval",
            "interval_lookup", "interval_text", "styled_models", "plt", "OTHER_PALETTE", "PAPER_COLORS", "PAPER_MARKER",
            "PARADIGM_PALETTES", "QUALITATIVE", "ModelStyle", "model_styles", "save_figure"]
@@ -124,8 +125,114 @@ CHANCE_HATCH = "xx"
 CHANCE_TEXT = "chance"
 
 
+# ------------------------------------------------------------------ figures that scale with the models
+#: The one threshold of the figures that scale (docs/evaluations.md §15): up to this many models a
+#: bar figure draws bars, the comparisons figure lists every pair and the scatters against ImageNet
+#: top-1 name every model; past it, bars become sorted dot plots (one row per model), the pairs a
+#: model x model matrix per headline, and the scatters name only the study's ``label_models``.
+MANY_MODELS = 8
+
+
+def many_models(n: int) -> bool:
+    """Whether ``n`` models are past :data:`MANY_MODELS` (the figures change kind)."""
+    return int(n) > MANY_MODELS
+
+
+def model_fontsize(n: int, few: float = 8.0, least: float = 5.5) -> float:
+    """Font size of ``n`` model labels on one axis: ``few`` up to :data:`MANY_MODELS`, then smaller
+    down to ``least`` at 30 models and beyond (the figure grows by :func:`row_inches` too)."""
+    if not many_models(n):
+        return few
+    return float(max(least, few - (few - least) * (n - MANY_MODELS) / (30 - MANY_MODELS)))
+
+
+def row_inches(n: int) -> float:
+    """Height of one model row (dot plots, matrices) for ``n`` models: room for a label in
+    :func:`model_fontsize` with a gap (0.3 in at few models, 0.2 in at 30)."""
+    return max(0.2, 0.3 - 0.1 * max(0, n - MANY_MODELS) / (30 - MANY_MODELS))
+
+
+#: Colour of each paradigm where a figure colours by paradigm, not by model (the scatters against
+#: ImageNet top-1): the first shade of its palette; another paradigm takes the next qualitative colour.
+PARADIGM_COLORS: dict[str, str] = {"supervised": PARADIGM_PALETTES["supervised"][0],
+                                   "clip": PARADIGM_PALETTES["clip"][0], "self_supervised": OTHER_PALETTE[1]}
+
+
+def paradigm_colors(paradigms: Sequence[str]) -> dict[str, str]:
+    """Paradigm -> colour (:data:`PARADIGM_COLORS`; others in order from :data:`QUALITATIVE`)."""
+    out, spare = {}, iter(QUALITATIVE * 3)
+    for paradigm in dict.fromkeys(str(p) for p in paradigms):
+        out[paradigm] = PARADIGM_COLORS.get(paradigm.lower()) or next(spare)
+    return out
+
+
+def labelled_models(models: Sequence[str], named: Sequence[str] | None = None,
+                    paper: Sequence[str] = ()) -> list[str]:
+    """The models a scatter names beside their point: the study's ``label_models`` when given;
+    otherwise every model up to :data:`MANY_MODELS`, past it only the paper's models (``paper``:
+    those with a paper_key). In study order."""
+    if named is not None:
+        wanted = set(named)
+    elif not many_models(len(models)):
+        wanted = set(models)
+    else:
+        wanted = set(paper)
+    return [m for m in models if m in wanted]
+
+
+def _overlap(a, b) -> bool:
+    return a.x0 < b.x1 and b.x0 < a.x1 and a.y0 < b.y1 and b.y0 < a.y1
+
+
+def place_labels(ax, points: Sequence[tuple[float, float, str]], fontsize: float = 7.0, **style: Any) -> list:
+    """Name points ``(x, y, text)`` in data coordinates, each at the first of a ring of offsets
+    (growing) where its box overlaps no label placed before it, no point, and stays inside the axes.
+    A thin leader line joins a label moved away from its point. Labels are ``_point_label``
+    annotations (tests read them back); returns them."""
+    from matplotlib.transforms import Bbox
+
+    fig = ax.figure
+    renderer = fig.canvas.get_renderer()
+    frame = ax.get_window_extent(renderer)
+    dots = [ax.transData.transform((x, y)) for x, y, _ in points]
+    pad = 3.5 * fig.dpi / 72  # half a marker
+    taken = [Bbox.from_extents(px - pad, py - pad, px + pad, py + pad) for px, py in dots]
+    directions = [(1, 0.4), (1, -1), (-1, 0.4), (-1, -1), (0, 1.4), (0, -1.8), (1, 1.4), (-1, 1.4)]
+    placed = []
+    for x, y, text in points:
+        label = None
+        for radius in (4, 8, 13, 19, 26, 34, 44):
+            for dx, dy in directions:
+                offset = (dx * radius, dy * radius * 0.8)
+                candidate = ax.annotate(text, (x, y), xytext=offset, textcoords="offset points", fontsize=fontsize,
+                                        ha="left" if dx > 0 else ("right" if dx < 0 else "center"),
+                                        va="center", label="_point_label", zorder=7, **style)
+                box = candidate.get_window_extent(renderer)
+                inside = frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1
+                if inside and not any(_overlap(box, other) for other in taken):
+                    label = candidate
+                    break
+                candidate.remove()
+            if label is not None:
+                break
+        if label is None:  # nowhere free: at the first offset, flagged (tests count these)
+            label = ax.annotate(text, (x, y), xytext=(4, 2), textcoords="offset points", fontsize=fontsize,
+                                va="center", label="_point_label_crowded", zorder=7, **style)
+        elif radius > 8:
+            ax.annotate("", (x, y), xytext=label.get_position(), textcoords="offset points",
+                        arrowprops=dict(arrowstyle="-", color="0.5", linewidth=0.4, shrinkA=0, shrinkB=2),
+                        label="_leader", zorder=6)
+        taken.append(label.get_window_extent(renderer))
+        placed.append(label)
+    return placed
+
+
 CHANCE_NOTE = ("faded, cross-hatched, 'chance': the model's accuracy interval reaches chance "
                "(1 / number of classes): not a result")
+
+
+#: The legend entry of a point drawn at chance (hollow and faded; dot plots and scatters).
+CHANCE_LEGEND = "hollow, faded: at chance (accuracy interval reaches 1 / number of classes), not a result"
 
 
 def chance_note(fig) -> None:
@@ -465,13 +572,16 @@ def margin_lookup(comparisons: pd.DataFrame | None, dataset: str = "") -> Callab
 
 def plot_paired(groups: Sequence[str], labels: Sequence[str], models: pd.DataFrame, value: Callable, paths,
                 title: str, ylabel: str, scale: float = 1.0, margin=None, headline_group: str | None = None,
-                higher_is_better: bool = True, ylim: tuple[float, float] | None = None, unit: str = ""):
+                higher_is_better: bool = True, ylim: tuple[float, float] | None = None, unit: str = "",
+                chance: Callable | None = None):
     """The paper's reading: per paradigm (one panel), ViT and ConvNet side by side at each group,
     with the winner and its margin ("+2.3 ViT") above the pair. ``margin(vit, convnet)`` ->
     (ViT - ConvNet, low, high) in displayed units from the paired bootstrap (comparisons), shown
     with its interval at ``headline_group`` (the headline the comparisons cover); elsewhere the
     margin of the two values (no interval: no paired resampling of it). A panel without both
-    families says so. Returns the saved (closed) figure."""
+    families says so. ``chance(model, group)`` -> True where the model is at chance there: its bar
+    faded (:data:`CHANCE_ALPHA`), cross-hatched and labelled "chance", like the other layouts, and
+    no winner is named for that pair ("chance: no margin"). Returns the saved (closed) figure."""
     pairs = paradigm_pairs(models)
     fig, axes = plt.subplots(1, max(1, len(pairs)), figsize=(max(4.0, 0.9 * len(groups) + 2) * max(1, len(pairs)),
                                                                 3.8), squeeze=False)
@@ -481,17 +591,30 @@ def plot_paired(groups: Sequence[str], labels: Sequence[str], models: pd.DataFra
         ax.text(0.5, 0.5, "layout: paired needs a ViT and a ConvNet model of the same paradigm; this study has none",
                 ha="center", va="center", fontsize=9, wrap=True, label="_empty")
     x = np.arange(len(groups))
+    guessing: set[tuple[str, str]] = set()
     for ax, (paradigm, vit, conv) in zip(axes[0], pairs):
         heights = {}
         for k, m in enumerate((vit, conv)):
             h = np.asarray([value(m["model"], g) for g in groups], dtype=float) * scale
             heights[m["model"]] = h
-            ax.bar(x + (k - 0.5) * 0.38, np.nan_to_num(h), width=0.38, color=m["color"], hatch=m["hatch"],
-                   edgecolor="black", linewidth=0.4, label=m["label"])
+            bars = ax.bar(x + (k - 0.5) * 0.38, np.nan_to_num(h), width=0.38, color=m["color"], hatch=m["hatch"],
+                          edgecolor="black", linewidth=0.4, label=m["label"])
+            for j, (g, patch) in enumerate(zip(groups, bars)):
+                if chance is not None and np.isfinite(h[j]) and chance(m["model"], g):
+                    patch.set_alpha(CHANCE_ALPHA)
+                    patch.set_hatch(CHANCE_HATCH)
+                    guessing.add((m["model"], g))
+                    ax.text(x[j] + (k - 0.5) * 0.38, h[j], CHANCE_TEXT, rotation=90, ha="center", va="bottom",
+                            fontsize=5, color="0.35", label="_chance")
         top = ylim[1] if ylim else np.nanmax([*heights[vit["model"]], *heights[conv["model"]], 0]) * 1.25 or 1.0
         for j, g in enumerate(groups):
             a, b = heights[vit["model"]][j], heights[conv["model"]][j]
             if not (np.isfinite(a) and np.isfinite(b)):
+                continue
+            if (vit["model"], g) in guessing or (conv["model"], g) in guessing:  # a guess wins nothing
+                ax.annotate("chance: no margin", (j, max(a, b)), xytext=(0, 14), textcoords="offset points",
+                            ha="center", va="bottom", fontsize=6, color="0.35", label="_margin",
+                            annotation_clip=False)
                 continue
             paired = margin(vit["model"], conv["model"]) if (margin and g == headline_group) else None
             diff = paired[0] if paired else a - b
@@ -513,5 +636,94 @@ def plot_paired(groups: Sequence[str], labels: Sequence[str], models: pd.DataFra
     fig.suptitle(title + (f"; interval of the margin at {headline_group}: paired bootstrap" if margin and
                           headline_group else ""), fontsize=9)
     fig.tight_layout()
+    if guessing:
+        chance_note(fig)
+    save_figure(fig, paths)
+    return fig
+
+
+# ------------------------------------------------------------------ past MANY_MODELS: sorted dot plots
+def dot_panels(groups: Sequence[str], labels: Sequence[str], models: pd.DataFrame, value: Callable, paths,
+               title: str, xlabel: str, scale: float = 1.0, interval: Callable | None = None,
+               chance: Callable | None = None, sort_by: str | None = None, higher_is_better: bool | None = True,
+               n_of: Mapping[str, str] | None = None, xlim: tuple[float, float] | None = None,
+               paper: Callable | None = None, reference: float | None = None, max_columns: int = 8):
+    """A bar figure past :data:`MANY_MODELS`: one panel per group (``labels``: their names), one
+    row per model, sorted by the value at ``sort_by`` (default: the last group, e.g. the average;
+    best at the top, a model without a value last) and the same order in every panel, so a model
+    is read along its row. A dot in the model's colour and family marker, its interval as a
+    horizontal bar; at chance (``chance(model, group)``) the dot is hollow and faded (labelled
+    ``_chance``); the published number a black diamond; ``reference`` a dashed line (e.g. error
+    ratio 1). ``n_of``: group -> n text under its panel title. Model names in
+    :func:`model_fontsize`, rows :func:`row_inches` apart. Returns the saved (closed) figure."""
+    groups = list(groups)
+    key = sort_by if sort_by in groups else groups[-1]
+    keyed = np.asarray([value(m, key) for m in models["model"]], dtype=float)
+    signed = keyed if higher_is_better is not False else -keyed
+    order = sorted(range(len(models)), key=lambda k: (not np.isfinite(signed[k]), -np.nan_to_num(signed[k])))
+    rows = models.iloc[order].reset_index(drop=True)
+    n = len(rows)
+    columns = min(len(groups), max_columns)
+    panel_rows = int(math.ceil(len(groups) / columns))
+    size = model_fontsize(n)
+    height = row_inches(n) * n + 1.0
+    label_inches = max(len(str(x)) for x in rows["label"]) * size * 0.55 / 72
+    fig, axes = plt.subplots(panel_rows, columns, figsize=(max(6.0, 0.4 + label_inches + 1.75 * columns),
+                                                           height * panel_rows + 0.6), squeeze=False, sharey=True)
+    y = np.arange(n)[::-1]
+    chance_drawn = False
+    for ax in axes.flat[len(groups):]:
+        ax.set_visible(False)
+    for ax, group, label in zip(axes.flat, groups, labels):
+        values = np.asarray([value(m, group) for m in rows["model"]], dtype=float) * scale
+        bounds = [None] * n
+        if interval is not None:
+            bounds = [None if b is None else _scaled(*b, scale) for b in (interval(m, group) for m in rows["model"])]
+            draw_intervals(ax, y, bounds, horizontal=True, at=values, label=f"_ci:{group}")
+        for k, m in rows.iterrows():
+            if not np.isfinite(values[k]):
+                ax.text(0.02, y[k], "n/a", transform=ax.get_yaxis_transform(), fontsize=size - 1, color="gray",
+                        va="center")
+                continue
+            guessing = chance is not None and chance(m["model"], group)
+            chance_drawn |= bool(guessing)
+            ax.plot([values[k]], [y[k]], marker=m["marker"], linestyle="none", markersize=4.5,
+                    color=m["color"], markerfacecolor="white" if guessing else m["color"],
+                    markeredgecolor=m["color"] if guessing else "black", markeredgewidth=0.6 if guessing else 0.3,
+                    alpha=CHANCE_ALPHA if guessing else 1.0, zorder=5,
+                    label="_chance" if guessing else f"_dot:{m['model']}")
+            if paper is not None and m["paper_key"]:
+                published = paper(m["paper_key"], group)
+                if published is not None and np.isfinite(published):
+                    ax.plot([published], [y[k]], **{**PAPER_MARKER, "markersize": 3}, label="_published")
+        if reference is not None:
+            ax.axvline(reference, color="black", linestyle="--", linewidth=0.7)
+        ax.grid(axis="y", color="0.92", linewidth=0.5)
+        ax.set_axisbelow(True)
+        if xlim is not None:  # a little past the limits: a dot at 0 or 100 % is drawn whole
+            pad = 0.03 * (xlim[1] - xlim[0])
+            ax.set_xlim(xlim[0] - pad, xlim[1] + pad)
+        ax.tick_params(axis="x", labelsize=6.5)
+        n_line = (n_of or {}).get(group, "")
+        ax.set_title(str(label) + (f"\n{n_line}" if n_line else "") + (" (sorted by)" if group == key else ""),
+                     fontsize=7)
+    axes[0, 0].set_yticks(y)
+    axes[0, 0].set_yticklabels(rows["label"], fontsize=size)
+    for row in axes:
+        row[0].tick_params(axis="y", labelleft=True, labelsize=size)
+    axes[0, 0].set_ylim(-0.7, n - 0.3)
+    for ax in axes[-1]:
+        ax.set_xlabel(xlabel, fontsize=7)
+    fig.suptitle(f"{title} ({n} models, sorted by {labels[groups.index(key)]}; bar: interval)", fontsize=9)
+    handles = [plt.Line2D([], [], marker=FAMILY_STYLES[f][0], linestyle="none", color="0.3", label=name)
+               for f, name in (("convnet", "ConvNet"), ("vit", "ViT"), ("other", "other"))
+               if (models["family"].str.lower().map(lambda v: v if v in FAMILY_STYLES else "other") == f).any()]
+    if paper is not None and models["paper_key"].astype(bool).any():
+        handles.append(plt.Line2D([], [], label="published (paper)", **{**PAPER_MARKER, "markersize": 3}))
+    if chance_drawn:
+        handles.append(plt.Line2D([], [], marker="o", linestyle="none", color="0.3", markerfacecolor="white",
+                                  alpha=CHANCE_ALPHA, label=CHANCE_LEGEND))
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / fig.get_size_inches()[1]))  # room for the suptitle
+    legend_outside(fig, handles=handles, ncol=len(handles) if len(handles) < 5 else 3)
     save_figure(fig, paths)
     return fig

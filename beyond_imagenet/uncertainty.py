@@ -36,7 +36,7 @@ Key = tuple
 MODEL_DETAIL_COLUMNS = {"label", "family", "paradigm", "paper_key", "training_data"}
 IGNORED = {"value", "ci_low", "ci_high", "model", *MODEL_DETAIL_COLUMNS}
 COMPARISON_COLUMNS = ("evaluation", "headline", "dataset", "model_a", "model_b", "label_a", "label_b",
-                      "difference", "ci_low", "ci_high", "mcnemar_p", "distinguishable")
+                      "difference", "ci_low", "ci_high", "mcnemar_p", "distinguishable", "n", "n_unit")
 
 
 def _text(value: Any) -> str:
@@ -60,6 +60,7 @@ class Entry:
     replicates: np.ndarray
     sample: "Sample | None" = None  # the sample whose rows give it (None: a combined row)
     positions: np.ndarray | None = None  # the sample's images it was computed on (None: all)
+    n: int | None = None  # the images it rests on (a combined row: those of the samples it combines)
 
 
 def _rows_to_entries(sample: "Sample", data: Mapping[str, np.ndarray], strata, resamples: int,
@@ -78,7 +79,7 @@ def _rows_to_entries(sample: "Sample", data: Mapping[str, np.ndarray], strata, r
                 j = where.get(row_key(r))
                 if j is not None:
                     values[b, j] = r["value"]
-    return {k: Entry(float(r["value"]), values[:, j], sample, positions)
+    return {k: Entry(float(r["value"]), values[:, j], sample, positions, n)
             for j, (k, r) in enumerate(zip(keys, point_rows))}
 
 
@@ -114,9 +115,35 @@ def model_replicates(samples: Sequence["Sample"], uncertainty: Mapping[str, Any]
             for r in combine(rows_of(matrix[b])):
                 if row_key(r) in combined:
                     combined[row_key(r)][1][b] = r["value"]
+        images = _combined_images(combine, keys, entries, rows_of)
         for k, (value, reps) in combined.items():
-            entries[k] = Entry(value, reps)
+            entries[k] = Entry(value, reps, n=images.get(k))
     return entries
+
+
+def _combined_images(combine: Callable[[Rows], Rows], keys: list[Key], entries: Mapping[Key, Entry],
+                     rows_of: Callable) -> dict[Key, int]:
+    """Per row ``combine`` makes: the images it rests on, the sum over the samples (units) whose rows
+    change it (each unit's values moved in turn; e.g. the robustness average rests on its shifted
+    sets, not on clean ImageNet)."""
+    point = [entries[k].point for k in keys]
+    base = {row_key(r): float(r["value"]) for r in combine(rows_of(point))}
+    units: dict[str, tuple[list[int], int]] = {}
+    for j, k in enumerate(keys):
+        entry = entries[k]
+        if entry.sample is not None and entry.n is not None:
+            units.setdefault(entry.sample.unit, ([], entry.n))[0].append(j)
+    out = dict.fromkeys(base, 0)
+    for positions, n in units.values():
+        moved = list(point)
+        for j in positions:
+            moved[j] = moved[j] + 1.0
+        for r in combine(rows_of(moved)):
+            key = row_key(r)
+            before, after = base.get(key, np.nan), float(r["value"])
+            if key in out and not (before == after or (np.isnan(before) and np.isnan(after))):
+                out[key] += n
+    return {k: v for k, v in out.items() if v}
 
 
 def replicates_by_model(samples: Sequence["Sample"], uncertainty, combine=None) -> dict[str, dict[Key, Entry]]:
@@ -210,8 +237,16 @@ def compare(record: "Evaluation", samples: Sequence["Sample"], replicates: Mappi
                         "difference": (ea.point - eb.point) * headline.scale, "ci_low": low, "ci_high": high,
                         "mcnemar_p": _mcnemar(ea, eb, columns.get("metric")),
                         "distinguishable": bool(low > 0 or high < 0) if not np.isnan(low) else "",
+                        # the images both models were scored on (an average: summed over its sets)
+                        "n": ea.n if ea.n is not None else "",
+                        "n_unit": _counts(ea) if ea.n is not None else "",
                     })
     return out
+
+
+def _counts(entry: Entry) -> str:
+    """What the entry's n counts (``Sample.counts``; a combined row: its samples', "images")."""
+    return getattr(entry.sample, "counts", "images") if entry.sample is not None else "images"
 
 
 def _pair_key(key: Key, ignore: Sequence[str]) -> Key:
@@ -251,23 +286,47 @@ def table_and_comparisons(record: "Evaluation", job) -> tuple[Rows, Rows]:
 
 # ------------------------------------------------------------------------------------ figure
 def plot_comparisons(comparisons, paths, title: str = "Model against model") -> None:
-    """One panel per headline: every pair's difference a − b (dot) with its interval (bar); a
-    filled dot: the interval excludes 0 (distinguishable), hollow: it does not."""
+    """One panel per headline, its n (images the differences are over) in the title. Up to
+    ``style.MANY_MODELS`` models: every pair's difference a − b (dot) with its interval (bar); a
+    filled dot: the interval excludes 0 (distinguishable), hollow: it does not. Past it: a model x
+    model matrix (row − column, coloured by the difference, a dot where the interval excludes 0)
+    with model names in ``style.model_fontsize``. Returns the saved (closed) figure."""
     import math
 
-    from beyond_imagenet.style import plt, save_figure
+    import pandas as pd
+
+    from beyond_imagenet.style import many_models, n_text, plt, save_figure
 
     if comparisons.empty:
         fig, ax = plt.subplots(figsize=(6, 2))
         ax.axis("off")
         ax.text(0.5, 0.5, "no model pairs to compare in this study", ha="center", va="center")
         save_figure(fig, paths)
-        return
+        return fig
     headlines = list(dict.fromkeys(comparisons["headline"]))
+    models_of = {h: list(dict.fromkeys([*g["model_a"], *g["model_b"]]))
+                 for h, g in comparisons.groupby("headline", sort=False)}
+    n_models = max(len(m) for m in models_of.values())
+    counts = pd.to_numeric(comparisons["n"], errors="coerce") if "n" in comparisons else None
+
+    def n_of(headline) -> str:
+        if counts is None:
+            return ""
+        mine = comparisons["headline"] == headline
+        text = n_text(counts[mine].tolist())
+        units = [str(u) for u in dict.fromkeys(comparisons.loc[mine, "n_unit"]) if isinstance(u, str) and u] \
+            if "n_unit" in comparisons else []
+        return f"{text} {' / '.join(units) or 'images'}" if text else ""
+
+    if many_models(n_models):
+        return _comparison_matrices(comparisons, headlines, models_of, n_of, paths, title)
     cols = min(3, len(headlines))
     rows = math.ceil(len(headlines) / cols)
     n_pairs = comparisons.groupby("headline").size().max()
-    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 0.9 + (0.28 * n_pairs + 0.8) * rows), squeeze=False)
+    longest = max(len(f"{a} − {b}") for a, b in zip(comparisons["label_a"], comparisons["label_b"]))
+    width = 2.2 + longest * 5.5 * 0.55 / 72  # the plot, and the pair names in 5.5 pt
+    height = 0.9 + (0.28 * n_pairs + 0.9) * rows
+    fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height), squeeze=False)
     for ax in axes.flat[len(headlines):]:
         ax.set_visible(False)
     for ax, headline in zip(axes.flat, headlines):
@@ -283,8 +342,57 @@ def plot_comparisons(comparisons, paths, title: str = "Model against model") -> 
         ax.axvline(0, color="black", linewidth=0.7, linestyle="--")
         ax.set_yticks(list(y))
         ax.set_yticklabels([f"{a} − {b}" for a, b in zip(data["label_a"], data["label_b"])], fontsize=5.5)
-        ax.set_title(headline, fontsize=8)
+        n = n_of(headline)
+        ax.set_title(headline + (f"\n{n}" if n else ""), fontsize=8)
         ax.tick_params(axis="x", labelsize=7)
     fig.suptitle(f"{title} (filled: interval excludes 0)", fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.4 / height))  # room for the suptitle
     save_figure(fig, paths)
+    return fig
+
+
+def _comparison_matrices(comparisons, headlines, models_of, n_of, paths, title):
+    """Past ``style.MANY_MODELS``: per headline the matrix of row − column differences (RdBu,
+    symmetric about 0 per panel), a black dot where its interval excludes 0; models in study order."""
+    import math
+
+    from beyond_imagenet.style import model_fontsize, plt, row_inches, save_figure
+
+    n = max(len(m) for m in models_of.values())
+    side = row_inches(n) * n
+    size = model_fontsize(n)
+    cols = min(2 if n > 16 else 3, len(headlines))
+    rows = math.ceil(len(headlines) / cols)
+    label_inches = max(len(str(x)) for x in [*comparisons["label_a"], *comparisons["label_b"]]) * size * 0.55 / 72
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * (side + label_inches + 1.4),
+                                                   rows * (side + label_inches + 0.9) + 0.5), squeeze=False)
+    for ax in axes.flat[len(headlines):]:
+        ax.set_visible(False)
+    for ax, headline in zip(axes.flat, headlines):
+        data = comparisons[comparisons["headline"] == headline]
+        models = models_of[headline]
+        index = {m: i for i, m in enumerate(models)}
+        labels = dict(zip(data["model_a"], data["label_a"])) | dict(zip(data["model_b"], data["label_b"]))
+        matrix = np.full((len(models), len(models)), np.nan)
+        marks = []
+        for _, r in data.iterrows():
+            i, j, d = index[r["model_a"]], index[r["model_b"]], float(r["difference"])
+            matrix[i, j], matrix[j, i] = d, -d
+            if str(r["distinguishable"]).strip().lower() == "true":
+                marks += [(i, j), (j, i)]
+        limit = np.nanmax(np.abs(matrix)) if np.isfinite(matrix).any() and np.nanmax(np.abs(matrix)) > 0 else 1.0
+        image = ax.imshow(matrix, cmap="RdBu", vmin=-limit, vmax=limit, aspect="equal")
+        if marks:
+            ax.plot([j for _, j in marks], [i for i, _ in marks], "o", color="black", markersize=max(1.5, size / 3),
+                    linestyle="none", label="_significant")
+        ax.set_xticks(range(len(models)), [labels.get(m, m) for m in models], rotation=90, fontsize=size)
+        ax.set_yticks(range(len(models)), [labels.get(m, m) for m in models], fontsize=size)
+        n_line = n_of(headline)
+        ax.set_title(headline + (f"\n{n_line}" if n_line else ""), fontsize=8)
+        bar = fig.colorbar(image, ax=ax, shrink=0.7, pad=0.02)
+        bar.set_label("row − column", fontsize=7)
+        bar.ax.tick_params(labelsize=6)
+    fig.suptitle(f"{title}: row − column per headline ({n} models; dot: interval excludes 0)", fontsize=10)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.4 / fig.get_size_inches()[1]))  # room for the suptitle
+    save_figure(fig, paths)
+    return fig

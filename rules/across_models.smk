@@ -44,3 +44,30 @@ rule plot_across_models:
 if PROFILE_TABLES and ACROSS_REFERENCE:
     register_targets(STUDY.metric("across_models"), STUDY.figure("across_models", "png"),
                      STUDY.figure("across_models", "pdf"))
+
+
+# Each headline against ImageNet top-1, one point per model (docs/evaluations.md §15): the figure
+# that scales with the number of models; the robustness panel draws the effective-robustness fit.
+rule plot_vs_imagenet:
+    input:
+        profile=f"{RESULTS}/metrics/profile.csv",
+        **({"robustness": STUDY.metric("robustness")} if "robustness" in PROFILE_TABLES else {}),
+    output:
+        png=report(f"{RESULTS}/figures/vs_imagenet.png", category="Model profile",
+                   caption="../report/vs_imagenet.rst"),
+        pdf=f"{RESULTS}/figures/vs_imagenet.pdf",
+    params:
+        reference=ACROSS_REFERENCE,
+        # the models named beside their point (None: every model up to style.MANY_MODELS, then the paper's)
+        label_models=config.get("label_models"),
+        title=f"Each headline against ImageNet top-1: study {config['study']}",
+    log:
+        f"{RESULTS}/logs/plot_vs_imagenet.log",
+    conda:
+        "../envs/analysis.yaml"
+    script:
+        "../scripts/plot_vs_imagenet.py"
+
+
+if PROFILE_TABLES and ACROSS_REFERENCE:
+    register_targets(STUDY.figure("vs_imagenet", "png"), STUDY.figure("vs_imagenet", "pdf"))

@@ -111,6 +111,35 @@ def test_engine_intervals_and_comparisons():
     far = pairs[("a", "b")]
     assert far["distinguishable"] is True and far["mcnemar_p"] < 1e-6 and far["ci_low"] > 0
     assert far["difference"] == pytest.approx(100 * (correct["a"].mean() - correct["b"].mean()))
+    assert {(r["n"], r["n_unit"]) for r in pairs.values()} == {(300, "images")}  # every comparison states its n
+
+
+def test_a_comparison_states_the_images_it_is_over():
+    """n: the images both models were scored on (common ids); a combined row (the robustness
+    average): the sum over the sets it averages, not over every set of the evaluation."""
+    from beyond_imagenet.evaluations import Sample, get
+    from beyond_imagenet.uncertainty import compare, replicates_by_model
+
+    rng = np.random.default_rng(2)
+    uncertainty = {"level": 0.95, "resamples": 50, "seed": 0}
+
+    def sample(model, unit, n, drop=0):
+        ids = np.asarray([f"{unit}{k}" for k in range(drop, n)], dtype=object)
+        correct = rng.random(len(ids)) < 0.6
+        benchmark = "imagenet_val" if unit == "val" else unit
+        return Sample(model, unit, ids, {"c": correct},
+                      lambda d, b=benchmark: [{"dataset": b, "benchmark": b, "corruption": "", "severity": "",
+                                               "metric": "top1", "value": float(d["c"].mean())}],
+                      correct={"top1": "c"})
+
+    # a lacks nothing; b lacks the first 10 images of imagenet_r: 90 in common there
+    samples = [sample("a", "val", 50), sample("a", "imagenet_r", 100), sample("a", "imagenet_sketch", 30),
+               sample("b", "val", 50), sample("b", "imagenet_r", 100, drop=10), sample("b", "imagenet_sketch", 30)]
+    record = get("robustness")
+    reps = replicates_by_model(samples, uncertainty, record.combine)
+    models = {m: {"model": m, "label": m} for m in ("a", "b")}
+    (row,) = compare(record, samples, reps, uncertainty, models)  # the headline: the average of the shifted sets
+    assert row["n"] == 90 + 30  # the shifted sets' common images; clean ImageNet is not in the average
 
 
 # --------------------------------------------------------------------------------- workflow
@@ -171,6 +200,7 @@ def test_changing_the_bootstrap_reruns_no_extraction(tiny_config, tmp_path):
     assert not {"extract_outputs", "probe_transfer", "build_manifest"} & set(planned), planned
     allowed = {"compute_accuracy", "compute_calibration", "compute_transfer", "compute_comparisons",
                "plot_comparisons", "compute_profile", "plot_profile", "plot_reliability", "plot_confidence",
-               "plot_transfer", "compute_across_models", "plot_across_models", "results_page", "all"}
+               "plot_transfer", "compute_across_models", "plot_across_models", "plot_vs_imagenet", "results_page",
+               "all"}
     assert set(planned) <= allowed, planned
     print("planned after changing uncertainty.resamples:", dict(planned))

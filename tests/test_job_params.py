@@ -63,7 +63,7 @@ RERUN_TRIGGERS = {
 # or extraction change legitimately reruns them.
 # Study-wide jobs that read every table (the profile, the model-against-model comparisons) or every output.
 AGGREGATES = {"compute_profile", "plot_profile", "compute_comparisons", "plot_comparisons", "list_skipped_images",
-              "compute_across_models", "plot_across_models", "results_page"}
+              "compute_across_models", "plot_across_models", "plot_vs_imagenet", "results_page"}
 
 
 # ------------------------------------------------------------------------------------- study

@@ -68,7 +68,7 @@ def test_changing_bins_reruns_only_calibration(default_study, tmp_path):
     # The calibration table, its figures, and the study-wide profile and comparisons; no extraction.
     assert set(jobs) == {"compute_calibration", "plot_reliability", "plot_confidence", "compute_profile",
                          "plot_profile", "compute_comparisons", "plot_comparisons", "compute_across_models",
-                         "plot_across_models", "results_page", "all"}
+                         "plot_across_models", "plot_vs_imagenet", "results_page", "all"}
 
 
 def test_relabelling_a_model_redraws_tables_and_figures_only(default_study, tmp_path):

@@ -109,7 +109,7 @@ def test_training_data_is_a_model_column_of_every_table_and_not_part_of_the_cach
 def test_zoo_study_dry_run_plans(tmp_path):
     jobs = Counter(rule for rule, _ in dry_run_jobs(ZOO, tmp_path))
     assert jobs["compute_accuracy"] == 1 and jobs["compute_transfer"] == 1 and jobs["compute_profile"] == 1
-    assert jobs["compute_across_models"] == 1 and jobs["plot_across_models"] == 1
+    assert jobs["compute_across_models"] == 1 and jobs["plot_across_models"] == 1 and jobs["plot_vs_imagenet"] == 1
     assert jobs["build_zero_shot_head"] == sum(1 for m in load_config(ZOO)["models"].values()
                                                if m["source"] == "open_clip")
 

@@ -89,6 +89,8 @@ class Sample:
     rows: Callable[[dict[str, Any]], Rows]
     strata: Any = None
     correct: dict[str, str] = dataclasses.field(default_factory=dict)
+    #: What one id is (the comparisons' ``n_unit``): "images", or "batches" (CKA resamples its batches).
+    counts: str = "images"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -18,8 +18,10 @@ from beyond_imagenet.style import (
     chance_note,
     chance_of,
     clip_upper,
+    dot_panels,
     grouped_bars,
     legend_outside,
+    many_models,
     n_text,
     interval_lookup,
     plt,
@@ -132,6 +134,15 @@ def plot_imagenet_x(table: pd.DataFrame, dataset: str, paths, paper: dict | None
         return ratios.get(key, {}).get(factor, np.nan)
 
     top = clip_upper(data["value"].astype(float).to_numpy(), floor=2.0)
+    counts = table[(table["dataset"] == dataset) & (table["metric"] == "n_images")]
+    n_by_factor = counts.groupby("factor")["value"].first()
+    if many_models(len(models)):  # past a handful of models: a sorted dot plot, one row per model, every paradigm
+        return dot_panels(factors, [f.replace("_", " ") for f in factors], models, value, paths,
+                          f"ImageNet-X error ratios on {dataset} (lower is better; 1 = average error)", "error ratio",
+                          interval=intervals, chance=(lambda m, f: m in guessing) if guessing else None,
+                          sort_by="average", higher_is_better=False, xlim=(0, top), reference=1.0,
+                          n_of={f: f"n={int(n_by_factor[f])}" for f in factors if f in n_by_factor},
+                          paper=published if paper else None, max_columns=9)
     panels = [("supervised", "Supervised"), ("clip", "CLIP")]
     fig, axes = plt.subplots(len(panels), 1, figsize=(10, 6.2), sharex=True, squeeze=False)
     for ax, (paradigm, title) in zip(axes[:, 0], panels):
@@ -146,8 +157,6 @@ def plot_imagenet_x(table: pd.DataFrame, dataset: str, paths, paper: dict | None
         ax.axhline(1.0, color="black", linestyle="--", linewidth=0.8)
         ax.set_ylabel("error ratio")
         ax.set_title(title, fontsize=9)
-    counts = table[(table["dataset"] == dataset) & (table["metric"] == "n_images")]
-    n_by_factor = counts.groupby("factor")["value"].first()
     labels = [f"{f.replace('_', ' ')}" + (f"\n(n={int(n_by_factor[f])})" if f in n_by_factor else "") for f in factors]
     axes[-1, 0].set_xticks(np.arange(len(factors)))
     axes[-1, 0].set_xticklabels(labels, rotation=60, ha="right", fontsize=7)

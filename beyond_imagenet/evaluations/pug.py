@@ -16,8 +16,10 @@ from beyond_imagenet.style import (
     chance_note,
     chance_of,
     empty_note,
+    dot_panels,
     grouped_bars,
     legend_outside,
+    many_models,
     n_text,
     interval_lookup,
     plt,
@@ -143,6 +145,11 @@ def plot_pug(table: pd.DataFrame, dataset: str, paths, paper: dict | None = None
     counts = table[(table["dataset"] == dataset) & (table["metric"] == "n_images")]
     n_of = {s: n_text(counts.loc[counts["subset"] == s, "value"].astype(float)) for s in subsets}
     n_of["Average"] = n_text([counts.groupby("model")["value"].sum().max()]) if len(counts) else ""
+    if many_models(len(models)):  # past a handful of models: a sorted dot plot, one row per model
+        return dot_panels(subsets, [s.replace("_", " ") for s in subsets], models, value, paths,
+                          f"PUG-ImageNet ({dataset}), scoring rule '{rule}'", "top-1 (%)", scale=100,
+                          interval=intervals, chance=is_chance if level is not None else None, sort_by="Average",
+                          n_of=n_of, xlim=(0, 100), paper=published if paper else None, max_columns=6)
     fig, ax = plt.subplots(figsize=(10, 3.8))
     grouped_bars(ax, subsets, models, value, published if paper else None, scale=100, interval=intervals,
                  chance=is_chance if level is not None else None)

@@ -33,8 +33,10 @@ from beyond_imagenet.style import (
     chance_note,
     chance_of,
     empty_note,
+    dot_panels,
     grouped_bars,
     legend_outside,
+    many_models,
     margin_lookup,
     n_text,
     plot_paired,
@@ -406,6 +408,11 @@ def plot_robustness(table: pd.DataFrame, paths, paper: dict | None = None, chanc
     images = table[(table["metric"] == "n_images") & (table["corruption"] == "")]
     n_of = {b: n_text(images.loc[images["benchmark"] == b, "value"].astype(float)) for b in present}
     labels = {**BENCHMARK_LABELS, "average": f"Average ({n_shifted})"}
+    if many_models(len(models)):  # past a handful of models: a sorted dot plot, one row per model
+        return dot_panels(present, [labels.get(b, b) for b in present], models, value, paths,
+                          "Robustness: top-1 on ImageNet and the shifted sets", "top-1 (%)", scale=100,
+                          interval=intervals, chance=is_chance if levels else None, sort_by="average", n_of=n_of,
+                          xlim=(0, 100), paper=published if paper else None)
     fig, ax = plt.subplots(figsize=(max(6.0, 1.0 * len(present) + 2), 3.8))
     grouped_bars(ax, present, models, value, published if paper else None, scale=100, interval=intervals,
                  chance=is_chance if levels else None)
@@ -426,9 +433,11 @@ def plot_robustness(table: pd.DataFrame, paths, paper: dict | None = None, chanc
     return fig
 
 
-def plot_robustness_paired(table: pd.DataFrame, paths, comparisons: pd.DataFrame | None = None):
+def plot_robustness_paired(table: pd.DataFrame, paths, comparisons: pd.DataFrame | None = None,
+                           chance: dict | None = None):
     """``layout: paired``: per paradigm, ViT vs ConvNet top-1 (%) per benchmark with the winner and
-    its margin; the Average's margin with its paired-bootstrap interval (``comparisons``)."""
+    its margin; the Average's margin with its paired-bootstrap interval (``comparisons``); bars at
+    chance (``chance``: dataset -> chance top-1) faded and labelled, as in :func:`plot_robustness`."""
     table = as_text(table, "benchmark", "corruption", "dataset")
     overall = table[(table["metric"] == "top1") & (table["corruption"] == "")]
     found = list(dict.fromkeys(overall["benchmark"]))
@@ -437,16 +446,23 @@ def plot_robustness_paired(table: pd.DataFrame, paths, comparisons: pd.DataFrame
     lookup = overall.groupby(["model", "benchmark"])["value"].mean()
     counts = table.loc[(table["benchmark"] == "average") & (table["metric"] == "n_benchmarks"), "value"]
     labels = {**BENCHMARK_LABELS, "average": f"Average ({int(counts.max()) if len(counts) else 0})"}
+    intervals = interval_lookup(overall, ["model", "benchmark"])
+    levels = _chance_by_benchmark(overall, chance)
+
+    def is_chance(model, benchmark):
+        return at_chance(lookup.get((model, benchmark), np.nan), intervals(model, benchmark) if intervals else None,
+                         levels.get(benchmark))
+
     return plot_paired(present, [labels.get(b, b) for b in present], styled_models(table, table),
                        lambda m, b: lookup.get((m, b), np.nan), paths, "Robustness, the paper's reading: ViT vs ConvNet",
                        "top-1 accuracy (%)", scale=100, margin=margin_lookup(comparisons), headline_group="average",
-                       ylim=(0, 105))
+                       ylim=(0, 105), chance=is_chance if levels else None)
 
 
 def draw(job) -> None:
     if job.params.layout == "paired":
         plot_robustness_paired(read_table(job.input[0]), job.figure_paths(),
-                               read_table(job.input[1]) if len(job.input) > 1 else None)
+                               read_table(job.input[1]) if len(job.input) > 1 else None, chance=job.params.chance)
         return
     plot_robustness(read_table(job.input[0]), job.figure_paths(), paper=job.params.data["paper"],
                     chance=job.params.chance)

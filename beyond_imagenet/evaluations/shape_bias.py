@@ -211,23 +211,31 @@ def plot_shape_bias(table: pd.DataFrame, dataset: str, paths, paper: dict | None
     return fig
 
 
-def plot_shape_bias_paired(table: pd.DataFrame, dataset: str, paths, comparisons: pd.DataFrame | None = None):
+def plot_shape_bias_paired(table: pd.DataFrame, dataset: str, paths, comparisons: pd.DataFrame | None = None,
+                           chance: dict | None = None):
     """``layout: paired``: per paradigm, ViT vs ConvNet overall shape bias with the winner (the more
-    shape-biased) and the margin's paired-bootstrap interval (``comparisons``)."""
+    shape-biased) and the margin's paired-bootstrap interval (``comparisons``); a model whose
+    16-class accuracy is at chance (``chance``: dataset -> 1/16) faded and labelled, no winner named."""
     table = as_text(table, "category")
     data = table[(table["dataset"] == dataset) & (table["metric"] == "shape_bias") & (table["category"] == "")]
     if data.empty:
         raise ValueError(f"no shape-bias rows for dataset {dataset!r}")
     lookup = data.set_index("model")["value"]
+    accuracy = table[(table["dataset"] == dataset) & (table["metric"] == "accuracy_16") & (table["category"] == "")]
+    accuracy_interval = interval_lookup(accuracy, ["model"])
+    level = chance_of(chance, dataset)
+    guessing = {m for m, v in zip(accuracy["model"], accuracy["value"].astype(float))
+                if at_chance(v, accuracy_interval(m) if accuracy_interval else None, level)}
     return plot_paired(["overall"], ["shape bias"], styled_models(data, table), lambda m, g: lookup.get(m, np.nan),
                        paths, f"Shape bias on {dataset}, the paper's reading: ViT vs ConvNet", "shape bias",
-                       margin=margin_lookup(comparisons, dataset), headline_group="overall", ylim=(0, 1.1))
+                       margin=margin_lookup(comparisons, dataset), headline_group="overall", ylim=(0, 1.1),
+                       chance=(lambda m, g: m in guessing) if level is not None else None)
 
 
 def draw(job) -> None:
     if job.params.layout == "paired":
         plot_shape_bias_paired(read_table(job.input[0]), job.wildcards.dataset, job.figure_paths(),
-                               read_table(job.input[1]) if len(job.input) > 1 else None)
+                               read_table(job.input[1]) if len(job.input) > 1 else None, chance=job.params.chance)
         return
     plot_shape_bias(read_table(job.input[0]), job.wildcards.dataset, job.figure_paths(), paper=job.params.data["paper"],
                     chance=job.params.chance, humans=job.params.data.get("humans"))

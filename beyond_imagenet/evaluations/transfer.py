@@ -25,14 +25,17 @@ from beyond_imagenet.style import (
     at_chance,
     chance_note,
     chance_of,
+    dot_panels,
     draw_intervals,
     empty_note,
     legend_outside,
+    many_models,
     n_text,
     interval_lookup,
     model_styles,
     plt,
     save_figure,
+    styled_models,
 )
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -196,6 +199,12 @@ def plot_transfer(table: pd.DataFrame, dataset: str, paths, paper_top1: Mapping[
             return None
         return paper_top1[model["paper_key"]]
 
+    tests = table[(table["dataset"] == dataset) & (table["metric"] == "n_test")]
+    if many_models(len(models)):  # past a handful of models: a sorted dot plot, one row per model
+        return _transfer_dots(data, table, dataset, tasks, groups, ours, theirs if paper_top1 else None,
+                              task_interval, mean_interval,
+                              chance, tests, paths)
+
     # Tasks of a group sit together, with a gap between groups.
     positions, x, previous = [], 0.0, None
     for task in tasks:
@@ -216,7 +225,6 @@ def plot_transfer(table: pd.DataFrame, dataset: str, paths, paper_top1: Mapping[
     task_levels = [chance_of(chance, dataset, t) for t in tasks]
     levels = None if all(v is None for v in task_levels) else [None if v is None else 100 * v for v in task_levels]
     _bars(ax_tasks, positions, values, paper, models, width, intervals, levels)
-    tests = table[(table["dataset"] == dataset) & (table["metric"] == "n_test")]
     n_of = {t: n_text(tests.loc[tests["task"] == t, "value"].astype(float)) for t in tasks}
     ax_tasks.set_xticks(positions, [TASKS[t].label + (f"\n{n_of[t]}" if n_of[t] else "") for t in tasks],
                         rotation=45, ha="right", fontsize=7)
@@ -265,6 +273,46 @@ def plot_transfer(table: pd.DataFrame, dataset: str, paths, paper_top1: Mapping[
         chance_note(fig)
     save_figure(fig, paths)
     return fig
+
+
+def _transfer_dots(data, table, dataset, tasks, groups, ours, theirs, task_interval, mean_interval, chance, tests,
+                   paths):
+    """:func:`plot_transfer` past ``style.MANY_MODELS``: one dot panel per task and per group mean
+    (``style.dot_panels``), rows sorted by the mean over tasks."""
+    keys = [*tasks, *(f"mean:{g}" for g in groups)]
+    names = [*(TASKS[t].label for t in tasks), *(GROUP_LABELS[g] + " mean" if g != "all" else f"Mean of {len(tasks)}"
+                                                for g in groups)]
+
+    def value(model, key):
+        return ours(model, "mean", key[5:]) if key.startswith("mean:") else ours(model, key)
+
+    def bounds(model, key):
+        if key.startswith("mean:"):
+            return mean_interval(model, key[5:]) if mean_interval else None
+        return task_interval(model, key) if task_interval else None
+
+    levels = {t: chance_of(chance, dataset, t) for t in tasks}
+    for g in groups:
+        members = [levels[t] for t in tasks if levels[t] is not None and (g == "all" or TASKS[t].group == g)]
+        levels[f"mean:{g}"] = float(np.mean(members)) if members else None
+
+    def is_chance(model, key):
+        level = levels.get(key)
+        return at_chance(value(model, key), bounds(model, key), None if level is None else 100 * level)
+
+    def published(paper_key, key):
+        top1 = theirs({"paper_key": paper_key}) if theirs is not None else None
+        if top1 is None:
+            return np.nan
+        if key.startswith("mean:"):
+            return (paper_means(top1, tasks) or {}).get(key[5:], np.nan)
+        return top1.get(TASKS[key].paper_key, np.nan)
+
+    n_of = {t: n_text(tests.loc[tests["task"] == t, "value"].astype(float)) for t in tasks}
+    models = styled_models(data.assign(paper_key=data["paper_key"].fillna("")), table)
+    return dot_panels(keys, names, models, value, paths, f"VTAB-1k linear probes: {dataset} ({len(tasks)} tasks)",
+                      "top-1 (%)", interval=bounds, chance=is_chance if any(levels.values()) else None,
+                      sort_by="mean:all", n_of=n_of, xlim=(0, 100), paper=published if theirs is not None else None)
 
 
 # ------------------------------------------------------------------- what its rules are given
@@ -357,9 +405,12 @@ def published(study, wildcards) -> dict:
     return {"paper_top1": load_paper_results()["vtab"]["top1"]}
 
 
-def plot_transfer_paired(table: pd.DataFrame, dataset: str, paths, comparisons: pd.DataFrame | None = None):
+def plot_transfer_paired(table: pd.DataFrame, dataset: str, paths, comparisons: pd.DataFrame | None = None,
+                         chance: Mapping[str, float] | None = None):
     """``layout: paired``: per paradigm, ViT vs ConvNet probe top-1 (%) per task and the mean over
-    tasks, with the winner and its margin; the mean's margin with its paired-bootstrap interval."""
+    tasks, with the winner and its margin; the mean's margin with its paired-bootstrap interval.
+    ``chance`` (``<dataset>/<task>`` -> 1 / the task's classes): bars at chance faded and labelled,
+    as in :func:`plot_transfer` (the mean against the mean of its tasks' chance levels)."""
     from beyond_imagenet.style import margin_lookup, plot_paired, styled_models
 
     data = table[(table["dataset"] == dataset) & (table["metric"] == "test_top1")]
@@ -373,10 +424,21 @@ def plot_transfer_paired(table: pd.DataFrame, dataset: str, paths, comparisons: 
         return means.get(model, np.nan) if group == "mean" else per_task.get((model, group), np.nan)
 
     models = styled_models(data.assign(paper_key=data["paper_key"].fillna("")), table)
+    task_interval = interval_lookup(data[data["task"] != "mean"], ["model", "task"])
+    mean_interval = interval_lookup(data[(data["task"] == "mean") & (data["group"] == "all")], ["model"])
+    levels = {t: chance_of(chance, dataset, t) for t in tasks}
+    known = [v for v in levels.values() if v is not None]
+    levels["mean"] = float(np.mean(known)) if known and len(known) == len(tasks) else None
+
+    def is_chance(model, group):
+        bounds = (mean_interval(model) if mean_interval else None) if group == "mean" else \
+            (task_interval(model, group) if task_interval else None)
+        return at_chance(value(model, group), bounds, levels.get(group))
+
     return plot_paired([*tasks, "mean"], [*(TASKS[t].label for t in tasks), f"Mean of {len(tasks)}"], models, value,
                        paths, f"VTAB-1k linear probes on {dataset}, the paper's reading: ViT vs ConvNet",
                        "linear-probe top-1 (%)", scale=100, margin=margin_lookup(comparisons, dataset),
-                       headline_group="mean", ylim=(0, 110))
+                       headline_group="mean", ylim=(0, 110), chance=is_chance if known else None)
 
 
 def draw(job) -> None:
@@ -384,7 +446,7 @@ def draw(job) -> None:
 
     if job.params.layout == "paired":
         plot_transfer_paired(read_table(job.input[0]), job.wildcards.dataset, job.figure_paths(),
-                             read_table(job.input[1]) if len(job.input) > 1 else None)
+                             read_table(job.input[1]) if len(job.input) > 1 else None, chance=job.params.chance)
         return
     plot_transfer(read_table(job.input[0]), job.wildcards.dataset, job.figure_paths(),
                   paper_top1=job.params.data["paper_top1"], chance=job.params.chance)

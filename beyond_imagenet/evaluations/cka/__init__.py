@@ -103,7 +103,8 @@ def samples(job) -> list:
                 n = len(m.batches["ab"])
                 out.append(Sample(owner, unit, np.asarray([f"batch-{i}" for i in range(n)]), dict(m.batches),
                                   lambda d, m=m, dataset=dataset, owner=owner: matrix_rows(
-                                      m, cka_from_batch_terms(d["ab"], d["aa"], d["bb"]), models, dataset, owner)))
+                                      m, cka_from_batch_terms(d["ab"], d["aa"], d["bb"]), models, dataset, owner),
+                                  counts="batches"))
     return out
 
 
