@@ -79,8 +79,14 @@ def _rows_to_entries(sample: "Sample", data: Mapping[str, np.ndarray], strata, r
                 j = where.get(row_key(r))
                 if j is not None:
                     values[b, j] = r["value"]
-    return {k: Entry(float(r["value"]), values[:, j], sample, positions, n)
+    return {k: Entry(float(r["value"]), values[:, j], sample, positions, _row_images(sample, data, r, n))
             for j, (k, r) in enumerate(zip(keys, point_rows))}
+
+
+def _row_images(sample: "Sample", data: Mapping[str, np.ndarray], row: Mapping[str, Any], n: int) -> int:
+    """The images a row rests on: all ``n``, or the finite values of its ``Sample.row_data`` array."""
+    name = sample.row_data(row) if getattr(sample, "row_data", None) is not None else None
+    return n if name is None else int(np.isfinite(np.asarray(data[name], dtype=float)).sum())
 
 
 def _restricted(sample: "Sample", positions: np.ndarray | None):
@@ -128,11 +134,11 @@ def _combined_images(combine: Callable[[Rows], Rows], keys: list[Key], entries: 
     sets, not on clean ImageNet)."""
     point = [entries[k].point for k in keys]
     base = {row_key(r): float(r["value"]) for r in combine(rows_of(point))}
-    units: dict[str, tuple[list[int], int]] = {}
+    units: dict[tuple[str, int], tuple[list[int], int]] = {}  # rows of one set resting on the same images
     for j, k in enumerate(keys):
         entry = entries[k]
         if entry.sample is not None and entry.n is not None:
-            units.setdefault(entry.sample.unit, ([], entry.n))[0].append(j)
+            units.setdefault((entry.sample.unit, entry.n), ([], entry.n))[0].append(j)
     out = dict.fromkeys(base, 0)
     for positions, n in units.values():
         moved = list(point)

@@ -142,6 +142,42 @@ def test_a_comparison_states_the_images_it_is_over():
     assert row["n"] == 90 + 30  # the shifted sets' common images; clean ImageNet is not in the average
 
 
+def test_real_rests_on_the_val_images_with_a_real_label():
+    """ImageNet-ReaL leaves out val images without a ReaL label: its n, and its share of the
+    robustness average's n, count only the labelled ones (not every val image)."""
+    from beyond_imagenet.evaluations import Sample, get
+    from beyond_imagenet.evaluations.robustness import _row_data, robustness_sample
+    from beyond_imagenet.metrics.robustness import real_labels
+    from beyond_imagenet.uncertainty import compare, replicates_by_model
+
+    table = real_labels()
+    unlabelled = sorted(name for name, labels in table.items() if not labels)[:2]
+    labelled = sorted(name for name, labels in table.items() if labels)[:6]
+    names = np.asarray(unlabelled + labelled, dtype=object)
+    uncertainty = {"level": 0.95, "resamples": 40, "seed": 0}
+    rng = np.random.default_rng(3)
+    samples = []
+    for model in ("a", "b"):
+        predicted = rng.integers(0, 1000, len(names))
+        data, strata, rows = robustness_sample({"ids": names, "predicted": predicted,
+                                                "correct": rng.random(len(names)) < 0.5},
+                                               "imagenet_val", "imagenet1k", real=True)
+        assert np.isnan(data["real"][:2]).all() and not np.isnan(data["real"][2:]).any()
+        samples.append(Sample(model, "imagenet_val", names, data,
+                              lambda d, rows=rows: [{"dataset": "imagenet_val", **r} for r in rows(d)],
+                              strata=strata, row_data=_row_data))
+        ids = np.asarray([f"r{k}" for k in range(10)], dtype=object)
+        samples.append(Sample(model, "imagenet_r", ids, {"c": rng.random(10) < 0.5},
+                              lambda d: [{"dataset": "imagenet_r", "benchmark": "imagenet_r", "corruption": "",
+                                          "severity": "", "metric": "top1", "value": float(d["c"].mean())}]))
+    record = get("robustness")
+    reps = replicates_by_model(samples, uncertainty, record.combine)
+    n = {dict(k).get("benchmark"): e.n for k, e in reps["a"].items()}
+    assert n["imagenet_real"] == 6 and n["imagenet_val"] == 8 and n["imagenet_r"] == 10
+    (row,) = compare(record, samples, reps, uncertainty, {m: {"model": m, "label": m} for m in ("a", "b")})
+    assert row["n"] == 6 + 10  # ReaL's labelled images and ImageNet-R's; clean val is not in the average
+
+
 # --------------------------------------------------------------------------------- workflow
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 from beyond_imagenet.profile import Headline
 
@@ -91,6 +91,9 @@ class Sample:
     correct: dict[str, str] = dataclasses.field(default_factory=dict)
     #: What one id is (the comparisons' ``n_unit``): "images", or "batches" (CKA resamples its batches).
     counts: str = "images"
+    #: row -> the ``data`` key of the per-image values the row averages, NaN where an image is left
+    #: out (e.g. ImageNet-ReaL's images without a label): the row's n counts the finite ones. None: every image.
+    row_data: Callable[[Mapping[str, Any]], str | None] | None = None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -241,6 +241,11 @@ def robustness_sample(out: dict[str, Any], kind: str, class_space: str, root=Non
     return data, None, rows
 
 
+def _row_data(row) -> str | None:
+    """The ReaL row rests on the val images with a ReaL label (``data["real"]`` is NaN for the others)."""
+    return "real" if row.get("benchmark") == "imagenet_real" else None
+
+
 def _in_set(predicted: int, labels) -> float:
     valid = {int(v) for v in labels if int(v) >= 0}
     return float(predicted in valid) if valid else np.nan
@@ -254,7 +259,8 @@ def samples(job) -> list[Sample]:
         out_samples.append(Sample(item["model"], item["dataset"], out["ids"], data,
                                   lambda d, rows=rows, dataset=item["dataset"]: [{"dataset": dataset, **r}
                                                                                  for r in rows(d)],
-                                  strata=strata))
+                                  strata=strata,
+                                  row_data=_row_data))
     return out_samples
 
 
