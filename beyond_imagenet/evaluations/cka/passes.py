@@ -73,18 +73,33 @@ class LayerSelectionError(ValueError):
 
 
 def select_layers(tower: nn.Module, family: str, layers: str | Sequence[str]) -> list[tuple[str, nn.Module]]:
-    """(name, module) of the layers to hook, in forward (definition) order."""
+    """(name, module) of the layers to hook, in forward (definition) order.
+
+    A selector (``blocks``, ``stages``) resolves in two steps (docs/evaluations.md §9):
+
+    1. the regular expressions of :data:`LAYER_SELECTORS` (per family, first matching pattern
+       wins), kept only if the layers they find reach the tower's last feature level
+       (:func:`feature_modules`): ``layer1.0`` alone in an HRNet is not its blocks;
+    2. otherwise timm's own stage metadata, :func:`generic_layers`.
+
+    A list of regular expressions takes every module whose name matches one of them.
+    """
     named = [(name, module) for name, module in tower.named_modules() if name]
     if isinstance(layers, str):
         if layers not in LAYER_SELECTORS:
             raise LayerSelectionError(f"unknown layer selector {layers!r}; known: {sorted(LAYER_SELECTORS)}")
         by_family = LAYER_SELECTORS[layers]
         candidates = [by_family[family]] if family in by_family else list(by_family.values())
+        order = {name: i for i, (name, _) in enumerate(named)}
+        features = feature_modules(tower)
         for pattern in itertools.chain.from_iterable(candidates):
             found = [(n, m) for n, m in named if re.search(pattern, n)]
-            if found:
+            if found and (not features or order[found[-1][0]] >= order[features[-1]]):
                 return found
-        what = f"selector {layers!r} (family {family!r})"
+        found = generic_layers(tower, layers)
+        if found:
+            return found
+        what = f"selector {layers!r} (family {family!r}; no timm feature_info either)"
     else:
         found = [(n, m) for n, m in named if any(re.search(p, n) for p in layers)]
         if found:
@@ -92,6 +107,93 @@ def select_layers(tower: nn.Module, family: str, layers: str | Sequence[str]) ->
         what = f"patterns {list(layers)}"
     sample = ", ".join(n for n, _ in named[:40])
     raise LayerSelectionError(f"{what} match no module of {type(tower).__name__}; modules include: {sample}")
+
+
+def feature_modules(tower: nn.Module) -> list[str]:
+    """timm's feature levels of ``tower`` as names of its modules, in timm's (forward) order: the
+    ``module`` of each entry of the ``feature_info`` of the tower or, failing that, of its first
+    submodule that has one (open_clip's timm towers: ``trunk``). [] where there is none."""
+    names = dict(tower.named_modules())
+    for prefix, module in tower.named_modules():
+        info = getattr(module, "feature_info", None)
+        if info is None:
+            continue
+        if isinstance(info, (list, tuple)):
+            modules = [entry.get("module") for entry in info if isinstance(entry, Mapping)]
+        elif hasattr(info, "module_name"):  # timm's FeatureInfo
+            modules = list(info.module_name())
+        else:
+            continue
+        full = [f"{prefix}.{m}" if prefix else m for m in modules if isinstance(m, str) and m]
+        found = list(dict.fromkeys(m for m in full if m in names))
+        if found:
+            return found
+    return []
+
+
+def _has_children(module: nn.Module) -> bool:
+    return next(module.children(), None) is not None
+
+
+def _numbered(names: Sequence[str]) -> bool:
+    """``b1, b2, b3``: one prefix and consecutive numbers (not Inception's ``branch1x1, branch3x3_1``)."""
+    parts = [re.fullmatch(r"(.*?)(\d+)", n) for n in names]
+    if not all(parts) or len({p.group(1) for p in parts}) != 1:
+        return False
+    numbers = [int(p.group(2)) for p in parts]
+    return numbers == list(range(numbers[0], numbers[0] + len(numbers)))
+
+
+def _block_children(module: nn.Module) -> list[tuple[str, nn.Module]] | None:
+    """The blocks a *block container* holds: an ``nn.Sequential`` / ``ModuleList`` / ``ModuleDict``
+    with at least one child that has modules of its own (those children), or another module whose
+    two or more children are all of one class, have modules of their own and are numbered in order
+    (timm's RegNet stages: ``b1``, ``b2``, ...). None for any other module."""
+    children = list(module.named_children())
+    composite = [(n, m) for n, m in children if _has_children(m)]
+    if isinstance(module, (nn.Sequential, nn.ModuleList, nn.ModuleDict)):
+        return composite or None
+    if (len(children) >= 2 and len(composite) == len(children) and len({type(m) for _, m in children}) == 1
+            and _numbered([n for n, _ in children])):
+        return composite
+    return None
+
+
+def generic_layers(tower: nn.Module, selector: str) -> list[tuple[str, nn.Module]]:
+    """The layers of ``selector`` from timm's stage metadata (:func:`feature_modules`), for any timm
+    architecture and open_clip's timm towers; [] where the tower has none.
+
+    * ``stages``: the feature levels themselves.
+    * ``blocks``: the feature levels, with the siblings timm's list skips between two of them put
+      back (its list has one module per reduction: EfficientNet's ``blocks.3``), each level
+      replaced by its blocks: the children of the level if it is a block container
+      (:func:`_block_children`), else those of its first child that is one (a ConvNeXt or Swin
+      stage's ``blocks``), else the level itself (a ViT block, a stem, a stage of one block).
+    """
+    names = dict(tower.named_modules())
+    levels = feature_modules(tower)
+    if selector == "stages" or not levels:
+        return [(n, names[n]) for n in levels]
+    filled: list[str] = []
+    for previous, level in zip([None, *levels], levels):
+        if previous is not None and previous.rpartition(".")[0] == level.rpartition(".")[0]:
+            parent = level.rpartition(".")[0]
+            siblings = [f"{parent}.{n}" if parent else n for n, _ in names[parent].named_children()]
+            start, stop = siblings.index(previous), siblings.index(level)
+            filled += [s for s in siblings[start + 1:stop] if _has_children(names[s])]
+        filled.append(level)
+    out: list[tuple[str, nn.Module]] = []
+    for level in filled:
+        module = names[level]
+        blocks = _block_children(module)
+        if blocks is None:
+            for child_name, child in module.named_children():
+                inner = _block_children(child)
+                if inner:
+                    blocks = [(f"{child_name}.{n}", m) for n, m in inner]
+                    break
+        out += [(f"{level}.{n}", m) for n, m in blocks] if blocks else [(level, module)]
+    return list(dict((n, (n, m)) for n, m in out).values())
 
 
 def _batch_first(out: torch.Tensor, batch: int) -> torch.Tensor:
