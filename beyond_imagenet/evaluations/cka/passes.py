@@ -93,7 +93,7 @@ def select_layers(tower: nn.Module, family: str, layers: str | Sequence[str]) ->
         order = {name: i for i, (name, _) in enumerate(named)}
         features = feature_modules(tower)
         for pattern in itertools.chain.from_iterable(candidates):
-            found = [(n, m) for n, m in named if re.search(pattern, n)]
+            found = _called([(n, m) for n, m in named if re.search(pattern, n)])
             if found and (not features or order[found[-1][0]] >= order[features[-1]]):
                 return found
         found = generic_layers(tower, layers)
@@ -101,11 +101,11 @@ def select_layers(tower: nn.Module, family: str, layers: str | Sequence[str]) ->
             return found
         what = f"selector {layers!r} (family {family!r}; no timm feature_info either)"
     else:
-        found = [(n, m) for n, m in named if any(re.search(p, n) for p in layers)]
+        found = _called([(n, m) for n, m in named if any(re.search(p, n) for p in layers)])
         if found:
             return found
         what = f"patterns {list(layers)}"
-    sample = ", ".join(n for n, _ in named[:40])
+    sample = ", ".join([n for n, _ in named if n.count(".") <= 2][:40])  # the outer modules
     raise LayerSelectionError(f"{what} match no module of {type(tower).__name__}; modules include: {sample}")
 
 
@@ -129,6 +129,19 @@ def feature_modules(tower: nn.Module) -> list[str]:
         if found:
             return found
     return []
+
+
+def _called(layers: Sequence[tuple[str, nn.Module]]) -> list[tuple[str, nn.Module]]:
+    """Each layer that is never called itself (an ``nn.ModuleList`` / ``ModuleDict``, iterated by its
+    owner, as CoaT's ``serial_blocks1``: a hook on it would never fire) replaced by its last child
+    that is, the output it stands for; duplicates dropped, order kept."""
+    out = []
+    for name, module in layers:
+        while type(module).forward is nn.Module.forward and _has_children(module):
+            child, module = list(module.named_children())[-1]
+            name = f"{name}.{child}"
+        out.append((name, module))
+    return list({n: (n, m) for n, m in out}.values())
 
 
 def _has_children(module: nn.Module) -> bool:
@@ -173,14 +186,15 @@ def generic_layers(tower: nn.Module, selector: str) -> list[tuple[str, nn.Module
     names = dict(tower.named_modules())
     levels = feature_modules(tower)
     if selector == "stages" or not levels:
-        return [(n, names[n]) for n in levels]
+        return _called([(n, names[n]) for n in levels])
     filled: list[str] = []
     for previous, level in zip([None, *levels], levels):
         if previous is not None and previous.rpartition(".")[0] == level.rpartition(".")[0]:
             parent = level.rpartition(".")[0]
             siblings = [f"{parent}.{n}" if parent else n for n, _ in names[parent].named_children()]
             start, stop = siblings.index(previous), siblings.index(level)
-            filled += [s for s in siblings[start + 1:stop] if _has_children(names[s])]
+            filled += [s for s in siblings[start + 1:stop]  # blocks, not a ModuleList a stage draws from
+                       if _has_children(names[s]) and type(names[s]).forward is not nn.Module.forward]
         filled.append(level)
     out: list[tuple[str, nn.Module]] = []
     for level in filled:
@@ -193,7 +207,81 @@ def generic_layers(tower: nn.Module, selector: str) -> list[tuple[str, nn.Module
                     blocks = [(f"{child_name}.{n}", m) for n, m in inner]
                     break
         out += [(f"{level}.{n}", m) for n, m in blocks] if blocks else [(level, module)]
-    return list(dict((n, (n, m)) for n, m in out).values())
+    return _called(out)
+
+
+def meta_tower(source: str, arch: str) -> nn.Module:
+    """The image tower :data:`IMAGE_TOWERS` gives for ``arch``, built with random weights on the
+    ``meta`` device (no memory, no download): its module names are those of the job's tower.
+    timm: the model; open_clip: the ``visual`` tower of the architecture's config (open_clip's own
+    builder: a timm trunk, a ViT or a ModifiedResNet). Raises where it cannot be built offline."""
+    with torch.device("meta"):
+        if source == "timm":
+            import timm
+
+            return timm.create_model(arch, pretrained=False)
+        if source == "open_clip":
+            import open_clip
+            from open_clip.model import _build_vision_tower
+
+            from beyond_imagenet.models import _register_bundled_open_clip_configs
+
+            _register_bundled_open_clip_configs()
+            cfg = open_clip.get_model_config(arch)
+            if not cfg:
+                raise ValueError(f"open_clip has no local config for {arch!r}")
+            return _build_vision_tower(cfg["embed_dim"], cfg["vision_cfg"])
+    raise ValueError(f"unknown source {source!r}")
+
+
+def layer_names_on_meta(source: str, arch: str, family: str, layers: str | Sequence[str]) -> dict[str, Any]:
+    """``{"layers": [...], "error": None}``: the layers :func:`select_layers` hooks in ``arch``'s
+    tower (built on the meta device, :func:`meta_tower`), or ``{"layers": None, "error": why}``
+    where it finds none (what study validation refuses, ``evaluations.cka.check``). Raises where
+    the tower cannot be built offline."""
+    tower = meta_tower(source, arch)
+    try:
+        found = select_layers(tower, family, layers)
+    except LayerSelectionError as err:
+        return {"layers": None, "error": str(err)}
+    error = meta_forward_problem(tower, found)
+    return {"layers": None if error else [name for name, _ in found], "error": error}
+
+
+def meta_forward_problem(tower: nn.Module, layers: Sequence[tuple[str, nn.Module]], batch: int = 5) -> str | None:
+    """Why the Gram hooks would fail on ``layers`` of a meta-device ``tower``, from a shape-only
+    forward pass at its input size: a layer that does not run, or whose output has no batch
+    dimension; None if none (or if the tower cannot be traced on the meta device: the pass job
+    reports what happens then)."""
+    ran: dict[str, tuple] = {}
+
+    def hook(name):
+        def record(_module, _inputs, output):
+            out = output[0] if isinstance(output, (tuple, list)) else output
+            ran.setdefault(name, tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__)
+        return record
+
+    # open_clip towers: image_size (int or pair); timm models: their data config's input size
+    size = getattr(tower, "image_size", None) or (getattr(tower, "pretrained_cfg", None) or {}).get(
+        "input_size", (3, 224, 224))
+    size = (size, size) if isinstance(size, int) else tuple(size)[-2:]
+    handles = [module.register_forward_hook(hook(name)) for name, module in layers]
+    try:
+        with torch.no_grad(), torch.device("meta"):
+            tower.eval()(torch.empty(batch, 3, *size))
+    except Exception as err:  # an operation without a meta kernel, an unusual input: cannot tell
+        log.debug("cannot trace %s on the meta device (%s); its layers are not run here", type(tower).__name__, err)
+        return None
+    finally:
+        for handle in handles:
+            handle.remove()
+    silent = [name for name, _ in layers if name not in ran]
+    if silent:
+        return f"the selected layer(s) {silent[:5]} of {type(tower).__name__} do not run in its forward pass"
+    for name, shape in ran.items():
+        if not isinstance(shape, tuple) or not (shape[:1] == (batch,) or shape[1:2] == (batch,)):
+            return f"the output of layer {name} of {type(tower).__name__} ({shape}) has no batch dimension"
+    return None
 
 
 def _batch_first(out: torch.Tensor, batch: int) -> torch.Tensor:
