@@ -12,9 +12,11 @@ its pass file (:func:`write_grams`); the pairs are formed later, without any mod
 files (:func:`pairs_from_grams`), with exactly the arithmetic of a joint pass (:func:`cka_pass`,
 which runs several models in one process, as the tests do).
 
-Which layers: a *selector* of :data:`LAYER_SELECTORS` (``blocks``, ``stages``) resolved per
-architecture family by regular expressions over module names of the image tower
-(:data:`IMAGE_TOWERS`, per model source), or a list of such expressions from the config.
+Which layers (:func:`select_layers`): a *selector* (``blocks``, ``stages``) resolved for any
+architecture, first by the regular expressions of :data:`LAYER_SELECTORS` over module names of the
+image tower (:data:`IMAGE_TOWERS`, per model source), else by timm's own stage metadata
+(``feature_info``, :func:`generic_layers`); or a list of such expressions from the config. Study
+validation resolves them on the tower built on the meta device (:func:`layer_names_on_meta`).
 """
 
 from __future__ import annotations
