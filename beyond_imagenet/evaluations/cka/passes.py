@@ -134,9 +134,9 @@ def feature_modules(tower: nn.Module) -> list[str]:
 
 
 def _called(layers: Sequence[tuple[str, nn.Module]]) -> list[tuple[str, nn.Module]]:
-    """Each layer that is never called itself (an ``nn.ModuleList`` / ``ModuleDict``, iterated by its
-    owner, as CoaT's ``serial_blocks1``: a hook on it would never fire) replaced by its last child
-    that is, the output it stands for; duplicates dropped, order kept."""
+    """``layers`` with each one that is never called itself (an ``nn.ModuleList`` / ``ModuleDict``
+    iterated by its owner, as CoaT's ``serial_blocks1``: a hook on it would never fire) replaced by
+    its last child, whose output it stands for; duplicates dropped, order kept."""
     out = []
     for name, module in layers:
         while type(module).forward is nn.Module.forward and _has_children(module):
@@ -160,17 +160,17 @@ def _numbered(names: Sequence[str]) -> bool:
 
 
 def _block_children(module: nn.Module) -> list[tuple[str, nn.Module]] | None:
-    """The blocks a *block container* holds: an ``nn.Sequential`` / ``ModuleList`` / ``ModuleDict``
-    with at least one child that has modules of its own (those children), or another module whose
-    two or more children are all of one class, have modules of their own and are numbered in order
-    (timm's RegNet stages: ``b1``, ``b2``, ...). None for any other module."""
+    """The children of a *block container*, None for any other module. Its children all have
+    modules of their own (blocks, not a DenseNet transition's norm, conv and pool) and it is an
+    ``nn.Sequential`` / ``ModuleList`` / ``ModuleDict``, or it has two or more of them, of one
+    class and numbered in order (timm's RegNet stages: ``b1``, ``b2``, ...)."""
     children = list(module.named_children())
-    composite = [(n, m) for n, m in children if _has_children(m)]
+    if not children or not all(_has_children(m) for _, m in children):
+        return None
     if isinstance(module, (nn.Sequential, nn.ModuleList, nn.ModuleDict)):
-        return composite or None
-    if (len(children) >= 2 and len(composite) == len(children) and len({type(m) for _, m in children}) == 1
-            and _numbered([n for n, _ in children])):
-        return composite
+        return children
+    if len(children) >= 2 and len({type(m) for _, m in children}) == 1 and _numbered([n for n, _ in children]):
+        return children
     return None
 
 
