@@ -160,17 +160,18 @@ def _numbered(names: Sequence[str]) -> bool:
 
 
 def _block_children(module: nn.Module) -> list[tuple[str, nn.Module]] | None:
-    """The children of a *block container*, None for any other module. Its children all have
-    modules of their own (blocks, not a DenseNet transition's norm, conv and pool) and it is an
-    ``nn.Sequential`` / ``ModuleList`` / ``ModuleDict``, or it has two or more of them, of one
+    """The blocks (children with modules of their own) of a *block container*, None for any other
+    module: an ``nn.Sequential`` / ``ModuleList`` / ``ModuleDict`` at least half of whose children
+    are blocks (a stage's blocks beside a plain downsampling conv or final norm; not a DenseNet
+    transition's norm, conv and pool), or a module with two or more children, all blocks of one
     class and numbered in order (timm's RegNet stages: ``b1``, ``b2``, ...)."""
     children = list(module.named_children())
-    if not children or not all(_has_children(m) for _, m in children):
-        return None
+    blocks = [(n, m) for n, m in children if _has_children(m)]
     if isinstance(module, (nn.Sequential, nn.ModuleList, nn.ModuleDict)):
-        return children
-    if len(children) >= 2 and len({type(m) for _, m in children}) == 1 and _numbered([n for n, _ in children]):
-        return children
+        return blocks if blocks and 2 * len(blocks) >= len(children) else None
+    if (len(children) >= 2 and len(blocks) == len(children) and len({type(m) for _, m in children}) == 1
+            and _numbered([n for n, _ in children])):
+        return blocks
     return None
 
 
