@@ -105,6 +105,13 @@ def test_regexes_that_miss_the_last_stage_give_way_to_timm_metadata():
     # CoaT's stages are ModuleLists (iterated, never called): each stands for its last block.
     coat = [n for n, _ in select_layers(meta_tower("timm", "coat_lite_tiny"), "other", "stages")]
     assert coat == [f"serial_blocks{i}.1" for i in range(1, 5)]
+    # DenseNet: its dense layers, and each transition (norm, conv, pool) as one layer.
+    densenet = [n for n, _ in select_layers(meta_tower("timm", "densenet121"), "other", "blocks")]
+    assert "features.transition1" in densenet and "features.denseblock1.denselayer1" in densenet
+    assert not any(n.startswith("features.transition1.") for n in densenet)
+    # CSATv2's stages hold their blocks beside a plain downsampling conv and a final norm.
+    csat = [n for n, _ in select_layers(meta_tower("timm", "csatv2"), "other", "blocks")]
+    assert len(csat) == 19 and "stages.1.1" in csat and "stages.1.0" not in csat
     # Inception's branches are parallel, not blocks: a Mixed module is one layer.
     inception = [n for n, _ in select_layers(meta_tower("timm", "inception_v3"), "other", "blocks")]
     assert "Mixed_7c" in inception and not any("branch" in n for n in inception)
