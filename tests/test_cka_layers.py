@@ -17,6 +17,7 @@ from beyond_imagenet.evaluations.cka.passes import (
     feature_modules,
     generic_layers,
     layer_names_on_meta,
+    layer_output,
     meta_tower,
     select_layers,
 )
@@ -31,6 +32,7 @@ ARCHITECTURES = [
     "cait_xxs24_224", "xcit_nano_12_p16_224", "swin_tiny_patch4_window7_224", "levit_128s", "coat_lite_tiny",
     "maxvit_tiny_tf_224", "mobilevit_xxs", "efficientformer_l1", "fastvit_t8", "edgenext_xx_small",
     "mixer_s16_224", "resmlp_12_224", "poolformer_s12", "caformer_s18",
+    "tnt_s_patch16_224",  # blocks return (inner pixel tokens (B·N, 16, D), outer tokens (B, N + 1, D))
 ]
 
 
@@ -42,8 +44,7 @@ def _order_and_shapes(tower, layers, batch=5):
     def hook(name):
         def record(_module, _inputs, output):
             calls.append(name)
-            out = output[0] if isinstance(output, (tuple, list)) else output
-            shapes.setdefault(name, tuple(out.shape))
+            shapes.setdefault(name, tuple(layer_output(output, batch).shape))  # what GramRecorder takes
         return record
 
     handles = [module.register_forward_hook(hook(name)) for name, module in layers]
@@ -130,6 +131,15 @@ def test_a_real_forward_through_the_gram_recorder(arch, blocks):
         model(torch.randn(4, 3, 64, 64))
         grams = recorder.take()
     assert len(grams) == blocks and all(g.shape == (4, 4) and torch.isfinite(g).all() for g in grams)
+
+
+def test_the_activation_of_a_tuple_output_is_its_first_tensor_with_the_batch():
+    inner, outer = torch.zeros(980, 16, 24), torch.zeros(5, 197, 384)
+    assert layer_output((inner, outer), 5) is outer
+    assert layer_output((outer, inner), 5) is outer
+    assert layer_output((inner,), 5) is inner  # none: the first (the hook then names the shape)
+    assert layer_output(inner, 5) is inner
+    assert layer_names_on_meta("timm", "tnt_s_patch16_224", "vit", "blocks")["error"] is None
 
 
 @pytest.mark.parametrize("arch, first, last", [

@@ -260,7 +260,7 @@ def meta_forward_problem(tower: nn.Module, layers: Sequence[tuple[str, nn.Module
 
     def hook(name):
         def record(_module, _inputs, output):
-            out = output[0] if isinstance(output, (tuple, list)) else output
+            out = layer_output(output, batch)
             ran.setdefault(name, tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__)
         return record
 
@@ -287,6 +287,19 @@ def meta_forward_problem(tower: nn.Module, layers: Sequence[tuple[str, nn.Module
     return None
 
 
+def layer_output(output: Any, batch: int) -> Any:
+    """The activation of a layer's output: the output itself, or of a tuple / list the first
+    tensor with a batch dimension (dim 0, or 1 if sequence-first), else its first element (TNT's
+    blocks return the inner pixel tokens, (B·N, 16, D), before the outer tokens, (B, N + 1, D))."""
+    if not isinstance(output, (tuple, list)):
+        return output
+    for out in output:
+        if isinstance(out, torch.Tensor) and out.ndim and (out.shape[0] == batch
+                                                          or (out.ndim >= 2 and out.shape[1] == batch)):
+            return out
+    return output[0]
+
+
 def _batch_first(out: torch.Tensor, batch: int) -> torch.Tensor:
     """Activations with the batch on dim 0 (sequence-first transformers put it on dim 1)."""
     if out.shape[0] == batch:
@@ -308,7 +321,7 @@ class GramRecorder:
 
     def _hook(self, index: int):
         def hook(_module, _inputs, output):
-            out = output[0] if isinstance(output, (tuple, list)) else output
+            out = layer_output(output, self.batch)
             # float64 Gram now; the activation itself is dropped when the layer's caller is done.
             self.grams[index] = gram_linear(_batch_first(out.detach(), self.batch))
 
