@@ -23,6 +23,63 @@ from beyond_imagenet.style import plt, save_figure
 PASS_SETTINGS = ("n_images", "batch_size", "seed", "layers")
 
 
+#: The version of the layer rule (``passes.select_layers``): part of the key under which the layer
+#: lists checked at validation are cached, so a change of the rule is checked anew.
+LAYER_RULE = 1
+
+
+def layer_names(source: str, arch: str, family: str, layers: str | Sequence[str]) -> dict[str, Any] | None:
+    """What ``passes.layer_names_on_meta`` says of ``arch`` (its CKA layers, or why none), asked once
+    per library version and layer rule and then read from the cache (``model_specs.cached_fact``),
+    so a Snakefile parse with a warm cache imports no torch. None where the tower cannot be built
+    offline (an ``hf-hub:`` architecture): the pass job reports it."""
+    import functools
+    import json
+    import logging
+
+    from beyond_imagenet.model_specs import cached_fact
+
+    def ask(source, arch, family, layers):
+        from beyond_imagenet.evaluations.cka.passes import layer_names_on_meta
+
+        return layer_names_on_meta(source, arch, family, layers)
+
+    key = f"cka-layers-{LAYER_RULE}:{arch}:{family}:{json.dumps(layers)}"
+    try:
+        return cached_fact(source, key, functools.partial(ask, source, arch, family, layers))
+    except Exception as err:  # not cached: asked again next time
+        logging.getLogger(__name__).warning("cannot build %s %s on the meta device (%s: %s); its CKA layers are "
+                                            "checked only by its pass job", source, arch, type(err).__name__, err)
+        return None
+
+
+def check(config: dict[str, Any]) -> list[str]:
+    """Every model of the CKA study has layers to hook (``evaluations.cka.layers``, resolved on its
+    tower built on the meta device, :func:`layer_names`): one that has none is refused before any
+    job, naming it and what to do."""
+    if "cka" not in config["evaluations"]:
+        return []
+    from beyond_imagenet.model_specs import ModelError, ModelSpec, unknown_architecture_message
+    from beyond_imagenet.study import takes_part
+
+    layers = config["evaluations"]["cka"].get("layers", "blocks")
+    problems = []
+    for name, entry in config["models"].items():
+        if not takes_part(entry, "cka") or unknown_architecture_message(entry["source"], entry["name"]):
+            continue  # an unknown architecture is refused with its own message
+        try:
+            family = ModelSpec.from_config(name, entry).family
+        except ModelError:
+            continue
+        found = layer_names(entry["source"], entry["name"], family, layers)
+        if found is not None and not found["layers"]:
+            problems.append(
+                f"  evaluations.cka.layers: models.{name} ({entry['source']} {entry['name']}) has no layers to hook "
+                f"for CKA: {found['error']}. Give `layers:` as a list of regular expressions over module names "
+                "that match in every model of the study, or leave the model out of the study")
+    return problems
+
+
 def model_pairs(models: Mapping[str, Mapping[str, str]], pairs: str = "both",
                 cross_pairs: str = "contrast") -> list[tuple[str, str]]:
     """Which (a, b) CKA matrices to compute; (a, a) is within-model.
@@ -180,6 +237,7 @@ CKA = register(Evaluation(
     group_columns=("dataset", "partner", "kind"),
     figures=(Figure("cka", draw, "cka", variants=figure_kinds, variant_wildcard="kind", data=labels, chance=False,
                     source=lambda study, w: matrix_file(study, w.dataset)),),
+    check=check,
     headlines=(Headline("cka", {"metric": "mean_layer_similarity", "kind": "within"}, None,
                         "mean layer-to-layer CKA ({dataset})"),),
 ))

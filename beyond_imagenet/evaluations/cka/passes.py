@@ -12,9 +12,11 @@ its pass file (:func:`write_grams`); the pairs are formed later, without any mod
 files (:func:`pairs_from_grams`), with exactly the arithmetic of a joint pass (:func:`cka_pass`,
 which runs several models in one process, as the tests do).
 
-Which layers: a *selector* of :data:`LAYER_SELECTORS` (``blocks``, ``stages``) resolved per
-architecture family by regular expressions over module names of the image tower
-(:data:`IMAGE_TOWERS`, per model source), or a list of such expressions from the config.
+Which layers (:func:`select_layers`): a *selector* (``blocks``, ``stages``) resolved for any
+architecture, first by the regular expressions of :data:`LAYER_SELECTORS` over module names of the
+image tower (:data:`IMAGE_TOWERS`, per model source), else by timm's own stage metadata
+(``feature_info``, :func:`generic_layers`); or a list of such expressions from the config. Study
+validation resolves them on the tower built on the meta device (:func:`layer_names_on_meta`).
 """
 
 from __future__ import annotations
@@ -73,25 +75,229 @@ class LayerSelectionError(ValueError):
 
 
 def select_layers(tower: nn.Module, family: str, layers: str | Sequence[str]) -> list[tuple[str, nn.Module]]:
-    """(name, module) of the layers to hook, in forward (definition) order."""
+    """(name, module) of the layers to hook, in forward (definition) order.
+
+    A selector (``blocks``, ``stages``) resolves in two steps (docs/evaluations.md §9):
+
+    1. the regular expressions of :data:`LAYER_SELECTORS` (per family, first matching pattern
+       wins), kept only if the layers they find reach the tower's last feature level
+       (:func:`feature_modules`): ``layer1.0`` alone in an HRNet is not its blocks;
+    2. otherwise timm's own stage metadata, :func:`generic_layers`.
+
+    A list of regular expressions takes every module whose name matches one of them.
+    """
     named = [(name, module) for name, module in tower.named_modules() if name]
     if isinstance(layers, str):
         if layers not in LAYER_SELECTORS:
             raise LayerSelectionError(f"unknown layer selector {layers!r}; known: {sorted(LAYER_SELECTORS)}")
         by_family = LAYER_SELECTORS[layers]
         candidates = [by_family[family]] if family in by_family else list(by_family.values())
+        order = {name: i for i, (name, _) in enumerate(named)}
+        features = feature_modules(tower)
         for pattern in itertools.chain.from_iterable(candidates):
-            found = [(n, m) for n, m in named if re.search(pattern, n)]
-            if found:
+            found = _called([(n, m) for n, m in named if re.search(pattern, n)])
+            if found and (not features or order[found[-1][0]] >= order[features[-1]]):
                 return found
-        what = f"selector {layers!r} (family {family!r})"
+        found = generic_layers(tower, layers)
+        if found:
+            return found
+        what = f"selector {layers!r} (family {family!r}; no timm feature_info either)"
     else:
-        found = [(n, m) for n, m in named if any(re.search(p, n) for p in layers)]
+        found = _called([(n, m) for n, m in named if any(re.search(p, n) for p in layers)])
         if found:
             return found
         what = f"patterns {list(layers)}"
-    sample = ", ".join(n for n, _ in named[:40])
+    sample = ", ".join([n for n, _ in named if n.count(".") <= 2][:40])  # the outer modules
     raise LayerSelectionError(f"{what} match no module of {type(tower).__name__}; modules include: {sample}")
+
+
+def feature_modules(tower: nn.Module) -> list[str]:
+    """timm's feature levels of ``tower`` as names of its modules, in timm's (forward) order: the
+    ``module`` of each entry of the ``feature_info`` of the tower or, failing that, of its first
+    submodule that has one (open_clip's timm towers: ``trunk``). [] where there is none."""
+    names = dict(tower.named_modules())
+    for prefix, module in tower.named_modules():
+        info = getattr(module, "feature_info", None)
+        if info is None:
+            continue
+        if isinstance(info, (list, tuple)):
+            modules = [entry.get("module") for entry in info if isinstance(entry, Mapping)]
+        elif hasattr(info, "module_name"):  # timm's FeatureInfo
+            modules = list(info.module_name())
+        else:
+            continue
+        full = [f"{prefix}.{m}" if prefix else m for m in modules if isinstance(m, str) and m]
+        found = list(dict.fromkeys(m for m in full if m in names))
+        if found:
+            return found
+    return []
+
+
+def _called(layers: Sequence[tuple[str, nn.Module]]) -> list[tuple[str, nn.Module]]:
+    """``layers`` with each one that is never called itself (an ``nn.ModuleList`` / ``ModuleDict``
+    iterated by its owner, as CoaT's ``serial_blocks1``: a hook on it would never fire) replaced by
+    its last child, whose output it stands for; duplicates dropped, order kept."""
+    out = []
+    for name, module in layers:
+        while type(module).forward is nn.Module.forward and _has_children(module):
+            child, module = list(module.named_children())[-1]
+            name = f"{name}.{child}"
+        out.append((name, module))
+    return list({n: (n, m) for n, m in out}.values())
+
+
+def _has_children(module: nn.Module) -> bool:
+    return next(module.children(), None) is not None
+
+
+def _numbered(names: Sequence[str]) -> bool:
+    """``b1, b2, b3``: one prefix and consecutive numbers (not Inception's ``branch1x1, branch3x3_1``)."""
+    parts = [re.fullmatch(r"(.*?)(\d+)", n) for n in names]
+    if not all(parts) or len({p.group(1) for p in parts}) != 1:
+        return False
+    numbers = [int(p.group(2)) for p in parts]
+    return numbers == list(range(numbers[0], numbers[0] + len(numbers)))
+
+
+def _block_children(module: nn.Module) -> list[tuple[str, nn.Module]] | None:
+    """The blocks (children with modules of their own) of a *block container*, None for any other
+    module: an ``nn.Sequential`` / ``ModuleList`` / ``ModuleDict`` at least half of whose children
+    are blocks (a stage's blocks beside a plain downsampling conv or final norm; not a DenseNet
+    transition's norm, conv and pool), or a module with two or more children, all blocks of one
+    class and numbered in order (timm's RegNet stages: ``b1``, ``b2``, ...)."""
+    children = list(module.named_children())
+    blocks = [(n, m) for n, m in children if _has_children(m)]
+    if isinstance(module, (nn.Sequential, nn.ModuleList, nn.ModuleDict)):
+        return blocks if blocks and 2 * len(blocks) >= len(children) else None
+    if (len(children) >= 2 and len(blocks) == len(children) and len({type(m) for _, m in children}) == 1
+            and _numbered([n for n, _ in children])):
+        return blocks
+    return None
+
+
+def generic_layers(tower: nn.Module, selector: str) -> list[tuple[str, nn.Module]]:
+    """The layers of ``selector`` from timm's stage metadata (:func:`feature_modules`), for any timm
+    architecture and open_clip's timm towers; [] where the tower has none.
+
+    * ``stages``: the feature levels themselves.
+    * ``blocks``: the feature levels, with the siblings timm's list skips between two of them put
+      back (its list has one module per reduction: EfficientNet's ``blocks.3``), each level
+      replaced by its blocks: the children of the level if it is a block container
+      (:func:`_block_children`), else those of its first child that is one (a ConvNeXt or Swin
+      stage's ``blocks``), else the level itself (a ViT block, a stem, a stage of one block).
+    """
+    names = dict(tower.named_modules())
+    levels = feature_modules(tower)
+    if selector == "stages" or not levels:
+        return _called([(n, names[n]) for n in levels])
+    filled: list[str] = []
+    for previous, level in zip([None, *levels], levels):
+        if previous is not None and previous.rpartition(".")[0] == level.rpartition(".")[0]:
+            parent = level.rpartition(".")[0]
+            siblings = [f"{parent}.{n}" if parent else n for n, _ in names[parent].named_children()]
+            start, stop = siblings.index(previous), siblings.index(level)
+            filled += [s for s in siblings[start + 1:stop]  # blocks, not a ModuleList a stage draws from
+                       if _has_children(names[s]) and type(names[s]).forward is not nn.Module.forward]
+        filled.append(level)
+    out: list[tuple[str, nn.Module]] = []
+    for level in filled:
+        module = names[level]
+        blocks = _block_children(module)
+        if blocks is None:
+            for child_name, child in module.named_children():
+                inner = _block_children(child)
+                if inner:
+                    blocks = [(f"{child_name}.{n}", m) for n, m in inner]
+                    break
+        out += [(f"{level}.{n}", m) for n, m in blocks] if blocks else [(level, module)]
+    return _called(out)
+
+
+def meta_tower(source: str, arch: str) -> nn.Module:
+    """The image tower :data:`IMAGE_TOWERS` gives for ``arch``, built with random weights on the
+    ``meta`` device (no memory, no download): its module names are those of the job's tower.
+    timm: the model; open_clip: the ``visual`` tower of the architecture's config (open_clip's own
+    builder: a timm trunk, a ViT or a ModifiedResNet). Raises where it cannot be built offline."""
+    with torch.device("meta"):
+        if source == "timm":
+            import timm
+
+            return timm.create_model(arch, pretrained=False)
+        if source == "open_clip":
+            import open_clip
+            from open_clip.model import _build_vision_tower
+
+            from beyond_imagenet.models import _register_bundled_open_clip_configs
+
+            _register_bundled_open_clip_configs()
+            cfg = open_clip.get_model_config(arch)
+            if not cfg:
+                raise ValueError(f"open_clip has no local config for {arch!r}")
+            return _build_vision_tower(cfg["embed_dim"], cfg["vision_cfg"])
+    raise ValueError(f"unknown source {source!r}")
+
+
+def layer_names_on_meta(source: str, arch: str, family: str, layers: str | Sequence[str]) -> dict[str, Any]:
+    """``{"layers": [...], "error": None}``: the layers :func:`select_layers` hooks in ``arch``'s
+    tower (built on the meta device, :func:`meta_tower`), or ``{"layers": None, "error": why}``
+    where it finds none (what study validation refuses, ``evaluations.cka.check``). Raises where
+    the tower cannot be built offline."""
+    tower = meta_tower(source, arch)
+    try:
+        found = select_layers(tower, family, layers)
+    except LayerSelectionError as err:
+        return {"layers": None, "error": str(err)}
+    error = meta_forward_problem(tower, found)
+    return {"layers": None if error else [name for name, _ in found], "error": error}
+
+
+def meta_forward_problem(tower: nn.Module, layers: Sequence[tuple[str, nn.Module]], batch: int = 5) -> str | None:
+    """Why the Gram hooks would fail on ``layers`` of a meta-device ``tower``, from a shape-only
+    forward pass at its input size: a layer that does not run, or whose output has no batch
+    dimension; None if none (or if the tower cannot be traced on the meta device: the pass job
+    reports what happens then)."""
+    ran: dict[str, tuple] = {}
+
+    def hook(name):
+        def record(_module, _inputs, output):
+            out = layer_output(output, batch)
+            ran.setdefault(name, tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__)
+        return record
+
+    # open_clip towers: image_size (int or pair); timm models: their data config's input size
+    size = getattr(tower, "image_size", None) or (getattr(tower, "pretrained_cfg", None) or {}).get(
+        "input_size", (3, 224, 224))
+    size = (size, size) if isinstance(size, int) else tuple(size)[-2:]
+    handles = [module.register_forward_hook(hook(name)) for name, module in layers]
+    try:
+        with torch.no_grad(), torch.device("meta"):
+            tower.eval()(torch.empty(batch, 3, *size))
+    except Exception as err:  # an operation without a meta kernel, an unusual input: cannot tell
+        log.debug("cannot trace %s on the meta device (%s); its layers are not run here", type(tower).__name__, err)
+        return None
+    finally:
+        for handle in handles:
+            handle.remove()
+    silent = [name for name, _ in layers if name not in ran]
+    if silent:
+        return f"the selected layer(s) {silent[:5]} of {type(tower).__name__} do not run in its forward pass"
+    for name, shape in ran.items():
+        if not isinstance(shape, tuple) or not (shape[:1] == (batch,) or shape[1:2] == (batch,)):
+            return f"the output of layer {name} of {type(tower).__name__} ({shape}) has no batch dimension"
+    return None
+
+
+def layer_output(output: Any, batch: int) -> Any:
+    """The activation of a layer's output: the output itself, or of a tuple / list the first
+    tensor with a batch dimension (dim 0, or 1 if sequence-first), else its first element (TNT's
+    blocks return the inner pixel tokens, (B·N, 16, D), before the outer tokens, (B, N + 1, D))."""
+    if not isinstance(output, (tuple, list)):
+        return output
+    for out in output:
+        if isinstance(out, torch.Tensor) and out.ndim and (out.shape[0] == batch
+                                                          or (out.ndim >= 2 and out.shape[1] == batch)):
+            return out
+    return output[0]
 
 
 def _batch_first(out: torch.Tensor, batch: int) -> torch.Tensor:
@@ -115,7 +321,7 @@ class GramRecorder:
 
     def _hook(self, index: int):
         def hook(_module, _inputs, output):
-            out = output[0] if isinstance(output, (tuple, list)) else output
+            out = layer_output(output, self.batch)
             # float64 Gram now; the activation itself is dropped when the layer's caller is done.
             self.grams[index] = gram_linear(_batch_first(out.detach(), self.batch))
 
