@@ -1,14 +1,15 @@
 """Getting a downloadable dataset onto disk: one or several verified files, then one folder.
 
 A catalogue ``download:`` recipe is either one file (``url``, ``sha256``, ``size``) or a list of
-``files`` (ImageNet-C's four or five tars; PUG's tarball plus its class map), each downloaded by its
-own job (resumable, size/sha256-verified, atomic: :func:`beyond_imagenet.download.download`) and
+``files`` (ImageNet-C's four or five tars; PUG's tarball plus its class map), each downloaded
+(resumable, size/sha256-verified, atomic: :func:`beyond_imagenet.download.download`) and
 optionally checked against a published md5. A file without a published checksum gets its sha256
 recorded at first download (``<file>.sha256`` next to it) and verified on every later use.
 
 :func:`unpack_dataset` then builds the dataset folder from all of them, all or nothing: archives
 are extracted (path-checked) into one temporary folder, plain files (``extract: false``) are copied
-to their ``dest``, and the folder is renamed into place when complete.
+to their ``dest``, and the folder is renamed into place when complete. :func:`fetch_dataset` does
+both for one dataset (the workflow's ``fetch_dataset`` job, and ``python -m beyond_imagenet.prefetch``).
 
 A ``huggingface`` recipe (ImageNet-Hard) names a dataset repository, a pinned revision and the
 shards to take; :func:`fetch_huggingface_parquet` downloads them with ``huggingface_hub`` (which
@@ -133,6 +134,23 @@ def unpack_dataset(spec: DatasetSpec, archives: list[str | os.PathLike], out: st
         (tmp / COMPLETE_MARKER).write_text("unpacked from " + ", ".join(a.name for a in archives) + "\n")
     log.info("unpacked %d file(s) into %s", len(archives), out)
     return out
+
+
+def fetch_dataset(spec: DatasetSpec) -> Path:
+    """Make a ``source: download`` dataset's folder ``spec.dataset_dir``: each recipe file downloaded
+    (resumable, verified) to ``<resources>/downloads/<dataset>/`` unless already there, then unpacked.
+    A complete folder (its ``.complete`` marker, as an earlier job or ``python -m
+    beyond_imagenet.prefetch`` left it) is kept as it is: delete it to unpack again. Downloads and
+    folder are shared by every study on the same resources folder, so no study redoes them."""
+    out = spec.dataset_dir
+    if (out / COMPLETE_MARKER).is_file():
+        log.info("dataset %s: already unpacked in %s", spec.name, out)
+        return out
+    for recipe, dest in zip(spec.download_files, spec.archive_paths, strict=True):
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        log.info("dataset %s: %s -> %s", spec.name, recipe["url"], dest)
+        fetch_file(recipe, dest)
+    return unpack_dataset(spec, spec.archive_paths, out)
 
 
 # ------------------------------------------------------------------------------ Hugging Face
