@@ -287,7 +287,8 @@ def _plot_items(evaluation):
                     inputs = [STUDY.metric(evaluation), comparisons_output(evaluation)]
                 else:
                     inputs = [STUDY.metric(evaluation)]
-                item = {"figure": f"{evaluation}/{figure.name}", "wildcards": wildcards, "input": inputs,
+                item = {"figure": f"{evaluation}/{figure.name}", "name": figure.name, "wildcards": wildcards,
+                        "input": inputs,
                         "png": STUDY.figure(stem, "png"), "pdf": STUDY.figure(stem, "pdf"),
                         "caption": figure.caption}
                 if figure.chance:
@@ -310,7 +311,7 @@ def plot_outputs(evaluation):
     title = EVALUATIONS[evaluation].title
     out = []
     for item in plot_items(evaluation):
-        labels = {"figure": item["figure"].split("/", 1)[1], **item["wildcards"]}
+        labels = {"figure": item["name"], **item["wildcards"]}
         out += [report(item["png"], category=title, caption=f"../report/{item['caption']}.rst", labels=labels),
                 item["pdf"]]
     return out
@@ -318,7 +319,7 @@ def plot_outputs(evaluation):
 
 def plot_params(evaluation):
     """The plot job's params: its figures' records, without what the job need not see."""
-    return [{k: v for k, v in item.items() if k not in ("caption",)} for item in plot_items(evaluation)]
+    return [{k: v for k, v in item.items() if k not in ("caption", "name")} for item in plot_items(evaluation)]
 
 
 def evaluation_figures(evaluation):

@@ -20,22 +20,13 @@ PROBE = config["evaluations"].get("transfer", {}).get("probe", {})
 VTAB_PARENTS = list(dict.fromkeys(s.parent for s in VTAB_SPLITS.values()))
 
 
-def vtab_folders(wildcards):
-    """The folders the VTAB manifests list (generated or unpacked from a manual archive; a
-    `source: download` copy is fetched by the job itself, a manual folder is in its params)."""
-    return [f for p in VTAB_PARENTS for f in [dataset_folder(SimpleNamespace(dataset=p))] if f]
-
-
-def vtab_listings(wildcards):
-    """Per split of a manual folder, its task folder's listing digest: a changed task rebuilds them."""
-    return {n: manual_folder_signature(s.parent, s.task_dir) for n, s in VTAB_SPLITS.items()}
-
-
 if VTAB_SPLITS:
 
     rule build_vtab_manifest:
         input:
-            vtab_folders,
+            # the folders it lists: generated, or unpacked from a manual archive (a `source: download`
+            # copy is fetched by the job itself, a manual folder is in its params)
+            lambda w: [f for p in VTAB_PARENTS for f in [dataset_folder(SimpleNamespace(dataset=p))] if f],
         output:
             [STUDY.manifest(n) for n in VTAB_SPLITS],
         params:
@@ -43,7 +34,8 @@ if VTAB_SPLITS:
             datasets=[STUDY.dataset_entry(n) for n in VTAB_SPLITS],
             # A `source: download` parent to fetch first (datasets.smk: fetch_dataset).
             fetch=[STUDY.dataset_entry(p) for p in VTAB_PARENTS if STUDY.datasets[p].source == "download"],
-            listing=vtab_listings,
+            # per split of a manual folder, its task folder's listing digest: a changed task rebuilds them
+            listing=lambda w: {n: manual_folder_signature(s.parent, s.task_dir) for n, s in VTAB_SPLITS.items()},
         log:
             f"{RESULTS}/logs/build_vtab_manifest.log",
         conda:
