@@ -316,4 +316,4 @@ def test_download_records_checksum_and_feeds_the_manifests(tmp_path, generated, 
     # The test split's manifest, as the job builds it from the unpacked copy.
     monkeypatch.chdir(workdir)
     manifest = build_split_manifest(Study(validate_config(config)).datasets["vtab-dtd-test"])
-    assert manifest["n_images"] == 16 and manifest["samples"][0] == ["images/test/000000.jpg", 0]
+    assert manifest["n_images"] == 16 and list(manifest["samples"][0]) == ["images/test/000000.jpg", 0]
