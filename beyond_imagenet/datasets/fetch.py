@@ -136,21 +136,40 @@ def unpack_dataset(spec: DatasetSpec, archives: list[str | os.PathLike], out: st
     return out
 
 
+#: Beside the ``.complete`` marker of a folder :func:`fetch_dataset` unpacked: the recipe it came from.
+RECIPE_RECORD = ".recipe.json"
+
+
+def _recipe(spec: DatasetSpec) -> str:
+    """What a downloaded dataset's folder is made from (its files' URLs and checksums, or its hub
+    recipe): a folder unpacked from another recipe (a study's new ``url:``/``sha256:``) is redone."""
+    return json.dumps({"files": spec.download_files,
+                       "huggingface": (spec.download or {}).get("huggingface")}, sort_keys=True) + "\n"
+
+
 def fetch_dataset(spec: DatasetSpec) -> Path:
     """Make a ``source: download`` dataset's folder ``spec.dataset_dir``: each recipe file downloaded
-    (resumable, verified) to ``<resources>/downloads/<dataset>/`` unless already there, then unpacked.
-    A complete folder (its ``.complete`` marker, as an earlier job or ``python -m
-    beyond_imagenet.prefetch`` left it) is kept as it is: delete it to unpack again. Downloads and
-    folder are shared by every study on the same resources folder, so no study redoes them."""
+    (resumable, verified; a file already there and verified is not fetched again) to
+    ``<resources>/downloads/<dataset>/``, then unpacked. A complete folder (its ``.complete``
+    marker) unpacked from the same recipe is kept as it is (delete it to unpack again), as is one an
+    earlier version left without a recipe record; downloads and folder are shared by every study
+    on the same resources folder, so no study redoes them."""
     out = spec.dataset_dir
     if (out / COMPLETE_MARKER).is_file():
-        log.info("dataset %s: already unpacked in %s", spec.name, out)
-        return out
+        record = out / RECIPE_RECORD
+        if not record.is_file() or record.read_text() == _recipe(spec):
+            log.info("dataset %s: already unpacked in %s", spec.name, out)
+            return out
+        log.info("dataset %s: %s was unpacked from another recipe (%s); fetching and unpacking it again",
+                 spec.name, out, record.read_text().strip())
+        shutil.rmtree(out)
     for recipe, dest in zip(spec.download_files, spec.archive_paths, strict=True):
         dest.parent.mkdir(parents=True, exist_ok=True)
         log.info("dataset %s: %s -> %s", spec.name, recipe["url"], dest)
         fetch_file(recipe, dest)
-    return unpack_dataset(spec, spec.archive_paths, out)
+    unpack_dataset(spec, spec.archive_paths, out)
+    (out / RECIPE_RECORD).write_text(_recipe(spec))
+    return out
 
 
 # ------------------------------------------------------------------------------ Hugging Face
