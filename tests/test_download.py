@@ -610,7 +610,7 @@ def test_fetch_dataset_keeps_a_complete_folder_and_redoes_one_of_another_recipe(
     the folder is no Snakemake output, so a rerun (or another study) keeps a complete one instead of
     downloading and unpacking again, unless the study now names another file (url, sha256)."""
     from beyond_imagenet.datasets import resolve_dataset
-    from beyond_imagenet.datasets.fetch import RECIPE_RECORD, fetch_dataset
+    from beyond_imagenet.datasets.fetch import fetch_dataset, recipe_record
 
     first, second = tmp_path / "first.tar.gz", tmp_path / "second.tar.gz"
     first.write_bytes(_tarball(tmp_path))
@@ -623,7 +623,7 @@ def test_fetch_dataset_keeps_a_complete_folder_and_redoes_one_of_another_recipe(
     kept = spec(first)
     out = fetch_dataset(kept)
     assert (out / "pkg" / "big.bin").read_bytes() == PAYLOAD and (out / COMPLETE_MARKER).is_file()
-    assert (out / RECIPE_RECORD).is_file()
+    assert recipe_record(kept).is_file() and not (out / recipe_record(kept).name).exists()
     first.unlink()  # neither the source nor the download is needed again: the complete folder is kept
     (tmp_path / "res" / "downloads" / "cue" / "first.tar.gz").unlink()
     assert fetch_dataset(kept) == out and (out / "pkg" / "big.bin").read_bytes() == PAYLOAD

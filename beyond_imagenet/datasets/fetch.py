@@ -136,27 +136,30 @@ def unpack_dataset(spec: DatasetSpec, archives: list[str | os.PathLike], out: st
     return out
 
 
-#: Beside the ``.complete`` marker of a folder :func:`fetch_dataset` unpacked: the recipe it came from.
-RECIPE_RECORD = ".recipe.json"
-
-
 def _recipe(spec: DatasetSpec) -> str:
-    """What a downloaded dataset's folder is made from (its files' URLs and checksums, or its hub
-    recipe): a folder unpacked from another recipe (a study's new ``url:``/``sha256:``) is redone."""
-    return json.dumps({"files": spec.download_files,
-                       "huggingface": (spec.download or {}).get("huggingface")}, sort_keys=True) + "\n"
+    """What a downloaded dataset's folder is made from: each file's name and checksum (its URL when
+    no checksum is known; a mirror of the same file changes nothing), or its hub recipe. A folder
+    unpacked from another recipe (a study's new ``url:``/``sha256:``) is redone."""
+    files = [{"filename": f["filename"], "sha256": f.get("sha256"), "md5": f.get("md5"),
+              **({} if f.get("sha256") or f.get("md5") else {"url": f["url"]})} for f in spec.download_files]
+    return json.dumps({"files": files, "huggingface": (spec.download or {}).get("huggingface")}, sort_keys=True) + "\n"
+
+
+def recipe_record(spec: DatasetSpec) -> Path:
+    """Where :func:`fetch_dataset` records the recipe a folder was unpacked from: beside the
+    downloads (``<resources>/downloads/<dataset>/.unpacked.json``), not in the folder."""
+    return Path(spec.resources_dir) / "downloads" / spec.name / ".unpacked.json"
 
 
 def fetch_dataset(spec: DatasetSpec) -> Path:
     """Make a ``source: download`` dataset's folder ``spec.dataset_dir``: each recipe file downloaded
     (resumable, verified; a file already there and verified is not fetched again) to
     ``<resources>/downloads/<dataset>/``, then unpacked. A complete folder (its ``.complete``
-    marker) unpacked from the same recipe is kept as it is (delete it to unpack again), as is one an
-    earlier version left without a recipe record; downloads and folder are shared by every study
-    on the same resources folder, so no study redoes them."""
-    out = spec.dataset_dir
+    marker) unpacked from the same recipe is kept as it is (delete it to unpack again), as is one
+    with no recipe record (an earlier version's); downloads and folder are shared by every study on
+    the same resources folder, so no study redoes them."""
+    out, record = spec.dataset_dir, recipe_record(spec)
     if (out / COMPLETE_MARKER).is_file():
-        record = out / RECIPE_RECORD
         if not record.is_file() or record.read_text() == _recipe(spec):
             log.info("dataset %s: already unpacked in %s", spec.name, out)
             return out
@@ -168,7 +171,8 @@ def fetch_dataset(spec: DatasetSpec) -> Path:
         log.info("dataset %s: %s -> %s", spec.name, recipe["url"], dest)
         fetch_file(recipe, dest)
     unpack_dataset(spec, spec.archive_paths, out)
-    (out / RECIPE_RECORD).write_text(_recipe(spec))
+    record.parent.mkdir(parents=True, exist_ok=True)
+    record.write_text(_recipe(spec))
     return out
 
 
