@@ -4,8 +4,8 @@
 * Datasets with ``source: download``: each file of the catalogue recipe is downloaded and verified
   (size, sha256 / md5, mirrors; resumable) to ``<resources>/downloads/<dataset>/<file>`` and the
   dataset is unpacked to ``<resources>/datasets/<dataset>``: the very files the workflow's
-  ``download_dataset`` and ``unpack_dataset`` jobs write (same functions), so the workflow finds
-  them done. ImageNet-Hard's parquet shards come from the Hugging Face hub (pinned revision).
+  ``fetch_dataset`` job writes (the same function), so that job finds them complete and only
+  writes the study's manifest. ImageNet-Hard's parquet shards come from the Hugging Face hub (pinned revision).
 * Model weights: downloaded with the libraries' own hub / URL functions into the caches the jobs
   read (``HF_HOME``/``HF_HUB_CACHE``; torch hub's and open_clip's for URL-only weights), then
   checked (a hub blob's sha256 must equal its name; open_clip's URL files carry their checksum).
@@ -30,22 +30,14 @@ log = logging.getLogger("beyond_imagenet.prefetch")
 
 def prefetch_datasets(study) -> list[str]:
     """Download and unpack every ``source: download`` dataset; returns the problems met."""
-    from beyond_imagenet.datasets.fetch import fetch_file, unpack_dataset
-    from beyond_imagenet.download import COMPLETE_MARKER
+    from beyond_imagenet.datasets.fetch import fetch_dataset
 
     problems = []
     for name, spec in study.datasets.items():
         if spec.source != "download":
             continue
-        if (spec.dataset_dir / COMPLETE_MARKER).is_file():
-            log.info("dataset %s: already unpacked in %s", name, spec.dataset_dir)
-            continue
         try:
-            for recipe, dest in zip(spec.download_files, spec.archive_paths, strict=True):
-                log.info("dataset %s: %s -> %s", name, recipe["url"], dest)
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                fetch_file(recipe, dest)
-            unpack_dataset(spec, spec.archive_paths, spec.dataset_dir)
+            fetch_dataset(spec)  # (a complete folder is kept as it is)
             log.info("dataset %s: unpacked in %s", name, spec.dataset_dir)
         except Exception as err:  # noqa: BLE001 - one dataset's failure must not stop the others
             problems.append(f"datasets.{name}: {err}")

@@ -35,6 +35,21 @@ class Job:
         return [self.output.png, self.output.pdf]
 
 
+class FigureJob(Job):
+    """One figure of a plot job that draws all of an evaluation's figures, seen as a job of its
+    own: its input files, its png and pdf, its wildcards (dataset, variant) and params (chance,
+    layout, data) from its record (rules/common.smk: plot_items)."""
+
+    def __init__(self, job: Job, item: dict[str, Any]):
+        from types import SimpleNamespace
+
+        self.input = list(item["input"])
+        self.output = SimpleNamespace(png=item["png"], pdf=item["pdf"])
+        self.params = SimpleNamespace(**{k: item[k] for k in ("chance", "layout", "data") if k in item})
+        self.wildcards = SimpleNamespace(**item["wildcards"])
+        self.threads, self.resources, self.log, self.rule = job.threads, job.resources, job.log, job.rule
+
+
 def setup(snakemake: Any) -> Job:
     """Log to the rule's ``log:`` file and to stderr; return the job's view (no config)."""
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]

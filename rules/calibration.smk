@@ -19,38 +19,22 @@ rule compute_calibration:
         "../scripts/compute_table.py"
 
 
-rule plot_reliability:
-    input:
-        figure_input("calibration", "reliability"),
-    output:
-        **figure_files("calibration", "reliability"),
-    params:
-        **figure_params("calibration", "reliability"),
-    log:
-        figure_log("calibration", "reliability"),
-    wildcard_constraints:
-        **figure_wildcards("calibration", "reliability"),
-    conda:
-        "../envs/analysis.yaml"
-    script:
-        "../scripts/plot_figure.py"
+if plot_items("calibration"):
 
-
-rule plot_confidence:
-    input:
-        figure_input("calibration", "confidence"),
-    output:
-        **figure_files("calibration", "confidence"),
-    params:
-        **figure_params("calibration", "confidence"),
-    log:
-        figure_log("calibration", "confidence"),
-    wildcard_constraints:
-        **figure_wildcards("calibration", "confidence"),
-    conda:
-        "../envs/analysis.yaml"
-    script:
-        "../scripts/plot_figure.py"
+    # Every figure of the evaluation in one job (rules/common.smk: plot_items).
+    rule plot_calibration:
+        input:
+            plot_inputs("calibration"),
+        output:
+            plot_outputs("calibration"),
+        params:
+            figures=plot_params("calibration"),
+        log:
+            f"{RESULTS}/logs/plot_calibration.log",
+        conda:
+            "../envs/analysis.yaml"
+        script:
+            "../scripts/plot_figure.py"
 
 
 register_evaluation("calibration")

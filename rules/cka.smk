@@ -79,21 +79,22 @@ rule compute_cka_summary:
         "../scripts/compute_table.py"
 
 
-rule plot_cka:
-    input:
-        figure_input("cka", "cka"),
-    output:
-        **figure_files("cka", "cka"),
-    params:
-        **figure_params("cka", "cka"),
-    log:
-        figure_log("cka", "cka"),
-    wildcard_constraints:
-        **figure_wildcards("cka", "cka"),
-    conda:
-        "../envs/analysis.yaml"
-    script:
-        "../scripts/plot_figure.py"
+if plot_items("cka"):
+
+    # Every figure of the evaluation in one job (rules/common.smk: plot_items).
+    rule plot_cka:
+        input:
+            plot_inputs("cka"),
+        output:
+            plot_outputs("cka"),
+        params:
+            figures=plot_params("cka"),
+        log:
+            f"{RESULTS}/logs/plot_cka.log",
+        conda:
+            "../envs/analysis.yaml"
+        script:
+            "../scripts/plot_figure.py"
 
 
 register_evaluation("cka", *(cka_evaluation.matrix_file(STUDY, d) for d in STUDY.evaluation_datasets("cka")))

@@ -90,12 +90,18 @@ def check_study_ready():
                             "started:\n" + "\n".join(f"{r.check} {r.item}: {r.detail}" for r in preflight.failed))
 
 
+# The `source: download` datasets whose manifest fetch_dataset writes after downloading and
+# unpacking them (a VTAB dataset's is fetched by build_vtab_manifest, which lists its task splits).
+FETCHED = [n for n, s in STUDY.datasets.items() if s.source == "download" and s.kind != "vtab"]
+
+
 def dataset_folder(wildcards):
-    """What the manifest of a dataset depends on: the generated or unpacked folder (none if manual)."""
+    """What the manifest of a dataset depends on: the generated folder, or the one unpacked from a
+    manual archive (none if manual, or downloaded: the manifest's job fetches it)."""
     spec = STUDY.datasets[wildcards.dataset]
     if spec.source == "generate":
         return f"{RESOURCES}/generated/{spec.name}"
-    if spec.unpacked:
+    if spec.source == "manual" and spec.archive:
         return f"{RESOURCES}/datasets/{spec.name}"
     return []
 
@@ -110,7 +116,7 @@ def manual_folder_signature(dataset, folder=None):
 
 
 def dataset_archive(wildcards):
-    """The downloaded (or manual) files a dataset folder is unpacked from; several for e.g. ImageNet-C."""
+    """The manual archive a dataset folder is unpacked from."""
     return [str(p) for p in STUDY.datasets[wildcards.dataset].archive_paths]
 
 
@@ -296,55 +302,77 @@ def comparison_evaluations():
     return [e for e in EVALUATIONS if e in STUDY.evaluations and EVALUATIONS[e].samples]
 
 
-def figure_files(evaluation, name):
-    """png (in the report) and pdf of one figure of an evaluation, with its wildcards."""
-    record = EVALUATIONS[evaluation]
-    figure = record.figure(name)
-    stem = figure.pattern()
-    return {"png": report(f"{RESULTS}/figures/{stem}.png", category=record.title,
-                          caption=f"../report/{figure.caption}.rst"),
-            "pdf": f"{RESULTS}/figures/{stem}.pdf"}
-
-
-def figure_input(evaluation, name):
-    """What a figure is drawn from: its evaluation's table, or the file its record names."""
-    figure = EVALUATIONS[evaluation].figure(name)
-    if figure.source:
-        return lambda wildcards: figure.source(STUDY, wildcards)
-    if figure.paired and layout(STUDY, evaluation) == "paired":  # the margins' intervals
-        return [STUDY.metric(evaluation), comparisons_output(evaluation)]
-    return STUDY.metric(evaluation)
-
-
 # Chance top-1 per dataset (and VTAB task), from the label spaces: the profile greys out a model
 # whose accuracy interval reaches it (each figure gets its own datasets' levels: figure_chance).
 CHANCE_LEVELS = chance_levels(STUDY)
 
 
-def figure_params(evaluation, name):
-    """The params of a plot job (scripts/plot_figure.py): which figure, and what it draws besides
-    its input (published numbers, labels: the record's ``data``)."""
-    figure = EVALUATIONS[evaluation].figure(name)
-    params = {"figure": f"{evaluation}/{name}"}
-    if figure.chance:
-        params["chance"] = lambda wildcards: figure_chance(STUDY, evaluation, figure, wildcards)
-    if figure.paired:
-        params["layout"] = layout(STUDY, evaluation)
-    if figure.data:
-        params["data"] = lambda wildcards: figure.data(STUDY, wildcards)
-    return params
+# ---- an evaluation's figures: one plot job draws them all (scripts/plot_figure.py). Each figure
+# file stays an output of its own, so `snakemake results/figures/<file>.png` draws it (with its
+# evaluation's other figures: a second or so each), and a changed table, setting or published
+# number redraws only its evaluation's figures.
+_PLOT_ITEMS = {}
 
 
-def figure_log(evaluation, name):
-    figure = EVALUATIONS[evaluation].figure(name)
-    return f"{RESULTS}/logs/plot_{name}/{figure.pattern()}.log"
+def plot_items(evaluation):
+    """One record per figure (png + pdf) of an evaluation in this study: which figure, its
+    wildcards (dataset, variant), what it is drawn from and with (chance levels, layout, data)."""
+    if evaluation not in _PLOT_ITEMS:
+        _PLOT_ITEMS[evaluation] = _plot_items(evaluation) if evaluation in STUDY.evaluations else []
+    return _PLOT_ITEMS[evaluation]
 
 
-def figure_wildcards(evaluation, name):
-    figure = EVALUATIONS[evaluation].figure(name)
-    if figure.variants:
-        return {figure.variant_wildcard: "|".join(re.escape(v) for v in figure.variants(STUDY)) or "(?!)"}
-    return {}
+def _plot_items(evaluation):
+    from types import SimpleNamespace
+
+    items = []
+    for figure in EVALUATIONS[evaluation].figures:
+        datasets = STUDY.evaluation_datasets(evaluation) if figure.per_dataset else [None]
+        variants = figure.variants(STUDY) if figure.variants else [None]
+        for d in datasets:
+            for v in variants:
+                wildcards = {**({"dataset": d} if d else {}), **({figure.variant_wildcard: v} if v else {})}
+                w = SimpleNamespace(**wildcards)
+                stem = figure.stem(d, v)
+                if figure.source:
+                    inputs = [figure.source(STUDY, w)]
+                elif figure.paired and layout(STUDY, evaluation) == "paired":  # the margins' intervals
+                    inputs = [STUDY.metric(evaluation), comparisons_output(evaluation)]
+                else:
+                    inputs = [STUDY.metric(evaluation)]
+                item = {"figure": f"{evaluation}/{figure.name}", "name": figure.name, "wildcards": wildcards,
+                        "input": inputs,
+                        "png": STUDY.figure(stem, "png"), "pdf": STUDY.figure(stem, "pdf"),
+                        "caption": figure.caption}
+                if figure.chance:
+                    item["chance"] = figure_chance(STUDY, evaluation, figure, w)
+                if figure.paired:
+                    item["layout"] = layout(STUDY, evaluation)
+                if figure.data:
+                    item["data"] = figure.data(STUDY, w)
+                items.append(item)
+    return items
+
+
+def plot_inputs(evaluation):
+    return sorted({f for item in plot_items(evaluation) for f in item["input"]})
+
+
+def plot_outputs(evaluation):
+    """Every figure file of an evaluation: the png in the report (labelled with its figure and
+    wildcards), the pdf beside it."""
+    title = EVALUATIONS[evaluation].title
+    out = []
+    for item in plot_items(evaluation):
+        labels = {"figure": item["name"], **item["wildcards"]}
+        out += [report(item["png"], category=title, caption=f"../report/{item['caption']}.rst", labels=labels),
+                item["pdf"]]
+    return out
+
+
+def plot_params(evaluation):
+    """The plot job's params: its figures' records, without what the job need not see."""
+    return [{k: v for k, v in item.items() if k not in ("caption", "name")} for item in plot_items(evaluation)]
 
 
 def evaluation_figures(evaluation):

@@ -19,21 +19,22 @@ rule compute_imagenet_x:
         "../scripts/compute_table.py"
 
 
-rule plot_imagenet_x:
-    input:
-        figure_input("imagenet_x", "imagenet_x"),
-    output:
-        **figure_files("imagenet_x", "imagenet_x"),
-    params:
-        **figure_params("imagenet_x", "imagenet_x"),
-    log:
-        figure_log("imagenet_x", "imagenet_x"),
-    wildcard_constraints:
-        **figure_wildcards("imagenet_x", "imagenet_x"),
-    conda:
-        "../envs/analysis.yaml"
-    script:
-        "../scripts/plot_figure.py"
+if plot_items("imagenet_x"):
+
+    # Every figure of the evaluation in one job (rules/common.smk: plot_items).
+    rule plot_imagenet_x:
+        input:
+            plot_inputs("imagenet_x"),
+        output:
+            plot_outputs("imagenet_x"),
+        params:
+            figures=plot_params("imagenet_x"),
+        log:
+            f"{RESULTS}/logs/plot_imagenet_x.log",
+        conda:
+            "../envs/analysis.yaml"
+        script:
+            "../scripts/plot_figure.py"
 
 
 register_evaluation("imagenet_x")

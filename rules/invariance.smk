@@ -23,21 +23,22 @@ rule compute_invariance:
         "../scripts/compute_table.py"
 
 
-rule plot_invariance:
-    input:
-        figure_input("invariance", "invariance"),
-    output:
-        **figure_files("invariance", "invariance"),
-    params:
-        **figure_params("invariance", "invariance"),
-    log:
-        figure_log("invariance", "invariance"),
-    wildcard_constraints:
-        **figure_wildcards("invariance", "invariance"),
-    conda:
-        "../envs/analysis.yaml"
-    script:
-        "../scripts/plot_figure.py"
+if plot_items("invariance"):
+
+    # Every figure of the evaluation in one job (rules/common.smk: plot_items).
+    rule plot_invariance:
+        input:
+            plot_inputs("invariance"),
+        output:
+            plot_outputs("invariance"),
+        params:
+            figures=plot_params("invariance"),
+        log:
+            f"{RESULTS}/logs/plot_invariance.log",
+        conda:
+            "../envs/analysis.yaml"
+        script:
+            "../scripts/plot_figure.py"
 
 
 register_evaluation("invariance")

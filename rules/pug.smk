@@ -19,21 +19,22 @@ rule compute_pug:
         "../scripts/compute_table.py"
 
 
-rule plot_pug:
-    input:
-        figure_input("pug", "pug"),
-    output:
-        **figure_files("pug", "pug"),
-    params:
-        **figure_params("pug", "pug"),
-    log:
-        figure_log("pug", "pug"),
-    wildcard_constraints:
-        **figure_wildcards("pug", "pug"),
-    conda:
-        "../envs/analysis.yaml"
-    script:
-        "../scripts/plot_figure.py"
+if plot_items("pug"):
+
+    # Every figure of the evaluation in one job (rules/common.smk: plot_items).
+    rule plot_pug:
+        input:
+            plot_inputs("pug"),
+        output:
+            plot_outputs("pug"),
+        params:
+            figures=plot_params("pug"),
+        log:
+            f"{RESULTS}/logs/plot_pug.log",
+        conda:
+            "../envs/analysis.yaml"
+        script:
+            "../scripts/plot_figure.py"
 
 
 register_evaluation("pug")

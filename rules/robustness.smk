@@ -19,21 +19,22 @@ rule compute_robustness:
         "../scripts/compute_table.py"
 
 
-rule plot_robustness:
-    input:
-        figure_input("robustness", "robustness"),
-    output:
-        **figure_files("robustness", "robustness"),
-    params:
-        **figure_params("robustness", "robustness"),
-    log:
-        figure_log("robustness", "robustness"),
-    wildcard_constraints:
-        **figure_wildcards("robustness", "robustness"),
-    conda:
-        "../envs/analysis.yaml"
-    script:
-        "../scripts/plot_figure.py"
+if plot_items("robustness"):
+
+    # Every figure of the evaluation in one job (rules/common.smk: plot_items).
+    rule plot_robustness:
+        input:
+            plot_inputs("robustness"),
+        output:
+            plot_outputs("robustness"),
+        params:
+            figures=plot_params("robustness"),
+        log:
+            f"{RESULTS}/logs/plot_robustness.log",
+        conda:
+            "../envs/analysis.yaml"
+        script:
+            "../scripts/plot_figure.py"
 
 
 register_evaluation("robustness")

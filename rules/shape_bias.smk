@@ -18,21 +18,22 @@ rule compute_shape_bias:
         "../scripts/compute_table.py"
 
 
-rule plot_shape_bias:
-    input:
-        figure_input("shape_bias", "shape_bias"),
-    output:
-        **figure_files("shape_bias", "shape_bias"),
-    params:
-        **figure_params("shape_bias", "shape_bias"),
-    log:
-        figure_log("shape_bias", "shape_bias"),
-    wildcard_constraints:
-        **figure_wildcards("shape_bias", "shape_bias"),
-    conda:
-        "../envs/analysis.yaml"
-    script:
-        "../scripts/plot_figure.py"
+if plot_items("shape_bias"):
+
+    # Every figure of the evaluation in one job (rules/common.smk: plot_items).
+    rule plot_shape_bias:
+        input:
+            plot_inputs("shape_bias"),
+        output:
+            plot_outputs("shape_bias"),
+        params:
+            figures=plot_params("shape_bias"),
+        log:
+            f"{RESULTS}/logs/plot_shape_bias.log",
+        conda:
+            "../envs/analysis.yaml"
+        script:
+            "../scripts/plot_figure.py"
 
 
 register_evaluation("shape_bias")

@@ -12,26 +12,42 @@ VTAB_SPLITS = {n: s for n, s in STUDY.datasets.items() if isinstance(s, VtabSpli
 PROBE = config["evaluations"].get("transfer", {}).get("probe", {})
 
 
-rule build_vtab_manifest:
-    input:
-        lambda w: dataset_folder(SimpleNamespace(dataset=VTAB_SPLITS[w.dataset].parent)),
-    output:
-        f"{RESULTS}/manifests/{{dataset}}.json",
-    params:
-        dataset=dataset_entry,
-        listing=lambda w: manual_folder_signature(VTAB_SPLITS[w.dataset].parent, VTAB_SPLITS[w.dataset].task_dir),
-    log:
-        f"{RESULTS}/logs/build_manifest/{{dataset}}.log",
-    wildcard_constraints:
-        dataset="|".join(re.escape(n) for n in VTAB_SPLITS) or "(?!)",
-    conda:
-        "../envs/analysis.yaml"
-    script:
-        "../scripts/build_vtab_manifest.py"
+# One job writes every (task, split) manifest of the study's VTAB datasets (57 for VTAB-1k): each
+# is a few seconds of listing, and every job that reads one reads all of its dataset's (the
+# extraction group of a VTAB dataset, its probes), so splitting them into jobs would rerun nothing
+# less. Every manifest stays its own output: a job depends on the manifests it reads, and an
+# extraction rerun after a changed task recomputes only that task (its manifest fingerprint).
+VTAB_PARENTS = list(dict.fromkeys(s.parent for s in VTAB_SPLITS.values()))
+
+
+if VTAB_SPLITS:
+
+    rule build_vtab_manifest:
+        input:
+            # the folders it lists: generated, or unpacked from a manual archive (a `source: download`
+            # copy is fetched by the job itself, a manual folder is in its params)
+            lambda w: [f for p in VTAB_PARENTS for f in [dataset_folder(SimpleNamespace(dataset=p))] if f],
+        output:
+            [STUDY.manifest(n) for n in VTAB_SPLITS],
+        params:
+            # In the order of output: one dataset_entry per split.
+            datasets=[STUDY.dataset_entry(n) for n in VTAB_SPLITS],
+            # A `source: download` parent to fetch first (datasets.smk: fetch_dataset).
+            fetch=[STUDY.dataset_entry(p) for p in VTAB_PARENTS if STUDY.datasets[p].source == "download"],
+            # per split of a manual folder, its task folder's listing digest: a changed task rebuilds them
+            listing=lambda w: {n: manual_folder_signature(s.parent, s.task_dir) for n, s in VTAB_SPLITS.items()},
+        log:
+            f"{RESULTS}/logs/build_vtab_manifest.log",
+        conda:
+            "../envs/analysis.yaml"
+        script:
+            "../scripts/build_vtab_manifest.py"
 
 
 # A task split's manifest also checks the VTAB layout (and, for train800, the train800val200 union).
-ruleorder: build_vtab_manifest > build_manifest
+if VTAB_SPLITS:
+
+    ruleorder: build_vtab_manifest > build_manifest
 
 
 # One probe job per (model, VTAB dataset) fits every task of it in one process (one Python + torch
@@ -81,19 +97,22 @@ rule compute_transfer:
         "../scripts/compute_table.py"
 
 
-rule plot_transfer:
-    input:
-        figure_input("transfer", "transfer"),
-    output:
-        **figure_files("transfer", "transfer"),
-    params:
-        **figure_params("transfer", "transfer"),
-    log:
-        figure_log("transfer", "transfer"),
-    conda:
-        "../envs/analysis.yaml"
-    script:
-        "../scripts/plot_figure.py"
+if plot_items("transfer"):
+
+    # Every figure of the evaluation in one job (rules/common.smk: plot_items).
+    rule plot_transfer:
+        input:
+            plot_inputs("transfer"),
+        output:
+            plot_outputs("transfer"),
+        params:
+            figures=plot_params("transfer"),
+        log:
+            f"{RESULTS}/logs/plot_transfer.log",
+        conda:
+            "../envs/analysis.yaml"
+        script:
+            "../scripts/plot_figure.py"
 
 
 register_evaluation("transfer")

@@ -1,7 +1,9 @@
-# One figure of one evaluation (png + pdf), drawn by the function its registry record names.
+# Every figure of one evaluation (png + pdf each), each drawn by the function its registry record
+# names, from the records of the job's `figures` param (rules/common.smk: plot_items).
 from beyond_imagenet.evaluations import get_figure
-from beyond_imagenet.workflow import setup
+from beyond_imagenet.workflow import FigureJob, setup
 
 job = setup(snakemake)
-_, figure = get_figure(job.params.figure)
-figure.draw(job)
+for item in job.params.figures:
+    _, figure = get_figure(item["figure"])
+    figure.draw(FigureJob(job, item))

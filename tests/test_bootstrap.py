@@ -235,7 +235,7 @@ def test_changing_the_bootstrap_reruns_no_extraction(tiny_config, tmp_path):
     assert planned, "the changed bootstrap reran nothing"
     assert not {"extract_outputs", "probe_transfer", "build_manifest"} & set(planned), planned
     allowed = {"compute_accuracy", "compute_calibration", "compute_transfer", "compute_comparisons",
-               "plot_comparisons", "compute_profile", "plot_profile", "plot_reliability", "plot_confidence",
+               "plot_comparisons", "compute_profile", "plot_profile", "plot_calibration",
                "plot_transfer", "compute_across_models", "plot_across_models", "plot_vs_imagenet", "results_page",
                "all"}
     assert set(planned) <= allowed, planned

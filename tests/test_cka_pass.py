@@ -457,5 +457,5 @@ def test_adding_a_model_runs_its_cka_pass_and_the_pairs_only(tmp_path):
     assert passes == [{"model": "vit_sup2", "dataset": "imagenet_val"}]
     # The study-wide aggregates read every table (tests/test_job_params.py AGGREGATES).
     assert Counter(rule for rule, _ in planned) - Counter({"compute_cka_pass": 1}) == Counter(
-        {"compute_cka": 1, "compute_cka_summary": 1, "plot_cka": 2, "compute_profile": 1, "plot_profile": 1,
+        {"compute_cka": 1, "compute_cka_summary": 1, "plot_cka": 1, "compute_profile": 1, "plot_profile": 1,
          "compute_comparisons": 1, "plot_comparisons": 1, "list_skipped_images": 1, "results_page": 1, "all": 1})

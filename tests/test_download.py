@@ -605,6 +605,32 @@ def test_a_recorded_checksum_is_dropped_when_the_file_fails_to_unpack(server: Se
     assert (out / "pkg" / "big.bin").read_bytes() == PAYLOAD
 
 
+def test_fetch_dataset_keeps_a_complete_folder_and_redoes_one_of_another_recipe(tmp_path: Path) -> None:
+    """The workflow's fetch_dataset job (one per downloaded dataset: download, unpack, manifest):
+    the folder is no Snakemake output, so a rerun (or another study) keeps a complete one instead of
+    downloading and unpacking again, unless the study now names another file (url, sha256)."""
+    from beyond_imagenet.datasets import resolve_dataset
+    from beyond_imagenet.datasets.fetch import fetch_dataset, recipe_record
+
+    first, second = tmp_path / "first.tar.gz", tmp_path / "second.tar.gz"
+    first.write_bytes(_tarball(tmp_path))
+    make_tar(second, [(tinfo("pkg/other.txt"), b"other")], "w:gz")
+
+    def spec(archive):
+        entry = {"kind": "cue_conflict", "source": "download", "url": archive.as_uri(), "sha256": sha256_file(archive)}
+        return resolve_dataset("cue", entry, str(tmp_path / "res"))
+
+    kept = spec(first)
+    out = fetch_dataset(kept)
+    assert (out / "pkg" / "big.bin").read_bytes() == PAYLOAD and (out / COMPLETE_MARKER).is_file()
+    assert recipe_record(kept).is_file() and not (out / recipe_record(kept).name).exists()
+    first.unlink()  # neither the source nor the download is needed again: the complete folder is kept
+    (tmp_path / "res" / "downloads" / "cue" / "first.tar.gz").unlink()
+    assert fetch_dataset(kept) == out and (out / "pkg" / "big.bin").read_bytes() == PAYLOAD
+    out = fetch_dataset(spec(second))  # another recipe: fetched and unpacked again
+    assert (out / "pkg" / "other.txt").read_bytes() == b"other" and not (out / "pkg" / "big.bin").exists()
+
+
 # --------------------------------------------------------------------------------------------
 # Two downloads of one file at once (issue 24)
 # --------------------------------------------------------------------------------------------

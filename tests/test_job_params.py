@@ -13,7 +13,7 @@ wildcards, threads, log, resources):
 Guards (none of them depends on how the rules and scripts are written, only on what jobs read and plan):
 
 1. A small study in which every `script:` rule runs (all evaluations incl. VTAB probes, invariance,
-   CKA, the profile, the skipped list, and a file:// download + unpack) runs under an auditor,
+   CKA, the profile, the skipped list, a file:// download + unpack, a manual archive) runs under an auditor,
    tests/params_audit/sitecustomize.py (its docstring says what it records): no job reads
    `snakemake.config` (nor opens the config file), and every job reads every param it declares,
    and every first-level key of each dict param.
@@ -45,9 +45,12 @@ AUDITOR = Path(__file__).resolve().parent / "params_audit"
 AUDIT_DIR_VAR = "BEYOND_IMAGENET_PARAMS_AUDIT_DIR"
 AUDIT_CONFIGFILES_VAR = "BEYOND_IMAGENET_PARAMS_AUDIT_CONFIGFILES"
 
-# The unused dataset fetched from a file:// URL, to run download_dataset and unpack_dataset (its
-# folder is an extra target beside `all`: a manifest of it would need the real 1,280 images).
+# The unused dataset fetched from a file:// URL, to run fetch_dataset (download, unpack, manifest: its
+# manifest is an extra target beside `all`; its own sha256 makes it a repack, of 2 images not 1,280),
+# and the same archive as a manual one, to run unpack_dataset (its folder is the target: a manifest
+# of it would need the real 1,280 images).
 DOWNLOADED = "cue_download"
+ARCHIVED = "cue_archive"
 
 # Script rules the audited study cannot run. Each needs a reason; everything else must be audited.
 NOT_COVERED: dict[str, str] = {}
@@ -67,7 +70,7 @@ AGGREGATES = {"compute_profile", "plot_profile", "compute_comparisons", "plot_co
 
 
 # ------------------------------------------------------------------------------------- study
-def study_config(download_url: str) -> dict:
+def study_config(archive: Path) -> dict:
     """Every evaluation of the default study, shrunk as conftest's tiny_config (a few images per set),
     further to one model: a CLIP one, whose zero-shot head is a job too (every job here costs a
     few seconds of imports; jobs of a second model would only repeat rules already audited)."""
@@ -81,7 +84,11 @@ def study_config(download_url: str) -> dict:
         entry.update(num_classes=4, images_per_class=1)
     datasets["imagenet_val"]["images_per_class"] = 2  # 8 images: two CKA batches of 4
     datasets["vtab"].update(tasks=["dtd"], split_sizes={"train800": 8, "val200": 4, "test": 8})
-    datasets[DOWNLOADED] = {"kind": "cue_conflict", "source": "download", "url": download_url}
+    from beyond_imagenet.download import sha256_file
+
+    datasets[DOWNLOADED] = {"kind": "cue_conflict", "source": "download", "url": archive.as_uri(),
+                            "sha256": sha256_file(archive)}
+    datasets[ARCHIVED] = {"kind": "cue_conflict", "source": "manual", "archive": str(archive)}
     evaluations = config["evaluations"]
     evaluations["calibration"]["datasets"] = ["imagenet_val"]
     evaluations["robustness"]["datasets"] = ["imagenet_val"]
@@ -166,7 +173,7 @@ def audited_study(tmp_path_factory):
     """The small study run to the end, every script job under the auditor; its audit records."""
     base = tmp_path_factory.mktemp("job_params")
     archive = make_download_archive(base / "cue-conflict.tar.gz")
-    config = study_config(archive.as_uri())
+    config = study_config(archive)
     configfile = write_config(base / "study.yaml", config)
     workdir, records_dir = base / "work", base / "audit"
     workdir.mkdir()
@@ -175,7 +182,8 @@ def audited_study(tmp_path_factory):
         mp.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(AUDITOR), os.environ.get("PYTHONPATH")])))
         mp.setenv(AUDIT_DIR_VAR, str(records_dir))
         mp.setenv(AUDIT_CONFIGFILES_VAR, os.pathsep.join([str(configfile.resolve()), str(REPO / "config.yaml")]))
-        jobs = run_snakemake(configfile, workdir, targets=["all", f"resources/datasets/{DOWNLOADED}"])
+        jobs = run_snakemake(configfile, workdir, targets=["all", f"results/manifests/{DOWNLOADED}.json",
+                                                           f"resources/datasets/{ARCHIVED}"])
     records = [json.loads(p.read_text()) for p in sorted(records_dir.glob("*.json"))]
     return SimpleNamespace(config=config, configfile=configfile, workdir=workdir, jobs=jobs, records=records,
                            script_rules=plan(configfile, workdir).script_rules)
@@ -302,12 +310,11 @@ SCENARIOS = {
     "cka": (add_to_cka,
             lambda d: {"compute_cka_pass": lambda wc: wc.get("dataset") == d,
                        "compute_cka": lambda wc: wc.get("dataset") == d,
-                       "plot_cka": lambda wc: wc.get("dataset") == d,
+                       "plot_cka": lambda wc: True,  # (draws every CKA figure: one job per evaluation)
                        "compute_cka_summary": lambda wc: True},
             lambda d: [("compute_cka_pass", {"dataset": d}), ("compute_cka", {"dataset": d})]),
     "calibration": (add_to_calibration,
-                    lambda d: {"compute_calibration": lambda wc: True, "plot_reliability": lambda wc: True,
-                               "plot_confidence": lambda wc: True},
+                    lambda d: {"compute_calibration": lambda wc: True, "plot_calibration": lambda wc: True},
                     lambda d: [("compute_calibration", {})]),
     "shape_bias": (add_to_shape_bias,
                    lambda d: {"compute_shape_bias": lambda wc: True, "plot_shape_bias": lambda wc: True},

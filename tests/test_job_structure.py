@@ -14,7 +14,7 @@ from conftest import REPO, default_config, dry_run_jobs, run_snakemake, write_co
 pytestmark = pytest.mark.workflow
 
 # Jobs that prepare a dataset (once per dataset, whatever the models).
-DATASET_RULES = {"generate_dataset", "download_dataset", "unpack_dataset", "build_manifest", "build_vtab_manifest"}
+DATASET_RULES = {"generate_dataset", "fetch_dataset", "unpack_dataset", "build_manifest", "build_vtab_manifest"}
 
 
 def test_default_study_plans_no_link_jobs_and_one_probe_job_per_model_and_vtab_dataset(tmp_path):
@@ -28,6 +28,23 @@ def test_default_study_plans_no_link_jobs_and_one_probe_job_per_model_and_vtab_d
     # Every job that names a model is one of that model's jobs: extraction groups, its head, its probes.
     per_model = {rule for rule, w in jobs if "model" in w}
     assert per_model <= {"extract_outputs", "build_zero_shot_head", "probe_transfer"} | {r for r in rules if "cka" in r}
+
+
+def test_paper_study_plans_at_most_15_jobs_per_model_and_40_study_wide(tmp_path):
+    """Issue 20: the paper study's dry run (no data needed) plans at most 15 jobs per model and 40
+    without a model (datasets, tables, figures, `all`): one job writes the 57 VTAB split manifests,
+    one per downloaded dataset downloads, unpacks and lists it, one per evaluation draws its figures."""
+    import collections
+
+    jobs = dry_run_jobs(REPO / "studies" / "paper.yaml", tmp_path)
+    per_model = collections.Counter(w["model"] for _, w in jobs if "model" in w)
+    shared = collections.Counter(rule for rule, w in jobs if "model" not in w)
+    assert len(per_model) == 4 and max(per_model.values()) <= 15, per_model
+    assert sum(shared.values()) <= 40, shared
+    assert shared["build_vtab_manifest"] == 1 and shared["fetch_dataset"] == 8 and shared["build_manifest"] == 1
+    # every figure file is still its own output: each figure can be asked for by its path
+    plotted = [rule for rule in shared if rule.startswith("plot_")]
+    assert all(shared[rule] == 1 for rule in plotted) and "plot_calibration" in plotted
 
 
 def test_a_reader_waits_for_the_group_marker_and_reads_the_extracted_file(tmp_path):

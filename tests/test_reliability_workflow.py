@@ -211,8 +211,8 @@ def _step(chain, name, previous):
 def test_download_unpack_manifest_extraction_from_a_local_archive(rel, baseline):
     workdir = baseline["workdir"]
     ran = {p.relative_to(workdir / "results/logs").parts[0].removesuffix(".log") for p in (workdir / "results/logs").rglob("*.log")}
-    assert ran == {"download_dataset", "unpack_dataset", "build_manifest", "build_zero_shot_head",
-                   "extract_outputs", "compute_calibration"}
+    # one fetch_dataset job downloads, unpacks and lists the dataset
+    assert ran == {"fetch_dataset", "build_zero_shot_head", "extract_outputs", "compute_calibration"}
     # The archive was verified and unpacked as it is, with the completion marker.
     assert (workdir / "resources/downloads/imagenet_r/imagenet-r.tar").read_bytes() == rel["tar"].read_bytes()
     unpacked = unpacked_files(workdir / "resources/datasets/imagenet_r")
@@ -255,7 +255,7 @@ def test_wrong_checksum_is_quarantined_and_nothing_is_unpacked(rel, tmp_path, ca
     assert not (downloads / "imagenet-r.tar").exists() and not (downloads / "imagenet-r.tar.part").exists()
     assert not (tmp_path / "resources/datasets").exists()
     assert not (tmp_path / "results/manifests/imagenet_r.json").exists()
-    log = (tmp_path / "results/logs/download_dataset/imagenet_r/imagenet-r.tar.log").read_text()
+    log = (tmp_path / "results/logs/fetch_dataset/imagenet_r.log").read_text()
     assert "imagenet-r.tar.quarantine" in log
     err = capfd.readouterr().err  # the job's traceback: what went wrong and what to do
     assert "DownloadError: checksum mismatch" in err and f"expected sha256 {'0' * 64}" in err

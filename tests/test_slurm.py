@@ -115,7 +115,7 @@ def test_slurm_profile_asks_no_gpu_itself():
     profile sets no `gpu`, and sends every rule that declares one to the GPU partition."""
     rules, gpu_rules = set(), set()
     for path in (REPO / "rules").glob("*.smk"):
-        for block in re.split(r"^rule ", path.read_text(), flags=re.M)[1:]:
+        for block in re.split(r"^ *rule ", path.read_text(), flags=re.M)[1:]:  # (some under an `if`)
             name = block.split(":", 1)[0].strip()
             rules.add(name)
             # `gpu=` itself, or the execution resources of a model-running rule (rules/common.smk)

@@ -16,12 +16,13 @@ def test_lint_is_clean():
 
 def test_paper_study_dry_run_lists_downloads_extractions_metrics_figures(tmp_path):
     jobs = run_snakemake(REPO / "studies" / "paper.yaml", tmp_path, dryrun=True)
-    assert jobs["download_dataset"] >= 1 and jobs["unpack_dataset"] >= 1
+    # One job per downloaded dataset (download, unpack, manifest); ImageNet val is a manual folder.
+    assert jobs["fetch_dataset"] == 8 and jobs["build_manifest"] == 1 and "unpack_dataset" not in jobs
     assert jobs["build_zero_shot_head"] == 2  # the two CLIP models, once each
     # 4 models x the datasets of the calibration study, one pass each.
     assert jobs["extract_outputs"] >= 8
     assert jobs["compute_calibration"] == 1 and jobs["compute_accuracy"] == 1
-    assert jobs["plot_reliability"] == 2 and jobs["plot_confidence"] == 2
+    assert jobs["plot_calibration"] == 1  # its 4 figures (reliability and confidence, 2 datasets)
 
 
 def test_paper_study_without_imagenet_stops_before_any_job(tmp_path):
@@ -66,7 +67,7 @@ def test_changing_bins_reruns_only_calibration(default_study, tmp_path):
     config["evaluations"]["calibration"]["n_bins"] = 10
     jobs = run_snakemake(write_config(tmp_path / "bins.yaml", config), workdir, dryrun=True)
     # The calibration table, its figures, and the study-wide profile and comparisons; no extraction.
-    assert set(jobs) == {"compute_calibration", "plot_reliability", "plot_confidence", "compute_profile",
+    assert set(jobs) == {"compute_calibration", "plot_calibration", "compute_profile",
                          "plot_profile", "compute_comparisons", "plot_comparisons", "compute_across_models",
                          "plot_across_models", "plot_vs_imagenet", "results_page", "all"}
 
@@ -76,7 +77,7 @@ def test_relabelling_a_model_redraws_tables_and_figures_only(default_study, tmp_
     config = default_config()
     config["models"]["vit_sup"]["label"] = "my ViT"
     jobs = run_snakemake(write_config(tmp_path / "label.yaml", config), workdir, dryrun=True)
-    assert "compute_calibration" in jobs and "plot_reliability" in jobs and "compute_profile" in jobs
+    assert "compute_calibration" in jobs and "plot_calibration" in jobs and "compute_profile" in jobs
     assert not {"extract_outputs", "build_zero_shot_head", "probe_transfer",
                 "compute_cka_pass", "compute_cka"} & set(jobs)
 
@@ -86,8 +87,23 @@ def test_single_figure_target(default_study):
     target = "results/figures/reliability_imagenet_r.png"  # relative to the working directory
     assert (workdir / target).exists()
     jobs = run_snakemake(REPO / "config.yaml", workdir, targets=[target], dryrun=True,
-                         forcerun=["plot_reliability"])
-    assert set(jobs) == {"plot_reliability"}
+                         forcerun=["plot_calibration"])
+    assert set(jobs) == {"plot_calibration"}
+
+
+def test_a_deleted_figure_is_redrawn_by_its_path_alone(default_study, tmp_path):
+    """Every figure file is an output of its evaluation's plot job: asking for one by its path
+    redraws it (with its evaluation's other figures), and nothing else runs."""
+    import shutil
+
+    copy_dir = tmp_path / "study"
+    shutil.copytree(default_study[0], copy_dir, symlinks=True)
+    target = copy_dir / "results" / "figures" / "confidence_imagenet_val.pdf"
+    table = (copy_dir / "results" / "metrics" / "calibration.csv").read_bytes()
+    target.unlink()
+    jobs = run_snakemake(REPO / "config.yaml", copy_dir, targets=[str(target.relative_to(copy_dir))])
+    assert set(jobs) == {"plot_calibration"} and target.stat().st_size > 1000
+    assert (copy_dir / "results" / "metrics" / "calibration.csv").read_bytes() == table
 
 
 def test_report_contains_the_figures(default_study):

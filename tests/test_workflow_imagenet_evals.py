@@ -46,11 +46,15 @@ def test_imagenet_val_is_extracted_once_per_model(tmp_path):
 
 
 def test_paper_study_downloads_every_file_of_multi_file_sets(tmp_path):
+    """One fetch_dataset job per downloaded dataset downloads every file of its recipe (ImageNet-C's
+    four tars), unpacks them and writes the manifest."""
+    from beyond_imagenet.study import Study, load_config
+
     jobs = dry_run_jobs(REPO / "studies" / "paper.yaml", tmp_path)
-    downloads = {(w["dataset"], w["filename"]) for rule, w in jobs if rule == "download_dataset"}
-    assert {f for d, f in downloads if d == "imagenet_c"} == {"noise.tar", "blur.tar", "weather.tar", "digital.tar"}
-    unpacked = {w["dataset"] for rule, w in jobs if rule == "unpack_dataset"}
-    assert {"imagenet_c", "imagenet_hard"} <= unpacked
+    fetched = {w["dataset"] for rule, w in jobs if rule == "fetch_dataset"}
+    assert {"imagenet_c", "imagenet_hard"} <= fetched and "download_dataset" not in {r for r, _ in jobs}
+    spec = Study(load_config(REPO / "studies" / "paper.yaml")).datasets["imagenet_c"]
+    assert {p.name for p in spec.archive_paths} == {"noise.tar", "blur.tar", "weather.tar", "digital.tar"}
 
 
 def test_default_study_produces_the_four_tables_and_figures(default_study):

@@ -1,14 +1,15 @@
 """Getting a downloadable dataset onto disk: one or several verified files, then one folder.
 
 A catalogue ``download:`` recipe is either one file (``url``, ``sha256``, ``size``) or a list of
-``files`` (ImageNet-C's four or five tars; PUG's tarball plus its class map), each downloaded by its
-own job (resumable, size/sha256-verified, atomic: :func:`beyond_imagenet.download.download`) and
+``files`` (ImageNet-C's four or five tars; PUG's tarball plus its class map), each downloaded
+(resumable, size/sha256-verified, atomic: :func:`beyond_imagenet.download.download`) and
 optionally checked against a published md5. A file without a published checksum gets its sha256
 recorded at first download (``<file>.sha256`` next to it) and verified on every later use.
 
 :func:`unpack_dataset` then builds the dataset folder from all of them, all or nothing: archives
 are extracted (path-checked) into one temporary folder, plain files (``extract: false``) are copied
-to their ``dest``, and the folder is renamed into place when complete.
+to their ``dest``, and the folder is renamed into place when complete. :func:`fetch_dataset` does
+both for one dataset (the workflow's ``fetch_dataset`` job, and ``python -m beyond_imagenet.prefetch``).
 
 A ``huggingface`` recipe (ImageNet-Hard) names a dataset repository, a pinned revision and the
 shards to take; :func:`fetch_huggingface_parquet` downloads them with ``huggingface_hub`` (which
@@ -132,6 +133,46 @@ def unpack_dataset(spec: DatasetSpec, archives: list[str | os.PathLike], out: st
                 shutil.copyfile(archive, target)
         (tmp / COMPLETE_MARKER).write_text("unpacked from " + ", ".join(a.name for a in archives) + "\n")
     log.info("unpacked %d file(s) into %s", len(archives), out)
+    return out
+
+
+def _recipe(spec: DatasetSpec) -> str:
+    """What a downloaded dataset's folder is made from: each file's name and checksum (its URL when
+    no checksum is known; a mirror of the same file changes nothing), or its hub recipe. A folder
+    unpacked from another recipe (a study's new ``url:``/``sha256:``) is redone."""
+    files = [{"filename": f["filename"], "sha256": f.get("sha256"), "md5": f.get("md5"),
+              **({} if f.get("sha256") or f.get("md5") else {"url": f["url"]})} for f in spec.download_files]
+    return json.dumps({"files": files, "huggingface": (spec.download or {}).get("huggingface")}, sort_keys=True) + "\n"
+
+
+def recipe_record(spec: DatasetSpec) -> Path:
+    """Where :func:`fetch_dataset` records the recipe a folder was unpacked from: beside the
+    downloads (``<resources>/downloads/<dataset>/.unpacked.json``), not in the folder."""
+    return Path(spec.resources_dir) / "downloads" / spec.name / ".unpacked.json"
+
+
+def fetch_dataset(spec: DatasetSpec) -> Path:
+    """Make a ``source: download`` dataset's folder ``spec.dataset_dir``: each recipe file downloaded
+    (resumable, verified; a file already there and verified is not fetched again) to
+    ``<resources>/downloads/<dataset>/``, then unpacked. A complete folder (its ``.complete``
+    marker) unpacked from the same recipe is kept as it is (delete it to unpack again), as is one
+    with no recipe record (an earlier version's); downloads and folder are shared by every study on
+    the same resources folder, so no study redoes them."""
+    out, record = spec.dataset_dir, recipe_record(spec)
+    if (out / COMPLETE_MARKER).is_file():
+        if not record.is_file() or record.read_text() == _recipe(spec):
+            log.info("dataset %s: already unpacked in %s", spec.name, out)
+            return out
+        log.info("dataset %s: %s was unpacked from another recipe (%s); fetching and unpacking it again",
+                 spec.name, out, record.read_text().strip())
+        shutil.rmtree(out)
+    for recipe, dest in zip(spec.download_files, spec.archive_paths, strict=True):
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        log.info("dataset %s: %s -> %s", spec.name, recipe["url"], dest)
+        fetch_file(recipe, dest)
+    unpack_dataset(spec, spec.archive_paths, out)
+    record.parent.mkdir(parents=True, exist_ok=True)
+    record.write_text(_recipe(spec))
     return out
 
 
