@@ -291,3 +291,16 @@ def test_job_no_node_can_run_stops_before_any_submission(cluster, tmp_path):
     assert "could never start" in out and "rule extract_outputs: asks for 4 CPUs" in out
     assert "BEYOND_IMAGENET_SLURM_MAX_CPUS" in out
     assert set(accounting(cluster)) == before
+
+
+def test_every_study_wide_table_and_figure_rule_runs_in_the_tables_group():
+    """Every rule that forms a study-wide table, figure or page (no `model` wildcard in its output)
+    is in the SLURM profile's `tables` group: one sbatch at the end, not one per rule."""
+    study_wide = set()
+    for path in (REPO / "rules").glob("*.smk"):
+        for block in re.split(r"^ *rule ", path.read_text(), flags=re.M)[1:]:
+            name = block.split(":", 1)[0].strip()
+            if re.match(r"(compute|plot)_|results_page$", name) and "{model}" not in block.split("output:", 1)[-1].split("log:", 1)[0]:
+                study_wide.add(name)
+    grouped = {item.split("=")[0] for item in profile_values()["groups"] if item.endswith("=tables")}
+    assert study_wide and study_wide - {"compute_cka_pass"} <= grouped, sorted(study_wide - grouped)
