@@ -268,6 +268,7 @@ def expand_user_paths(config: dict[str, Any]) -> None:
     for entry in config.get("datasets", {}).values():
         expand(entry, "root")
         expand(entry, "archive")
+        expand(entry, "labels")
     for entry in config.get("models", {}).values():
         expand(entry, "checkpoint")  # pkg://... does not start with ~
 
