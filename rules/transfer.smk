@@ -1,4 +1,5 @@
-# Transferability: VTAB-1k linear probes on cached features (docs/evaluations.md §7). A `kind: vtab`
+# Transferability: VTAB-1k linear probes on cached features (docs/evaluations.md §7); on a labelled
+# folder of your own classes, one probe (+ k-shot probes and CLIP zero-shot) per (model, dataset). A `kind: vtab`
 # dataset stands for one dataset per (task, split), <name>-<task>-<split>, each extracted by the one
 # extract_outputs rule; train800val200 is not extracted (it is train800 + val200, checked on the
 # data when the train800 manifest is built): see datasets/vtab.py. Its record:
@@ -46,6 +47,8 @@ rule probe_transfer:
     params:
         probe=PROBE,
         cached=lambda w: transfer_evaluation.probe_items(STUDY, w),
+        # A CLIP model on a labelled folder: its zero-shot classifier from the class names.
+        zero_shot=lambda w: transfer_evaluation.zero_shot_params(STUDY, w),
     log:
         f"{RESULTS}/logs/probe_transfer/{{model}}/{{dataset}}.log",
     benchmark:
