@@ -31,6 +31,26 @@ rule build_vtab_manifest:
         "../scripts/build_vtab_manifest.py"
 
 
+# A labelled folder's splits (given, or drawn by its `splits:`) and k-shot subsets, apart from its
+# manifest: new splits rerun the probes, never the extraction (datasets/labelled.py).
+rule draw_splits:
+    input:
+        f"{RESULTS}/manifests/{{dataset}}.json",
+    output:
+        f"{RESULTS}/splits/{{dataset}}.json",
+    params:
+        splits=lambda w: config["datasets"][w.dataset].get("splits", {}),
+    log:
+        f"{RESULTS}/logs/draw_splits/{{dataset}}.log",
+    wildcard_constraints:
+        dataset="|".join(re.escape(d) for d in STUDY.evaluation_datasets("transfer")
+                         if transfer_evaluation.is_own_dataset(STUDY, d)) or "(?!)",
+    conda:
+        "../envs/analysis.yaml"
+    script:
+        "../scripts/draw_splits.py"
+
+
 # A task split's manifest also checks the VTAB layout (and, for train800, the train800val200 union).
 ruleorder: build_vtab_manifest > build_manifest
 

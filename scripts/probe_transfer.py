@@ -16,6 +16,8 @@ results = []
 with lease_device(settings["device"], job.resources.lock_dir or None) as device:
     if OWN_GROUP in job.params.cached:  # a labelled folder: one output, the splits in its manifest
         manifest, out = read_item(job.params.cached[OWN_GROUP]["all"], fields=("features", "labels", "ids"))
+        with open(job.input.splits[0]) as f:
+            splits = json.load(f)
         head = None
         if job.params.zero_shot:  # a CLIP model: the zero-shot classifier from the class names
             from beyond_imagenet.datasets.labelled import class_prompt_names
@@ -25,7 +27,7 @@ with lease_device(settings["device"], job.resources.lock_dir or None) as device:
             zero_shot = job.params.zero_shot
             head = build_zero_shot_head(model_spec(zero_shot["model"], zero_shot["identity"]), zero_shot["templates"],
                                         device, class_names=class_prompt_names(manifest["class_names"])).numpy()
-        for result in probe_own_dataset(manifest, out["features"], out["labels"], [str(i) for i in out["ids"]],
+        for result in probe_own_dataset(manifest, splits, out["features"], out["labels"], [str(i) for i in out["ids"]],
                                         probe_config(settings), device, head):
             result.update(model=model, dataset=dataset, group=OWN_GROUP, device=str(device),
                           n_skipped=int(out["attrs"].get("n_skipped", 0)), probe=settings,

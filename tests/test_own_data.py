@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from beyond_imagenet.datasets import DatasetError, resolve_dataset
-from beyond_imagenet.datasets.labelled import read_labelled
+from beyond_imagenet.datasets.labelled import draw_manifest_splits, read_labelled
 from beyond_imagenet.datasets.manifest import build_manifest
 from beyond_imagenet.datasets.photos import OWN_CLASSES, labelled_photos, write_own_class_folder
 from beyond_imagenet.study import ConfigError, validate_config
@@ -31,8 +31,10 @@ def own_folder(tmp_path_factory):
 
 
 def manifest_of(root, **entry):
-    return build_manifest(resolve_dataset("mine", {"kind": "labelled_folder", "source": "manual", "root": str(root),
-                                                   **entry}))
+    """The manifest of a labelled folder merged with its splits file (as the workflow draws it)."""
+    spec = resolve_dataset("mine", {"kind": "labelled_folder", "source": "manual", "root": str(root), **entry})
+    manifest = build_manifest(spec)
+    return {**manifest, **draw_manifest_splits(manifest, entry.get("splits", {}))}
 
 
 def source_of(sid: str) -> str:
@@ -199,7 +201,8 @@ def test_probes_and_zero_shot_on_a_labelled_folder_through_the_workflow(own_fold
     assert jobs["probe_transfer"] == 2
     results = tmp_path / "results"
     manifest = json.loads((results / "manifests" / "mine.json").read_text())
-    train_photos = {source_of(s) for (s, _), sp in zip(manifest["samples"], manifest["split"]) if sp != "test"}
+    splits = json.loads((results / "splits" / "mine.json").read_text())
+    train_photos = {source_of(s) for (s, _), sp in zip(manifest["samples"], splits["split"]) if sp != "test"}
     for model in ("effnet_lite0", "vit_clip"):
         probe = json.loads((results / "probes" / model / "mine.json").read_text())["results"]
         tasks = [r["task"] for r in probe]
@@ -219,8 +222,9 @@ def test_probes_and_zero_shot_on_a_labelled_folder_through_the_workflow(own_fold
     assert set(profile.loc[profile["headline"] == "linear probe top-1 % (mine)", "model"]) == {"effnet_lite0",
                                                                                               "vit_clip"}
     assert (results / "figures" / "transfer_mine.png").is_file()
-    # new splits (another seed) rerun the manifest and the probes, never the extraction
+    assert np.isfinite(top1["value"]).all()
+    # new splits (another seed) are drawn again and rerun the probes, never the manifest or extraction
     config["datasets"]["mine"]["splits"]["seed"] = 1
     jobs = run_snakemake(write_config(tmp_path / "own.yaml", config), tmp_path, dryrun=True)
-    assert jobs["probe_transfer"] == 2 and jobs["build_manifest"] == 1
-    assert np.isfinite(top1["value"]).all()
+    assert jobs["draw_splits"] == 1 and jobs["probe_transfer"] == 2
+    assert not jobs["build_manifest"] and not jobs["extract_outputs"]

@@ -6,9 +6,10 @@ Layouts (class names are the folder names, or the CSV's labels; labels are their
     <root>/<train|val|test>/<class>/<file>     # splits given by sub-folders (val may be left out)
     <root>/... + labels: file.csv              # columns path,label[,split]; paths relative to root
 
-The manifest (:func:`build_labelled_manifest`) records the class names, the split of every sample
-and, with ``splits.k_shot``, the k-shot training subsets; none of that enters the fingerprint (the
-extracted features do not depend on it), so changing the splits re-runs the probes, not extraction.
+The manifest (:func:`build_labelled_manifest`) records the samples, the class names and the splits
+the folder gives; the splits file (:func:`draw_manifest_splits`, ``results/splits/<dataset>.json``)
+the split of every sample and, with ``splits.k_shot``, the k-shot training subsets. The features do
+not depend on the splits: changing ``splits:`` redraws the splits file and reruns the probes only.
 
 ``splits`` (all optional)::
 
@@ -27,7 +28,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import json
 import os
 import re
 from pathlib import Path
@@ -219,10 +219,6 @@ def read_labelled_folder(root: Path, class_space: str) -> list[Sample]:
 
 
 # -------------------------------------------------------------------------------------- splits
-def split_settings(spec: DatasetSpec) -> dict[str, Any]:
-    return json.loads(spec.splits) if spec.splits else {}
-
-
 def _group_keys(ids: list[str], pattern: str | None) -> list[str]:
     if not pattern:
         return list(ids)
@@ -343,33 +339,18 @@ def draw_k_shot(samples: list[Sample], split: list[str], names: list[str], ks: l
 
 # ------------------------------------------------------------------------------------ manifest
 def build_labelled_manifest(spec: DatasetSpec) -> dict[str, Any]:
-    """The manifest of a labelled folder: samples, class names, the split of every sample and the
-    k-shot subsets. Given splits (folders / CSV column) with ``splits:`` fractions are refused."""
+    """The manifest of a labelled folder: its samples, class names and the splits the folder or CSV
+    gives (``given_split``; None: drawn by :func:`draw_manifest_splits`). The ``splits:`` settings
+    are not part of it: new splits redraw the splits file only, never the extraction."""
     from beyond_imagenet.datasets.manifest import fingerprint, stored_root
 
     root = spec.root
     if not root.is_dir():
         raise DatasetError(f"datasets.{spec.name}: folder {root} does not exist.\n{spec.instructions()}")
-    settings = split_settings(spec)
     try:
         samples, names, given = read_labelled(root, spec.labels)
-        if given is not None:
-            extra = [k for k in ("train", "test") if k in settings]
-            if extra:
-                raise DatasetError(f"splits.{extra[0]}: the splits are given by the "
-                                   f"{'CSV split column' if spec.labels else 'train/val/test folders'}; drop "
-                                   f"splits.{extra[0]} (only val, seed, group_by and k_shot apply).")
-            split = given if "val" in given else val_from_train(samples, given, settings)
-            source = "csv" if spec.labels else "folders"
-        else:
-            split = draw_splits(samples, names, settings)
-            source = "drawn"
-        k_shot = draw_k_shot(samples, split, names, settings.get("k_shot") or [], int(settings.get("seed", 0)))
     except DatasetError as err:
         raise DatasetError(f"datasets.{spec.name}: {err}") from None
-    for name in SPLIT_NAMES:
-        if name not in split:
-            raise DatasetError(f"datasets.{spec.name}: the {name} split is empty; add images or change `splits:`.")
     return {
         "dataset": spec.name,
         "kind": spec.kind,
@@ -381,24 +362,53 @@ def build_labelled_manifest(spec: DatasetSpec) -> dict[str, Any]:
         "fingerprint": fingerprint(root, samples),
         "samples": samples,
         "class_names": names,
-        "split": split,
-        "split_source": source,
-        "splits": json.dumps(settings, sort_keys=True),
-        "split_counts": {s: split.count(s) for s in SPLIT_NAMES},
-        "k_shot": k_shot,
+        "given_split": given,
+        "split_source": "drawn" if given is None else "csv" if spec.labels else "folders",
     }
 
 
-def manifest_splits(manifest: dict[str, Any], ids: list[str]) -> dict[str, np.ndarray]:
+def draw_manifest_splits(manifest: dict[str, Any], settings: dict[str, Any]) -> dict[str, Any]:
+    """The splits file of a labelled folder (``results/splits/<dataset>.json``): the split of every
+    manifest sample (given, or drawn by ``settings``, the dataset's ``splits:``) and the k-shot
+    subsets (sample indices). Given splits with ``splits.train``/``test`` are refused."""
+    name = manifest["dataset"]
+    samples = [(sid, int(label)) for sid, label in manifest["samples"]]
+    names, given = manifest["class_names"], manifest.get("given_split")
+    try:
+        if given is not None:
+            extra = [k for k in ("train", "test") if k in settings]
+            if extra:
+                where = "CSV split column" if manifest.get("split_source") == "csv" else "train/val/test folders"
+                raise DatasetError(f"splits.{extra[0]}: the splits are given by the {where}; drop splits.{extra[0]} "
+                                   "(only val, seed, group_by and k_shot apply).")
+            split = given if "val" in given else val_from_train(samples, given, settings)
+        else:
+            split = draw_splits(samples, names, settings)
+        k_shot = draw_k_shot(samples, split, names, settings.get("k_shot") or [], int(settings.get("seed", 0)))
+    except DatasetError as err:
+        raise DatasetError(f"datasets.{name}.{err}" if str(err).startswith("splits") else f"datasets.{name}: {err}") \
+            from None
+    for part in SPLIT_NAMES:
+        if part not in split:
+            raise DatasetError(f"datasets.{name}: the {part} split is empty; add images or change `splits:`.")
+    return {"dataset": name, "fingerprint": manifest["fingerprint"], "split_source": manifest.get("split_source", ""),
+            "splits": settings, "split": split, "split_counts": {s: split.count(s) for s in SPLIT_NAMES},
+            "k_shot": k_shot}
+
+
+def manifest_splits(manifest: dict[str, Any], splits: dict[str, Any], ids: list[str]) -> dict[str, np.ndarray]:
     """Row indices of ``ids`` (an output's, skipped images left out) per split, plus ``k<k>`` for
-    each k-shot subset, from a labelled folder's manifest."""
+    each k-shot subset, from a labelled folder's manifest and splits file."""
+    if splits.get("fingerprint") != manifest["fingerprint"]:
+        raise DatasetError(f"the splits of {manifest['dataset']} were drawn for another version of its manifest; "
+                           "rerun the workflow (it redraws them)")
     where = {sid: n for n, sid in enumerate(ids)}
     sample_ids = [sid for sid, _ in manifest["samples"]]
     out = {}
     for name in SPLIT_NAMES:
-        out[name] = np.asarray([where[s] for s, sp in zip(sample_ids, manifest["split"]) if sp == name and s in where],
+        out[name] = np.asarray([where[s] for s, sp in zip(sample_ids, splits["split"]) if sp == name and s in where],
                                dtype=int)
-    for k, members in manifest.get("k_shot", {}).items():
+    for k, members in splits.get("k_shot", {}).items():
         out[f"k{k}"] = np.asarray([where[sample_ids[i]] for i in members if sample_ids[i] in where], dtype=int)
     return out
 

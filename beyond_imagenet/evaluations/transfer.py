@@ -107,8 +107,8 @@ def is_own_dataset(study, dataset: str) -> bool:
     return study.datasets[dataset].class_space == CLASS_SPACE
 
 
-def probe_own_dataset(manifest: Mapping[str, Any], features: np.ndarray, labels: np.ndarray, ids: list[str],
-                      config: ProbeConfig, device: str | torch.device = "cpu",
+def probe_own_dataset(manifest: Mapping[str, Any], splits: Mapping[str, Any], features: np.ndarray,
+                      labels: np.ndarray, ids: list[str], config: ProbeConfig, device: str | torch.device = "cpu",
                       zero_shot_head: np.ndarray | None = None) -> list[dict[str, Any]]:
     """The §7 protocol on a labelled folder: the probe on its train / val / test splits (weight
     decay chosen on val, refit on train + val, test top-1), a probe per k-shot subset of train
@@ -116,7 +116,7 @@ def probe_own_dataset(manifest: Mapping[str, Any], features: np.ndarray, labels:
     embeddings), the zero-shot top-1 on the same test images. One result dict per task."""
     from beyond_imagenet.datasets.labelled import manifest_splits
 
-    rows = manifest_splits(manifest, ids)
+    rows = manifest_splits(manifest, splits, ids)
     n_classes = len(manifest["class_names"])
     labels = np.asarray(labels)
 
@@ -125,10 +125,10 @@ def probe_own_dataset(manifest: Mapping[str, Any], features: np.ndarray, labels:
 
     test_ids = [ids[i] for i in rows["test"]]
     common = {"n_classes": n_classes, "class_names": list(manifest["class_names"]), "test_ids": test_ids,
-              "n_test": int(len(rows["test"])), "split_source": manifest.get("split_source", "")}
+              "n_test": int(len(rows["test"])), "split_source": splits.get("split_source", "")}
     results = []
     trains = [(LINEAR_PROBE, rows["train"])] + [(f"k_shot_{k}", rows[f"k{k}"])
-                                                for k in sorted(manifest.get("k_shot", {}), key=int)]
+                                                for k in sorted(splits.get("k_shot", {}), key=int)]
     for task, train_rows in trains:
         result = probe_vtab_task(split(train_rows), split(rows["val"]), split(rows["test"]), n_classes, config, device)
         result.update(common, task=task)
@@ -351,7 +351,10 @@ def probe_inputs(study, wildcards) -> dict[str, list[str]]:
     """The markers of the extraction groups that write the splits of one (model, VTAB dataset),
     and their manifests."""
     items = [i for splits in probe_items(study, wildcards).values() for i in splits.values()]
-    return {"groups": study.output_markers(items), "manifests": sorted({i["manifest"] for i in items})}
+    inputs = {"groups": study.output_markers(items), "manifests": sorted({i["manifest"] for i in items})}
+    if is_own_dataset(study, wildcards.dataset):
+        inputs["splits"] = [study.splits_file(wildcards.dataset)]
+    return inputs
 
 
 def zero_shot_params(study, wildcards) -> dict[str, Any]:
