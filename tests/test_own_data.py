@@ -228,3 +228,19 @@ def test_probes_and_zero_shot_on_a_labelled_folder_through_the_workflow(own_fold
     jobs = run_snakemake(write_config(tmp_path / "own.yaml", config), tmp_path, dryrun=True)
     assert jobs["draw_splits"] == 1 and jobs["probe_transfer"] == 2
     assert not jobs["build_manifest"] and not jobs["extract_outputs"]
+
+
+def test_the_study_file_of_the_my_model_page_is_valid(own_folder):
+    """docs/my-model-on-my-images.md's study file validates as written (its root pointed at a folder)."""
+    import yaml
+
+    from conftest import REPO
+
+    text = (REPO / "docs" / "my-model-on-my-images.md").read_text()
+    block = next(b for b in re.findall(r"```yaml\n(.*?)```", text, re.S) if "study: my_images" in b)
+    config = yaml.safe_load(block)
+    config["datasets"]["photos"]["root"] = str(own_folder)
+    config = validate_config(config)
+    assert config["datasets"]["photos"]["splits"]["k_shot"] == [1, 2, 5]
+    manifest = manifest_of(own_folder, splits=config["datasets"]["photos"]["splits"])
+    assert set(manifest["k_shot"]) == {"1", "2", "5"}
