@@ -147,7 +147,7 @@ def resolve_dataset(name: str, entry: dict[str, Any], resources_dir: str = "reso
             raise DatasetError(f"datasets.{name}.classes: `classes: own` applies to kind image_folder only "
                                "(it is kind labelled_folder)")
         kind = "labelled_folder"  # image_folder with its own class names = a labelled folder
-    elif entry.get("classes") == "imagenet1k" and kind not in ("image_folder", "imagenet_val"):
+    elif entry.get("classes") == "imagenet1k" and kind != "image_folder":
         raise DatasetError(f"datasets.{name}.classes: `classes:` applies to kind image_folder only")
     if own_only and kind != "labelled_folder":
         raise DatasetError(f"datasets.{name}.{own_only[0]}: only a folder of your own classes (kind: labelled_folder, "
