@@ -359,12 +359,15 @@ def probe_inputs(study, wildcards) -> dict[str, list[str]]:
 
 def zero_shot_params(study, wildcards) -> dict[str, Any]:
     """What a probe job of (model, labelled folder) needs to build the CLIP zero-shot classifier from
-    the class names: the model (``Study.model_entry``), its head identity and the templates; empty
-    for a VTAB dataset or a model that is not a CLIP model (``source: open_clip``)."""
+    the class names: the model (``Study.model_entry``), what its checkpoint must hash to (the
+    ``checkpoint_sha256`` of its identity: a file replaced since is refused) and the templates;
+    empty for a VTAB dataset or a model that is not a CLIP model (``source: open_clip``)."""
     if not is_own_dataset(study, wildcards.dataset) or study.models[wildcards.model].source != "open_clip":
         return {}
     settings = study.evaluations.get("transfer", {}).get("zero_shot", {})
-    return {"model": study.model_entry(wildcards.model), "identity": study.head_identity(wildcards.model),
+    identity = study.head_identity(wildcards.model)
+    return {"model": study.model_entry(wildcards.model),
+            "identity": {k: identity[k] for k in ("checkpoint_sha256",) if k in identity},
             "templates": list(settings.get("templates") or DEFAULT_TEMPLATES)}
 
 
