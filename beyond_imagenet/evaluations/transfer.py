@@ -1,4 +1,6 @@
-"""Transferability (docs/evaluations.md §7): VTAB-1k linear probes on cached features.
+"""Transferability (docs/evaluations.md §7): VTAB-1k linear probes on cached features; on a labelled
+folder of your own classes (kind ``labelled_folder``) the same probe on its splits, k-shot probes and
+the CLIP models' zero-shot top-1 from its class names (:func:`probe_own_dataset`).
 
 One probe per (model, task) with the CLIP_benchmark protocol of :mod:`beyond_imagenet.metrics.transfer`;
 then per-task, per-group and overall means in a tidy table. Usable without Snakemake::
