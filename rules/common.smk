@@ -112,7 +112,16 @@ def manual_folder_signature(dataset, folder=None):
     from beyond_imagenet.datasets.manifest import folder_signature
 
     spec = STUDY.datasets[dataset]
-    return folder_signature(folder or spec.root) if spec.source == "manual" and not spec.archive else ""
+    if spec.source != "manual" or spec.archive:
+        return ""
+    signature = folder_signature(folder or spec.root)
+    if getattr(spec, "labels", None):  # a labelled folder's CSV of labels (it may live elsewhere)
+        try:
+            st = os.stat(spec.labels)
+            return f"{signature}:{st.st_size}:{st.st_mtime_ns}"
+        except OSError:
+            return f"{signature}:missing"
+    return signature
 
 
 def dataset_archive(wildcards):

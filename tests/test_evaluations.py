@@ -132,10 +132,13 @@ def test_table_has_its_grouping_columns_and_every_model(name, default_tables):
 def test_headline_selects_one_row_per_model(name, default_tables):
     record = EVALUATIONS[name]
     config = yaml.safe_load((REPO / "config.yaml").read_text())
-    for headline in record.headlines:
-        rows = headline_rows(name, headline, default_tables[headline.table])
-        assert rows, f"the {name} headline selects no row of {headline.table}.csv"
-        assert {r["model"] for r in rows} == set(config["models"])
+    selected = [headline_rows(name, headline, default_tables[headline.table]) for headline in record.headlines]
+    assert any(selected), f"no {name} headline selects a row of its table"
+    for rows in selected:
+        # A headline of a dataset kind the default study lacks (transfer's on a labelled folder of
+        # one's own classes) selects nothing here; tests/test_own_data.py checks it.
+        if rows:
+            assert {r["model"] for r in rows} == set(config["models"])
 
 
 @pytest.mark.parametrize("name", NAMES)
