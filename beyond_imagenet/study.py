@@ -174,6 +174,9 @@ def validate_config(config: dict[str, Any], schema_path: str | os.PathLike = SCH
                 message = f"{err.instance!r} is not valid: " + "; or ".join(sorted({c.message for c in err.context}))
             lines.append(f"  {_key(err.absolute_path)}: {message}")
         raise ConfigError("invalid study config:\n" + "\n".join(lines))
+    for entry in config["models"].values():  # a python model is named by its loader unless named
+        if entry["source"] == "python":
+            entry.setdefault("name", entry["loader"])
     expand_user_paths(config)
     problems = []
     for evaluation, body in config["evaluations"].items():
@@ -214,6 +217,7 @@ def validate_config(config: dict[str, Any], schema_path: str | os.PathLike = SCH
     for evaluation in config["evaluations"]:  # each evaluation's own checks
         if EVALUATIONS[evaluation].check:
             problems += EVALUATIONS[evaluation].check(config)
+    problems += _head_problems(config)
     for name, entry in config["models"].items():
         if entry["source"] == "open_clip" and entry.get("pretrained", True) is True and not entry.get("checkpoint"):
             problems.append(
@@ -248,6 +252,94 @@ def validate_config(config: dict[str, Any], schema_path: str | os.PathLike = SCH
         log.warning("%s", note)
     canonical_order(config)
     return config
+
+
+#: The label spaces of datasets scored with ImageNet-1k logits (directly, as a subset of the 1,000
+#: classes, or mapped from them: cue-conflict's 16, PUG's 151) and VTAB's (probes): a model with a
+#: classifier of its own classes (`num_classes`) has no logits in any of them.
+def imagenet_logit_spaces() -> set[str]:
+    from beyond_imagenet.datasets.readers import CLASS_SPACE_SIZES, CLASS_SPACES
+    from beyond_imagenet.datasets.vtab import CLASS_SPACE as VTAB
+
+    return {*CLASS_SPACES, *CLASS_SPACE_SIZES, VTAB}
+
+
+def _head_problems(config: dict[str, Any]) -> list[str]:
+    """``source: python``, ``num_classes`` and ``head``: what only makes sense for some sources, and
+    a classifier of the user's own classes in an evaluation that reads ImageNet-1k logits."""
+    from beyond_imagenet.model_specs import loader_problem
+
+    problems = []
+    for name, entry in config["models"].items():
+        source, key = entry["source"], f"  models.{name}"
+        if source == "python":
+            problem = loader_problem(entry["loader"])
+            if problem:
+                problems.append(f"{key}.loader: {problem}")
+            if isinstance(entry.get("pretrained"), str):
+                problems.append(f"{key}.pretrained: a python model's weights are its loader's, or `checkpoint:`; "
+                                "a pretrained tag means nothing here")
+        else:
+            for only in ("loader", "args"):
+                if only in entry:
+                    problems.append(f"{key}.{only}: only for `source: python` (this model's source is {source})")
+        if entry.get("head", "keep") == "drop" and source == "open_clip":
+            problems.append(f"{key}.head: open_clip weights have no classifier to drop; set `features_only: true` "
+                            "to leave out the zero-shot head")
+        if not entry.get("num_classes"):
+            continue
+        if source == "open_clip":
+            problems.append(f"{key}.num_classes: an open_clip model's logits are its zero-shot ImageNet head; "
+                            "num_classes is for timm and python models with a classifier of your own classes")
+        if entry.get("features_only") or entry.get("head") == "drop":
+            problems.append(f"{key}.num_classes: a features-only model (features_only / head: drop) has no "
+                            "classifier; leave num_classes out, or keep the head")
+        if source == "timm" and not entry.get("checkpoint") and entry.get("pretrained", True) is not False:
+            problems.append(f"{key}.num_classes: the pretrained weights' head has other classes (timm would put "
+                            "a random classifier in its place); give the fine-tuned weights as `checkpoint:`, "
+                            "or `pretrained: false` for random weights")
+        problems += _label_space_problems(config, name, entry)
+    return problems
+
+
+def _label_space_problems(config: dict[str, Any], name: str, entry: dict[str, Any]) -> list[str]:
+    """A ``num_classes`` model in an evaluation that reads logits is scored only on datasets whose
+    labels are its own classes: every ImageNet-derived (or VTAB) dataset of such an evaluation is
+    refused, naming the model, the evaluation and the dataset."""
+    spaces = imagenet_logit_spaces()
+    problems = []
+    resources = config.get("resources_dir", "resources")
+    for evaluation, body in config["evaluations"].items():
+        if EVALUATIONS[evaluation].reads != "logits" or not takes_part(entry, evaluation):
+            continue
+        for dataset in body.get("datasets", []):
+            try:
+                spec = resolve_dataset(dataset, config["datasets"][dataset], resources)
+            except (DatasetError, KeyError):
+                continue  # reported with the datasets
+            if spec.class_space in spaces:
+                problems.append(
+                    f"  models.{name}.num_classes: its {entry['num_classes']} logits are classes of your own, "
+                    f"but evaluations.{evaluation} scores ImageNet-1k logits on {dataset!r} ({spec.class_space}). "
+                    f"Score it on a labelled folder of its {entry['num_classes']} classes, take its backbone's "
+                    f"features only (`head: drop`: transfer, cka), or leave {evaluation} out of this study")
+                continue
+            classes = _dataset_class_count(spec)
+            if classes is not None and classes != entry["num_classes"]:
+                problems.append(
+                    f"  models.{name}.num_classes: {entry['num_classes']} classes, but {dataset!r} of "
+                    f"evaluations.{evaluation} has {classes}; its logits must be in the dataset's label space")
+    return problems
+
+
+def _dataset_class_count(spec: DatasetSpec) -> int | None:
+    """The number of classes of a dataset of the user's own classes, where known before its
+    manifest is built (None: checked by the evaluation against the logits' width)."""
+    for attr in ("class_names", "classes"):
+        value = getattr(spec, attr, None)
+        if isinstance(value, (list, tuple)) and value:
+            return len(value)
+    return None
 
 
 def expand_user_paths(config: dict[str, Any]) -> None:
@@ -313,22 +405,30 @@ def _reorder(mapping: dict[str, Any], keys: list) -> None:
 
 
 def takes_part(entry: dict[str, Any], evaluation: str) -> bool:
-    """Whether a model entry takes part in an evaluation: a ``features_only`` model has no
-    ImageNet-1k logits, so it is left out of every evaluation that reads them."""
-    return not (entry.get("features_only") and EVALUATIONS[evaluation].reads == "logits")
+    """Whether a model entry takes part in an evaluation: a ``features_only`` model (or ``head:
+    drop``) has no ImageNet-1k logits, so it is left out of every evaluation that reads them; a
+    python model is left out of those with extraction variants (invariance: the network is rebuilt
+    at other resolutions with the libraries' own preprocessing, which a loader does not offer)."""
+    record = EVALUATIONS[evaluation]
+    if (entry.get("features_only") or entry.get("head") == "drop") and record.reads == "logits":
+        return False
+    return not (entry.get("source") == "python" and record.variants is not None)
 
 
 def features_only_notes(config: dict[str, Any]) -> list[str]:
     """One line per features-only model: the evaluations of the study it is left out of."""
     notes = []
     for name, entry in config["models"].items():
-        if not entry.get("features_only"):
-            continue
         left_out = [ev for ev in config["evaluations"] if not takes_part(entry, ev)]
-        if left_out:
-            kept = [ev for ev in config["evaluations"] if takes_part(entry, ev)]
-            notes.append(f"models.{name}: features_only; left out of {', '.join(left_out)} (they need ImageNet-1k "
-                         f"logits); it takes part in {', '.join(kept) if kept else 'no evaluation of this study'}")
+        if not left_out:
+            continue
+        kept = [ev for ev in config["evaluations"] if takes_part(entry, ev)]
+        if entry.get("features_only") or entry.get("head") == "drop":
+            what, why = ("features_only" if entry.get("features_only") else "head: drop"), "they need ImageNet-1k logits"
+        else:
+            what, why = "source python", "their variants rebuild the network at other resolutions"
+        notes.append(f"models.{name}: {what}; left out of {', '.join(left_out)} ({why}); it takes part in "
+                     f"{', '.join(kept) if kept else 'no evaluation of this study'}")
     return notes
 
 
@@ -575,6 +675,15 @@ class Study:
 
         spec = self.models[model]
         identity = {"model": model, "model_source": spec.source, "model_arch": spec.arch, "weights": spec.weights_tag}
+        if spec.source == "python":  # the loader's code (its module file) and arguments
+            from beyond_imagenet.model_specs import loader_sha256
+
+            identity.update(loader=spec.loader, loader_sha256=loader_sha256(spec.loader),
+                            loader_args=spec.loader_args)
+        if spec.num_classes:  # only when set: the other models' cache keys are unchanged
+            identity["num_classes"] = spec.num_classes
+        if spec.head != "keep":
+            identity["head"] = spec.head
         if spec.checkpoint:
             identity["checkpoint_sha256"] = checkpoint_sha256(spec.checkpoint_path)
             if spec.checkpoint_format != "auto":
@@ -662,7 +771,13 @@ class Study:
         entry.pop("label")
         entry.pop("paper_key")
         entry.pop("checkpoint_sha256")  # given to a job by its identity params (workflow.model_spec)
+        entry.pop("loader_sha256")
         entry.pop("training_data")
+        # Fields added for own heads and python models, only when set: the params (and so the jobs)
+        # of the other models are unchanged.
+        for key, default in (("num_classes", None), ("head", "keep"), ("loader", None), ("loader_args", "")):
+            if entry[key] == default:
+                entry.pop(key)
         return entry
 
     def dataset_entry(self, dataset: str) -> dict[str, Any]:

@@ -73,6 +73,8 @@ def weight_source(spec: ModelSpec) -> WeightSource:
     """The weights ``spec`` loads, resolved offline from the library's registry."""
     if spec.checkpoint:
         return WeightSource(spec.name, "file", str(spec.checkpoint_path))
+    if spec.source == "python":  # what its loader builds or reads itself: nothing the workflow fetches
+        return WeightSource(spec.name, "none", f"the loader {spec.loader}")
     if spec.pretrained is False:
         return WeightSource(spec.name, "none")
     if spec.source == "timm":
