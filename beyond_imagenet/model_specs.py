@@ -32,6 +32,14 @@ _DISTRIBUTIONS = {"timm": "timm", "open_clip": "open_clip_torch", "python": "tor
 #: ``head:`` values: ``keep`` the checkpoint's classifier (ImageNet-1k, or ``num_classes`` of the
 #: user's own), or ``drop`` it (features only: the backbone of a fine-tuned checkpoint).
 HEADS = ("keep", "drop")
+#: open_clip names that carry their own config and weights: a Hugging Face hub repository, or a
+#: folder in the layout open_clip writes for the hub (open_clip_config.json + the weights file).
+OPEN_CLIP_SCHEMES = ("hf-hub:", "local-dir:")
+#: The weights file open_clip picks in a ``local-dir:`` folder, most preferred first (open_clip 3.x
+#: ``factory._find_checkpoint_in_dir``); otherwise the first ``*.safetensors``, ``*.bin``, ``*.pth``.
+LOCAL_DIR_WEIGHTS = ("open_clip_model.safetensors", "open_clip_pytorch_model.safetensors",
+                     "open_clip_pytorch_model.bin", "open_clip_pytorch_model.pth", "model.safetensors",
+                     "pytorch_model.bin", "pytorch_model.pth", "model.pth")
 
 
 class ModelError(RuntimeError):
@@ -111,6 +119,8 @@ class ModelSpec:
             return f"checkpoint:{Path(self.checkpoint).name}"
         if self.source == "python":
             return f"python:{self.loader}"
+        if self.source == "open_clip" and self.arch.startswith(OPEN_CLIP_SCHEMES):
+            return self.arch  # the hub repository's or the folder's own weights (`pretrained` is not used)
         if self.pretrained is False:
             return f"random:seed={self.seed}"
         if self.pretrained is True:
@@ -347,3 +357,34 @@ def loader_sha256(loader: str) -> str:
     """sha256 of the loader module's source file: part of the model's identity, so editing the code
     recomputes its outputs (the modules it imports in turn are not hashed)."""
     return checkpoint_sha256(loader_file(loader))
+
+
+# ------------------------------------------------------------------------ open_clip local-dir:
+def local_dir_files(arch: str) -> list[Path]:
+    """The files a ``local-dir:<folder>`` open_clip model is loaded from: its open_clip_config.json and
+    the weights file open_clip picks there (:data:`LOCAL_DIR_WEIGHTS`). Raises ModelError naming
+    what is missing."""
+    folder = Path(os.path.expanduser(arch[len("local-dir:"):]))
+    config = folder / "open_clip_config.json"
+    if not folder.is_dir():
+        raise ModelError(f"{arch}: folder {folder} does not exist")
+    if not config.is_file():
+        raise ModelError(f"{arch}: {folder} has no open_clip_config.json (open_clip's layout: "
+                         "open_clip_config.json with model_cfg and preprocess_cfg, beside the weights)")
+    candidates = sorted([*folder.glob("*.safetensors"), *folder.glob("*.bin"), *folder.glob("*.pth")])
+    preferred = [folder / name for name in LOCAL_DIR_WEIGHTS if (folder / name) in candidates]
+    candidates.sort(key=lambda p: p.suffix != ".safetensors")
+    weights = (preferred or candidates)[:1]
+    if not weights:
+        raise ModelError(f"{arch}: {folder} has no weights file (open_clip_model.safetensors, "
+                         "open_clip_pytorch_model.bin, ...)")
+    return [config, *weights]
+
+
+def local_dir_sha256(arch: str) -> str:
+    """One sha256 over a ``local-dir:`` model's config and weights (each file's name and content
+    hash): its identity, so new weights in the same folder are noticed."""
+    digest = hashlib.sha256()
+    for path in local_dir_files(arch):
+        digest.update(f"{path.name}\0{checkpoint_sha256(path)}\n".encode())
+    return digest.hexdigest()

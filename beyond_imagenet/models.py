@@ -33,6 +33,7 @@ from torch import nn
 # The torch-free part (what a study config names), re-exported: the Snakefile imports only that.
 from beyond_imagenet.model_specs import (  # noqa: F401
     NEEDS_HEAD,
+    OPEN_CLIP_SCHEMES,
     ModelError,
     ModelSpec,
     checkpoint_sha256,
@@ -294,13 +295,14 @@ def _create_open_clip(spec: ModelSpec, image_size: int | None = None):
     import open_clip
 
     _register_bundled_open_clip_configs()
-    if spec.pretrained is True and not spec.checkpoint:
+    schemed = spec.arch.startswith(OPEN_CLIP_SCHEMES)  # hf-hub: / local-dir: bring their own weights
+    if spec.pretrained is True and not spec.checkpoint and not schemed:
         tags = open_clip.list_pretrained_tags_by_model(spec.arch)
         raise ModelError(
             f"models.{spec.name}.pretrained: open_clip needs a pretrained tag for {spec.arch}, "
             f"one of {tags}, or false for random weights"
         )
-    tag = spec.pretrained if isinstance(spec.pretrained, str) and not spec.checkpoint else None
+    tag = spec.pretrained if isinstance(spec.pretrained, str) and not spec.checkpoint and not schemed else None
     if image_size is not None:
         model, preprocess = _open_clip_at_resolution(spec, tag, image_size)
         return model, preprocess, open_clip.get_tokenizer(spec.arch)

@@ -20,8 +20,10 @@ from beyond_imagenet.datasets import DatasetError, DatasetSpec, resolve_dataset
 from beyond_imagenet.datasets.vtab import expand_dataset
 from beyond_imagenet.evaluations import EVALUATIONS
 from beyond_imagenet.model_specs import (
+    OPEN_CLIP_SCHEMES,
     ModelError,
     ModelSpec,
+    local_dir_files,
     unknown_architecture_message,
     unknown_pretrained_message,
 )
@@ -219,7 +221,17 @@ def validate_config(config: dict[str, Any], schema_path: str | os.PathLike = SCH
             problems += EVALUATIONS[evaluation].check(config)
     problems += _head_problems(config)
     for name, entry in config["models"].items():
-        if entry["source"] == "open_clip" and entry.get("pretrained", True) is True and not entry.get("checkpoint"):
+        schemed = entry["source"] == "open_clip" and entry["name"].startswith(OPEN_CLIP_SCHEMES)
+        if schemed:  # the repository's or folder's own weights
+            if isinstance(entry.get("pretrained"), str):
+                problems.append(f"  models.{name}.pretrained: {entry['name'].split(':')[0]}: names carry their own "
+                                "weights; leave `pretrained` out")
+            if entry["name"].startswith("local-dir:"):
+                try:
+                    local_dir_files(entry["name"])
+                except ModelError as err:
+                    problems.append(f"  models.{name}.name: {err}")
+        elif entry["source"] == "open_clip" and entry.get("pretrained", True) is True and not entry.get("checkpoint"):
             problems.append(
                 f"  models.{name}.pretrained: open_clip models need a pretrained tag (e.g. laion400m_e31) "
                 "or false for random weights"
@@ -684,6 +696,10 @@ class Study:
             identity["num_classes"] = spec.num_classes
         if spec.head != "keep":
             identity["head"] = spec.head
+        if spec.source == "open_clip" and spec.arch.startswith("local-dir:") and not spec.checkpoint:
+            from beyond_imagenet.model_specs import local_dir_sha256
+
+            identity["local_dir_sha256"] = local_dir_sha256(spec.arch)
         if spec.checkpoint:
             identity["checkpoint_sha256"] = checkpoint_sha256(spec.checkpoint_path)
             if spec.checkpoint_format != "auto":
