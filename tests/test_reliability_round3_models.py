@@ -212,6 +212,13 @@ def _set(config, path, value):
     config[path[-1]] = value
 
 
+def _own_head_evaluations(config, path):
+    """A model's `num_classes` (logits of its own classes) is refused by the evaluations of ImageNet
+    logits: its setting is tried in a study of the feature evaluations."""
+    if path[0] == "models" and path[-1] == "num_classes":
+        config["evaluations"] = {k: v for k, v in config["evaluations"].items() if k in ("transfer", "cka")}
+
+
 def test_every_integer_setting_written_as_a_float_is_read_as_an_int(tiny_config):
     """Guards: `n_bins: 15.0`, `batch_size: 8.0`, `seed: 1.0` passed validation (JSON Schema calls
     15.0 an integer) and crashed inside jobs without naming the key, or changed a cache key (the
@@ -239,6 +246,7 @@ def test_every_integer_setting_written_as_a_float_is_read_as_an_int(tiny_config)
         if path[-1] == "max_images" and current is None:
             current = 8
         floats = [float(x) for x in current] if is_list else float(current)
+        _own_head_evaluations(config, path)
         _set(config, path, floats)
         validate_config(config)
         got = _get(config, path)
@@ -250,6 +258,7 @@ def test_every_integer_setting_written_as_a_float_is_read_as_an_int(tiny_config)
         config = copy.deepcopy(tiny_config)
         if path[-2:] == ("subset", "seed"):
             _set(config, (*path[:-1], "images"), 1)
+        _own_head_evaluations(config, path)
         _set(config, path, [x + 0.5 for x in floats] if is_list else floats + 0.5)
         with pytest.raises(ConfigError) as err:
             validate_config(config)
