@@ -385,18 +385,24 @@ class OpenClipSource:
         return LoadedModel(spec, _ClipNet(model, head, logit_scale), preprocess, record)
 
     @staticmethod
-    def build_head(spec: ModelSpec, n_templates: int | str, device: torch.device) -> torch.Tensor:
-        """The (D, 1000) zero-shot ImageNet head, via open_clip's own builder."""
+    def build_head(spec: ModelSpec, n_templates: int | str | list[str], device: torch.device,
+                   class_names: list[str] | None = None) -> torch.Tensor:
+        """The (D, 1000) zero-shot ImageNet head, via open_clip's own builder; with ``class_names``
+        (a labelled folder's), the (D, len(class_names)) head of those. ``n_templates``: how many of
+        the OpenAI ImageNet templates, "all", or the templates themselves (strings with ``{}``)."""
         import open_clip
 
         model, _, tokenizer = _create_open_clip(spec)
-        templates = open_clip.OPENAI_IMAGENET_TEMPLATES
-        if n_templates != "all":
-            templates = templates[: int(n_templates)]
+        if isinstance(n_templates, (list, tuple)):
+            templates = [t.format for t in n_templates]
+        else:
+            templates = open_clip.OPENAI_IMAGENET_TEMPLATES
+            if n_templates != "all":
+                templates = templates[: int(n_templates)]
         model.to(device)
         with torch.no_grad():
             head = open_clip.build_zero_shot_classifier(
-                model, tokenizer, open_clip.IMAGENET_CLASSNAMES, templates,
+                model, tokenizer, class_names or open_clip.IMAGENET_CLASSNAMES, templates,
                 num_classes_per_batch=50, device=device, use_tqdm=True,
             )
         return head.float().cpu()
@@ -647,5 +653,10 @@ def build_model(spec: ModelSpec, protocol: str = "paper", head: torch.Tensor | N
     return loaded
 
 
-def build_zero_shot_head(spec: ModelSpec, n_templates: int | str, device: torch.device) -> torch.Tensor:
-    return SOURCES[spec.source].build_head(spec, n_templates, device)
+def build_zero_shot_head(spec: ModelSpec, n_templates: int | str | list[str], device: torch.device,
+                         class_names: list[str] | None = None) -> torch.Tensor:
+    """A CLIP model's zero-shot classifier: ImageNet-1k's, or that of ``class_names`` (a labelled
+    folder's own classes), from ``n_templates`` (a count, "all", or template strings)."""
+    if class_names is None:
+        return SOURCES[spec.source].build_head(spec, n_templates, device)
+    return SOURCES[spec.source].build_head(spec, n_templates, device, class_names=class_names)

@@ -372,6 +372,7 @@ def expand_user_paths(config: dict[str, Any]) -> None:
     for entry in config.get("datasets", {}).values():
         expand(entry, "root")
         expand(entry, "archive")
+        expand(entry, "labels")
     for entry in config.get("models", {}).values():
         expand(entry, "checkpoint")  # pkg://... does not start with ~
 
@@ -804,7 +805,15 @@ class Study:
         if parent:
             entry = {**self.config["datasets"][parent], "tasks": [spec.task]}
             return {"name": dataset, "parent": parent, "entry": entry, "resources": self.resources}
-        return {"name": dataset, "entry": self.config["datasets"][dataset], "resources": self.resources}
+        entry = self.config["datasets"][dataset]
+        if "splits" in entry:  # a labelled folder's splits are drawn from its manifest (splits_file)
+            entry = {k: v for k, v in entry.items() if k != "splits"}
+        return {"name": dataset, "entry": entry, "resources": self.resources}
+
+    def splits_file(self, dataset: str) -> str:
+        """A labelled folder's splits (datasets/labelled.py draw_manifest_splits): apart from its
+        manifest, so that new ``splits:`` rerun the probes and never the extraction."""
+        return str(self.results / "splits" / f"{dataset}.json")
 
 
 def main(argv: list[str] | None = None) -> int:

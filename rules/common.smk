@@ -105,7 +105,12 @@ def manual_folder_signature(dataset, folder=None):
     from beyond_imagenet.datasets.manifest import folder_signature
 
     spec = STUDY.datasets[dataset]
-    return folder_signature(folder or spec.root) if spec.source == "manual" and not spec.archive else ""
+    if spec.source != "manual" or spec.archive:
+        return ""
+    signature = folder_signature(folder or spec.root)
+    if getattr(spec, "labels", None):  # a labelled folder's CSV of labels (it may live elsewhere)
+        signature += ":" + folder_signature(os.path.dirname(os.path.abspath(spec.labels)))
+    return signature
 
 
 def dataset_archive(wildcards):

@@ -1,4 +1,5 @@
-# Transferability: VTAB-1k linear probes on cached features (docs/evaluations.md §7). A `kind: vtab`
+# Transferability: VTAB-1k linear probes on cached features (docs/evaluations.md §7); on a labelled
+# folder of your own classes, one probe (+ k-shot probes and CLIP zero-shot) per (model, dataset). A `kind: vtab`
 # dataset stands for one dataset per (task, split), <name>-<task>-<split>, each extracted by the one
 # extract_outputs rule; train800val200 is not extracted (it is train800 + val200, checked on the
 # data when the train800 manifest is built): see datasets/vtab.py. Its record:
@@ -30,6 +31,26 @@ rule build_vtab_manifest:
         "../scripts/build_vtab_manifest.py"
 
 
+# A labelled folder's splits (given, or drawn by its `splits:`) and k-shot subsets, apart from its
+# manifest: new splits rerun the probes, never the extraction (datasets/labelled.py).
+rule draw_splits:
+    input:
+        f"{RESULTS}/manifests/{{dataset}}.json",
+    output:
+        f"{RESULTS}/splits/{{dataset}}.json",
+    params:
+        splits=lambda w: config["datasets"][w.dataset].get("splits", {}),
+    log:
+        f"{RESULTS}/logs/draw_splits/{{dataset}}.log",
+    wildcard_constraints:
+        dataset="|".join(re.escape(d) for d in STUDY.evaluation_datasets("transfer")
+                         if transfer_evaluation.is_own_dataset(STUDY, d)) or "(?!)",
+    conda:
+        "../envs/analysis.yaml"
+    script:
+        "../scripts/draw_splits.py"
+
+
 # A task split's manifest also checks the VTAB layout (and, for train800, the train800val200 union).
 ruleorder: build_vtab_manifest > build_manifest
 
@@ -46,6 +67,8 @@ rule probe_transfer:
     params:
         probe=PROBE,
         cached=lambda w: transfer_evaluation.probe_items(STUDY, w),
+        # A CLIP model on a labelled folder: its zero-shot classifier from the class names.
+        zero_shot=lambda w: transfer_evaluation.zero_shot_params(STUDY, w),
     log:
         f"{RESULTS}/logs/probe_transfer/{{model}}/{{dataset}}.log",
     benchmark:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ PLUGIN_MODULES = (
     "beyond_imagenet.datasets.generate",
     "beyond_imagenet.datasets.imagenet_variants",
     "beyond_imagenet.datasets.vtab",
+    "beyond_imagenet.datasets.labelled",
 )
 
 
@@ -76,6 +78,10 @@ class DatasetSpec:
     # A seeded slice of the dataset (``subset: {images: N}`` or ``{per_class: K}``, ``seed``), as
     # sorted (key, value) pairs; None = every image. Drawn by datasets/manifest.py.
     subset: tuple[tuple[str, int], ...] | None = None
+    # A labelled folder of your own classes (datasets/labelled.py): the CSV of path,label[,split]
+    # (None: class folders) and the ``splits:`` settings as sorted JSON text (None: the defaults).
+    labels: str | None = None
+    splits: str | None = None
 
     @property
     def dataset_dir(self) -> Path:
@@ -135,6 +141,20 @@ def resolve_dataset(name: str, entry: dict[str, Any], resources_dir: str = "reso
     """Merge a study's dataset entry with its catalogue kind."""
     catalog = load_catalog()
     kind = entry["kind"]
+    own_only = [key for key in ("labels", "splits") if key in entry]
+    if entry.get("classes") == "own" and kind != "labelled_folder":
+        if kind != "image_folder":
+            raise DatasetError(f"datasets.{name}.classes: `classes: own` applies to kind image_folder only "
+                               "(it is kind labelled_folder)")
+        kind = "labelled_folder"  # image_folder with its own class names = a labelled folder
+    elif entry.get("classes") == "imagenet1k" and kind != "image_folder":
+        raise DatasetError(f"datasets.{name}.classes: `classes:` applies to kind image_folder only")
+    if own_only and kind != "labelled_folder":
+        raise DatasetError(f"datasets.{name}.{own_only[0]}: only a folder of your own classes (kind: labelled_folder, "
+                           "or image_folder with classes: own) takes it")
+    if kind == "labelled_folder" and entry.get("subset"):
+        raise DatasetError(f"datasets.{name}.subset: a labelled folder is sliced by `splits:` (e.g. train: 5 "
+                           "per class, k_shot: [1, 2]); drop subset")
     if kind not in catalog:
         raise DatasetError(
             f"datasets.{name}.kind: unknown dataset kind {kind!r}; known kinds: {', '.join(sorted(catalog))}"
@@ -186,4 +206,6 @@ def resolve_dataset(name: str, entry: dict[str, Any], resources_dir: str = "reso
         resources_dir=resources_dir,
         manual_text=info.get("manual", ""),
         subset=tuple(sorted(entry["subset"].items())) if entry.get("subset") else None,
+        labels=entry.get("labels"),
+        splits=json.dumps(entry["splits"], sort_keys=True) if entry.get("splits") else None,
     )

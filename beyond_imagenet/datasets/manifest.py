@@ -75,6 +75,10 @@ def folder_signature(root: str | os.PathLike) -> str:
 
 
 def build_manifest(spec: DatasetSpec) -> dict[str, Any]:
+    if spec.reader == "labelled_folder":  # class names, splits and k-shot subsets too
+        from beyond_imagenet.datasets.labelled import build_labelled_manifest
+
+        return build_labelled_manifest(spec)
     root = spec.root
     if not root.is_dir():
         raise DatasetError(f"datasets.{spec.name}: folder {root} does not exist.\n{spec.instructions()}")

@@ -87,3 +87,52 @@ def pick_photo_classes(candidates: list[int], num_classes: int | None, what: str
     if not num_classes or num_classes >= len(usable):
         return usable
     return [usable[i] for i in np.linspace(0, len(usable) - 1, num_classes).round().astype(int)]
+
+
+# ------------------------------------------------------------- a folder of "your own" classes
+#: Coarse classes of one's own (not ImageNet's) over the photographs available offline, three
+#: source photographs each: the foolbox ImageNet photographs (by file number) and photographs
+#: shipped by scikit-image, scikit-learn and matplotlib (all project dependencies).
+OWN_CLASSES: dict[str, tuple[str, ...]] = {
+    "bird": ("foolbox:14", "foolbox:15", "foolbox:17"),  # spoonbill, goose, bald eagle
+    "building": ("foolbox:05", "foolbox:08", "sklearn:china.jpg"),  # thatched roof, yurt, temple
+    "person": ("skimage:astronaut.png", "skimage:camera.png", "matplotlib:grace_hopper.jpg"),
+    "pet": ("foolbox:00", "foolbox:16", "skimage:chelsea.png"),  # bullmastiff, dalmatian, cat
+    "plant": ("foolbox:03", "foolbox:04", "sklearn:flower.jpg"),  # horse chestnut seed, strawberry, flower
+    "vehicle": ("foolbox:06", "foolbox:07", "skimage:motorcycle_left.png"),  # jeep, jeep, motorcycle
+}
+
+
+def _source_photo(source: str) -> Image.Image:
+    from beyond_imagenet.checkpoints import package_file
+
+    package, _, name = source.partition(":")
+    if package == "foolbox":
+        path = next(p for p, _ in labelled_photos() if p.name.startswith(f"imagenet_{name}_"))
+    elif package == "skimage":
+        path = package_file("skimage", f"data/{name}", "own-class photographs")
+    elif package == "sklearn":
+        path = package_file("sklearn", f"datasets/images/{name}", "own-class photographs")
+    else:
+        path = package_file("matplotlib", f"mpl-data/sample_data/{name}", "own-class photographs")
+    with Image.open(path) as f:
+        return f.convert("RGB")
+
+
+def write_own_class_folder(root: str | Path, copies: int = 8, seed: int = 0) -> Path:
+    """``root/<class>/<photo>_<j>.jpg``: for each of :data:`OWN_CLASSES`, its three photographs and
+    ``copies - 1`` seeded augmented copies of each (j = 0 is the photograph itself). ``<photo>``
+    names the source, so ``splits: {group_by: '^[^_]+'}`` keeps every copy of a photograph in one
+    split (the probe is never tested on copies of its training photographs)."""
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    for cls, sources in OWN_CLASSES.items():
+        folder = root / cls
+        folder.mkdir(parents=True, exist_ok=True)
+        for source in sources:
+            image = _source_photo(source)
+            stem = re.sub(r"[^A-Za-z0-9]+", "", source.split(":", 1)[1].rsplit(".", 1)[0]
+                          if not source.startswith("foolbox") else f"foolbox{source[-2:]}")
+            for j in range(copies):
+                (image if j == 0 else augment(image, rng)).save(folder / f"{stem}_{j}.jpg", format="JPEG", quality=90)
+    return root

@@ -85,6 +85,65 @@ def probe_vtab_task(train: Split, val: Split, test: Split, n_classes: int, confi
     }
 
 
+# ------------------------------------------------------------- a labelled folder of your own
+#: The rows of a labelled folder (kind labelled_folder): its linear probe, the CLIP zero-shot
+#: classifier from its class names, and the k-shot probes (task ``k_shot_<k>``); group ``own``.
+OWN_GROUP = "own"
+LINEAR_PROBE, ZERO_SHOT = "linear_probe", "zero_shot"
+DEFAULT_TEMPLATES = ("a photo of a {}.",)
+
+
+def own_task_label(task: str) -> str:
+    if task == LINEAR_PROBE:
+        return "linear probe"
+    if task == ZERO_SHOT:
+        return "zero-shot (class names)"
+    return f"{task.rsplit('_', 1)[-1]}-shot probe"
+
+
+def is_own_dataset(study, dataset: str) -> bool:
+    from beyond_imagenet.datasets.labelled import CLASS_SPACE
+
+    return study.datasets[dataset].class_space == CLASS_SPACE
+
+
+def probe_own_dataset(manifest: Mapping[str, Any], splits: Mapping[str, Any], features: np.ndarray,
+                      labels: np.ndarray, ids: list[str], config: ProbeConfig, device: str | torch.device = "cpu",
+                      zero_shot_head: np.ndarray | None = None) -> list[dict[str, Any]]:
+    """The §7 protocol on a labelled folder: the probe on its train / val / test splits (weight
+    decay chosen on val, refit on train + val, test top-1), a probe per k-shot subset of train
+    (same val and test), and, with ``zero_shot_head`` (D, classes: the class names' text
+    embeddings), the zero-shot top-1 on the same test images. One result dict per task."""
+    from beyond_imagenet.datasets.labelled import manifest_splits
+
+    rows = manifest_splits(manifest, splits, ids)
+    n_classes = len(manifest["class_names"])
+    labels = np.asarray(labels)
+
+    def split(index):
+        return features[index], labels[index]
+
+    test_ids = [ids[i] for i in rows["test"]]
+    common = {"n_classes": n_classes, "class_names": list(manifest["class_names"]), "test_ids": test_ids,
+              "n_test": int(len(rows["test"])), "split_source": splits.get("split_source", "")}
+    results = []
+    trains = [(LINEAR_PROBE, rows["train"])] + [(f"k_shot_{k}", rows[f"k{k}"])
+                                                for k in sorted(splits.get("k_shot", {}), key=int)]
+    for task, train_rows in trains:
+        result = probe_vtab_task(split(train_rows), split(rows["val"]), split(rows["test"]), n_classes, config, device)
+        result.update(common, task=task)
+        results.append(result)
+    if zero_shot_head is not None:
+        from beyond_imagenet.metrics.transfer import l2_normalize
+
+        scores = l2_normalize(features[rows["test"]]) @ np.asarray(zero_shot_head, dtype=np.float32)
+        correct = (scores.argmax(1) == labels[rows["test"]]).astype(int)
+        results.append({**common, "task": ZERO_SHOT, "test_top1": float(correct.mean()),
+                        "test_correct": correct.tolist(), "n_train": 0, "n_val": 0,
+                        "feature_dim": int(features.shape[1])})
+    return results
+
+
 def transfer_rows(results: Iterable[Mapping[str, Any]], model_columns: Mapping[str, Mapping[str, str]]) -> list[dict]:
     """Tidy rows from probe results (dicts with ``model``, ``dataset``, ``task`` and the metrics).
 
@@ -99,6 +158,13 @@ def transfer_rows(results: Iterable[Mapping[str, Any]], model_columns: Mapping[s
         by_key.setdefault((result["model"], result["dataset"]), []).append(result)
     for (model, dataset), group_results in by_key.items():
         base = {**model_columns[model], "dataset": dataset}
+        if group_results[0]["task"] not in TASKS:  # a labelled folder of your own
+            for r in group_results:
+                for metric in (*TASK_METRICS, "n_classes"):
+                    if metric in r or metric == "n_skipped":
+                        rows.append({**base, "task": r["task"], "task_label": own_task_label(r["task"]),
+                                     "group": OWN_GROUP, "metric": metric, "value": r.get(metric, 0)})
+            continue
         ordered = sorted(group_results, key=lambda r: list(TASKS).index(r["task"]))
         for r in ordered:
             task = TASKS[r["task"]]
@@ -270,8 +336,12 @@ def plot_transfer(table: pd.DataFrame, dataset: str, paths, paper_top1: Mapping[
 # ------------------------------------------------------------------- what its rules are given
 def probe_items(study, wildcards) -> dict[str, dict[str, dict]]:
     """The three extracted splits of every task of one (model, VTAB dataset) as Study.item
-    records: task -> split -> item, tasks in the dataset's order (one probe job fits them all)."""
+    records: task -> split -> item, tasks in the dataset's order (one probe job fits them all).
+    A labelled folder: ``{"own": {"all": item}}`` (one output; its manifest says the splits)."""
     from beyond_imagenet.datasets.vtab import EXTRACTED_SPLITS, split_dataset_name
+
+    if is_own_dataset(study, wildcards.dataset):
+        return {OWN_GROUP: {"all": study.item(wildcards.model, wildcards.dataset)}}
 
     return {t: {s: study.item(wildcards.model, split_dataset_name(wildcards.dataset, t, s)) for s in EXTRACTED_SPLITS}
             for t in study.datasets[wildcards.dataset].tasks}
@@ -281,7 +351,21 @@ def probe_inputs(study, wildcards) -> dict[str, list[str]]:
     """The markers of the extraction groups that write the splits of one (model, VTAB dataset),
     and their manifests."""
     items = [i for splits in probe_items(study, wildcards).values() for i in splits.values()]
-    return {"groups": study.output_markers(items), "manifests": sorted({i["manifest"] for i in items})}
+    inputs = {"groups": study.output_markers(items), "manifests": sorted({i["manifest"] for i in items})}
+    if is_own_dataset(study, wildcards.dataset):
+        inputs["splits"] = [study.splits_file(wildcards.dataset)]
+    return inputs
+
+
+def zero_shot_params(study, wildcards) -> dict[str, Any]:
+    """What a probe job of (model, labelled folder) needs to build the CLIP zero-shot classifier from
+    the class names: the model (``Study.model_entry``), its head identity and the templates; empty
+    for a VTAB dataset or a model that is not a CLIP model (``source: open_clip``)."""
+    if not is_own_dataset(study, wildcards.dataset) or study.models[wildcards.model].source != "open_clip":
+        return {}
+    settings = study.evaluations.get("transfer", {}).get("zero_shot", {})
+    return {"model": study.model_entry(wildcards.model), "identity": study.head_identity(wildcards.model),
+            "templates": list(settings.get("templates") or DEFAULT_TEMPLATES)}
 
 
 def probe_files(study) -> list[str]:
@@ -326,8 +410,12 @@ def samples(job) -> list[Sample]:
     for r in results:
         if r["model"] in stale:
             continue
-        task = TASKS[r["task"]]
-        head = {"dataset": r["dataset"], "task": task.folder, "task_label": task.label, "group": task.group}
+        if r["task"] in TASKS:
+            task = TASKS[r["task"]]
+            head = {"dataset": r["dataset"], "task": task.folder, "task_label": task.label, "group": task.group}
+        else:  # a labelled folder's probe, k-shot probe or zero-shot classifier
+            head = {"dataset": r["dataset"], "task": r["task"], "task_label": own_task_label(r["task"]),
+                    "group": OWN_GROUP}
         ids = np.asarray(r.get("test_ids") or [str(i) for i in range(len(r["test_correct"]))], dtype=object)
         out_samples.append(Sample(r["model"], f"{r['dataset']}/{r['task']}", ids,
                                   {"correct": np.asarray(r["test_correct"], dtype=float)},
@@ -340,7 +428,8 @@ def combine(rows: list[dict]) -> list[dict]:
     """The group and overall means of a model's tasks (as :func:`transfer_rows`), from its task rows."""
     out = []
     for dataset in dict.fromkeys(r["dataset"] for r in rows):
-        tasks = [r for r in rows if r["dataset"] == dataset and r["task"] != "mean" and r["metric"] == "test_top1"]
+        tasks = [r for r in rows if r["dataset"] == dataset and r["task"] != "mean" and r["metric"] == "test_top1"
+                 and r["group"] in GROUPS]  # VTAB tasks (a labelled folder has no means)
         for group in (*GROUPS, "all"):
             members = [r["value"] for r in tasks if group == "all" or r["group"] == group]
             if members:
@@ -351,9 +440,12 @@ def combine(rows: list[dict]) -> list[dict]:
 
 
 def published(study, wildcards) -> dict:
-    """The paper's per-task top-1 (%), drawn beside models that declare a paper_key."""
+    """The paper's per-task top-1 (%), drawn beside models that declare a paper_key; a labelled
+    folder has none (``own``: drawn by :func:`plot_own_transfer`)."""
     from beyond_imagenet.paper_results import load_paper_results
 
+    if is_own_dataset(study, wildcards.dataset):
+        return {"own": True}
     return {"paper_top1": load_paper_results()["vtab"]["top1"]}
 
 
@@ -379,8 +471,65 @@ def plot_transfer_paired(table: pd.DataFrame, dataset: str, paths, comparisons: 
                        headline_group="mean", ylim=(0, 110))
 
 
+def plot_own_transfer(table: pd.DataFrame, dataset: str, paths, chance: Mapping[str, float] | None = None):
+    """A labelled folder: per model, the linear probe, the k-shot probes and (CLIP models) the
+    zero-shot top-1 (%) on the same test images, with their intervals; the k-shot curve beside."""
+    data = table[(table["dataset"] == dataset) & (table["metric"] == "test_top1")]
+    if data.empty:
+        raise ValueError(f"no transfer rows for dataset {dataset!r}")
+    models = _models(data, table)
+    interval = interval_lookup(data, ["model", "task"], scale=100)
+    shots = sorted({t for t in data["task"] if t.startswith("k_shot_")}, key=lambda t: int(t.rsplit("_", 1)[-1]))
+    tasks = [t for t in (LINEAR_PROBE, ZERO_SHOT) if t in set(data["task"])]
+    value = data.set_index(["model", "task"])["value"]
+    fig, axes = plt.subplots(1, 2 if shots else 1, figsize=(10 if shots else 6, 4.2), squeeze=False)
+    ax = axes[0][0]
+    width = 0.8 / max(1, len(models))
+    positions = np.arange(len(tasks), dtype=float)
+    for j, m in enumerate(models):
+        x = positions + (j - (len(models) - 1) / 2) * width
+        heights = [100 * value.get((m["model"], t), np.nan) for t in tasks]
+        ax.bar(x, heights, width=width, color=m["color"], hatch=m["hatch"], edgecolor="black", linewidth=0.4,
+               label=m["label"])
+        if interval is not None:
+            draw_intervals(ax, x, [interval(m["model"], t) for t in tasks], at=heights, label=f"_ci:{m['model']}")
+    tests = table[(table["dataset"] == dataset) & (table["metric"] == "n_test")]
+    n = n_text(tests["value"].astype(float))
+    ax.set_xticks(positions, [own_task_label(t) for t in tasks])
+    ax.set_ylabel("test top-1 (%)" + (f" ({n})" if n else ""))
+    ax.set_ylim(0, 100)
+    classes = table[(table["dataset"] == dataset) & (table["metric"] == "n_classes")]["value"].astype(float)
+    level = chance_of(chance, dataset, None) if chance else None
+    level = 1 / classes.max() if level is None and len(classes) else level
+    if level is not None:  # a uniform guess among the classes
+        for axis in axes[0]:
+            axis.axhline(100 * level, color="gray", linestyle=":", linewidth=0.8, label="_chance")
+        ax.text(positions[-1] + 0.5, 100 * level, "chance", fontsize=6, color="0.35", va="bottom", ha="right")
+    if shots:
+        curve = axes[0][1]
+        ks = [int(t.rsplit("_", 1)[-1]) for t in shots]
+        for m in models:
+            curve.plot(ks, [100 * value.get((m["model"], t), np.nan) for t in shots], marker="o", color=m["color"],
+                       label=m["label"])
+        curve.set_xlabel("training images per class (k)")
+        curve.set_ylabel("k-shot linear-probe top-1 (%)")
+        curve.set_ylim(0, 100)
+        curve.set_xscale("log")
+        curve.set_xticks(ks, [str(k) for k in ks])
+        curve.minorticks_off()
+    fig.suptitle(f"Linear probe and zero-shot on {dataset}")
+    legend_outside(axes[0][-1], *ax.get_legend_handles_labels())
+    fig.tight_layout()
+    save_figure(fig, paths)
+    return fig
+
+
 def draw(job) -> None:
     from beyond_imagenet.tables import read_table
+
+    if job.params.data.get("own"):
+        plot_own_transfer(read_table(job.input[0]), job.wildcards.dataset, job.figure_paths(), job.params.chance)
+        return
 
     if job.params.layout == "paired":
         plot_transfer_paired(read_table(job.input[0]), job.wildcards.dataset, job.figure_paths(),
@@ -393,9 +542,10 @@ def draw(job) -> None:
 TRANSFER = register(Evaluation(
     name="transfer",
     title="Transferability",
-    description="VTAB-1k linear probes on cached features (CLIP_benchmark protocol)",
+    description="VTAB-1k (or your own labelled folder's) linear probes on cached features (CLIP_benchmark "
+                "protocol); CLIP zero-shot from a labelled folder's class names",
     # The task's own labels, probed on features: models need no ImageNet-1k head.
-    class_spaces=frozenset({"vtab"}),
+    class_spaces=frozenset({"vtab", "own"}),  # own: a labelled folder (kind labelled_folder)
     reads="features",
     table=table,
     group_columns=("dataset", "task", "group"),
@@ -404,5 +554,9 @@ TRANSFER = register(Evaluation(
     figures=(Figure("transfer", draw, "transfer", data=published, paired=True),),
     headlines=(Headline("transfer", {"task": "mean", "group": "all", "metric": "test_top1"}, True,
                         "VTAB linear probe mean top-1 % ({dataset})", scale=100,
-                        accuracy={"metric": "test_top1", "task": tuple(TASKS)}, n={"metric": "n_test"}, n_per="task"),),
+                        accuracy={"metric": "test_top1", "task": tuple(TASKS)}, n={"metric": "n_test"}, n_per="task"),
+               Headline("transfer", {"task": LINEAR_PROBE, "group": OWN_GROUP, "metric": "test_top1"}, True,
+                        "linear probe top-1 % ({dataset})", scale=100,
+                        accuracy={"metric": "test_top1", "task": LINEAR_PROBE},
+                        n={"metric": "n_test", "task": LINEAR_PROBE})),
 ))
