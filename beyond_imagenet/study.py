@@ -220,6 +220,7 @@ def validate_config(config: dict[str, Any], schema_path: str | os.PathLike = SCH
         if EVALUATIONS[evaluation].check:
             problems += EVALUATIONS[evaluation].check(config)
     problems += _head_problems(config)
+    problems += _own_space_problems(config)
     for name, entry in config["models"].items():
         schemed = entry["source"] == "open_clip" and entry["name"].startswith(OPEN_CLIP_SCHEMES)
         if schemed:  # the repository's or folder's own weights
@@ -260,20 +261,10 @@ def validate_config(config: dict[str, Any], schema_path: str | os.PathLike = SCH
     problems += _uncertainty_problems(config)
     if problems:
         raise ConfigError("invalid study config:\n" + "\n".join(problems))
-    for note in features_only_notes(config) + input_size_notes(config):
+    for note in features_only_notes(config) + input_size_notes(config) + label_space_notes(config):
         log.warning("%s", note)
     canonical_order(config)
     return config
-
-
-#: The label spaces of datasets scored with ImageNet-1k logits (directly, as a subset of the 1,000
-#: classes, or mapped from them: cue-conflict's 16, PUG's 151) and VTAB's (probes): a model with a
-#: classifier of its own classes (`num_classes`) has no logits in any of them.
-def imagenet_logit_spaces() -> set[str]:
-    from beyond_imagenet.datasets.readers import CLASS_SPACE_SIZES, CLASS_SPACES
-    from beyond_imagenet.datasets.vtab import CLASS_SPACE as VTAB
-
-    return {*CLASS_SPACES, *CLASS_SPACE_SIZES, VTAB}
 
 
 def _head_problems(config: dict[str, Any]) -> list[str]:
@@ -314,11 +305,34 @@ def _head_problems(config: dict[str, Any]) -> list[str]:
     return problems
 
 
+def _own_space_problems(config: dict[str, Any]) -> list[str]:
+    """A labelled folder of the user's own classes in an evaluation that reads logits is scored with
+    the models whose head is of those classes (``num_classes``): refused when the study has none."""
+    problems = []
+    resources = config.get("resources_dir", "resources")
+    for evaluation, body in config["evaluations"].items():
+        if EVALUATIONS[evaluation].reads != "logits":
+            continue
+        if any(own_logits(e) and takes_part(e, evaluation) for e in config["models"].values()):
+            continue
+        for dataset in body.get("datasets", []):
+            try:
+                spec = resolve_dataset(dataset, config["datasets"][dataset], resources)
+            except (DatasetError, KeyError):
+                continue  # reported with the datasets
+            if spec.class_space == OWN_SPACE:
+                problems.append(
+                    f"  evaluations.{evaluation}.datasets: {dataset!r} ({spec.kind}, {OWN_SPACE}) cannot be used for "
+                    f"{evaluation} by any model of this study: it scores the logits of a head of the folder's own "
+                    "classes (`num_classes:`, docs/data-and-weights.md), and no model has one. Linear probes and "
+                    "CLIP zero-shot on it are transfer's")
+    return problems
+
+
 def _label_space_problems(config: dict[str, Any], name: str, entry: dict[str, Any]) -> list[str]:
     """A ``num_classes`` model in an evaluation that reads logits is scored only on datasets whose
     labels are its own classes: every ImageNet-derived (or VTAB) dataset of such an evaluation is
     refused, naming the model, the evaluation and the dataset."""
-    spaces = imagenet_logit_spaces()
     problems = []
     resources = config.get("resources_dir", "resources")
     for evaluation, body in config["evaluations"].items():
@@ -329,29 +343,13 @@ def _label_space_problems(config: dict[str, Any], name: str, entry: dict[str, An
                 spec = resolve_dataset(dataset, config["datasets"][dataset], resources)
             except (DatasetError, KeyError):
                 continue  # reported with the datasets
-            if spec.class_space in spaces:
+            if spec.class_space != OWN_SPACE:
                 problems.append(
                     f"  models.{name}.num_classes: its {entry['num_classes']} logits are classes of your own, "
                     f"but evaluations.{evaluation} scores ImageNet-1k logits on {dataset!r} ({spec.class_space}). "
                     f"Score it on a labelled folder of its {entry['num_classes']} classes, take its backbone's "
                     f"features only (`head: drop`: transfer, cka), or leave {evaluation} out of this study")
-                continue
-            classes = _dataset_class_count(spec)
-            if classes is not None and classes != entry["num_classes"]:
-                problems.append(
-                    f"  models.{name}.num_classes: {entry['num_classes']} classes, but {dataset!r} of "
-                    f"evaluations.{evaluation} has {classes}; its logits must be in the dataset's label space")
     return problems
-
-
-def _dataset_class_count(spec: DatasetSpec) -> int | None:
-    """The number of classes of a dataset of the user's own classes, where known before its
-    manifest is built (None: checked by the evaluation against the logits' width)."""
-    for attr in ("class_names", "classes"):
-        value = getattr(spec, attr, None)
-        if isinstance(value, (list, tuple)) and value:
-            return len(value)
-    return None
 
 
 def expand_user_paths(config: dict[str, Any]) -> None:
@@ -415,6 +413,33 @@ def _reorder(mapping: dict[str, Any], keys: list) -> None:
         items = [(k, mapping[k]) for k in keys]
         mapping.clear()
         mapping.update(items)
+
+
+#: The class space of a labelled folder of the user's own classes (datasets/labelled.py).
+OWN_SPACE = "own"
+
+
+def own_logits(entry: dict[str, Any]) -> bool:
+    """Whether a model entry's logits are classes of the user's own (``num_classes``), not ImageNet-1k."""
+    return bool(entry.get("num_classes"))
+
+
+def label_space_notes(config: dict[str, Any]) -> list[str]:
+    """One line per evaluation that reads logits and has a labelled folder of the user's own classes:
+    the models with ImageNet-1k logits it leaves out there (they score the ImageNet sets only)."""
+    notes = []
+    resources = config.get("resources_dir", "resources")
+    for evaluation, body in config["evaluations"].items():
+        if EVALUATIONS[evaluation].reads != "logits":
+            continue
+        own = [d for d in body.get("datasets", [])
+               if resolve_dataset(d, config["datasets"][d], resources).class_space == OWN_SPACE]
+        imagenet = [m for m, e in config["models"].items() if takes_part(e, evaluation) and not own_logits(e)]
+        if own and imagenet:
+            notes.append(f"evaluations.{evaluation}: {', '.join(imagenet)} (ImageNet-1k logits) not scored on "
+                         f"{', '.join(own)} (classes of your own): only models with `num_classes:` of those "
+                         "classes are")
+    return notes
 
 
 def takes_part(entry: dict[str, Any], evaluation: str) -> bool:
@@ -570,17 +595,36 @@ class Study:
 
     def evaluation_models(self, evaluation: str) -> list[str]:
         """The models (config order) an evaluation runs on: all of them, but a ``features_only``
-        model is left out of the evaluations that read ImageNet-1k logits."""
-        return [m for m in self.models if takes_part(self.config["models"][m], evaluation)]
+        model is left out of the evaluations that read ImageNet-1k logits, and a model is left
+        out of one where it scores none of its datasets (:meth:`scores`)."""
+        return [m for m in self.models if takes_part(self.config["models"][m], evaluation)
+                and any(self.scores(m, evaluation, d) for d in self.evaluation_datasets(evaluation))]
 
     def model_evaluations(self, model: str) -> list[str]:
         """The study's evaluations ``model`` takes part in (config order)."""
-        return [ev for ev in self.evaluations if takes_part(self.config["models"][model], ev)]
+        return [ev for ev in self.evaluations if model in self.evaluation_models(ev)]
+
+    def scores(self, model: str, evaluation: str, dataset: str) -> bool:
+        """Whether ``evaluation`` scores ``model`` on ``dataset``: an evaluation that reads logits
+        needs them in the dataset's label space, ImageNet-1k's for every ImageNet-derived set, the
+        model's own classes (``num_classes``) for a labelled folder of the user's own classes
+        (class space ``own``). Validation refuses a ``num_classes`` model on an ImageNet set; an
+        ImageNet model is left out of an own-class set (:func:`label_space_notes`)."""
+        if not takes_part(self.config["models"][model], evaluation):
+            return False
+        if EVALUATIONS[evaluation].reads != "logits":
+            return True
+        return own_logits(self.config["models"][model]) == (self.datasets[dataset].class_space == OWN_SPACE)
+
+    def evaluation_pairs(self, evaluation: str) -> list[tuple[str, str]]:
+        """(model, dataset) of every standard output the evaluation reads: datasets in config order,
+        models in config order within each, the pairs it scores only (:meth:`scores`)."""
+        return [(m, d) for d in self.evaluation_datasets(evaluation) for m in self.evaluation_models(evaluation)
+                if self.scores(m, evaluation, d)]
 
     def extraction_targets(self) -> list[str]:
         pairs = {(m, x) for ev in self.evaluations if EVALUATIONS[ev].reads != "images"
-                 for d in self.evaluation_datasets(ev) for x in self.extraction_datasets(d)
-                 for m in self.evaluation_models(ev)}
+                 for m, d in self.evaluation_pairs(ev) for x in self.extraction_datasets(d)}
         return sorted(self.output(m, d) for m, d in pairs)
 
     def all_outputs(self) -> list[str]:
@@ -630,8 +674,8 @@ class Study:
         # its own pass over the images): a dataset only logit evaluations read is not extracted for a
         # features-only model.
         evaluations = self.model_evaluations(model)
-        used = [d for d in self.config["datasets"] if any(d in self.evaluation_datasets(ev) for ev in evaluations
-                                                          if EVALUATIONS[ev].reads != "images")]
+        used = [d for d in self.config["datasets"] if any(d in self.evaluation_datasets(ev) and self.scores(model, ev, d)
+                                                          for ev in evaluations if EVALUATIONS[ev].reads != "images")]
         plan: dict[str, list[tuple[str, str | None]]] = {}
         for d in used:
             group = explicit.get(d) or ("all" if by_model else d)
@@ -742,6 +786,8 @@ class Study:
             if record.reads not in ("logits", "features"):
                 continue
             for name in self.evaluation_datasets(evaluation):
+                if not self.scores(model, evaluation, name):
+                    continue
                 if variant:
                     hit = name == dataset and record.variants is not None and \
                         variant in record.variants.names(self, model, name)

@@ -282,6 +282,33 @@ def test_a_num_classes_model_is_refused_by_evaluations_of_imagenet_logits_naming
     assert study.model_identity("bb")["head"] == "drop" and study.model_identity("bb")["features_only"] is True
 
 
+def test_on_a_folder_of_its_classes_only_the_num_classes_model_is_scored(tmp_path, caplog):
+    """accuracy / calibration on a labelled folder of one's own classes score the models with a head of
+    those classes; an ImageNet model is left out there (one warning), not extracted on it for them."""
+    import logging
+
+    fine_tuned_checkpoint(tmp_path / "ft10.pth")
+    config = _head_config(tmp_path, ("accuracy", "calibration", "transfer"),
+                          ft=timm_entry(tmp_path / "ft10.pth", num_classes=10))
+    config["datasets"]["mine"] = {"kind": "labelled_folder", "source": "manual",
+                                  "root": str(ten_class_folder(tmp_path / "mine"))}
+    config["evaluations"]["accuracy"]["datasets"] = ["mine"]
+    config["evaluations"]["calibration"]["datasets"] = ["mine"]
+    with caplog.at_level(logging.WARNING, logger="beyond_imagenet.study"):
+        study = Study(validate_config(config))
+    assert ("evaluations.accuracy: vit_sup (ImageNet-1k logits) not scored on mine (classes of your own)"
+            in caplog.text)
+    assert study.evaluation_models("accuracy") == ["ft"] and study.evaluation_pairs("accuracy") == [("ft", "mine")]
+    assert study.model_evaluations("vit_sup") == ["transfer"]
+    assert study.stored_arrays("ft", "mine") == ["logits"]
+    assert not any(d == "mine" for items in study.extraction_plan("vit_sup").values() for d, _ in items)
+    # without a model of its classes, the folder has nothing to score in accuracy
+    del config["models"]["ft"]
+    with pytest.raises(ConfigError, match=r"evaluations.accuracy.datasets: 'mine' \(labelled_folder, own\) cannot "
+                                          r"be used for accuracy by any model of this study"):
+        validate_config(config)
+
+
 @pytest.mark.parametrize("entry, found", [
     ({"source": "open_clip", "name": "tiny-vit-clip", "pretrained": False, "num_classes": 10},
      "models.m.num_classes: an open_clip model's logits are its zero-shot ImageNet head"),
@@ -346,11 +373,34 @@ def test_a_local_dir_open_clip_model_loads_its_folders_weights(tmp_path):
 
 # --- through the workflow -----------------------------------------------------------------------------
 
+def ten_class_folder(root):
+    """A labelled folder of 10 classes of one's own: ten of the project's labelled photographs, each a
+    class named after its ImageNet index (``class_<index>``), the photograph and a seeded augmented copy."""
+    import numpy as np
+    from PIL import Image
+
+    from beyond_imagenet.datasets.photos import augment, labelled_photos
+
+    rng = np.random.default_rng(0)
+    chosen = {}
+    for path, label in labelled_photos():
+        chosen.setdefault(label, path)
+    for label, path in sorted(chosen.items())[:10]:
+        folder = root / f"class_{label:04d}"
+        folder.mkdir(parents=True)
+        with Image.open(path) as image:
+            image = image.convert("RGB")
+            image.save(folder / "a.jpg", quality=90)
+            augment(image, rng).save(folder / "b.jpg", quality=90)
+    return root
+
+
 @pytest.mark.workflow
 def test_a_python_model_and_a_ten_class_checkpoint_through_the_workflow(tmp_path):
     """The torchvision loader (weights from a file), a 10-class fine-tuned checkpoint (num_classes) and
-    the same file's backbone (head: drop) through extraction, the linear probes and CKA; editing the
-    loader's code replans its jobs only."""
+    the same file's backbone (head: drop) through extraction, the linear probes and CKA, and accuracy and
+    calibration of the 10-class model on a labelled folder of its classes; editing the loader's code
+    replans its jobs only."""
     (tmp_path / "own_models_wf.py").write_text(TORCHVISION_LOADER)
     import torchvision
 
@@ -365,10 +415,14 @@ def test_a_python_model_and_a_ten_class_checkpoint_through_the_workflow(tmp_path
         "ft10_backbone": timm_entry(tmp_path / "ft10.pth", head="drop"),
     }
     datasets = config["datasets"]
+    ten_classes = ten_class_folder(tmp_path / "mine")
     config["datasets"] = {"imagenet_val": {**datasets["imagenet_val"], "num_classes": 4, "images_per_class": 2},
                           "vtab": {**datasets["vtab"], "tasks": ["dtd"],
-                                   "split_sizes": {"train800": 8, "val200": 4, "test": 8}}}
-    config["evaluations"] = {"transfer": {"datasets": ["vtab"], "probe": {"device": "cpu"}},
+                                   "split_sizes": {"train800": 8, "val200": 4, "test": 8}},
+                          "mine": {"kind": "labelled_folder", "source": "manual", "root": str(ten_classes)}}
+    config["evaluations"] = {"accuracy": {"datasets": ["mine"]},
+                             "calibration": {"datasets": ["mine"], "n_bins": 5},
+                             "transfer": {"datasets": ["vtab"], "probe": {"device": "cpu"}},
                              "cka": {"datasets": ["imagenet_val"], "n_images": 8, "batch_size": 4,
                                      "cross_pairs": "all"}}
     config["resources_dir"] = str(tmp_path / "resources")
@@ -387,6 +441,17 @@ def test_a_python_model_and_a_ten_class_checkpoint_through_the_workflow(tmp_path
         assert f.attrs["num_classes"] == 10 and g.attrs["head"] == "drop"
         assert f["features"].shape == (8, 320)
         assert (f["features"][:] == g["features"][:]).all()  # the same backbone, with or without its head
+    # Accuracy and calibration on the folder of its 10 classes: the 10-class model only (the others have
+    # ImageNet-1k logits, or none), computed from its 10 logits.
+    with h5py.File(extracted / "ft10" / "mine.h5", "r") as f:
+        logits, labels = f["logits"][:], f["labels"][:]
+    assert logits.shape == (20, 10) and sorted(set(labels)) == list(range(10))
+    accuracy = pd.read_csv(results / "metrics" / "accuracy.csv")
+    assert set(accuracy["model"]) == {"ft10"}
+    top1 = accuracy.loc[(accuracy["dataset"] == "mine") & (accuracy["metric"] == "top1"), "value"].item()
+    assert top1 == pytest.approx(float((logits.argmax(1) == labels).mean()))
+    assert set(pd.read_csv(results / "metrics" / "calibration.csv")["model"]) == {"ft10"}
+    assert not (extracted / "resnet_py" / "mine.h5").exists() and not (extracted / "ft10_backbone" / "mine.h5").exists()
     transfer = pd.read_csv(results / "metrics" / "transfer.csv")
     assert set(transfer["model"]) == {"resnet_py", "ft10", "ft10_backbone"}
     assert set(pd.read_csv(results / "metrics" / "cka.csv")["model"]) >= {"resnet_py", "ft10", "ft10_backbone"}
