@@ -109,7 +109,11 @@ def manual_folder_signature(dataset, folder=None):
         return ""
     signature = folder_signature(folder or spec.root)
     if getattr(spec, "labels", None):  # a labelled folder's CSV of labels (it may live elsewhere)
-        signature += ":" + folder_signature(os.path.dirname(os.path.abspath(spec.labels)))
+        try:
+            st = os.stat(spec.labels)
+            return f"{signature}:{st.st_size}:{st.st_mtime_ns}"
+        except OSError:
+            return f"{signature}:missing"
     return signature
 
 

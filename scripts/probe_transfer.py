@@ -11,6 +11,7 @@ from beyond_imagenet.workflow import read_item, setup
 job = setup(snakemake)
 model, dataset = job.wildcards.model, job.wildcards.dataset
 settings = job.params.probe
+zero_shot = job.params.zero_shot  # a CLIP model on a labelled folder: its zero-shot classifier; else {}
 torch.set_num_threads(job.threads)  # fixed thread count: the CPU result is reproducible
 results = []
 with lease_device(settings["device"], job.resources.lock_dir or None) as device:
@@ -19,19 +20,18 @@ with lease_device(settings["device"], job.resources.lock_dir or None) as device:
         with open(job.input.splits[0]) as f:
             splits = json.load(f)
         head = None
-        if job.params.zero_shot:  # a CLIP model: the zero-shot classifier from the class names
+        if zero_shot:  # a CLIP model: the zero-shot classifier from the class names
             from beyond_imagenet.datasets.labelled import class_prompt_names
             from beyond_imagenet.models import build_zero_shot_head
             from beyond_imagenet.workflow import model_spec
 
-            zero_shot = job.params.zero_shot
             head = build_zero_shot_head(model_spec(zero_shot["model"], zero_shot["identity"]), zero_shot["templates"],
                                         device, class_names=class_prompt_names(manifest["class_names"])).numpy()
         for result in probe_own_dataset(manifest, splits, out["features"], out["labels"], [str(i) for i in out["ids"]],
                                         probe_config(settings), device, head):
             result.update(model=model, dataset=dataset, group=OWN_GROUP, device=str(device),
                           n_skipped=int(out["attrs"].get("n_skipped", 0)), probe=settings,
-                          templates=job.params.zero_shot.get("templates", []))
+                          templates=zero_shot.get("templates", []))
             results.append(result)
     for task, cached in job.params.cached.items():  # the dataset's tasks, each fit seeded on its own
         if task == OWN_GROUP:

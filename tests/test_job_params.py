@@ -95,6 +95,16 @@ def study_config(download_url: str) -> dict:
     return config
 
 
+def with_labelled_folder(config: dict, root: Path) -> dict:
+    """A labelled folder of one's own classes (6 classes, 3 photographs each) in transfer: its
+    manifest, splits, probe and (CLIP) zero-shot jobs are audited too."""
+    config["datasets"]["own"] = {"kind": "labelled_folder", "source": "manual", "root": str(root),
+                                 "splits": {"train": 1, "val": 1, "k_shot": [1]}}
+    config["evaluations"]["transfer"]["datasets"].append("own")
+    config["extraction"]["groups"]["base"].append("own")
+    return config
+
+
 def make_download_archive(path: Path) -> Path:
     """A tiny cue-conflict-like tar.gz (two PNGs in the real layout) to be fetched from file://."""
     from PIL import Image
@@ -164,7 +174,9 @@ def audited_study(tmp_path_factory):
     """The small study run to the end, every script job under the auditor; its audit records."""
     base = tmp_path_factory.mktemp("job_params")
     archive = make_download_archive(base / "cue-conflict.tar.gz")
-    config = study_config(archive.as_uri())
+    from beyond_imagenet.datasets.photos import write_own_class_folder
+
+    config = with_labelled_folder(study_config(archive.as_uri()), write_own_class_folder(base / "own", copies=1))
     configfile = write_config(base / "study.yaml", config)
     workdir, records_dir = base / "work", base / "audit"
     workdir.mkdir()

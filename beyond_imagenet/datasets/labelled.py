@@ -211,6 +211,25 @@ def _check_given_splits(root: Path, pairs: list[tuple[str, str]], given: list[st
                 f"cannot learn them. Add training images of {unseen[0]!r}, or remove it from {split}.")
 
 
+def class_count(root: str | os.PathLike, labels: str | None = None) -> int | None:
+    """The number of classes of a labelled folder from a cheap look (folder names, or the CSV's
+    label column), for its chance level when the workflow is planned; None where it cannot say
+    (the manifest step names what is wrong)."""
+    try:
+        if labels:
+            with open(labels, newline="", encoding="utf-8-sig") as f:
+                names = {(row.get("label") or "").strip() for row in csv.DictReader(f)} - {""}
+        else:
+            top = [e for e in _list(Path(root), "dataset folder") if _is_dir(e)]
+            if {e.name for e in top} <= set(SPLIT_NAMES) and any(e.name == "train" for e in top):
+                names = {c.name for e in top for c in _list(e.path, "split folder") if _is_dir(c)}
+            else:
+                names = {e.name for e in top}
+    except (OSError, DatasetError, csv.Error, UnicodeDecodeError):
+        return None
+    return len(names) if len(names) >= 2 else None
+
+
 @register_reader(KIND)
 def read_labelled_folder(root: Path, class_space: str) -> list[Sample]:
     """``<root>/<class>/<file>`` or ``<root>/<split>/<class>/<file>``: your own class names (the folder

@@ -184,6 +184,11 @@ def chance_levels(study) -> dict[str, float]:
     out = {}
     for name, spec in study.datasets.items():
         level = chance_level(spec.class_space)
+        if level is None and spec.reader == "labelled_folder":  # your own classes: 1 / their number
+            from beyond_imagenet.datasets.labelled import class_count
+
+            n = class_count(spec.root, spec.labels)
+            level = 1.0 / n if n else None
         if level is not None:
             out[name] = level
         for task in getattr(spec, "tasks", None) or ():

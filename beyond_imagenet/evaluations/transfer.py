@@ -1,4 +1,6 @@
-"""Transferability (docs/evaluations.md §7): VTAB-1k linear probes on cached features.
+"""Transferability (docs/evaluations.md §7): VTAB-1k linear probes on cached features; on a labelled
+folder of your own classes (kind ``labelled_folder``) the same probe on its splits, k-shot probes and
+the CLIP models' zero-shot top-1 from its class names (:func:`probe_own_dataset`).
 
 One probe per (model, task) with the CLIP_benchmark protocol of :mod:`beyond_imagenet.metrics.transfer`;
 then per-task, per-group and overall means in a tidy table. Usable without Snakemake::
@@ -359,12 +361,15 @@ def probe_inputs(study, wildcards) -> dict[str, list[str]]:
 
 def zero_shot_params(study, wildcards) -> dict[str, Any]:
     """What a probe job of (model, labelled folder) needs to build the CLIP zero-shot classifier from
-    the class names: the model (``Study.model_entry``), its head identity and the templates; empty
-    for a VTAB dataset or a model that is not a CLIP model (``source: open_clip``)."""
+    the class names: the model (``Study.model_entry``), what its checkpoint must hash to (the
+    ``checkpoint_sha256`` of its identity: a file replaced since is refused) and the templates;
+    empty for a VTAB dataset or a model that is not a CLIP model (``source: open_clip``)."""
     if not is_own_dataset(study, wildcards.dataset) or study.models[wildcards.model].source != "open_clip":
         return {}
     settings = study.evaluations.get("transfer", {}).get("zero_shot", {})
-    return {"model": study.model_entry(wildcards.model), "identity": study.head_identity(wildcards.model),
+    identity = study.head_identity(wildcards.model)
+    return {"model": study.model_entry(wildcards.model),
+            "identity": {k: identity[k] for k in ("checkpoint_sha256",) if k in identity},
             "templates": list(settings.get("templates") or DEFAULT_TEMPLATES)}
 
 
@@ -482,29 +487,37 @@ def plot_own_transfer(table: pd.DataFrame, dataset: str, paths, chance: Mapping[
     shots = sorted({t for t in data["task"] if t.startswith("k_shot_")}, key=lambda t: int(t.rsplit("_", 1)[-1]))
     tasks = [t for t in (LINEAR_PROBE, ZERO_SHOT) if t in set(data["task"])]
     value = data.set_index(["model", "task"])["value"]
-    fig, axes = plt.subplots(1, 2 if shots else 1, figsize=(10 if shots else 6, 4.2), squeeze=False)
+    fig, axes = plt.subplots(1, 2 if shots else 1, figsize=(11 if shots else 7, 4.2), squeeze=False)
     ax = axes[0][0]
     width = 0.8 / max(1, len(models))
     positions = np.arange(len(tasks), dtype=float)
-    for j, m in enumerate(models):
-        x = positions + (j - (len(models) - 1) / 2) * width
-        heights = [100 * value.get((m["model"], t), np.nan) for t in tasks]
-        ax.bar(x, heights, width=width, color=m["color"], hatch=m["hatch"], edgecolor="black", linewidth=0.4,
-               label=m["label"])
-        if interval is not None:
-            draw_intervals(ax, x, [interval(m["model"], t) for t in tasks], at=heights, label=f"_ci:{m['model']}")
-    tests = table[(table["dataset"] == dataset) & (table["metric"] == "n_test")]
-    n = n_text(tests["value"].astype(float))
-    ax.set_xticks(positions, [own_task_label(t) for t in tasks])
-    ax.set_ylabel("test top-1 (%)" + (f" ({n})" if n else ""))
-    ax.set_ylim(0, 100)
     classes = table[(table["dataset"] == dataset) & (table["metric"] == "n_classes")]["value"].astype(float)
     level = chance_of(chance, dataset, None) if chance else None
     level = 1 / classes.max() if level is None and len(classes) else level
+    faded = False
+    for j, m in enumerate(models):
+        x = positions + (j - (len(models) - 1) / 2) * width
+        heights = [100 * value.get((m["model"], t), np.nan) for t in tasks]
+        bounds = [interval(m["model"], t) if interval is not None else None for t in tasks]
+        bars = ax.bar(x, heights, width=width, color=m["color"], hatch=m["hatch"], edgecolor="black", linewidth=0.4,
+                      label=m["label"])
+        for k, patch in enumerate(bars):
+            if level is not None and np.isfinite(heights[k]) and at_chance(heights[k], bounds[k], 100 * level):
+                patch.set_alpha(CHANCE_ALPHA)
+                patch.set_hatch(CHANCE_HATCH)
+                ax.text(x[k], heights[k], CHANCE_TEXT, rotation=90, ha="center", va="bottom", fontsize=5,
+                        color="0.35", label="_chance")
+                faded = True
+        if interval is not None:
+            draw_intervals(ax, x, bounds, at=heights, label=f"_ci:{m['model']}")
+    tests = table[(table["dataset"] == dataset) & (table["metric"] == "n_test")]
+    n = n_text(tests["value"].astype(float))
+    ax.set_xticks(positions, [own_task_label(t).replace(" (", "\n(") for t in tasks])
+    ax.set_ylabel("test top-1 (%)" + (f" ({n})" if n else ""))
+    ax.set_ylim(0, 100)
     if level is not None:  # a uniform guess among the classes
         for axis in axes[0]:
             axis.axhline(100 * level, color="gray", linestyle=":", linewidth=0.8, label="_chance")
-        ax.text(positions[-1] + 0.5, 100 * level, "chance", fontsize=6, color="0.35", va="bottom", ha="right")
     if shots:
         curve = axes[0][1]
         ks = [int(t.rsplit("_", 1)[-1]) for t in shots]
@@ -518,8 +531,17 @@ def plot_own_transfer(table: pd.DataFrame, dataset: str, paths, chance: Mapping[
         curve.set_xticks(ks, [str(k) for k in ks])
         curve.minorticks_off()
     fig.suptitle(f"Linear probe and zero-shot on {dataset}")
-    legend_outside(axes[0][-1], *ax.get_legend_handles_labels())
+    from matplotlib.patches import Patch
+
+    handles = [Patch(facecolor=m["color"], hatch=m["hatch"], edgecolor="black", linewidth=0.4) for m in models]
+    labels = [m["label"] for m in models]
+    if level is not None:
+        handles.append(plt.Line2D([], [], color="gray", linestyle=":", linewidth=0.8))
+        labels.append(f"chance (1/{round(1 / level)})")
+    legend_outside(axes[0][-1], handles, labels)
     fig.tight_layout()
+    if faded:
+        chance_note(fig)
     save_figure(fig, paths)
     return fig
 
