@@ -352,7 +352,10 @@ def test_a_local_dir_open_clip_model_loads_its_folders_weights(tmp_path):
     spec = study.models["mine"]
     before = study.head_identity("mine")["local_dir_sha256"]
     assert spec.weights_tag == name and len(before) == 64
-    head = torch.nn.functional.normalize(torch.randn(128, 1000), dim=0)
+    from beyond_imagenet.models import build_zero_shot_head
+
+    head = build_zero_shot_head(spec, 1, torch.device("cpu"))  # its own text tower and tokenizer
+    assert head.shape == (128, 1000) and torch.isfinite(head).all()
     loaded = build_model(spec, head=head)
     x = torch.randn(1, 3, 224, 224)
     with torch.no_grad():
