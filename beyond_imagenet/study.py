@@ -349,6 +349,15 @@ def _label_space_problems(config: dict[str, Any], name: str, entry: dict[str, An
                     f"but evaluations.{evaluation} scores ImageNet-1k logits on {dataset!r} ({spec.class_space}). "
                     f"Score it on a labelled folder of its {entry['num_classes']} classes, take its backbone's "
                     f"features only (`head: drop`: transfer, cka), or leave {evaluation} out of this study")
+                continue
+            from beyond_imagenet.datasets.labelled import class_count
+
+            classes = class_count(spec.root, getattr(spec, "labels", None))  # a cheap look: folder names or CSV
+            if classes is not None and classes != entry["num_classes"]:
+                problems.append(
+                    f"  models.{name}.num_classes: {entry['num_classes']} classes, but {dataset!r} of "
+                    f"evaluations.{evaluation} has {classes}: its logits must be the folder's classes, in sorted "
+                    "class-name order")
     return problems
 
 

@@ -4,6 +4,7 @@ a fine-tuned checkpoint with a head of its own classes (``num_classes``), its ba
 
 from __future__ import annotations
 
+import copy
 import os
 import subprocess
 import sys
@@ -302,6 +303,11 @@ def test_on_a_folder_of_its_classes_only_the_num_classes_model_is_scored(tmp_pat
     assert study.model_evaluations("vit_sup") == ["transfer"]
     assert study.stored_arrays("ft", "mine") == ["logits"]
     assert not any(d == "mine" for items in study.extraction_plan("vit_sup").values() for d, _ in items)
+    # a head of another number of classes than the folder's is refused naming both
+    config["models"]["ft"]["num_classes"] = 9
+    with pytest.raises(ConfigError, match=r"models.ft.num_classes: 9 classes, but 'mine' of evaluations.accuracy "
+                                          r"has 10"):
+        validate_config(copy.deepcopy(config))
     # without a model of its classes, the folder has nothing to score in accuracy
     del config["models"]["ft"]
     with pytest.raises(ConfigError, match=r"evaluations.accuracy.datasets: 'mine' \(labelled_folder, own\) cannot "
