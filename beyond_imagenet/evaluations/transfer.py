@@ -549,11 +549,11 @@ def plot_own_transfer(table: pd.DataFrame, dataset: str, paths, chance: Mapping[
 def draw(job) -> None:
     from beyond_imagenet.tables import read_table
 
-    if job.params.data.get("own"):
+    layout = job.params.layout
+    if job.params.data.get("own"):  # a labelled folder: one layout (no paper reading to pair)
         plot_own_transfer(read_table(job.input[0]), job.wildcards.dataset, job.figure_paths(), job.params.chance)
         return
-
-    if job.params.layout == "paired":
+    if layout == "paired":
         plot_transfer_paired(read_table(job.input[0]), job.wildcards.dataset, job.figure_paths(),
                              read_table(job.input[1]) if len(job.input) > 1 else None)
         return
