@@ -343,11 +343,15 @@ def mismatch_report(state: dict[str, torch.Tensor], network: nn.Module, limit: i
 
 
 def load_checkpoint_into(network: nn.Module, path: str | Path, arch: str, fmt: str = "auto",
-                         where: str = "checkpoint", expected_sha256: str | None = None) -> str:
+                         where: str = "checkpoint", expected_sha256: str | None = None,
+                         drop_head: tuple[str, ...] = ()) -> str:
     """Read ``path``, convert it with format ``fmt`` and load it strictly; returns the format used.
 
     ``where`` names the config key in messages (``models.<name>.checkpoint``); ``expected_sha256``:
-    refuse the file unless it is the one the run was planned with (:func:`read_checkpoint`)."""
+    refuse the file unless it is the one the run was planned with (:func:`read_checkpoint`).
+    ``drop_head``: module names of the classifier (``head: drop``): the checkpoint's tensors under
+    them that the network (built without a classifier) lacks are left out; every other key is still
+    checked strictly."""
     path = Path(path)
     if fmt != "auto" and fmt not in CHECKPOINT_FORMATS:
         raise CheckpointError(f"{where}: unknown checkpoint_format {fmt!r}; known: {list(FORMAT_NAMES)}")
@@ -355,12 +359,19 @@ def load_checkpoint_into(network: nn.Module, path: str | Path, arch: str, fmt: s
     if fmt == "auto":
         fmt = next(name for name in AUTO_ORDER if CHECKPOINT_FORMATS[name].detect(obj, network))
     state = _require_tensors(CHECKPOINT_FORMATS[fmt].convert(obj, network, arch), path)
+    if drop_head:
+        target = network.state_dict()
+        dropped = [k for k in state if k not in target and any(k.startswith(f"{h}.") for h in drop_head)]
+        state = {k: v for k, v in state.items() if k not in dropped}
+        log.info("head: drop: left out %d classifier tensor(s) of %s: %s", len(dropped), path, dropped[:4])
     problem = mismatch_report(state, network)
     if problem:
         raise CheckpointError(
             f"{where} {path} does not match {arch} after conversion as checkpoint_format {fmt!r}: {problem}. "
-            f"Check that the architecture is the one the weights were trained as (and an ImageNet-1k head), "
-            f"or choose another checkpoint_format (one of {list(FORMAT_NAMES)})"
+            "Check that the architecture is the one the weights were trained as, or choose another "
+            f"checkpoint_format (one of {list(FORMAT_NAMES)}). A checkpoint fine-tuned on classes of your own: "
+            "set `num_classes:` to its number of classes (its head is loaded), or `head: drop` to load its "
+            "backbone only (features)"
         )
     network.load_state_dict(state, strict=True)
     return fmt

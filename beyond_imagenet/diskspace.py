@@ -99,7 +99,16 @@ def feature_dim(study: Study, model: str) -> int:
             except OSError:
                 continue
     spec = study.models[model]
+    if spec.source == "python":  # learned by the first job that built it; a wide guess until then
+        from beyond_imagenet.model_specs import known_fact, loader_sha256, python_features_key
+
+        known = known_fact("python", python_features_key(spec.loader, loader_sha256(spec.loader), spec.loader_args))
+        return int(known) if known else PYTHON_FEATURES_GUESS
     return _architecture_dim(spec.source, spec.arch)
+
+
+#: The feature width assumed for a python model before a job has built it (ResNet-50's 2,048).
+PYTHON_FEATURES_GUESS = 2048
 
 
 @functools.cache

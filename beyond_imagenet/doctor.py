@@ -114,7 +114,8 @@ def _model_rows(study, offline: bool) -> list[Row]:
             rows.append(Row("weights", name, WARN, f"cannot tell where the weights come from ({err})"))
             continue
         if source.kind == "none":
-            rows.append(Row("weights", name, OK, f"random weights (seed {spec.seed}): nothing to fetch"))
+            rows.append(Row("weights", name, OK, f"built by {source.location} (seed {spec.seed}): nothing to fetch"
+                            if source.location else f"random weights (seed {spec.seed}): nothing to fetch"))
             continue
         found = cached_files(source)
         if found is not None:

@@ -26,9 +26,20 @@ from beyond_imagenet.paper_results import paper_key_for
 log = logging.getLogger(__name__)
 
 #: The model sources (``models.SOURCES`` has their adapters) and whether each needs a zero-shot head.
-NEEDS_HEAD = {"timm": False, "open_clip": True}
+NEEDS_HEAD = {"timm": False, "open_clip": True, "python": False}
 #: The distribution whose version keys the cache of each source's answers.
-_DISTRIBUTIONS = {"timm": "timm", "open_clip": "open_clip_torch"}
+_DISTRIBUTIONS = {"timm": "timm", "open_clip": "open_clip_torch", "python": "torch"}
+#: ``head:`` values: ``keep`` the checkpoint's classifier (ImageNet-1k, or ``num_classes`` of the
+#: user's own), or ``drop`` it (features only: the backbone of a fine-tuned checkpoint).
+HEADS = ("keep", "drop")
+#: open_clip names that carry their own config and weights: a Hugging Face hub repository, or a
+#: folder in the layout open_clip writes for the hub (open_clip_config.json + the weights file).
+OPEN_CLIP_SCHEMES = ("hf-hub:", "local-dir:")
+#: The weights file open_clip picks in a ``local-dir:`` folder, most preferred first (open_clip 3.x
+#: ``factory._find_checkpoint_in_dir``); otherwise the first ``*.safetensors``, ``*.bin``, ``*.pth``.
+LOCAL_DIR_WEIGHTS = ("open_clip_model.safetensors", "open_clip_pytorch_model.safetensors",
+                     "open_clip_pytorch_model.bin", "open_clip_pytorch_model.pth", "model.safetensors",
+                     "pytorch_model.bin", "pytorch_model.pth", "model.pth")
 
 
 class ModelError(RuntimeError):
@@ -54,29 +65,45 @@ class ModelSpec:
     # if it differs when loaded. Not part of the job's params (Study.model_entry leaves it out).
     checkpoint_sha256: str | None = None
     training_data: str = ""  # display and grouping only (beyond_imagenet/zoo.py infers it from the tag)
+    # A classifier of the user's own classes (a fine-tuned checkpoint's head): logits of that many
+    # columns, in the label space of the user's labelled data. None = ImageNet-1k (1,000).
+    num_classes: int | None = None
+    head: str = "keep"  # drop: load a fine-tuned checkpoint's backbone only (features_only)
+    # source python: ``package.module:function`` and its keyword arguments (canonical JSON, "" = none)
+    loader: str | None = None
+    loader_args: str = ""
+    # In a job: the loader module's sha256 the run was planned with (as checkpoint_sha256).
+    loader_sha256: str | None = None
 
     @classmethod
     def from_config(cls, name: str, entry: dict[str, Any]) -> ModelSpec:
         if entry["source"] not in NEEDS_HEAD:
             raise ModelError(f"models.{name}.source: unknown source {entry['source']!r}; known: {sorted(NEEDS_HEAD)}")
         paradigm = entry.get("paradigm") or ("clip" if entry["source"] == "open_clip" else "supervised")
+        head = entry.get("head", "keep")
+        if head not in HEADS:
+            raise ModelError(f"models.{name}.head: {head!r} is not one of {list(HEADS)}")
         return cls(
             name=name,
             source=entry["source"],
-            arch=entry["name"],
+            arch=entry.get("name") or entry.get("loader") or "",
             pretrained=entry.get("pretrained", True),
             checkpoint=entry.get("checkpoint"),
             checkpoint_format=entry.get("checkpoint_format", "auto"),
             preprocessing=entry.get("preprocessing"),
-            features_only=bool(entry.get("features_only", False)),
+            features_only=bool(entry.get("features_only", False)) or head == "drop",
+            num_classes=entry.get("num_classes"),
+            head=head,
+            loader=entry.get("loader"),
+            loader_args=canonical_args(entry.get("args")),
             seed=entry.get("seed", 0),
-            family=entry.get("family") or _guess_family(entry["name"]),
+            family=entry.get("family") or _guess_family(entry.get("name") or ""),
             paradigm=paradigm,
             label=entry.get("label") or name,
             training_data=entry.get("training_data") or _guess_training_data(entry),
             # The published numbers are drawn beside a model that *is* a paper model, whatever the
             # study calls it; `paper_key:` names one explicitly (e.g. for a re-hosted copy).
-            paper_key=entry.get("paper_key") or paper_key_for(entry["source"], entry["name"],
+            paper_key=entry.get("paper_key") or paper_key_for(entry["source"], entry.get("name", ""),
                                                               entry.get("pretrained", True), entry.get("checkpoint")),
         )
 
@@ -90,6 +117,10 @@ class ModelSpec:
         """What weights the outputs came from; part of every cache key."""
         if self.checkpoint:
             return f"checkpoint:{Path(self.checkpoint).name}"
+        if self.source == "python":
+            return f"python:{self.loader}"
+        if self.source == "open_clip" and self.arch.startswith(OPEN_CLIP_SCHEMES):
+            return self.arch  # the hub repository's or the folder's own weights (`pretrained` is not used)
         if self.pretrained is False:
             return f"random:seed={self.seed}"
         if self.pretrained is True:
@@ -101,12 +132,18 @@ class ModelSpec:
         return NEEDS_HEAD[self.source] and not self.features_only
 
 
+def canonical_args(args: dict[str, Any] | None) -> str:
+    """A python loader's keyword arguments as canonical JSON (sorted keys): part of the model's
+    identity, so the same arguments in another order are the same model; "" for none."""
+    return json.dumps(args, sort_keys=True, separators=(",", ":")) if args else ""
+
+
 def _guess_training_data(entry: dict[str, Any]) -> str:
     """The pretraining data the entry's tag names (zoo.infer_training_data), "" for none known,
     random weights or a checkpoint."""
     from beyond_imagenet.zoo import infer_training_data
 
-    if entry.get("checkpoint") or entry.get("pretrained", True) is False:
+    if entry.get("checkpoint") or entry.get("pretrained", True) is False or entry["source"] == "python":
         return ""
     tag = entry.get("pretrained", True)
     if not isinstance(tag, str):  # timm's default tag, or one written into the name
@@ -168,6 +205,20 @@ def cached_fact(source: str, key: str, compute) -> Any:
     return value
 
 
+def known_fact(source: str, key: str) -> Any:
+    """What :func:`cached_fact` keeps under ``key`` for ``source``, or None if nothing yet (computes nothing)."""
+    try:
+        return json.loads(_cache_file(source).read_text()).get(key)
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def python_features_key(loader: str, sha256: str, args: str) -> str:
+    """The fact key of a python model's feature width: learned by the first job that builds it
+    (``models.PythonSource``), read by the disk estimate; its code's hash and arguments are in it."""
+    return f"features:{loader}:{sha256}:{args}"
+
+
 @functools.lru_cache(maxsize=1024)
 def architecture_facts(source: str, arch: str) -> dict[str, Any]:
     """``models.architecture_facts`` (unknown-architecture message, pretrained tags, open_clip image
@@ -182,7 +233,10 @@ def architecture_facts(source: str, arch: str) -> dict[str, Any]:
 
 
 def unknown_architecture_message(source: str, arch: str) -> str | None:
-    """None if ``source`` knows ``arch``; else a message with the closest known names."""
+    """None if ``source`` knows ``arch``; else a message with the closest known names. A python
+    source's ``name`` is a free label (its loader is checked by :func:`loader_problem`)."""
+    if source == "python":
+        return None
     return architecture_facts(source, arch)["unknown"]
 
 
@@ -193,7 +247,7 @@ def unknown_pretrained_message(source: str, arch: str, pretrained: bool | str) -
     import difflib
     import os
 
-    if pretrained is False:
+    if pretrained is False or source == "python":
         return None
     if source == "open_clip" and isinstance(pretrained, str) and os.path.isfile(pretrained):
         return None
@@ -226,3 +280,111 @@ def checkpoint_sha256(path: str | Path) -> str:
     return _checkpoint_sha256(str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
 
 
+
+
+# ------------------------------------------------------------------------------ source: python
+#: ``package.module:function``
+LOADER_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$"
+
+
+def loader_search_path() -> list[str]:
+    """Where a loader module is looked for: the working directory (where snakemake runs, so a
+    ``my_models.py`` beside the study file is found), then Python's own path."""
+    import sys
+
+    return [os.getcwd(), *[p or os.getcwd() for p in sys.path]]
+
+
+def loader_file(loader: str) -> Path:
+    """The source file of a loader's module, found as ``import`` would find it but without
+    importing anything (no package ``__init__`` runs): the Snakefile's parse stays torch-free and
+    the user's module is imported by the jobs only. Raises ModelError saying what is missing."""
+    from importlib.machinery import PathFinder
+
+    module = loader.partition(":")[0]
+    parts = module.split(".")
+    path = loader_search_path()
+    found = None
+    for i, part in enumerate(parts):
+        found = PathFinder.find_spec(part, path)
+        name = ".".join(parts[: i + 1])
+        if found is None:
+            raise ModelError(f"module {name!r} is not found in the working directory ({os.getcwd()}) or on "
+                             "the Python path (PYTHONPATH, installed packages)")
+        if i < len(parts) - 1:
+            if not found.submodule_search_locations:
+                raise ModelError(f"{name!r} is a module, not a package: it has no submodule {parts[i + 1]!r}")
+            path = list(found.submodule_search_locations)
+    if not found.origin or not os.path.isfile(found.origin):
+        raise ModelError(f"module {module!r} has no source file (a namespace package or a built-in module); "
+                         "name a module file that defines the loader")
+    return Path(found.origin)
+
+
+def loader_problem(loader: str) -> str | None:
+    """None if ``loader``'s module file exists and defines the function (read with ``ast`` when it
+    is Python source, never imported); else what is wrong."""
+    import ast
+
+    try:
+        path = loader_file(loader)
+    except ModelError as err:
+        return f"{loader}: {err}"
+    function = loader.partition(":")[2]
+    if path.suffix != ".py":
+        return None  # an extension module: only importing it could tell
+    try:
+        tree = ast.parse(path.read_bytes(), filename=str(path))
+    except (SyntaxError, ValueError, OSError) as err:
+        return f"{loader}: {path} cannot be read as Python ({type(err).__name__}: {err})"
+    defined = set()
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            defined.add(node.name)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            defined |= {t.id for t in targets if isinstance(t, ast.Name)}
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            defined |= {(a.asname or a.name).split(".")[0] for a in node.names}
+        elif isinstance(node, (ast.If, ast.Try)):
+            return None  # definitions under a condition: only importing it could tell
+    if function in defined:
+        return None
+    return f"{loader}: {path} defines no {function!r} at its top level"
+
+
+def loader_sha256(loader: str) -> str:
+    """sha256 of the loader module's source file: part of the model's identity, so editing the code
+    recomputes its outputs (the modules it imports in turn are not hashed)."""
+    return checkpoint_sha256(loader_file(loader))
+
+
+# ------------------------------------------------------------------------ open_clip local-dir:
+def local_dir_files(arch: str) -> list[Path]:
+    """The files a ``local-dir:<folder>`` open_clip model is loaded from: its open_clip_config.json and
+    the weights file open_clip picks there (:data:`LOCAL_DIR_WEIGHTS`). Raises ModelError naming
+    what is missing."""
+    folder = Path(os.path.expanduser(arch[len("local-dir:"):]))
+    config = folder / "open_clip_config.json"
+    if not folder.is_dir():
+        raise ModelError(f"{arch}: folder {folder} does not exist")
+    if not config.is_file():
+        raise ModelError(f"{arch}: {folder} has no open_clip_config.json (open_clip's layout: "
+                         "open_clip_config.json with model_cfg and preprocess_cfg, beside the weights)")
+    candidates = sorted([*folder.glob("*.safetensors"), *folder.glob("*.bin"), *folder.glob("*.pth")])
+    preferred = [folder / name for name in LOCAL_DIR_WEIGHTS if (folder / name) in candidates]
+    candidates.sort(key=lambda p: p.suffix != ".safetensors")
+    weights = (preferred or candidates)[:1]
+    if not weights:
+        raise ModelError(f"{arch}: {folder} has no weights file (open_clip_model.safetensors, "
+                         "open_clip_pytorch_model.bin, ...)")
+    return [config, *weights]
+
+
+def local_dir_sha256(arch: str) -> str:
+    """One sha256 over a ``local-dir:`` model's config and weights (each file's name and content
+    hash): its identity, so new weights in the same folder are noticed."""
+    digest = hashlib.sha256()
+    for path in local_dir_files(arch):
+        digest.update(f"{path.name}\0{checkpoint_sha256(path)}\n".encode())
+    return digest.hexdigest()

@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import os
 from importlib import resources
 from pathlib import Path
 from typing import Any, Callable
@@ -32,6 +33,7 @@ from torch import nn
 # The torch-free part (what a study config names), re-exported: the Snakefile imports only that.
 from beyond_imagenet.model_specs import (  # noqa: F401
     NEEDS_HEAD,
+    OPEN_CLIP_SCHEMES,
     ModelError,
     ModelSpec,
     checkpoint_sha256,
@@ -55,13 +57,15 @@ class LoadedModel:
     preprocessing: dict[str, Any]
 
 
-def _load_checkpoint(network: nn.Module, spec: ModelSpec) -> None:
-    """The checkpoint through its format (``checkpoint_format``, beyond_imagenet/checkpoints.py)."""
+def _load_checkpoint(network: nn.Module, spec: ModelSpec, drop_head: tuple[str, ...] = ()) -> None:
+    """The checkpoint through its format (``checkpoint_format``, beyond_imagenet/checkpoints.py);
+    ``drop_head``: the classifier's module names, whose tensors ``head: drop`` leaves out."""
     from beyond_imagenet.checkpoints import CheckpointError, load_checkpoint_into
 
     try:
         used = load_checkpoint_into(network, spec.checkpoint_path, spec.arch, spec.checkpoint_format,
-                                    where=f"models.{spec.name}.checkpoint", expected_sha256=spec.checkpoint_sha256)
+                                    where=f"models.{spec.name}.checkpoint", expected_sha256=spec.checkpoint_sha256,
+                                    drop_head=drop_head)
     except CheckpointError as err:
         raise ModelError(f"models.{spec.name}: {err}" if not str(err).startswith("models.") else str(err)) from err
     log.info("loaded %s for %s as checkpoint_format %s", spec.checkpoint, spec.name, used)
@@ -152,6 +156,13 @@ def _classifier_takes_pre_logits(model: nn.Module) -> bool:
         return False
 
 
+def _timm_classifier_names(model: nn.Module) -> tuple[str, ...]:
+    """The module name(s) of a timm model's classifier (its pretrained config's ``classifier``:
+    ``head``, ``head.fc``, ``classifier``, two for distilled models), what ``head: drop`` leaves out."""
+    names = (getattr(model, "pretrained_cfg", None) or {}).get("classifier") or "head"
+    return tuple(names) if isinstance(names, (list, tuple)) else (names,)
+
+
 def _native_size(model: nn.Module) -> int | None:
     """The square input size a timm ViT's position embedding is built for (None: no fixed size)."""
     if getattr(model, "pos_embed", None) is None:
@@ -188,8 +199,10 @@ class TimmSource:
             arch = f"{arch}.{spec.pretrained}"
         pretrained = bool(spec.pretrained) and not spec.checkpoint
         torch.manual_seed(spec.seed)
-        # features_only: no classifier (timm drops a pretrained head of another size when loading).
-        kwargs = {"num_classes": 0} if spec.features_only else {}
+        # features_only: no classifier (timm drops a pretrained head of another size when loading);
+        # num_classes: a classifier of the user's own classes, loaded from the checkpoint.
+        kwargs = {"num_classes": 0} if spec.features_only else (
+            {"num_classes": spec.num_classes} if spec.num_classes else {})
         try:
             model = timm.create_model(arch, pretrained=pretrained, **kwargs)
         except Exception as err:
@@ -197,7 +210,7 @@ class TimmSource:
                 raise weights_unavailable(spec, f"timm {arch}", err) from None
             raise ModelError(f"models.{spec.name}: timm cannot create {arch!r}: {err}") from err
         if spec.checkpoint:
-            _load_checkpoint(model, spec)
+            _load_checkpoint(model, spec, _timm_classifier_names(model) if spec.head == "drop" else ())
         if image_size is not None:
             # Another input resolution (docs/evaluations.md §8): ViT position embeddings resampled bicubically;
             # ConvNets run at any size unchanged. The caller supplies the matching transform.
@@ -210,11 +223,12 @@ class TimmSource:
             from beyond_imagenet.evaluations.invariance.transforms import resize_vit_pos_embed
 
             resize_vit_pos_embed(model, 224)
-        if not spec.features_only and model.num_classes != 1000:
+        if not spec.features_only and model.num_classes != (spec.num_classes or 1000):
             raise ModelError(
                 f"models.{spec.name}: {arch} has {model.num_classes} output classes; the logit evaluations need "
                 "ImageNet-1k logits (choose an in1k fine-tuned tag, or set `features_only: true` to use it in "
-                "the feature evaluations only: transfer, cka)"
+                "the feature evaluations only: transfer, cka; a checkpoint with a head of your own classes: "
+                "`num_classes:`)"
             )
         model.eval()
         if protocol == "paper":
@@ -281,13 +295,14 @@ def _create_open_clip(spec: ModelSpec, image_size: int | None = None):
     import open_clip
 
     _register_bundled_open_clip_configs()
-    if spec.pretrained is True and not spec.checkpoint:
+    schemed = spec.arch.startswith(OPEN_CLIP_SCHEMES)  # hf-hub: / local-dir: bring their own weights
+    if spec.pretrained is True and not spec.checkpoint and not schemed:
         tags = open_clip.list_pretrained_tags_by_model(spec.arch)
         raise ModelError(
             f"models.{spec.name}.pretrained: open_clip needs a pretrained tag for {spec.arch}, "
             f"one of {tags}, or false for random weights"
         )
-    tag = spec.pretrained if isinstance(spec.pretrained, str) and not spec.checkpoint else None
+    tag = spec.pretrained if isinstance(spec.pretrained, str) and not spec.checkpoint and not schemed else None
     if image_size is not None:
         model, preprocess = _open_clip_at_resolution(spec, tag, image_size)
         return model, preprocess, open_clip.get_tokenizer(spec.arch)
@@ -393,7 +408,200 @@ class OpenClipSource:
         return head.float().cpu()
 
 
-SOURCES: dict[str, Any] = {"timm": TimmSource, "open_clip": OpenClipSource}
+# --------------------------------------------------------------------------------------- python
+class _PythonNet(nn.Module):
+    """A user's network (``source: python``) as ``(logits, features)``.
+
+    ``features_fn(x)``: the loader's ``features`` function; None = the input of the network's last
+    ``nn.Linear`` (its classifier) during ``network(x)``, caught by a forward hook. ``logits_fn(features)``:
+    the loader's ``logits`` function; None = ``network(x)`` (one pass with the hook; with a ``features``
+    function of the loader, a second pass). Features-only: empty logits, no classifier run."""
+
+    def __init__(self, network: nn.Module, features_fn: Callable | None, logits_fn: Callable | None,
+                 features_only: bool, hook_module: nn.Module | None):
+        super().__init__()
+        self.network = network
+        self.features_fn = features_fn
+        self.logits_fn = logits_fn
+        self.features_only = features_only
+        self._caught: list[torch.Tensor] = []
+        if features_fn is None:
+            hook_module.register_forward_hook(lambda module, args, output: self._caught.append(args[0]))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.features_fn is not None:
+            features = self.features_fn(x)
+            if self.features_only:
+                return _no_logits(features), features
+            logits = self.logits_fn(features) if self.logits_fn is not None else self.network(x)
+        else:
+            self._caught.clear()
+            logits = self.network(x)
+            features = self._caught[-1]
+            self._caught.clear()
+            if self.features_only:
+                return _no_logits(features), features.flatten(1)
+        return _as_tensor(logits), features.flatten(1)
+
+
+def _as_tensor(logits: Any) -> torch.Tensor:
+    """A network's output as the logits tensor: Hugging Face models return an output object."""
+    if isinstance(logits, torch.Tensor):
+        return logits
+    for name in ("logits", "last_hidden_state"):
+        if getattr(logits, name, None) is not None:
+            return getattr(logits, name)
+    raise ModelError(f"the network returned {type(logits).__name__}, not a tensor of logits; give the loader's "
+                     "`logits` function")
+
+
+def import_loader(spec: ModelSpec) -> Callable:
+    """The loader function of a ``source: python`` entry, imported from the file the run was planned
+    with: the module is found as at planning (working directory first), and a file changed since
+    (its sha256, ``spec.loader_sha256``) is refused, as a replaced checkpoint is."""
+    import importlib
+    import sys
+
+    from beyond_imagenet.model_specs import loader_file
+
+    where = f"models.{spec.name}.loader"
+    module_name, _, function = spec.loader.partition(":")
+    try:
+        path = loader_file(spec.loader)
+    except ModelError as err:
+        raise ModelError(f"{where}: {spec.loader}: {err}") from None
+    if spec.loader_sha256:
+        found = checkpoint_sha256(path)
+        if found != spec.loader_sha256:
+            raise ModelError(
+                f"{where}: {path} changed after this run was planned (its sha256 is now {found[:16]}..., planned "
+                f"with {spec.loader_sha256[:16]}...); nothing was computed. Rerun the same snakemake command: it "
+                "plans again with the file as it is then.")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as err:
+        raise ModelError(f"{where}: importing {module_name} ({path}) failed: {type(err).__name__}: {err}") from err
+    if Path(getattr(module, "__file__", "") or "").resolve() != path.resolve():
+        raise ModelError(f"{where}: {module_name} was imported from {getattr(module, '__file__', None)}, not from "
+                         f"{path} as planned (another module of that name came first); rename your module")
+    loader = getattr(module, function, None)
+    if not callable(loader):
+        raise ModelError(f"{where}: {path} has no function {function!r}")
+    return loader
+
+
+def _unpack_loaded(made: Any, spec: ModelSpec) -> tuple[nn.Module, Callable, Callable | None, Callable | None]:
+    where = f"models.{spec.name}.loader: {spec.loader}"
+    if isinstance(made, dict):
+        unknown = sorted(set(made) - {"network", "transform", "features", "logits"})
+        if unknown or "network" not in made or "transform" not in made:
+            raise ModelError(f"{where} returned a dict with keys {sorted(made)}; it needs `network` and "
+                             "`transform`, and may have `features` and `logits` (nothing else)")
+        network, transform, features, logits = (made["network"], made["transform"], made.get("features"),
+                                                made.get("logits"))
+    elif isinstance(made, (tuple, list)) and len(made) == 2:
+        (network, transform), features, logits = made, None, None
+    else:
+        raise ModelError(f"{where} returned {type(made).__name__}; return (network, transform) or a dict "
+                         "{network, transform, features, logits}")
+    if not isinstance(network, nn.Module):
+        raise ModelError(f"{where}: its network is a {type(network).__name__}, not a torch.nn.Module")
+    for name, fn in (("transform", transform), ("features", features), ("logits", logits)):
+        if fn is not None and not callable(fn):
+            raise ModelError(f"{where}: its {name} is a {type(fn).__name__}, not a function")
+    if logits is not None and features is None:
+        raise ModelError(f"{where}: a `logits` function (features -> logits) needs the `features` function too")
+    return network, transform, features, logits
+
+
+def _last_linear(network: nn.Module) -> tuple[str, nn.Module] | None:
+    found = None
+    for name, module in network.named_modules():
+        if isinstance(module, nn.Linear):
+            found = (name, module)
+    return found
+
+
+class PythonSource:
+    """``source: python``: ``loader: package.module:function`` called with ``args`` under the model's
+    seed; it returns ``(network, transform)`` or a dict with ``network``, ``transform`` and optionally
+    ``features`` / ``logits`` functions. ``checkpoint:`` then loads weights into the network as for
+    timm (formats, strict check, sha256 in the identity). Its own transform is used for every
+    dataset (as for CLIP models); logits must have 1,000 columns (ImageNet-1k) or ``num_classes``."""
+
+    needs_head = False
+
+    @staticmethod
+    def build(spec: ModelSpec, protocol: str, image_size: int | None = None, **_: Any) -> LoadedModel:
+        import json
+
+        if image_size is not None:
+            raise ModelError(f"models.{spec.name}: a python-source model has no resolution variants")
+        loader = import_loader(spec)
+        torch.manual_seed(spec.seed)
+        try:
+            made = loader(**(json.loads(spec.loader_args) if spec.loader_args else {}))
+        except ModelError:
+            raise
+        except Exception as err:
+            raise ModelError(f"models.{spec.name}.loader: {spec.loader} failed: {type(err).__name__}: {err}") from err
+        network, transform, features_fn, logits_fn = _unpack_loaded(made, spec)
+        hook = None
+        if features_fn is None:
+            found = _last_linear(network)
+            if found is None:
+                raise ModelError(
+                    f"models.{spec.name}.loader: {spec.loader}: the network has no nn.Linear whose input would be "
+                    "its features; return a dict with a `features` function (images -> (N, D) features)")
+            hook = found[1]
+        if spec.checkpoint:
+            _load_checkpoint(network, spec)
+        network.eval()
+        net = _PythonNet(network, features_fn, logits_fn, spec.features_only, hook)
+        dim = _check_python_outputs(net, transform, spec)
+        # The feature width, for the disk estimate of later runs (a parse does not import the loader).
+        from beyond_imagenet.model_specs import cached_fact, loader_sha256, python_features_key
+
+        cached_fact("python", python_features_key(spec.loader, spec.loader_sha256 or loader_sha256(spec.loader),
+                                                  spec.loader_args), lambda: dim)
+        record = _transform_record(transform, protocol="python", loader=spec.loader)
+        return LoadedModel(spec, net, transform, record)
+
+
+def _check_python_outputs(net: _PythonNet, transform: Callable, spec: ModelSpec) -> int:
+    """One image through the transform and the network: the shapes are what the outputs need.
+    Returns the feature width."""
+    from PIL import Image
+
+    where = f"models.{spec.name}.loader: {spec.loader}"
+    try:
+        x = transform(Image.new("RGB", (320, 256), (124, 116, 104)))
+    except Exception as err:
+        raise ModelError(f"{where}: its transform fails on a PIL image: {type(err).__name__}: {err}") from err
+    if not isinstance(x, torch.Tensor) or x.dim() != 3:
+        raise ModelError(f"{where}: its transform must turn a PIL image into a (C, H, W) tensor, not "
+                         f"{type(x).__name__} {tuple(getattr(x, 'shape', ()))}")
+    try:
+        with torch.no_grad():
+            logits, features = net(x[None])
+    except ModelError:
+        raise
+    except Exception as err:
+        raise ModelError(f"{where}: the forward pass fails: {type(err).__name__}: {err}") from err
+    if features.dim() != 2 or features.shape[0] != 1:
+        raise ModelError(f"{where}: features of one image have shape {tuple(features.shape)}, not (1, D)")
+    expected = 0 if spec.features_only else (spec.num_classes or 1000)
+    if logits.dim() != 2 or logits.shape != (1, expected):
+        raise ModelError(
+            f"{where}: logits of one image have shape {tuple(logits.shape)}, expected (1, {expected}): "
+            + ("set `num_classes:` to its number of classes (logits in your own label space), or `head: drop` to "
+               "use its features only" if not spec.num_classes else "check `num_classes:`"))
+    return int(features.shape[1])
+
+
+SOURCES: dict[str, Any] = {"timm": TimmSource, "open_clip": OpenClipSource, "python": PythonSource}
 assert {name: source.needs_head for name, source in SOURCES.items()} == NEEDS_HEAD
 
 

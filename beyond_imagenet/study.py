@@ -21,8 +21,10 @@ from beyond_imagenet.datasets import DatasetError, DatasetSpec, resolve_dataset
 from beyond_imagenet.datasets.vtab import expand_dataset
 from beyond_imagenet.evaluations import EVALUATIONS
 from beyond_imagenet.model_specs import (
+    OPEN_CLIP_SCHEMES,
     ModelError,
     ModelSpec,
+    local_dir_files,
     unknown_architecture_message,
     unknown_pretrained_message,
 )
@@ -175,6 +177,9 @@ def validate_config(config: dict[str, Any], schema_path: str | os.PathLike = SCH
                 message = f"{err.instance!r} is not valid: " + "; or ".join(sorted({c.message for c in err.context}))
             lines.append(f"  {_key(err.absolute_path)}: {message}")
         raise ConfigError("invalid study config:\n" + "\n".join(lines))
+    for entry in config["models"].values():  # a python model is named by its loader unless named
+        if entry["source"] == "python":
+            entry.setdefault("name", entry["loader"])
     expand_user_paths(config)
     problems = []
     for evaluation, body in config["evaluations"].items():
@@ -215,8 +220,20 @@ def validate_config(config: dict[str, Any], schema_path: str | os.PathLike = SCH
     for evaluation in config["evaluations"]:  # each evaluation's own checks
         if EVALUATIONS[evaluation].check:
             problems += EVALUATIONS[evaluation].check(config)
+    problems += _head_problems(config)
+    problems += _own_space_problems(config)
     for name, entry in config["models"].items():
-        if entry["source"] == "open_clip" and entry.get("pretrained", True) is True and not entry.get("checkpoint"):
+        schemed = entry["source"] == "open_clip" and entry["name"].startswith(OPEN_CLIP_SCHEMES)
+        if schemed:  # the repository's or folder's own weights
+            if isinstance(entry.get("pretrained"), str):
+                problems.append(f"  models.{name}.pretrained: {entry['name'].split(':')[0]}: names carry their own "
+                                "weights; leave `pretrained` out")
+            if entry["name"].startswith("local-dir:"):
+                try:
+                    local_dir_files(entry["name"])
+                except ModelError as err:
+                    problems.append(f"  models.{name}.name: {err}")
+        elif entry["source"] == "open_clip" and entry.get("pretrained", True) is True and not entry.get("checkpoint"):
             problems.append(
                 f"  models.{name}.pretrained: open_clip models need a pretrained tag (e.g. laion400m_e31) "
                 "or false for random weights"
@@ -249,10 +266,104 @@ def validate_config(config: dict[str, Any], schema_path: str | os.PathLike = SCH
     problems += _uncertainty_problems(config)
     if problems:
         raise ConfigError("invalid study config:\n" + "\n".join(problems))
-    for note in features_only_notes(config) + input_size_notes(config):
+    for note in features_only_notes(config) + input_size_notes(config) + label_space_notes(config):
         log.warning("%s", note)
     canonical_order(config)
     return config
+
+
+def _head_problems(config: dict[str, Any]) -> list[str]:
+    """``source: python``, ``num_classes`` and ``head``: what only makes sense for some sources, and
+    a classifier of the user's own classes in an evaluation that reads ImageNet-1k logits."""
+    from beyond_imagenet.model_specs import loader_problem
+
+    problems = []
+    for name, entry in config["models"].items():
+        source, key = entry["source"], f"  models.{name}"
+        if source == "python":
+            problem = loader_problem(entry["loader"])
+            if problem:
+                problems.append(f"{key}.loader: {problem}")
+            if isinstance(entry.get("pretrained"), str):
+                problems.append(f"{key}.pretrained: a python model's weights are its loader's, or `checkpoint:`; "
+                                "a pretrained tag means nothing here")
+        else:
+            for only in ("loader", "args"):
+                if only in entry:
+                    problems.append(f"{key}.{only}: only for `source: python` (this model's source is {source})")
+        if entry.get("head", "keep") == "drop" and source == "open_clip":
+            problems.append(f"{key}.head: open_clip weights have no classifier to drop; set `features_only: true` "
+                            "to leave out the zero-shot head")
+        if not entry.get("num_classes"):
+            continue
+        if source == "open_clip":
+            problems.append(f"{key}.num_classes: an open_clip model's logits are its zero-shot ImageNet head; "
+                            "num_classes is for timm and python models with a classifier of your own classes")
+        if entry.get("features_only") or entry.get("head") == "drop":
+            problems.append(f"{key}.num_classes: a features-only model (features_only / head: drop) has no "
+                            "classifier; leave num_classes out, or keep the head")
+        if source == "timm" and not entry.get("checkpoint") and entry.get("pretrained", True) is not False:
+            problems.append(f"{key}.num_classes: the pretrained weights' head has other classes (timm would put "
+                            "a random classifier in its place); give the fine-tuned weights as `checkpoint:`, "
+                            "or `pretrained: false` for random weights")
+        problems += _label_space_problems(config, name, entry)
+    return problems
+
+
+def _own_space_problems(config: dict[str, Any]) -> list[str]:
+    """A labelled folder of the user's own classes in an evaluation that reads logits is scored with
+    the models whose head is of those classes (``num_classes``): refused when the study has none."""
+    problems = []
+    resources = config.get("resources_dir", "resources")
+    for evaluation, body in config["evaluations"].items():
+        if EVALUATIONS[evaluation].reads != "logits":
+            continue
+        if any(own_logits(e) and takes_part(e, evaluation) for e in config["models"].values()):
+            continue
+        for dataset in body.get("datasets", []):
+            try:
+                spec = resolve_dataset(dataset, config["datasets"][dataset], resources)
+            except (DatasetError, KeyError):
+                continue  # reported with the datasets
+            if spec.class_space == OWN_SPACE:
+                problems.append(
+                    f"  evaluations.{evaluation}.datasets: {dataset!r} ({spec.kind}, {OWN_SPACE}) cannot be used for "
+                    f"{evaluation} by any model of this study: it scores the logits of a head of the folder's own "
+                    "classes (`num_classes:`, docs/data-and-weights.md), and no model has one. Linear probes and "
+                    "CLIP zero-shot on it are transfer's")
+    return problems
+
+
+def _label_space_problems(config: dict[str, Any], name: str, entry: dict[str, Any]) -> list[str]:
+    """A ``num_classes`` model in an evaluation that reads logits is scored only on datasets whose
+    labels are its own classes: every ImageNet-derived (or VTAB) dataset of such an evaluation is
+    refused, naming the model, the evaluation and the dataset."""
+    problems = []
+    resources = config.get("resources_dir", "resources")
+    for evaluation, body in config["evaluations"].items():
+        if EVALUATIONS[evaluation].reads != "logits" or not takes_part(entry, evaluation):
+            continue
+        for dataset in body.get("datasets", []):
+            try:
+                spec = resolve_dataset(dataset, config["datasets"][dataset], resources)
+            except (DatasetError, KeyError):
+                continue  # reported with the datasets
+            if spec.class_space != OWN_SPACE:
+                problems.append(
+                    f"  models.{name}.num_classes: its {entry['num_classes']} logits are classes of your own, "
+                    f"but evaluations.{evaluation} scores ImageNet-1k logits on {dataset!r} ({spec.class_space}). "
+                    f"Score it on a labelled folder of its {entry['num_classes']} classes, take its backbone's "
+                    f"features only (`head: drop`: transfer, cka), or leave {evaluation} out of this study")
+                continue
+            from beyond_imagenet.datasets.labelled import class_count
+
+            classes = class_count(spec.root, getattr(spec, "labels", None))  # a cheap look: folder names or CSV
+            if classes is not None and classes != entry["num_classes"]:
+                problems.append(
+                    f"  models.{name}.num_classes: {entry['num_classes']} classes, but {dataset!r} of "
+                    f"evaluations.{evaluation} has {classes}: its logits must be the folder's classes, in sorted "
+                    "class-name order")
+    return problems
 
 
 def expand_user_paths(config: dict[str, Any]) -> None:
@@ -318,23 +429,58 @@ def _reorder(mapping: dict[str, Any], keys: list) -> None:
         mapping.update(items)
 
 
+#: The class space of a labelled folder of the user's own classes (datasets/labelled.py).
+OWN_SPACE = "own"
+
+
+def own_logits(entry: dict[str, Any]) -> bool:
+    """Whether a model entry's logits are classes of the user's own (``num_classes``), not ImageNet-1k."""
+    return bool(entry.get("num_classes"))
+
+
+def label_space_notes(config: dict[str, Any]) -> list[str]:
+    """One line per evaluation that reads logits and has a labelled folder of the user's own classes:
+    the models with ImageNet-1k logits it leaves out there (they score the ImageNet sets only)."""
+    notes = []
+    resources = config.get("resources_dir", "resources")
+    for evaluation, body in config["evaluations"].items():
+        if EVALUATIONS[evaluation].reads != "logits":
+            continue
+        own = [d for d in body.get("datasets", [])
+               if resolve_dataset(d, config["datasets"][d], resources).class_space == OWN_SPACE]
+        imagenet = [m for m, e in config["models"].items() if takes_part(e, evaluation) and not own_logits(e)]
+        if own and imagenet:
+            notes.append(f"evaluations.{evaluation}: {', '.join(imagenet)} (ImageNet-1k logits) not scored on "
+                         f"{', '.join(own)} (classes of your own): only models with `num_classes:` of those "
+                         "classes are")
+    return notes
+
+
 def takes_part(entry: dict[str, Any], evaluation: str) -> bool:
-    """Whether a model entry takes part in an evaluation: a ``features_only`` model has no
-    ImageNet-1k logits, so it is left out of every evaluation that reads them."""
-    return not (entry.get("features_only") and EVALUATIONS[evaluation].reads == "logits")
+    """Whether a model entry takes part in an evaluation: a ``features_only`` model (or ``head:
+    drop``) has no ImageNet-1k logits, so it is left out of every evaluation that reads them; a
+    python model is left out of those with extraction variants (invariance: the network is rebuilt
+    at other resolutions with the libraries' own preprocessing, which a loader does not offer)."""
+    record = EVALUATIONS[evaluation]
+    if (entry.get("features_only") or entry.get("head") == "drop") and record.reads == "logits":
+        return False
+    return not (entry.get("source") == "python" and record.variants is not None)
 
 
 def features_only_notes(config: dict[str, Any]) -> list[str]:
     """One line per features-only model: the evaluations of the study it is left out of."""
     notes = []
     for name, entry in config["models"].items():
-        if not entry.get("features_only"):
-            continue
         left_out = [ev for ev in config["evaluations"] if not takes_part(entry, ev)]
-        if left_out:
-            kept = [ev for ev in config["evaluations"] if takes_part(entry, ev)]
-            notes.append(f"models.{name}: features_only; left out of {', '.join(left_out)} (they need ImageNet-1k "
-                         f"logits); it takes part in {', '.join(kept) if kept else 'no evaluation of this study'}")
+        if not left_out:
+            continue
+        kept = [ev for ev in config["evaluations"] if takes_part(entry, ev)]
+        if entry.get("features_only") or entry.get("head") == "drop":
+            what, why = ("features_only" if entry.get("features_only") else "head: drop"), "they need ImageNet-1k logits"
+        else:
+            what, why = "source python", "their variants rebuild the network at other resolutions"
+        notes.append(f"models.{name}: {what}; left out of {', '.join(left_out)} ({why}); it takes part in "
+                     f"{', '.join(kept) if kept else 'no evaluation of this study'}")
     return notes
 
 
@@ -491,17 +637,36 @@ class Study:
 
     def evaluation_models(self, evaluation: str) -> list[str]:
         """The models (config order) an evaluation runs on: all of them, but a ``features_only``
-        model is left out of the evaluations that read ImageNet-1k logits."""
-        return [m for m in self.models if takes_part(self.config["models"][m], evaluation)]
+        model is left out of the evaluations that read ImageNet-1k logits, and a model is left
+        out of one where it scores none of its datasets (:meth:`scores`)."""
+        return [m for m in self.models if takes_part(self.config["models"][m], evaluation)
+                and any(self.scores(m, evaluation, d) for d in self.evaluation_datasets(evaluation))]
 
     def model_evaluations(self, model: str) -> list[str]:
         """The study's evaluations ``model`` takes part in (config order)."""
-        return [ev for ev in self.evaluations if takes_part(self.config["models"][model], ev)]
+        return [ev for ev in self.evaluations if model in self.evaluation_models(ev)]
+
+    def scores(self, model: str, evaluation: str, dataset: str) -> bool:
+        """Whether ``evaluation`` scores ``model`` on ``dataset``: an evaluation that reads logits
+        needs them in the dataset's label space, ImageNet-1k's for every ImageNet-derived set, the
+        model's own classes (``num_classes``) for a labelled folder of the user's own classes
+        (class space ``own``). Validation refuses a ``num_classes`` model on an ImageNet set; an
+        ImageNet model is left out of an own-class set (:func:`label_space_notes`)."""
+        if not takes_part(self.config["models"][model], evaluation):
+            return False
+        if EVALUATIONS[evaluation].reads != "logits":
+            return True
+        return own_logits(self.config["models"][model]) == (self.datasets[dataset].class_space == OWN_SPACE)
+
+    def evaluation_pairs(self, evaluation: str) -> list[tuple[str, str]]:
+        """(model, dataset) of every standard output the evaluation reads: datasets in config order,
+        models in config order within each, the pairs it scores only (:meth:`scores`)."""
+        return [(m, d) for d in self.evaluation_datasets(evaluation) for m in self.evaluation_models(evaluation)
+                if self.scores(m, evaluation, d)]
 
     def extraction_targets(self) -> list[str]:
         pairs = {(m, x) for ev in self.evaluations if EVALUATIONS[ev].reads != "images"
-                 for d in self.evaluation_datasets(ev) for x in self.extraction_datasets(d)
-                 for m in self.evaluation_models(ev)}
+                 for m, d in self.evaluation_pairs(ev) for x in self.extraction_datasets(d)}
         return sorted(self.output(m, d) for m, d in pairs)
 
     def all_outputs(self) -> list[str]:
@@ -553,8 +718,8 @@ class Study:
         # its own pass over the images): a dataset only logit evaluations read is not extracted for a
         # features-only model.
         evaluations = self.model_evaluations(model)
-        used = [d for d in self.config["datasets"] if any(d in self.evaluation_datasets(ev) for ev in evaluations
-                                                          if EVALUATIONS[ev].reads != "images")]
+        used = [d for d in self.config["datasets"] if any(d in self.evaluation_datasets(ev) and self.scores(model, ev, d)
+                                                          for ev in evaluations if EVALUATIONS[ev].reads != "images")]
         split = settings.get("split", {})
         plan: dict[str, list[tuple[str, str | None]]] = {}
         for d in used:
@@ -627,6 +792,19 @@ class Study:
 
         spec = self.models[model]
         identity = {"model": model, "model_source": spec.source, "model_arch": spec.arch, "weights": spec.weights_tag}
+        if spec.source == "python":  # the loader's code (its module file) and arguments
+            from beyond_imagenet.model_specs import loader_sha256
+
+            identity.update(loader=spec.loader, loader_sha256=loader_sha256(spec.loader),
+                            loader_args=spec.loader_args)
+        if spec.num_classes:  # only when set: the other models' cache keys are unchanged
+            identity["num_classes"] = spec.num_classes
+        if spec.head != "keep":
+            identity["head"] = spec.head
+        if spec.source == "open_clip" and spec.arch.startswith("local-dir:") and not spec.checkpoint:
+            from beyond_imagenet.model_specs import local_dir_sha256
+
+            identity["local_dir_sha256"] = local_dir_sha256(spec.arch)
         if spec.checkpoint:
             identity["checkpoint_sha256"] = checkpoint_sha256(spec.checkpoint_path)
             if spec.checkpoint_format != "auto":
@@ -668,6 +846,8 @@ class Study:
             if record.reads not in ("logits", "features"):
                 continue
             for name in self.evaluation_datasets(evaluation):
+                if not self.scores(model, evaluation, name):
+                    continue
                 if variant:
                     hit = name == dataset and record.variants is not None and \
                         variant in record.variants.names(self, model, name)
@@ -714,7 +894,13 @@ class Study:
         entry.pop("label")
         entry.pop("paper_key")
         entry.pop("checkpoint_sha256")  # given to a job by its identity params (workflow.model_spec)
+        entry.pop("loader_sha256")
         entry.pop("training_data")
+        # Fields added for own heads and python models, only when set: the params (and so the jobs)
+        # of the other models are unchanged.
+        for key, default in (("num_classes", None), ("head", "keep"), ("loader", None), ("loader_args", "")):
+            if entry[key] == default:
+                entry.pop(key)
         return entry
 
     def dataset_entry(self, dataset: str) -> dict[str, Any]:

@@ -73,7 +73,9 @@ def weight_source(spec: ModelSpec) -> WeightSource:
     """The weights ``spec`` loads, resolved offline from the library's registry."""
     if spec.checkpoint:
         return WeightSource(spec.name, "file", str(spec.checkpoint_path))
-    if spec.pretrained is False:
+    if spec.source == "python":  # what its loader builds or reads itself: nothing the workflow fetches
+        return WeightSource(spec.name, "none", f"the loader {spec.loader}")
+    if spec.pretrained is False and not (spec.source == "open_clip" and spec.arch.startswith(("hf-hub:", "local-dir:"))):
         return WeightSource(spec.name, "none")
     if spec.source == "timm":
         return _timm_source(spec)
@@ -113,6 +115,10 @@ def _open_clip_source(spec: ModelSpec) -> WeightSource:
 
     from beyond_imagenet.models import _register_bundled_open_clip_configs
 
+    if spec.arch.startswith("local-dir:"):
+        from beyond_imagenet.model_specs import local_dir_files
+
+        return WeightSource(spec.name, "file", str(local_dir_files(spec.arch)[-1]))
     if spec.arch.startswith("hf-hub:"):
         repo, revision = _hub_repo(spec.arch.split(":", 1)[1])
         return WeightSource(spec.name, "hub", repo, ("open_clip_config.json", *OPEN_CLIP_WEIGHTS), revision)

@@ -178,8 +178,10 @@ def dataset_spec(record: dict[str, Any]):
 def model_spec(entry: dict[str, Any], identity: dict[str, Any] | None = None):
     """The ModelSpec of a ``Study.model_entry`` record (a job's ``model`` param). ``identity``: the
     model's identity the job was planned with (``Study.head_identity``/``model_identity``): its
-    ``checkpoint_sha256`` is checked when the checkpoint is loaded (a file replaced since is refused)."""
+    ``checkpoint_sha256`` is checked when the checkpoint is loaded (a file replaced since is refused),
+    and a python loader's ``loader_sha256`` when its module is imported."""
     from beyond_imagenet.models import ModelSpec
 
     return ModelSpec(**{**entry, "label": entry["name"], "paper_key": None,
-                        "checkpoint_sha256": (identity or {}).get("checkpoint_sha256")})
+                        "checkpoint_sha256": (identity or {}).get("checkpoint_sha256"),
+                        "loader_sha256": (identity or {}).get("loader_sha256")})

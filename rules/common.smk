@@ -259,8 +259,9 @@ def evaluation_columns(evaluation):
 # ---- an evaluation's jobs, from its registry record (beyond_imagenet/evaluations/<name>.py)
 def evaluation_items(evaluation):
     """Every standard output an evaluation reads, as Study.item records: datasets in config
-    order, models in config order within each (the models it runs on: STUDY.evaluation_models)."""
-    return [STUDY.item(m, d) for d in STUDY.evaluation_datasets(evaluation) for m in STUDY.evaluation_models(evaluation)]
+    order, models in config order within each (the models it runs on: STUDY.evaluation_models; the
+    pairs whose label spaces agree: STUDY.evaluation_pairs)."""
+    return [STUDY.item(m, d) for m, d in STUDY.evaluation_pairs(evaluation)]
 
 
 def evaluation_settings(evaluation):

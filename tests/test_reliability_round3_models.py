@@ -212,13 +212,28 @@ def _set(config, path, value):
     config[path[-1]] = value
 
 
-def test_every_integer_setting_written_as_a_float_is_read_as_an_int(tiny_config):
+def _own_head_evaluations(config, path, own_root=None):
+    """A model's `num_classes` (logits of its own classes) is refused by the evaluations of ImageNet
+    logits: its setting is tried in a study of the feature evaluations. A dataset's `splits` are a
+    labelled folder's (of one's own classes): tried on such a folder, in transfer."""
+    if path[0] == "models" and path[-1] == "num_classes":
+        config["evaluations"] = {k: v for k, v in config["evaluations"].items() if k in ("transfer", "cka")}
+    if path[0] == "datasets" and "splits" in path:
+        config["datasets"][path[1]] = {"kind": "labelled_folder", "source": "manual", "root": str(own_root)}
+        config["evaluations"] = {k: {**v, "datasets": ["vtab", path[1]]} for k, v in config["evaluations"].items()
+                                 if k == "transfer"}
+
+
+def test_every_integer_setting_written_as_a_float_is_read_as_an_int(tiny_config, tmp_path):
     """Guards: `n_bins: 15.0`, `batch_size: 8.0`, `seed: 1.0` passed validation (JSON Schema calls
     15.0 an integer) and crashed inside jobs without naming the key, or changed a cache key (the
     params' text). Every integer setting of the schemas (walked, so a new one is covered): a whole
     float becomes the int everything downstream sees; a fractional one is refused naming the key."""
     from beyond_imagenet.study import ConfigError, Study, load_schema, validate_config
 
+    from beyond_imagenet.datasets.photos import write_own_class_folder
+
+    own_root = write_own_class_folder(tmp_path / "own", copies=2)
     schema = load_schema()
     settings = list(_integer_settings(schema, schema))
     names = {".".join(p) for p, _ in settings}
@@ -239,6 +254,7 @@ def test_every_integer_setting_written_as_a_float_is_read_as_an_int(tiny_config)
         if path[-1] == "max_images" and current is None:
             current = 8
         floats = [float(x) for x in current] if is_list else float(current)
+        _own_head_evaluations(config, path, own_root)
         _set(config, path, floats)
         validate_config(config)
         got = _get(config, path)
@@ -250,6 +266,7 @@ def test_every_integer_setting_written_as_a_float_is_read_as_an_int(tiny_config)
         config = copy.deepcopy(tiny_config)
         if path[-2:] == ("subset", "seed"):
             _set(config, (*path[:-1], "images"), 1)
+        _own_head_evaluations(config, path, own_root)
         _set(config, path, [x + 0.5 for x in floats] if is_list else floats + 0.5)
         with pytest.raises(ConfigError) as err:
             validate_config(config)

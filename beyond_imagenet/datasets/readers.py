@@ -69,9 +69,25 @@ def chance_level(space: str, task: str | None = None) -> float | None:
     return None
 
 
+def check_logit_width(item: dict, manifest: dict, logits) -> None:
+    """A labelled folder of the user's own classes is scored with a ``num_classes`` model's logits:
+    column i must be the folder's i-th class (sorted class names, as its labels). A model with
+    another number of columns is refused naming both, before any number is computed."""
+    if item["class_space"] != "own":
+        return
+    names = list(manifest.get("class_names") or [])
+    width = int(np.shape(logits)[1])
+    if names and width != len(names):
+        shown = ", ".join(names[:12]) + (" ..." if len(names) > 12 else "")
+        raise DatasetError(
+            f"models.{item['model']} on {item['dataset']}: its logits have {width} columns, but the folder has "
+            f"{len(names)} classes ({shown}); `num_classes:` must be the number of classes its head was trained "
+            "on, in the folder's sorted class order (torchvision ImageFolder's)")
+
+
 def class_space_mask(space: str) -> np.ndarray | None:
     """Boolean mask over the 1000 ImageNet logits for a subset space; None for the full space."""
-    if space == "imagenet1k":
+    if space in ("imagenet1k", "own"):  # own: a labelled folder's classes, the logits of a num_classes model
         return None
     return classes.subset_mask(class_space_wnids(space))
 

@@ -1,8 +1,10 @@
-"""Clean ImageNet accuracy (docs/evaluations.md §1): top-1 and top-5 from the cached logits."""
+"""Clean ImageNet accuracy (docs/evaluations.md §1): top-1 and top-5 from the cached logits; on a
+labelled folder of the user's own classes, that of the models with a head of those classes
+(``num_classes``, docs/data-and-weights.md)."""
 
 from __future__ import annotations
 
-from beyond_imagenet.datasets.readers import class_space_mask
+from beyond_imagenet.datasets.readers import check_logit_width, class_space_mask
 import numpy as np
 
 from beyond_imagenet.evaluations import Evaluation, Sample, register
@@ -12,6 +14,7 @@ from beyond_imagenet.workflow import read_items, skipped_row
 
 def per_image(item, manifest, block) -> dict:
     """Top-1 and top-5 correct of each image of a block (the stable sort of ``topk_accuracy``)."""
+    check_logit_width(item, manifest, block["logits"])
     mask = class_space_mask(item["class_space"])
     logits = np.asarray(block["logits"])
     logits = logits[:, np.asarray(mask, dtype=bool)] if mask is not None else logits
@@ -52,7 +55,8 @@ ACCURACY = register(Evaluation(
     name="accuracy",
     title="Accuracy",
     description="ImageNet top-1 / top-5",
-    class_spaces=frozenset({"imagenet1k"}),
+    # own: a labelled folder of the user's classes, scored with num_classes models' logits (Study.scores)
+    class_spaces=frozenset({"imagenet1k", "own"}),
     table=table,
     sort_by=("dataset", "model", "metric"),
     samples=samples,

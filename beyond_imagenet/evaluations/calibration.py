@@ -10,7 +10,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from beyond_imagenet.datasets.readers import class_space_mask
+from beyond_imagenet.datasets.readers import check_logit_width, class_space_mask
 from beyond_imagenet.evaluations import Evaluation, Figure, Sample, register
 from beyond_imagenet.metrics.calibration import (
     calibration_bins,
@@ -54,6 +54,7 @@ log = logging.getLogger(__name__)
 
 def per_image(item, manifest, block) -> dict:
     """Per image: confidence and correctness (masked to the set's classes before the softmax)."""
+    check_logit_width(item, manifest, block["logits"])
     confidence, correct = confidence_and_correct(block["logits"], block["labels"],
                                                  class_space_mask(item["class_space"]))
     return {"confidence": confidence, "correct": correct}
@@ -341,7 +342,8 @@ CALIBRATION = register(Evaluation(
     name="calibration",
     title="Calibration",
     description="ECE (15 bins), MCE, reliability diagrams, confidence histograms",
-    class_spaces=frozenset({"imagenet1k", "imagenet_r", "imagenet_a"}),
+    # own: a labelled folder of the user's classes, scored with num_classes models' logits (Study.scores)
+    class_spaces=frozenset({"imagenet1k", "imagenet_r", "imagenet_a", "own"}),
     table=table,
     settings=("n_bins", "temperature_scaling", "temperature_seed"),
     group_columns=("dataset", "bin"),

@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 IMAGE_TOWERS: dict[str, Callable[[nn.Module], nn.Module]] = {
     "timm": lambda network: network.model,
     "open_clip": lambda network: network.model.visual,
+    "python": lambda network: network.network,  # the loader's own network (torchvision ResNets: layerN.M)
 }
 
 _VIT_BLOCKS = (r"^blocks\.\d+$", r"^transformer\.resblocks\.\d+$", r"^trunk\.blocks\.\d+$")

@@ -197,12 +197,13 @@ def check(config: dict[str, Any]) -> list[str]:
         return []
     from beyond_imagenet.evaluations.invariance.names import PARADIGM_NAMES as PARADIGMS
     from beyond_imagenet.model_specs import architecture_facts, unknown_architecture_message
+    from beyond_imagenet.study import takes_part
 
     section = config["evaluations"]["invariance"]
     levels = sorted(int(r) for r in section.get("resolution", []))
     problems = []
     for name, entry in config["models"].items():
-        if entry.get("features_only") or unknown_architecture_message(entry["source"], entry["name"]):
+        if not takes_part(entry, "invariance") or unknown_architecture_message(entry["source"], entry["name"]):
             continue
         paradigm = entry.get("paradigm") or ("clip" if entry["source"] == "open_clip" else "supervised")
         if paradigm not in PARADIGMS:
