@@ -310,27 +310,33 @@ def _head_problems(config: dict[str, Any]) -> list[str]:
     return problems
 
 
-def _own_space_problems(config: dict[str, Any]) -> list[str]:
-    """A labelled folder of the user's own classes in an evaluation that reads logits is scored with
-    the models whose head is of those classes (``num_classes``): refused when the study has none."""
-    problems = []
+def _logit_datasets(config: dict[str, Any]):
+    """(evaluation, dataset, resolved spec) of every dataset of an evaluation that reads logits;
+    datasets that do not resolve are left to the datasets' own checks."""
     resources = config.get("resources_dir", "resources")
     for evaluation, body in config["evaluations"].items():
         if EVALUATIONS[evaluation].reads != "logits":
             continue
-        if any(own_logits(e) and takes_part(e, evaluation) for e in config["models"].values()):
-            continue
         for dataset in body.get("datasets", []):
             try:
-                spec = resolve_dataset(dataset, config["datasets"][dataset], resources)
+                yield evaluation, dataset, resolve_dataset(dataset, config["datasets"][dataset], resources)
             except (DatasetError, KeyError):
                 continue  # reported with the datasets
-            if spec.class_space == OWN_SPACE:
-                problems.append(
-                    f"  evaluations.{evaluation}.datasets: {dataset!r} ({spec.kind}, {OWN_SPACE}) cannot be used for "
-                    f"{evaluation} by any model of this study: it scores the logits of a head of the folder's own "
-                    "classes (`num_classes:`, docs/data-and-weights.md), and no model has one. Linear probes and "
-                    "CLIP zero-shot on it are transfer's")
+
+
+def _own_space_problems(config: dict[str, Any]) -> list[str]:
+    """A labelled folder of the user's own classes in an evaluation that reads logits is scored with
+    the models whose head is of those classes (``num_classes``): refused when the study has none."""
+    problems = []
+    for evaluation, dataset, spec in _logit_datasets(config):
+        if any(own_logits(e) and takes_part(e, evaluation) for e in config["models"].values()):
+            continue
+        if spec.class_space == OWN_SPACE:
+            problems.append(
+                f"  evaluations.{evaluation}.datasets: {dataset!r} ({spec.kind}, {OWN_SPACE}) cannot be used for "
+                f"{evaluation} by any model of this study: it scores the logits of a head of the folder's own "
+                "classes (`num_classes:`, docs/data-and-weights.md), and no model has one. Linear probes and "
+                "CLIP zero-shot on it are transfer's")
     return problems
 
 
@@ -339,30 +345,24 @@ def _label_space_problems(config: dict[str, Any], name: str, entry: dict[str, An
     labels are its own classes: every ImageNet-derived (or VTAB) dataset of such an evaluation is
     refused, naming the model, the evaluation and the dataset."""
     problems = []
-    resources = config.get("resources_dir", "resources")
-    for evaluation, body in config["evaluations"].items():
-        if EVALUATIONS[evaluation].reads != "logits" or not takes_part(entry, evaluation):
+    for evaluation, dataset, spec in _logit_datasets(config):
+        if not takes_part(entry, evaluation):
             continue
-        for dataset in body.get("datasets", []):
-            try:
-                spec = resolve_dataset(dataset, config["datasets"][dataset], resources)
-            except (DatasetError, KeyError):
-                continue  # reported with the datasets
-            if spec.class_space != OWN_SPACE:
-                problems.append(
-                    f"  models.{name}.num_classes: its {entry['num_classes']} logits are classes of your own, "
-                    f"but evaluations.{evaluation} scores ImageNet-1k logits on {dataset!r} ({spec.class_space}). "
-                    f"Score it on a labelled folder of its {entry['num_classes']} classes, take its backbone's "
-                    f"features only (`head: drop`: transfer, cka), or leave {evaluation} out of this study")
-                continue
-            from beyond_imagenet.datasets.labelled import class_count
+        if spec.class_space != OWN_SPACE:
+            problems.append(
+                f"  models.{name}.num_classes: its {entry['num_classes']} logits are classes of your own, "
+                f"but evaluations.{evaluation} scores ImageNet-1k logits on {dataset!r} ({spec.class_space}). "
+                f"Score it on a labelled folder of its {entry['num_classes']} classes, take its backbone's "
+                f"features only (`head: drop`: transfer, cka), or leave {evaluation} out of this study")
+            continue
+        from beyond_imagenet.datasets.labelled import class_count
 
-            classes = class_count(spec.root, getattr(spec, "labels", None))  # a cheap look: folder names or CSV
-            if classes is not None and classes != entry["num_classes"]:
-                problems.append(
-                    f"  models.{name}.num_classes: {entry['num_classes']} classes, but {dataset!r} of "
-                    f"evaluations.{evaluation} has {classes}: its logits must be the folder's classes, in sorted "
-                    "class-name order")
+        classes = class_count(spec.root, getattr(spec, "labels", None))  # a cheap look: folder names or CSV
+        if classes is not None and classes != entry["num_classes"]:
+            problems.append(
+                f"  models.{name}.num_classes: {entry['num_classes']} classes, but {dataset!r} of "
+                f"evaluations.{evaluation} has {classes}: its logits must be the folder's classes, in sorted "
+                "class-name order")
     return problems
 
 
