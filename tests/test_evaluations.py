@@ -49,7 +49,8 @@ def test_one_name_in_every_layer(name):
     assert f"`{name}`" in DOCS or record.title.lower() in DOCS.lower(), f"docs/evaluations.md does not define {name}"
     for figure in record.figures:
         assert (REPO / "report" / f"{figure.caption}.rst").is_file(), f"{name}/{figure.name}: no report caption"
-        assert f"rule plot_{figure.name}:" in rules.read_text(), f"rules/{name}.smk has no rule plot_{figure.name}"
+    if record.figures:  # one job draws all of an evaluation's figures
+        assert f"rule plot_{name}:" in rules.read_text(), f"rules/{name}.smk has no rule plot_{name}"
     assert re.search(rf"rule compute_{name}(_summary)?:", rules.read_text())
 
 
