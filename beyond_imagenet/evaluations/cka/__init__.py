@@ -25,7 +25,7 @@ PASS_SETTINGS = ("n_images", "batch_size", "seed", "layers")
 
 #: The version of the layer rule (``passes.select_layers``): part of the key under which the layer
 #: lists checked at validation are cached, so a change of the rule is checked anew.
-LAYER_RULE = 1
+LAYER_RULE = 2
 
 
 def layer_names(source: str, arch: str, family: str, layers: str | Sequence[str]) -> dict[str, Any] | None:

@@ -80,8 +80,8 @@ def select_layers(tower: nn.Module, family: str, layers: str | Sequence[str]) ->
 
     A selector (``blocks``, ``stages``) resolves in two steps (docs/evaluations.md §9):
 
-    1. the regular expressions of :data:`LAYER_SELECTORS` (per family, first matching pattern
-       wins), kept only if the layers they find reach the tower's last feature level
+    1. the regular expressions of :data:`LAYER_SELECTORS` (the model's family's first, then the
+       other families'; first matching pattern wins), kept only if the layers they find reach the tower's last feature level
        (:func:`feature_modules`): ``layer1.0`` alone in an HRNet is not its blocks;
     2. otherwise timm's own stage metadata, :func:`generic_layers`.
 
@@ -92,7 +92,10 @@ def select_layers(tower: nn.Module, family: str, layers: str | Sequence[str]) ->
         if layers not in LAYER_SELECTORS:
             raise LayerSelectionError(f"unknown layer selector {layers!r}; known: {sorted(LAYER_SELECTORS)}")
         by_family = LAYER_SELECTORS[layers]
-        candidates = [by_family[family]] if family in by_family else list(by_family.values())
+        # the family's own patterns first, then the others' (a family label is the user's; a ViT
+        # labelled convnet still finds its blocks), then timm's metadata
+        candidates = ([by_family[family]] if family in by_family else []) + \
+            [patterns for name, patterns in by_family.items() if name != family]
         order = {name: i for i, (name, _) in enumerate(named)}
         features = feature_modules(tower)
         for pattern in itertools.chain.from_iterable(candidates):
