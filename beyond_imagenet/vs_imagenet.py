@@ -176,10 +176,11 @@ def plot_vs_imagenet(profile: pd.DataFrame, paths: Sequence[str | os.PathLike], 
                                   alpha=CHANCE_ALPHA, label=CHANCE_LEGEND))
     if drew["fit"]:
         handles.append(plt.Line2D([], [], color="black", linewidth=0.9, label="logit-linear fit (robustness)"))
+    from beyond_imagenet.style import suptitle_above
+
     unnamed = n - len(named)
-    fig.suptitle(f"{title} ({n} models" + (f"; {len(named)} named, {unnamed} unnamed: see the results page"
-                                          if unnamed else "") + "; bars: intervals)", fontsize=9)
-    fig.tight_layout()
+    suptitle_above(fig, f"{title} ({n} models" + (f"; {len(named)} named, {unnamed} unnamed: see the results page"
+                                                  if unnamed else "") + "; bars: intervals)", fontsize=9)
     fig.canvas.draw()  # the layout is final: labels are placed against it
     from beyond_imagenet.style import place_labels
 

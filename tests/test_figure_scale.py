@@ -103,7 +103,21 @@ def _no_text_overlaps(fig) -> int:
         overlap = (min(box_a.x1, box_b.x1) - max(box_a.x0, box_b.x0) > 0.5
                    and min(box_a.y1, box_b.y1) - max(box_a.y0, box_b.y0) > 0.5)
         assert not overlap, (a.get_text(), b.get_text())
+    _suptitle_above_panels(fig)
     return len(boxes)
+
+
+def _suptitle_above_panels(fig) -> None:
+    """The figure title sits above every panel with its title and labels (matplotlib's default
+    ``y=0.98`` is a fraction: inches into a tall figure, over the top panels' titles)."""
+    if not fig._suptitle or not fig._suptitle.get_text().strip():
+        return
+    renderer = fig.canvas.get_renderer()
+    bottom = fig._suptitle.get_window_extent(renderer).y0
+    for ax in fig.axes:
+        if ax.get_visible():
+            top = ax.get_tightbbox(renderer).y1
+            assert top <= bottom + 0.5, (fig._suptitle.get_text(), ax.get_title(), top, bottom)
 
 
 def _panels(fig):
