@@ -413,3 +413,21 @@ def test_cka_cross_past_the_threshold_says_why_no_heatmap(tmp_path):
     _no_text_overlaps(fig)
     plt.close("all")
 
+
+@pytest.mark.parametrize("n", [4, 30])
+def test_vs_imagenet_says_why_a_panel_is_empty(tmp_path, n):
+    """A headline no model has a value of (invariance "% of top-1 retained" at 0 % top-1): the panel
+    says so instead of a blank axis."""
+    from beyond_imagenet.vs_imagenet import plot_vs_imagenet
+
+    models, profile, robustness = _study(n)
+    retained = profile[profile["evaluation"] == "shape_bias"].assign(
+        evaluation="invariance", headline="scale: % of top-1 retained (imagenet_val)", value=np.nan,
+        ci_low=np.nan, ci_high=np.nan)
+    fig = plot_vs_imagenet(pd.concat([profile, retained]), [tmp_path / "vs.png"], REFERENCE, robustness)
+    (panel,) = [ax for ax in _panels(fig) if ax.get_title().startswith("scale: % of top-1 retained")]
+    (note,) = [t for t in panel.texts if t.get_label() == "_empty"]
+    assert "no point" in note.get_text() and "undefined for a model at 0 % top-1" in note.get_text()
+    assert not [t for ax in _panels(fig) if ax is not panel for t in ax.texts if t.get_label() == "_empty"]
+    _no_text_overlaps(fig)
+    plt.close("all")
