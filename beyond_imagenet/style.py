@@ -71,7 +71,7 @@ class _Pyplot:
 plt = _Pyplot()
 
 __all__ = ["CHANCE_LEGEND", "MANY_MODELS", "many_models", "model_fontsize", "row_inches", "paradigm_colors", "labelled_models",
-           "place_labels", "dot_panels", "CHANCE_ALPHA", "CHANCE_HATCH", "chance_note", "CI_COLUMNS", "at_chance", "chance_of", "clip_upper", "empty_note",
+           "place_labels", "dot_panels", "suptitle_above", "CHANCE_ALPHA", "CHANCE_HATCH", "chance_note", "CI_COLUMNS", "at_chance", "chance_of", "clip_upper", "empty_note",
            "legend_outside", "n_text", "ERRORBAR_STYLE", "FAMILY_STYLES", "as_text", "draw_intervals", "grouped_bars", "interval",
            "interval_lookup", "interval_text", "styled_models", "plt", "OTHER_PALETTE", "PAPER_COLORS", "PAPER_MARKER",
            "PARADIGM_PALETTES", "QUALITATIVE", "ModelStyle", "model_styles", "save_figure"]
@@ -267,6 +267,20 @@ def n_text(counts: Sequence[float], per: str = "") -> str:
         return ""
     span = str(values[0]) if len(values) == 1 else f"{values[0]}–{values[-1]}"
     return f"n={span}" + (f" per {per}" if per else "")
+
+
+def suptitle_above(fig, text: str, fontsize: float = 10, rect: Sequence[float] = (0, 0, 1, 1), **kwargs: Any):
+    """The figure title above every panel at any figure size, then ``tight_layout`` below it.
+
+    matplotlib's default ``y=0.98`` is a fraction of the height: inches into a tall figure, over
+    the top panels' titles. Here the title hangs 0.08 in below the top edge, and the panels are laid
+    out (``rect``: figure fractions) below its measured height plus 0.1 in. Returns the title."""
+    height = fig.get_figheight()
+    title = fig.suptitle(text, fontsize=fontsize, y=1 - 0.08 / height, va="top", **kwargs)
+    box = title.get_window_extent(fig.canvas.get_renderer())
+    top = 1 - (0.08 + box.height / fig.dpi + 0.1) / height
+    fig.tight_layout(rect=(rect[0], rect[1], rect[2], min(rect[3], top)))
+    return title
 
 
 def empty_note(ax, values: Sequence[float], what: str) -> bool:

@@ -301,7 +301,7 @@ def plot_comparisons(comparisons, paths, title: str = "Model against model") -> 
 
     import pandas as pd
 
-    from beyond_imagenet.style import many_models, n_text, plt, save_figure
+    from beyond_imagenet.style import many_models, n_text, plt, save_figure, suptitle_above
 
     if comparisons.empty:
         fig, ax = plt.subplots(figsize=(6, 2))
@@ -351,8 +351,7 @@ def plot_comparisons(comparisons, paths, title: str = "Model against model") -> 
         n = n_of(headline)
         ax.set_title(headline + (f"\n{n}" if n else ""), fontsize=8)
         ax.tick_params(axis="x", labelsize=7)
-    fig.suptitle(f"{title} (filled: interval excludes 0)", fontsize=10)
-    fig.tight_layout(rect=(0, 0, 1, 1 - 0.4 / height))  # room for the suptitle
+    suptitle_above(fig, f"{title} (filled: interval excludes 0)", fontsize=10)
     save_figure(fig, paths)
     return fig
 
@@ -362,7 +361,7 @@ def _comparison_matrices(comparisons, headlines, models_of, n_of, paths, title):
     symmetric about 0 per panel), a black dot where its interval excludes 0; models in study order."""
     import math
 
-    from beyond_imagenet.style import model_fontsize, plt, row_inches, save_figure
+    from beyond_imagenet.style import model_fontsize, plt, row_inches, save_figure, suptitle_above
 
     n = max(len(m) for m in models_of.values())
     side = row_inches(n) * n
@@ -398,7 +397,6 @@ def _comparison_matrices(comparisons, headlines, models_of, n_of, paths, title):
         bar = fig.colorbar(image, ax=ax, shrink=0.7, pad=0.02)
         bar.set_label("row − column", fontsize=7)
         bar.ax.tick_params(labelsize=6)
-    fig.suptitle(f"{title}: row − column per headline ({n} models; dot: interval excludes 0)", fontsize=10)
-    fig.tight_layout(rect=(0, 0, 1, 1 - 0.4 / fig.get_size_inches()[1]))  # room for the suptitle
+    suptitle_above(fig, f"{title}: row − column per headline ({n} models; dot: interval excludes 0)", fontsize=10)
     save_figure(fig, paths)
     return fig

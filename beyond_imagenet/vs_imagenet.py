@@ -80,6 +80,23 @@ def _line(a: float, c: float, x_percent: np.ndarray) -> np.ndarray:
     return 100 / (1 + np.exp(-(a * logit(np.asarray(x_percent) / 100) + c)))
 
 
+def _empty_reason(rows: pd.DataFrame, ref: pd.DataFrame, models: Sequence[str]) -> str:
+    """Why a panel has no point: no model has both numbers, e.g. "% of top-1 retained" (invariance)
+    is undefined for a model at 0 % top-1."""
+    values = [float(rows.at[m, "value"]) for m in models if m in rows.index]
+    without_ref = [m for m in models if m not in ref.index or not np.isfinite(float(ref.at[m, "value"]))]
+    if not values:
+        reason = "no model has this headline"
+    elif not any(np.isfinite(values)):
+        headline = str(rows["headline"].iloc[0])
+        reason = (f"no value for any of the {len(values)} models"
+                  + ("\n(% of top-1 retained is undefined for a model at 0 % top-1)" if "retained" in headline
+                     else ""))
+    else:
+        reason = f"{len(without_ref)} models have no ImageNet top-1"
+    return f"no point: {reason}"
+
+
 def plot_vs_imagenet(profile: pd.DataFrame, paths: Sequence[str | os.PathLike], reference: str | None,
                      robustness: pd.DataFrame | None = None, label_models: Sequence[str] | None = None,
                      title: str = "Each headline against ImageNet top-1"):
@@ -165,6 +182,10 @@ def plot_vs_imagenet(profile: pd.DataFrame, paths: Sequence[str | os.PathLike], 
         ax.set_axisbelow(True)
         if xs:  # room for the labels inside the axes
             ax.margins(x=0.12 if n <= 8 else 0.06, y=0.12 if n <= 8 else 0.06)
+        else:  # a blank axis says nothing: say why
+            ax.text(0.5, 0.5, _empty_reason(rows_h, ref, models), transform=ax.transAxes, ha="center",
+                    va="center", fontsize=7.5, color="0.3", wrap=True, label="_empty", zorder=10,
+                    bbox=dict(facecolor="white", edgecolor="0.6", boxstyle="round"))
         pending.append((ax, [(xs[m], ys[m], _text(details.at[m, "label"]) or m) for m in named if m in xs]))
     handles = [plt.Line2D([], [], marker="o", linestyle="none", color=colors[p], markeredgecolor="black",
                           markeredgewidth=0.3, label=p or "(no paradigm)") for p in colors]
@@ -176,10 +197,11 @@ def plot_vs_imagenet(profile: pd.DataFrame, paths: Sequence[str | os.PathLike], 
                                   alpha=CHANCE_ALPHA, label=CHANCE_LEGEND))
     if drew["fit"]:
         handles.append(plt.Line2D([], [], color="black", linewidth=0.9, label="logit-linear fit (robustness)"))
+    from beyond_imagenet.style import suptitle_above
+
     unnamed = n - len(named)
-    fig.suptitle(f"{title} ({n} models" + (f"; {len(named)} named, {unnamed} unnamed: see the results page"
-                                          if unnamed else "") + "; bars: intervals)", fontsize=9)
-    fig.tight_layout()
+    suptitle_above(fig, f"{title} ({n} models" + (f"; {len(named)} named, {unnamed} unnamed: see the results page"
+                                                  if unnamed else "") + "; bars: intervals)", fontsize=9)
     fig.canvas.draw()  # the layout is final: labels are placed against it
     from beyond_imagenet.style import place_labels
 

@@ -103,7 +103,21 @@ def _no_text_overlaps(fig) -> int:
         overlap = (min(box_a.x1, box_b.x1) - max(box_a.x0, box_b.x0) > 0.5
                    and min(box_a.y1, box_b.y1) - max(box_a.y0, box_b.y0) > 0.5)
         assert not overlap, (a.get_text(), b.get_text())
+    _suptitle_above_panels(fig)
     return len(boxes)
+
+
+def _suptitle_above_panels(fig) -> None:
+    """The figure title sits above every panel with its title and labels (matplotlib's default
+    ``y=0.98`` is a fraction: inches into a tall figure, over the top panels' titles)."""
+    if not fig._suptitle or not fig._suptitle.get_text().strip():
+        return
+    renderer = fig.canvas.get_renderer()
+    bottom = fig._suptitle.get_window_extent(renderer).y0
+    for ax in fig.axes:
+        if ax.get_visible():
+            top = ax.get_tightbbox(renderer).y1
+            assert top <= bottom + 0.5, (fig._suptitle.get_text(), ax.get_title(), top, bottom)
 
 
 def _panels(fig):
@@ -342,4 +356,78 @@ def test_transfer_bars_become_a_sorted_dot_plot_past_the_threshold(tmp_path, n):
         assert all("n=50" in ax.get_title() for ax in panels[:len(TASKS)])
         _no_text_overlaps(fig)
     assert _legends_clear_of_axes(fig) == 1
+    plt.close("all")
+
+
+# ------------------------------------------------------------------------------ CKA cross-model
+def _cka_matrices(n: int, seed: int = 0) -> list:
+    """Within and every cross matrix of ``n`` models (4 to 6 blocks each), CKA in [0.2, 1]."""
+    from beyond_imagenet.evaluations.cka.passes import CkaMatrix
+
+    rng = np.random.default_rng(seed)
+    layers = {f"m{k:02d}": [f"blocks.{b}" for b in range(4 + k % 3)] for k in range(n)}
+    out = [CkaMatrix(m, m, "within", ls, ls, rng.uniform(0.2, 1, (len(ls), len(ls)))) for m, ls in layers.items()]
+    out += [CkaMatrix(a, b, "cross", layers[a], layers[b], rng.uniform(0.2, 1, (len(layers[a]), len(layers[b]))))
+            for a, b in itertools.combinations(layers, 2)]
+    return out
+
+
+@pytest.mark.parametrize("n", [4, 30])
+def test_cka_cross_becomes_a_model_matrix_past_the_threshold(tmp_path, n):
+    """Up to MANY_MODELS one layer heatmap per pair; past it a model x model matrix of each pair's
+    last-layer CKA (every model on both axes) and the heatmaps of the labelled models' pairs only:
+    one panel per pair made a 255-inch figure at 30 models."""
+    from beyond_imagenet.evaluations.cka import MAX_CROSS_PANELS, plot_cka
+
+    matrices = _cka_matrices(n)
+    labels = {m["model"]: m["label"] for m in _models(n)}
+    named = ["m00", "m01", "m02", "m03"]
+    fig = plot_cka(matrices, "cross", labels, "imagenet_val", 64, [tmp_path / "cka.png"], label_models=named)
+    panels = [ax for ax in _panels(fig) if ax.get_images()]
+    width, height = fig.get_size_inches()
+    if n <= MANY_MODELS:
+        assert len(panels) == n * (n - 1) // 2
+        assert all("rows: " in ax.get_title() and "columns: " in ax.get_title() for ax in panels)
+    else:
+        summary, *pairs = panels
+        assert summary.get_images()[0].get_array().shape == (n, n)
+        assert [t.get_text() for t in summary.get_yticklabels()] == list(labels.values())
+        assert [t.get_text() for t in summary.get_xticklabels()] == list(labels.values())
+        cka = {(m.model_a, m.model_b): m.cka[-1, -1] for m in matrices if m.kind == "cross"}
+        assert np.isclose(np.ma.getdata(summary.get_images()[0].get_array())[0, 1], cka[("m00", "m01")])
+        assert len(pairs) == min(MAX_CROSS_PANELS, 6) and height < 30 and width < 30
+        assert all(ax.get_title().startswith("rows: Model 0") for ax in pairs[:3])
+    assert "n=64" in fig._suptitle.get_text()
+    _no_text_overlaps(fig)
+    plt.close("all")
+
+
+def test_cka_cross_past_the_threshold_says_why_no_heatmap(tmp_path):
+    """No labelled model (no label_models, no paper model): the matrix alone, and the title says how
+    to get the layer heatmaps."""
+    from beyond_imagenet.evaluations.cka import plot_cka
+
+    fig = plot_cka(_cka_matrices(12), "cross", {}, "val", 32, [tmp_path / "cka.png"])
+    assert len([ax for ax in _panels(fig) if ax.get_images()]) == 1
+    assert "label_models" in fig._suptitle.get_text()
+    _no_text_overlaps(fig)
+    plt.close("all")
+
+
+@pytest.mark.parametrize("n", [4, 30])
+def test_vs_imagenet_says_why_a_panel_is_empty(tmp_path, n):
+    """A headline no model has a value of (invariance "% of top-1 retained" at 0 % top-1): the panel
+    says so instead of a blank axis."""
+    from beyond_imagenet.vs_imagenet import plot_vs_imagenet
+
+    models, profile, robustness = _study(n)
+    retained = profile[profile["evaluation"] == "shape_bias"].assign(
+        evaluation="invariance", headline="scale: % of top-1 retained (imagenet_val)", value=np.nan,
+        ci_low=np.nan, ci_high=np.nan)
+    fig = plot_vs_imagenet(pd.concat([profile, retained]), [tmp_path / "vs.png"], REFERENCE, robustness)
+    (panel,) = [ax for ax in _panels(fig) if ax.get_title().startswith("scale: % of top-1 retained")]
+    (note,) = [t for t in panel.texts if t.get_label() == "_empty"]
+    assert "no point" in note.get_text() and "undefined for a model at 0 % top-1" in note.get_text()
+    assert not [t for ax in _panels(fig) if ax is not panel for t in ax.texts if t.get_label() == "_empty"]
+    _no_text_overlaps(fig)
     plt.close("all")

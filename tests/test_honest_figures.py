@@ -310,7 +310,7 @@ def test_cka_layers_are_labelled_by_block_index_for_every_source(tmp_path):
             for ticks, label in ((ax.get_xticklabels(), ax.get_xlabel()), (ax.get_yticklabels(), ax.get_ylabel())):
                 texts = [t.get_text() for t in ticks]
                 assert texts == [str(i) for i in range(len(texts))], texts
-                assert "block (0–" in label
+                assert "block 0–" in label
         assert "n=32" in fig._suptitle.get_text()
     plt.close("all")
 

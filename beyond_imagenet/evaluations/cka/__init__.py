@@ -166,7 +166,11 @@ def samples(job) -> list:
 
 
 def labels(study, wildcards) -> dict:
-    return {"labels": {m: spec.label for m, spec in study.models.items()}}
+    """The figure's data: model labels, the study's ``label_models`` (None: not given) and the
+    models with a paper_key (who is named past ``style.MANY_MODELS``, ``style.labelled_models``)."""
+    return {"labels": {m: spec.label for m, spec in study.models.items()},
+            "label_models": study.config.get("label_models"),
+            "paper": [m for m, spec in study.models.items() if getattr(spec, "paper_key", None)]}
 
 
 # ------------------------------------------------------------------------------------ figures
@@ -180,40 +184,110 @@ def _ticks(ax, axis: str, layers: Sequence[str]) -> None:
     getattr(ax, f"set_{axis}ticklabels")([str(i) for i in positions], fontsize=6)
 
 
-def _axis_label(model: str | None, layers: Sequence[str]) -> str:
-    return f"{model + ': ' if model else ''}block (0–{len(layers) - 1}, input → output)"
+def _axis_label(layers: Sequence[str], which: str = "") -> str:
+    """A short axis label (the model's name is in the panel title): long names overlapped the
+    neighbouring panel."""
+    return f"{which + ' ' if which else ''}block 0–{len(layers) - 1} (input → output)"
+
+
+#: Past ``style.MANY_MODELS``, at most this many per-pair layer heatmaps beside the summary matrix.
+MAX_CROSS_PANELS = 6
+
+
+def _heatmap(ax, m, labels: Mapping[str, str], kind: str):
+    image = ax.imshow(np.asarray(m.cka, dtype=float), origin="lower", cmap="magma", vmin=0.0, vmax=1.0,
+                      aspect="auto", interpolation="nearest")
+    a, b = labels.get(m.model_a, m.model_a), labels.get(m.model_b, m.model_b)
+    ax.set_title(a if kind == "within" else f"rows: {a}\ncolumns: {b}", fontsize=8 if kind == "within" else 7)
+    ax.set_ylabel(_axis_label(m.layers_a, "row" if kind == "cross" else ""), fontsize=7)
+    ax.set_xlabel(_axis_label(m.layers_b, "column" if kind == "cross" else ""), fontsize=7)
+    _ticks(ax, "x", m.layers_b)
+    _ticks(ax, "y", m.layers_a)
+    return image
+
+
+def cross_models(matrices: Sequence[Any]) -> list[str]:
+    """The models of the cross matrices, in file (study) order."""
+    return list(dict.fromkeys(x for m in matrices if m.kind == "cross" for x in (m.model_a, m.model_b)))
 
 
 def plot_cka(matrices: Sequence[Any], kind: str, labels: Mapping[str, str], dataset: str, n_images: int,
-             paths: Sequence):
+             paths: Sequence, label_models: Sequence[str] | None = None, paper: Sequence[str] = ()):
     """Layer × layer CKA heatmaps, one panel per model (``within``) or per model pair (``cross``).
 
     ``matrices``: :class:`beyond_imagenet.evaluations.cka.passes.CkaMatrix` items; rows (y) are the layers of model a
     from the input upwards, columns (x) the layers of model b; both labelled by block index.
+    Past ``style.MANY_MODELS`` models the ``cross`` figure is a model × model matrix of each pair's
+    last-layer CKA (the ``last_layer`` of cka.csv) with the layer heatmaps of the labelled models'
+    pairs only (``label_models`` / ``paper``, ``style.labelled_models``; at most
+    :data:`MAX_CROSS_PANELS`): one panel per pair grew to 435 panels at 30 models.
     Returns the saved (closed) figure.
     """
+    from beyond_imagenet.style import many_models, suptitle_above
+
     chosen = [m for m in matrices if m.kind == kind]
     if not chosen:
         raise ValueError(f"no {kind}-model CKA matrices in the file")
+    if kind == "cross" and many_models(len(cross_models(chosen))):
+        return _plot_cross_matrix(chosen, labels, dataset, n_images, paths, label_models, paper)
     cols = min(len(chosen), 4 if kind == "within" else 3)
     rows = -(-len(chosen) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 3.4 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=((3.6 if kind == "within" else 4.0) * cols, 3.4 * rows),
+                             squeeze=False)
     for ax in axes.flat[len(chosen):]:
         ax.set_visible(False)
     image = None
     for ax, m in zip(axes.flat, chosen):
-        image = ax.imshow(np.asarray(m.cka, dtype=float), origin="lower", cmap="magma", vmin=0.0, vmax=1.0,
-                          aspect="auto", interpolation="nearest")
-        a, b = labels.get(m.model_a, m.model_a), labels.get(m.model_b, m.model_b)
-        ax.set_title(a if kind == "within" else f"{a} vs\n{b}", fontsize=8)
-        ax.set_ylabel(_axis_label(a if kind == "cross" else None, m.layers_a), fontsize=7)
-        ax.set_xlabel(_axis_label(b if kind == "cross" else None, m.layers_b), fontsize=7)
-        _ticks(ax, "x", m.layers_b)
-        _ticks(ax, "y", m.layers_a)
-    fig.suptitle(f"Linear CKA ({kind}-model) on {dataset}, n={n_images} images", fontsize=10)
-    fig.tight_layout()
+        image = _heatmap(ax, m, labels, kind)
+    suptitle_above(fig, f"Linear CKA ({kind}-model) on {dataset}, n={n_images} images", fontsize=10)
     if image is not None:
         fig.colorbar(image, ax=list(axes.flat[: len(chosen)]), shrink=0.8, label="CKA")
+    save_figure(fig, paths)
+    return fig
+
+
+def _plot_cross_matrix(chosen, labels, dataset, n_images, paths, label_models, paper):
+    from beyond_imagenet.style import labelled_models, model_fontsize, row_inches, suptitle_above
+
+    found = cross_models(chosen)
+    models = [m for m in labels if m in found] + [m for m in found if m not in labels]  # study order
+    n = len(models)
+    index = {m: i for i, m in enumerate(models)}
+    summary = np.full((n, n), np.nan)
+    np.fill_diagonal(summary, 1.0)  # a representation against itself
+    for m in chosen:
+        value = float(np.asarray(m.cka, dtype=float)[-1, -1])
+        summary[index[m.model_a], index[m.model_b]] = summary[index[m.model_b], index[m.model_a]] = value
+    named = set(labelled_models(models, label_models, paper))
+    panels = [m for m in chosen if m.model_a in named and m.model_b in named][:MAX_CROSS_PANELS]
+    size = model_fontsize(n)
+    names = [labels.get(m, m) for m in models]
+    label_inches = max(len(x) for x in names) * size * 0.55 / 72
+    side = max(4.0, row_inches(n) * n)
+    cols = min(3, len(panels))
+    panel_rows = -(-len(panels) // 3) if panels else 0
+    width = max(side + label_inches + 1.6, 4.0 * cols)
+    height = side + label_inches + 0.6 + 3.6 * panel_rows + (0 if panels else 0.5)
+    fig = plt.figure(figsize=(width, height))
+    grid = fig.add_gridspec(1 + panel_rows, max(1, cols),
+                            height_ratios=[side + label_inches] + [3.4] * panel_rows)
+    ax = fig.add_subplot(grid[0, :])
+    image = ax.imshow(summary, cmap=plt.get_cmap("magma").with_extremes(bad="0.82"), vmin=0.0, vmax=1.0, aspect="equal", interpolation="nearest")
+    ax.set_xticks(range(n), names, rotation=90, fontsize=size)
+    ax.set_yticks(range(n), names, fontsize=size)
+    computed = int((np.isfinite(summary).sum() - n) // 2)
+    ax.set_title(f"last-layer CKA of each model pair ({computed} of {n * (n - 1) // 2} pairs computed"
+                 + ("; grey: not computed" if computed < n * (n - 1) // 2 else "") + ")", fontsize=8)
+    bar = fig.colorbar(image, ax=ax, shrink=0.7, pad=0.02)
+    bar.set_label("CKA", fontsize=7)
+    bar.ax.tick_params(labelsize=6)
+    for k, m in enumerate(panels):
+        _heatmap(fig.add_subplot(grid[1 + k // 3, k % 3]), m, labels, "cross")
+    note = (f"layer × layer heatmaps: the {len(panels)} pairs of the labelled models" if panels else
+            "layer × layer heatmaps: none (name models in the study's label_models: to draw their pairs, "
+            f"at most {MAX_CROSS_PANELS})")
+    suptitle_above(fig, f"Linear CKA (cross-model) on {dataset}, n={n_images} images, {n} models\n{note}",
+                   fontsize=10)
     save_figure(fig, paths)
     return fig
 
@@ -222,8 +296,9 @@ def draw(job) -> None:
     from beyond_imagenet.evaluations.cka.passes import read_cka
 
     matrices, attrs = read_cka(job.input[0])
-    plot_cka(matrices, job.wildcards.kind, job.params.data["labels"], job.wildcards.dataset, int(attrs["n_images"]),
-             job.figure_paths())
+    data = job.params.data
+    plot_cka(matrices, job.wildcards.kind, data["labels"], job.wildcards.dataset, int(attrs["n_images"]),
+             job.figure_paths(), data.get("label_models"), data.get("paper", ()))
 
 
 CKA = register(Evaluation(
