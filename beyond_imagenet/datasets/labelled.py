@@ -361,25 +361,14 @@ def build_labelled_manifest(spec: DatasetSpec) -> dict[str, Any]:
     """The manifest of a labelled folder: its samples, class names and the splits the folder or CSV
     gives (``given_split``; None: drawn by :func:`draw_manifest_splits`). The ``splits:`` settings
     are not part of it: new splits redraw the splits file only, never the extraction."""
-    from beyond_imagenet.datasets.manifest import fingerprint, stored_root
+    from beyond_imagenet.datasets.manifest import manifest_record
 
-    root = spec.root
-    if not root.is_dir():
-        raise DatasetError(f"datasets.{spec.name}: folder {root} does not exist.\n{spec.instructions()}")
-    try:
-        samples, names, given = read_labelled(root, spec.labels)
+    try:  # build_manifest has checked that the folder exists
+        samples, names, given = read_labelled(spec.root, spec.labels)
     except DatasetError as err:
         raise DatasetError(f"datasets.{spec.name}: {err}") from None
     return {
-        "dataset": spec.name,
-        "kind": spec.kind,
-        "class_space": spec.class_space,
-        "root": stored_root(root),
-        "n_images": len(samples),
-        "n_images_full": len(samples),
-        "subset": "",
-        "fingerprint": fingerprint(root, samples),
-        "samples": samples,
+        **manifest_record(spec, samples, len(samples)),
         "class_names": names,
         "given_split": given,
         "split_source": "drawn" if given is None else "csv" if spec.labels else "folders",

@@ -75,13 +75,13 @@ def folder_signature(root: str | os.PathLike) -> str:
 
 
 def build_manifest(spec: DatasetSpec) -> dict[str, Any]:
+    root = spec.root
+    if not root.is_dir():
+        raise DatasetError(f"datasets.{spec.name}: folder {root} does not exist.\n{spec.instructions()}")
     if spec.reader == "labelled_folder":  # class names, splits and k-shot subsets too
         from beyond_imagenet.datasets.labelled import build_labelled_manifest
 
         return build_labelled_manifest(spec)
-    root = spec.root
-    if not root.is_dir():
-        raise DatasetError(f"datasets.{spec.name}: folder {root} does not exist.\n{spec.instructions()}")
     samples = read_samples(spec.reader, root, spec.class_space)
     if spec.source != "generate" and spec.expected_images and len(samples) != spec.expected_images:
         raise DatasetError(
@@ -94,15 +94,20 @@ def build_manifest(spec: DatasetSpec) -> dict[str, Any]:
         samples = draw_subset(samples, subset)
         log.info("%s: subset %s: %d of %d samples", spec.name, subset, len(samples), n_full)
     log.info("%s: %d samples under %s", spec.name, len(samples), root)
+    return manifest_record(spec, samples, n_full, json.dumps(subset, sort_keys=True) if subset else "")
+
+
+def manifest_record(spec: DatasetSpec, samples: list, n_full: int, subset: str = "") -> dict[str, Any]:
+    """The fields every manifest has (a reader of a richer layout adds its own after them)."""
     return {
         "dataset": spec.name,
         "kind": spec.kind,
         "class_space": spec.class_space,
-        "root": stored_root(root),
+        "root": stored_root(spec.root),
         "n_images": len(samples),
         "n_images_full": n_full,
-        "subset": json.dumps(subset, sort_keys=True) if subset else "",
-        "fingerprint": fingerprint(root, samples),
+        "subset": subset,
+        "fingerprint": fingerprint(spec.root, samples),
         "samples": samples,
     }
 
