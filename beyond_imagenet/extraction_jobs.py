@@ -97,7 +97,11 @@ def run_group(job) -> dict[str, Any]:
             part_record = empty_part_record(item["extracted"], item["part"], item["parts"], n_images,
                                             params.batch_size, params.shard_size)
             items = []
-    with lease_device(resources.device, resources.lock_dir or None) if items else contextlib.nullcontext() as device:
+    passes = list(getattr(params, "passes", None) or [])
+    to_run = [p for p in passes if not _pass_reusable(p, spec)]
+    timing["passes"] = len(passes)
+    with lease_device(resources.device, resources.lock_dir or None) if items or to_run else \
+            contextlib.nullcontext() as device:
         for item in items:
             dataset, variant = item["dataset"], item["variant"] or None
             manifest = load_manifest(item["manifest"], images=True)
@@ -145,12 +149,48 @@ def run_group(job) -> dict[str, Any]:
                 del loaded  # a variant's network (e.g. another resolution) is not needed again
             if device.type == "cuda":
                 torch.cuda.empty_cache()
+        # The evaluations' own passes over the images (CKA), with the network built above for the
+        # study's standard transform (or built now), on the device already held.
+        for item in to_run:
+            manifest = load_manifest(item["manifest"], images=True)
+            if "protocol" not in built:
+                built["protocol"] = _maybe_compile(build_model(spec, params.protocol, head=head,
+                                                               logit_scale=params.logit_scale), params.compile)
+            started = time.perf_counter()
+            EVALUATIONS[item["evaluation"]].model_pass.run(
+                built["protocol"], spec, manifest, item["output"], item["expect"], device,
+                num_workers=resources.num_workers, on_bad_image=params.on_bad_image)
+            timing["pass_s"] = timing.get("pass_s", 0.0) + time.perf_counter() - started
     timing["end"] = time.time()
+    timing["passes_computed"] = len(to_run)
+    written += [item["output"] for item in passes]
     record = {"model": model, "group": group, "outputs": written, "files": {out: file_stamp(out) for out in written}}
     if part_record is not None:
         record["part"] = part_record
     atomic_write_text(marker, json.dumps(record, indent=1) + "\n")
     return timing
+
+
+def _pass_reusable(item: dict[str, Any], spec) -> bool:
+    """Whether a pass file on disk is what the pass would write now: it records the item's ``expect``
+    and the manifest's fingerprint (the evaluation's ``current`` hook), and is not older than its
+    manifest or the model's checkpoint (as Snakemake would judge an output)."""
+    from beyond_imagenet.datasets.manifest import load_manifest
+    from beyond_imagenet.evaluations import EVALUATIONS
+
+    out = Path(item["output"])
+    if not out.is_file():
+        return False
+    made = out.stat().st_mtime_ns
+    newer = [str(p) for p in (item["manifest"], spec.checkpoint_path)
+             if p and Path(p).is_file() and Path(p).stat().st_mtime_ns > made]
+    if newer:
+        log.info("%s is older than %s: computing it again", out, ", ".join(newer))
+        return False
+    if not EVALUATIONS[item["evaluation"]].model_pass.current(out, item["expect"], load_manifest(item["manifest"])):
+        return False
+    log.info("reusing %s (%s pass over %s)", out, item["evaluation"], item["dataset"])
+    return True
 
 
 def merge_split(job) -> dict[str, Any]:

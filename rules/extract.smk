@@ -29,6 +29,8 @@ rule build_zero_shot_head:
 # extraction.groups (Study.extraction_plan). A rerun of a group reuses every extracted file whose
 # extraction key still matches (Snakemake's deleting a rerun job's outputs leaves them alone); a
 # file deleted or replaced since the marker was written makes the group rerun (group_manifests).
+# The job also runs the evaluations' own passes over the images that its model takes part in (CKA's
+# Gram matrices: group_passes, Study.pass_plan) with the network it built, reused the same way.
 rule extract_outputs:
     input:
         manifests=group_manifests,
@@ -42,6 +44,7 @@ rule extract_outputs:
         protocol=config["preprocessing"],
         logit_scale=config["zero_shot"]["logit_scale"],
         cached=group_items,
+        passes=group_passes,
         batch_size=config["extraction"]["batch_size"],
         shard_size=config["extraction"]["shard_size"],
         features_dtype=config["extraction"]["features_dtype"],
@@ -53,7 +56,7 @@ rule extract_outputs:
     benchmark:
         f"{RESULTS}/benchmarks/extract_outputs/{{model}}/{{group}}.tsv"
     wildcard_constraints:
-        group=r"[A-Za-z0-9][A-Za-z0-9_-]*(@variants|@part-[0-9]+-of-[0-9]+)?",
+        group=r"[A-Za-z0-9][A-Za-z0-9_-]*(@variants|@passes|@part-[0-9]+-of-[0-9]+)?",
     threads: MODEL_JOB_THREADS
     conda:
         "../envs/torch.yaml"
