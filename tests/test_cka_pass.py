@@ -344,7 +344,7 @@ def test_cka_table_gets_intervals_over_minibatches(tmp_path):
 
 # --- one pass file per model, the pairs from the files (no model) ---------------------------------
 def _pass_files(tmp_path, models: dict, n_batches: int = 4, skipped=(), attrs_of=None):
-    """Each model's pass file over the same batches (as compute_cka_pass writes them)."""
+    """Each model's pass file over the same batches (as the extraction jobs write them: run_pass)."""
     from beyond_imagenet.evaluations.cka.passes import gram_pass, write_grams
 
     files = {}

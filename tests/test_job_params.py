@@ -319,12 +319,13 @@ def dataset_jobs(config, dataset):
 
 # evaluation -> (config change, allowed jobs besides the dataset's and the aggregates, required jobs)
 SCENARIOS = {
+    # The CKA pass over the dataset runs in the extraction job of the group that extracts it
+    # (dataset_jobs: its extract_outputs jobs, which reuse their files).
     "cka": (add_to_cka,
-            lambda d: {"compute_cka_pass": lambda wc: wc.get("dataset") == d,
-                       "compute_cka": lambda wc: wc.get("dataset") == d,
+            lambda d: {"compute_cka": lambda wc: wc.get("dataset") == d,
                        "plot_cka": lambda wc: True,  # (draws every CKA figure: one job per evaluation)
                        "compute_cka_summary": lambda wc: True},
-            lambda d: [("compute_cka_pass", {"dataset": d}), ("compute_cka", {"dataset": d})]),
+            lambda d: [("extract_outputs", {}), ("compute_cka", {"dataset": d})]),
     "calibration": (add_to_calibration,
                     lambda d: {"compute_calibration": lambda wc: True, "plot_calibration": lambda wc: True},
                     lambda d: [("compute_calibration", {})]),
