@@ -320,9 +320,11 @@ def dataset_jobs(config, dataset):
 # evaluation -> (config change, allowed jobs besides the dataset's and the aggregates, required jobs)
 SCENARIOS = {
     # The CKA pass over the dataset runs in the extraction job of the group that extracts it
-    # (dataset_jobs: its extract_outputs jobs, which reuse their files).
+    # (dataset_jobs: its extract_outputs jobs, which reuse their files), or of <dataset>@passes
+    # where the dataset is split (Study.pass_plan).
     "cka": (add_to_cka,
-            lambda d: {"compute_cka": lambda wc: wc.get("dataset") == d,
+            lambda d: {"extract_outputs": lambda wc: wc.get("group") == f"{d}@passes",
+                       "compute_cka": lambda wc: wc.get("dataset") == d,
                        "plot_cka": lambda wc: True,  # (draws every CKA figure: one job per evaluation)
                        "compute_cka_summary": lambda wc: True},
             lambda d: [("extract_outputs", {}), ("compute_cka", {"dataset": d})]),
@@ -351,7 +353,9 @@ def test_adding_a_dataset_to_one_evaluation_reruns_only_its_jobs(audited_study, 
     result = plan(configfile, workdir)
     planned = result.jobs
 
-    allowed = {**dataset_jobs(config, dataset), **own_jobs(dataset), **{r: (lambda wc: True) for r in AGGREGATES}}
+    allowed = {**own_jobs(dataset), **{r: (lambda wc: True) for r in AGGREGATES}}
+    for rule, allow in dataset_jobs(config, dataset).items():  # either's
+        allowed[rule] = (lambda wc, a=allow, b=allowed.get(rule): a(wc) or (b is not None and b(wc)))
     spurious = [(rule, wc) for rule, wc in planned if not (rule in allowed and allowed[rule](wc))]
     listing = f"planned after adding {dataset} to evaluations.{evaluation}.datasets:\n{describe(planned)}"
     if spurious:
