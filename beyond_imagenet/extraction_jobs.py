@@ -374,6 +374,8 @@ def job_timing(study_log: logging.Logger | None = None):
             "items": record.get("items", 0), "computed": record.get("computed", 0), "reused": record.get("reused", 0)}
     if "first_batch" in record:
         line["start_to_first_batch_s"] = round(record["first_batch"] - t_start, 3)
+    if record.get("pass_s"):
+        line["pass_s"] = round(record["pass_s"], 3)  # the evaluations' own passes (CKA), beside forward_s
     if "end" in record:
         line["teardown_s"] = round(t_end - record["end"], 3)
     (study_log or log).info("job timing %s", json.dumps(line, sort_keys=True))
