@@ -510,3 +510,39 @@ def test_pass_runs_in_the_extraction_job_and_adding_a_model_runs_its_job_and_the
     assert extracted.stat().st_mtime_ns == made
     with h5py.File(stored) as f:
         assert len(f["grams"]) == 1 and json.loads(f.attrs["settings"])["n_images"] == 4
+
+
+def test_pass_plan_puts_each_pass_in_the_group_that_extracts_its_dataset():
+    """Study.pass_plan: the CKA pass goes where its dataset is extracted (``all`` under
+    ``group: model``, the dataset's own or explicit group under ``group: dataset``); a split dataset's
+    pass (its part jobs extract slices) and a dataset the model extracts nothing of get a group of
+    their own; a model no pair names runs no pass; the pairs job reads the markers of those groups."""
+    import copy
+
+    from beyond_imagenet.study import Study, validate_config
+
+    base = default_config()
+    base["evaluations"]["cka"]["datasets"] = ["imagenet_val", "cue_conflict"]
+
+    def plan(**extraction):
+        config = copy.deepcopy(base)
+        config["extraction"].update(extraction)
+        return Study(validate_config(config))
+
+    study = plan(group="model")
+    assert study.pass_plan("vit_sup") == {"all": [("cka", "imagenet_val"), ("cka", "cue_conflict")]}
+    assert study.job_groups("vit_sup") == ["all"]
+    assert study.pass_marker("vit_sup", "cka", "cue_conflict") == str(study.results / "extracted" / "vit_sup" / "all.group.json")
+    study = plan(group="dataset", groups={"mine": ["cue_conflict", "imagenet_r"]})
+    assert study.pass_plan("vit_sup") == {"imagenet_val": [("cka", "imagenet_val")], "mine": [("cka", "cue_conflict")]}
+    assert set(study.pass_plan("vit_sup")) <= set(study.extraction_plan("vit_sup"))  # no job of its own
+    study = plan(group="dataset", split={"imagenet_val": 2})
+    assert study.pass_plan("vit_sup")["imagenet_val@passes"] == [("cka", "imagenet_val")]
+    assert "imagenet_val@passes" in study.job_groups("vit_sup") and "imagenet_val@passes" not in study.extraction_plan("vit_sup")
+    # only the models some pair names (the hook's models(), cached per study)
+    study = plan(group="model")
+    from beyond_imagenet.evaluations.cka import pass_models
+
+    assert pass_models(study) == list(study.models)  # the default study pairs every model
+    study._pass_models["cka"] = {"vit_sup"}
+    assert [m for m in study.models if study.pass_plan(m)] == ["vit_sup"]
