@@ -14,7 +14,6 @@ CKA_USED = [m for m in CKA_MODELS if any(m in pair for pair in CKA_PAIRS)]
 rule compute_cka_pass:
     input:
         manifest=f"{RESULTS}/manifests/{{dataset}}.json",
-        head=head_input,
         weights=checkpoint_input,
     output:
         cka_evaluation.pass_file(STUDY, "{model}", "{dataset}"),
@@ -23,6 +22,8 @@ rule compute_cka_pass:
         model=lambda w: STUDY.model_entry(cka_model(w)),
         identity=lambda w: STUDY.model_identity(w.model),
         head_identity=head_params,
+        head=head_file,  # built here if no job of the model has yet (beyond_imagenet/heads.py)
+        templates=head_templates,
         protocol=config["preprocessing"],
         logit_scale=config["zero_shot"]["logit_scale"],
         on_bad_image=config["extraction"]["on_bad_image"],

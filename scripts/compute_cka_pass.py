@@ -21,7 +21,7 @@ from beyond_imagenet.evaluations.cka.passes import (
 )
 from beyond_imagenet.extract import BadImagesError
 from beyond_imagenet.extraction_jobs import forward_threads
-from beyond_imagenet.heads import read_head
+from beyond_imagenet.heads import cached_head
 from beyond_imagenet.models import build_model
 from beyond_imagenet.workflow import model_spec, setup, versions
 
@@ -39,16 +39,8 @@ if dropped:
                     dataset, dropped, len(samples) + dropped, section["batch_size"])
 
 spec = model_spec(job.params.model, job.params.head_identity)
-head = read_head(job.input.head, job.params.head_identity) if spec.needs_zero_shot_head else None
-loaded = build_model(spec, job.params.protocol, head=head, logit_scale=job.params.logit_scale)
-layers = select_layers(IMAGE_TOWERS[spec.source](loaded.network), spec.family, section["layers"])
-logging.info("%s: %d layers (%s ... %s)", name, len(layers), layers[0][0], layers[-1][0])
-model = HookedModel(loaded.network, layers)
-
+head_path, templates = job.params.head, job.params.templates  # a CLIP model's cached head, "" for others
 ids = [sid for sid, _ in samples]
-loader = torch.utils.data.DataLoader(
-    SameImages(manifest["root"], ids, {name: loaded.transform}), batch_size=section["batch_size"],
-    shuffle=False, drop_last=True, num_workers=job.resources.num_workers, collate_fn=collate_same_images)
 bad = []
 
 
@@ -66,6 +58,15 @@ def finish():
 
 
 with lease_device(job.resources.device, job.resources.lock_dir or None) as device:
+    # the zero-shot head is built on the leased device where no job of the model has built it yet
+    head = cached_head(head_path, spec, job.params.head_identity, templates, device) if head_path else None
+    loaded = build_model(spec, job.params.protocol, head=head, logit_scale=job.params.logit_scale)
+    layers = select_layers(IMAGE_TOWERS[spec.source](loaded.network), spec.family, section["layers"])
+    logging.info("%s: %d layers (%s ... %s)", name, len(layers), layers[0][0], layers[-1][0])
+    model = HookedModel(loaded.network, layers)
+    loader = torch.utils.data.DataLoader(
+        SameImages(manifest["root"], ids, {name: loaded.transform}), batch_size=section["batch_size"],
+        shuffle=False, drop_last=True, num_workers=job.resources.num_workers, collate_fn=collate_same_images)
     batches = (images[name] for images in readable_batches(loader, bad))
     n = write_grams(job.output[0], model.layer_names, gram_pass(model, iterate_batches(batches), device), finish)
 logging.info("wrote %s (%d batches of %d layers)", job.output[0], n, len(layers))
