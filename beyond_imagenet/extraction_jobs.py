@@ -132,7 +132,8 @@ def run_group(job) -> dict[str, Any]:
             out = item["extracted"]
             # Not the head: its identity (weights, templates) is part of the extraction key, so a new
             # head recomputes the file through the key; a head file merely rebuilt with the same
-            # identity (deleted, or first made by another job of the model) makes the same logits.
+            # identity (deleted, or first written by another job of the model running now) is a cache
+            # of the same head and must not recompute the model's finished files.
             _forget_if_older(out, [item["manifest"], spec.checkpoint_path])
             _forget_if_made_for_something_else(out, expected_attrs(item["expect"], manifest))
             item_timing: dict[str, float] = {}
