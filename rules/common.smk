@@ -129,10 +129,20 @@ def dataset_archive(wildcards):
     return [str(p) for p in STUDY.datasets[wildcards.dataset].archive_paths]
 
 
-def head_input(wildcards):
+def head_file(wildcards):
+    """Where a CLIP model's zero-shot head is cached (built by the model's jobs themselves, no job
+    of its own: beyond_imagenet/heads.py); "" for a model without one."""
     if STUDY.models[wildcards.model].needs_zero_shot_head:
         return STUDY.head(wildcards.model)
-    return []
+    return ""
+
+
+def head_templates(wildcards):
+    """The zero-shot templates of a CLIP model's head; "" for a model without one (whose jobs a
+    new template count does not rerun)."""
+    if STUDY.models[wildcards.model].needs_zero_shot_head:
+        return config["zero_shot"]["templates"]
+    return ""
 
 
 def model_entry(wildcards):

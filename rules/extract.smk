@@ -2,27 +2,6 @@
 from beyond_imagenet.extraction_jobs import COMPILE_CACHE
 
 
-rule build_zero_shot_head:
-    input:
-        checkpoint_input,
-    output:
-        f"{RESULTS}/heads/{{model}}.h5",
-    params:
-        model=model_entry,
-        identity=head_params,
-        templates=config["zero_shot"]["templates"],
-    log:
-        f"{RESULTS}/logs/build_zero_shot_head/{{model}}.log",
-    benchmark:
-        f"{RESULTS}/benchmarks/build_zero_shot_head/{{model}}.tsv"
-    conda:
-        "../envs/torch.yaml"
-    resources:
-        **EXECUTION,
-    script:
-        "../scripts/build_zero_shot_head.py"
-
-
 # One job per (model, extraction group) writes every output of the group under
 # results/extracted/<model>/ (each file atomic and resumable on its own), where readers find it, and
 # then its marker, the job's only Snakemake output and its readers' input. Groups: extraction.group /
@@ -34,13 +13,16 @@ rule build_zero_shot_head:
 rule extract_outputs:
     input:
         manifests=group_manifests,
-        head=head_input,
         weights=checkpoint_input,
     output:
         f"{RESULTS}/extracted/{{model}}/{{group}}.group.json",
     params:
         model=model_entry,
         head_identity=head_params,
+        # A CLIP model's zero-shot head is built in its first job that builds the model, cached at
+        # results/heads/<model>.h5 for the others (beyond_imagenet/heads.py: cached_head).
+        head=head_file,
+        templates=head_templates,
         protocol=config["preprocessing"],
         logit_scale=config["zero_shot"]["logit_scale"],
         cached=group_items,

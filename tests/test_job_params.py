@@ -72,8 +72,8 @@ AGGREGATES = {"compute_profile", "plot_profile", "compute_comparisons", "plot_co
 # ------------------------------------------------------------------------------------- study
 def study_config(archive: Path) -> dict:
     """Every evaluation of the default study, shrunk as conftest's tiny_config (a few images per set),
-    further to one model: a CLIP one, whose zero-shot head is a job too (every job here costs a
-    few seconds of imports; jobs of a second model would only repeat rules already audited)."""
+    further to one model: a CLIP one, whose extraction jobs build its zero-shot head (every job here
+    costs a few seconds of imports; jobs of a second model would only repeat rules already audited)."""
     config = default_config()
     config["models"] = {k: v for k, v in config["models"].items() if k == "vit_clip"}
     config["zero_shot"]["templates"] = 1
