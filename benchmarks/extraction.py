@@ -200,9 +200,10 @@ def memory(args) -> dict:
 def passes(results_dir: str) -> dict:
     """Forward passes recorded in a study's outputs vs unique (model, weights, image list, variant, image).
 
-    The CKA job (docs/evaluations.md §9) runs its own pass over its ``n_images`` (Gram matrices of random batches
-    are formed in forward hooks, for every model on the same batches): it is counted separately,
-    as extra passes over images the standard extraction already ran."""
+    The CKA pass (docs/evaluations.md §9, in each model's extraction job) runs over its
+    ``n_images`` (Gram matrices of random batches are formed in forward hooks, for every model on
+    the same batches): it is counted separately, as extra passes over images the standard
+    extraction already ran."""
     import h5py
 
     from beyond_imagenet.extract import read_outputs
@@ -231,7 +232,7 @@ def passes(results_dir: str) -> dict:
     print(f"[passes] {len(files)} output files: {total} forward passes / {len(unique)} unique "
           f"(model, image, variant) = {ratio:.2f}")
     if cka_passes:
-        print(f"[passes] plus the CKA job's own pass: {cka_passes} forward passes, {cka_repeats} of them over "
+        print(f"[passes] plus the CKA pass (run by the extraction jobs): {cka_passes} forward passes, {cka_repeats} of them over "
               f"images the extraction also ran ({cka_repeats / max(total, 1):.1%} on top of the extraction)")
     return {"files": len(files), "passes": total, "unique": len(unique), "ratio": round(ratio, 4),
             "cka_passes": cka_passes, "cka_repeated_passes": cka_repeats}

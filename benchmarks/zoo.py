@@ -111,6 +111,27 @@ def dry_run(configfile: Path, workdir: Path, n: int) -> dict:
     return figures
 
 
+def job_seconds_by_rule(log: str) -> dict[str, dict]:
+    """Jobs and summed seconds per rule, from a Snakemake log: each job from the time stamp above its
+    ``rule X:`` block to the one above its ``Finished jobid: N`` line (whole seconds)."""
+    stamp, started, rules = None, {}, {}
+    per_rule: dict[str, dict] = collections.defaultdict(lambda: {"jobs": 0, "seconds": 0.0})
+    block_rule = None
+    for line in log.splitlines():
+        if m := re.match(r"^\[(\w{3} \w{3} +\d+ [\d:]+ \d{4})\]$", line):
+            stamp = time.mktime(time.strptime(m.group(1), "%a %b %d %H:%M:%S %Y"))
+        elif m := re.match(r"^(?:local)?rule (\w+):", line):
+            block_rule = m.group(1)
+        elif (m := re.match(r"^\s+jobid: (\d+)", line)) and block_rule:
+            started[m.group(1)], rules[m.group(1)] = stamp, block_rule
+            block_rule = None
+        elif (m := re.match(r"^Finished job(?:id)?[: ] ?(\d+)", line)) and m.group(1) in started:
+            entry = per_rule[rules[m.group(1)]]
+            entry["jobs"] += 1
+            entry["seconds"] += stamp - started[m.group(1)]
+    return dict(sorted(per_rule.items(), key=lambda kv: -kv[1]["seconds"]))
+
+
 def run(configfile: Path, workdir: Path, n: int, cores: int) -> dict:
     text, wall, _, _ = snakemake(configfile, workdir, "--cores", str(cores))
     timings = []
@@ -128,6 +149,11 @@ def run(configfile: Path, workdir: Path, n: int, cores: int) -> dict:
                "forward_s": round(forward, 1), "start_up_s": round(start_up, 2), "start_ups": n,
                "forward_plus_start_ups_s": round(budget, 1),
                "wall_over_forward_plus_start_ups": round(wall / budget, 2) if budget else None}
+    logs = sorted((workdir / ".snakemake" / "log").glob("*.snakemake.log"))
+    by_rule = job_seconds_by_rule(logs[-1].read_text()) if logs else {}
+    figures["job_seconds_by_rule"] = by_rule
+    print(f"[run] summed job seconds {sum(r['seconds'] for r in by_rule.values()):.0f}: "
+          + ", ".join(f"{rule} {r['seconds']:.0f} s/{r['jobs']}" for rule, r in by_rule.items()))
     print(f"[run] {n} models on {cores} cores: wall {wall:.1f} s, {finished} jobs; forward passes {forward:.1f} s "
           f"+ {n} start-ups x {start_up:.2f} s (median start to first batch) = {budget:.1f} s: "
           f"wall / (forward + start-ups) = {figures['wall_over_forward_plus_start_ups']} (goal < 2)")

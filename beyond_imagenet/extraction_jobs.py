@@ -67,7 +67,7 @@ def run_group(job) -> dict[str, Any]:
     from beyond_imagenet.devices import lease_device
     from beyond_imagenet.evaluations import EVALUATIONS
     from beyond_imagenet.extract import empty_part_record, extract, extract_part, part_shards
-    from beyond_imagenet.heads import read_head
+    from beyond_imagenet.heads import cached_head
     from beyond_imagenet.models import build_model
     from beyond_imagenet.workflow import expected_attrs, model_spec, versions
 
@@ -76,11 +76,19 @@ def run_group(job) -> dict[str, Any]:
     model, group, marker = job.wildcards.model, job.wildcards.group, job.output[0]
     items = params.cached
     spec = model_spec(params.model, params.head_identity)  # the checkpoint is checked against its planned sha256
-    head_path = job.input.get("head") or None
+    # A CLIP model's zero-shot head (params.head: its cached file, "" for a model without one) is
+    # built or read (heads.cached_head) on the leased device when the job first builds the model.
+    head_path, templates = params.head, params.templates
+    heads: dict[str, Any] = {}
+
+    def zero_shot_head(device):
+        if head_path and "head" not in heads:
+            heads["head"] = cached_head(head_path, spec, params.head_identity, templates, device)
+        return heads.get("head")
+
     compile_cache = params.compile_cache
     if params.compile:
         enable_compile_cache(compile_cache)
-    head = read_head(head_path, params.head_identity) if head_path else None
     built: dict[str, Any] = {}  # standard transforms share one network per input transform
     timing = {"items": len(items), "forward_s": 0.0, "computed": 0, "reused": 0}
     written = []
@@ -97,7 +105,11 @@ def run_group(job) -> dict[str, Any]:
             part_record = empty_part_record(item["extracted"], item["part"], item["parts"], n_images,
                                             params.batch_size, params.shard_size)
             items = []
-    with lease_device(resources.device, resources.lock_dir or None) if items else contextlib.nullcontext() as device:
+    passes = list(getattr(params, "passes", None) or [])
+    to_run = [p for p in passes if not _pass_reusable(p, spec)]
+    timing["passes"] = len(passes)
+    with lease_device(resources.device, resources.lock_dir or None) if items or to_run else \
+            contextlib.nullcontext() as device:
         for item in items:
             dataset, variant = item["dataset"], item["variant"] or None
             manifest = load_manifest(item["manifest"], images=True)
@@ -106,7 +118,7 @@ def run_group(job) -> dict[str, Any]:
                 samples = manifest["samples"]
                 key = attrs["input_transform"]
                 if key not in built:
-                    built[key] = _maybe_compile(build_model(spec, params.protocol, head=head,
+                    built[key] = _maybe_compile(build_model(spec, params.protocol, head=zero_shot_head(device),
                                                             logit_scale=params.logit_scale, input_transform=key),
                                                 params.compile)
                 loaded = built[key]
@@ -116,13 +128,17 @@ def run_group(job) -> dict[str, Any]:
                 hook = EVALUATIONS[item["evaluation"]].variants
                 samples = hook.subset(manifest["samples"], item["expect"]) if hook.subset else manifest["samples"]
                 log.info("%s on %d of %d images of %s", variant, len(samples), manifest["n_images"], dataset)
-                loaded = _maybe_compile(hook.build(spec, variant, params.protocol, head=head,
+                loaded = _maybe_compile(hook.build(spec, variant, params.protocol, head=zero_shot_head(device),
                                                    logit_scale=params.logit_scale), params.compile)
             attrs.update(preprocessing=loaded.preprocessing, versions=recorded_versions)
             if params.compile:
                 attrs["compiled"] = "torch.compile (inductor)"
             out = item["extracted"]
-            _forget_if_older(out, [item["manifest"], head_path, spec.checkpoint_path])
+            # Not the head: its identity (weights, templates) is part of the extraction key, so a new
+            # head recomputes the file through the key; a head file merely rebuilt with the same
+            # identity (deleted, or first written by another job of the model running now) is a cache
+            # of the same head and must not recompute the model's finished files.
+            _forget_if_older(out, [item["manifest"], spec.checkpoint_path])
             _forget_if_made_for_something_else(out, expected_attrs(item["expect"], manifest))
             item_timing: dict[str, float] = {}
             settings = dict(device=device, batch_size=params.batch_size, num_workers=resources.num_workers,
@@ -145,12 +161,48 @@ def run_group(job) -> dict[str, Any]:
                 del loaded  # a variant's network (e.g. another resolution) is not needed again
             if device.type == "cuda":
                 torch.cuda.empty_cache()
+        # The evaluations' own passes over the images (CKA), with the network built above for the
+        # study's standard transform (or built now), on the device already held.
+        for item in to_run:
+            manifest = load_manifest(item["manifest"], images=True)
+            if "protocol" not in built:
+                built["protocol"] = _maybe_compile(build_model(spec, params.protocol, head=zero_shot_head(device),
+                                                               logit_scale=params.logit_scale), params.compile)
+            started = time.perf_counter()
+            EVALUATIONS[item["evaluation"]].model_pass.run(
+                built["protocol"], spec, manifest, item["output"], item["expect"], device,
+                num_workers=resources.num_workers, on_bad_image=params.on_bad_image)
+            timing["pass_s"] = timing.get("pass_s", 0.0) + time.perf_counter() - started
     timing["end"] = time.time()
+    timing["passes_computed"] = len(to_run)
+    written += [item["output"] for item in passes]
     record = {"model": model, "group": group, "outputs": written, "files": {out: file_stamp(out) for out in written}}
     if part_record is not None:
         record["part"] = part_record
     atomic_write_text(marker, json.dumps(record, indent=1) + "\n")
     return timing
+
+
+def _pass_reusable(item: dict[str, Any], spec) -> bool:
+    """Whether a pass file on disk is what the pass would write now: it records the item's ``expect``
+    and the manifest's fingerprint (the evaluation's ``current`` hook), and is not older than its
+    manifest or the model's checkpoint (as Snakemake would judge an output)."""
+    from beyond_imagenet.datasets.manifest import load_manifest
+    from beyond_imagenet.evaluations import EVALUATIONS
+
+    out = Path(item["output"])
+    if not out.is_file():
+        return False
+    made = out.stat().st_mtime_ns
+    newer = [str(p) for p in (item["manifest"], spec.checkpoint_path)
+             if p and Path(p).is_file() and Path(p).stat().st_mtime_ns > made]
+    if newer:
+        log.info("%s is older than %s: computing it again", out, ", ".join(newer))
+        return False
+    if not EVALUATIONS[item["evaluation"]].model_pass.current(out, item["expect"], load_manifest(item["manifest"])):
+        return False
+    log.info("reusing %s (%s pass over %s)", out, item["evaluation"], item["dataset"])
+    return True
 
 
 def merge_split(job) -> dict[str, Any]:
@@ -283,7 +335,7 @@ def forget_extracted(output: str | os.PathLike) -> list[str]:
 
 def _forget_if_older(out: str, inputs: list) -> None:
     """As Snakemake would: an extracted file older than an input it was made from (a manifest rebuilt
-    because its images changed, a new head or checkpoint) is recomputed, even under the same key."""
+    because its images changed, a new checkpoint) is recomputed, even under the same key."""
     path = Path(out)
     if not path.is_file():
         return
@@ -334,6 +386,8 @@ def job_timing(study_log: logging.Logger | None = None):
             "items": record.get("items", 0), "computed": record.get("computed", 0), "reused": record.get("reused", 0)}
     if "first_batch" in record:
         line["start_to_first_batch_s"] = round(record["first_batch"] - t_start, 3)
+    if record.get("pass_s"):
+        line["pass_s"] = round(record["pass_s"], 3)  # the evaluations' own passes (CKA), beside forward_s
     if "end" in record:
         line["teardown_s"] = round(t_end - record["end"], 3)
     (study_log or log).info("job timing %s", json.dumps(line, sort_keys=True))

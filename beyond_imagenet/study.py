@@ -604,6 +604,8 @@ class Study:
             self.datasets.update(expand_dataset(resolve_dataset(n, e, self.resources), e))
         self.evaluations: dict[str, dict[str, Any]] = config["evaluations"]
         self._plans: dict[str, dict[str, list[tuple[str, str | None]]]] = {}
+        self._pass_plans: dict[str, dict[str, list[tuple[str, str]]]] = {}
+        self._pass_models: dict[str, set[str]] = {}
 
     # ------------------------------------------------------------------------------- paths
     def output(self, model: str, dataset: str, variant: str | None = None) -> str:
@@ -683,7 +685,7 @@ class Study:
     def all_markers(self) -> list[str]:
         """The group marker of every extraction job of the study (what a reader of every output
         depends on in Snakemake's eyes)."""
-        return sorted({self.group_marker(m, g) for m in self.models for g in self.extraction_plan(m)})
+        return sorted({self.group_marker(m, g) for m in self.models for g in self.job_groups(m)})
 
     # ------------------------------------------------------ extraction jobs (groups)
     def group_marker(self, model: str, group: str) -> str:
@@ -741,6 +743,57 @@ class Study:
                     plan.setdefault("all" if by_model else f"{d}@variants", []).extend((d, v) for v in variants)
         self._plans[model] = plan
         return plan
+
+    def pass_plan(self, model: str) -> dict[str, list[tuple[str, str]]]:
+        """Group name -> the (evaluation, dataset) passes one extraction job of ``model`` runs: an
+        evaluation's own pass over the images (its registry ``model_pass`` hook; CKA), with the network
+        the job builds anyway, in the group that extracts the dataset (``extraction.group: model``:
+        ``all``; a split dataset's or an unextracted one's: ``<dataset>@passes``, or the dataset's
+        own group under ``group: dataset``)."""
+        if model in self._pass_plans:
+            return self._pass_plans[model]
+        settings = self.config["extraction"]
+        explicit = {d: g for g, names in settings.get("groups", {}).items() for d in names}
+        by_model = settings.get("group", "dataset") == "model"
+        split = settings.get("split", {})
+        plan: dict[str, list[tuple[str, str]]] = {}
+        for ev in self.model_evaluations(model):
+            hook = EVALUATIONS[ev].model_pass
+            if hook is None:
+                continue
+            if ev not in self._pass_models:
+                self._pass_models[ev] = set(hook.models(self))
+            if model not in self._pass_models[ev]:
+                continue
+            for d in self.evaluation_datasets(ev):
+                if by_model:
+                    group = "all"
+                elif d in split:
+                    group = f"{d}@passes"
+                else:
+                    group = explicit.get(d) or d
+                plan.setdefault(group, []).append((ev, d))
+        self._pass_plans[model] = plan
+        return plan
+
+    def job_groups(self, model: str) -> list[str]:
+        """Every extraction job (group) of ``model``: those that extract outputs, then those that only
+        run passes (:meth:`pass_plan`)."""
+        groups = list(self.extraction_plan(model))
+        return groups + [g for g in self.pass_plan(model) if g not in groups]
+
+    def pass_output(self, model: str, evaluation: str, dataset: str) -> str:
+        """The file of ``model``'s pass of ``evaluation`` over ``dataset`` (no Snakemake output: its
+        group's marker is, :meth:`pass_marker`)."""
+        return EVALUATIONS[evaluation].model_pass.output(self, model, dataset)
+
+    def pass_marker(self, model: str, evaluation: str, dataset: str) -> str:
+        """The group marker a reader of a pass file takes as its Snakemake input."""
+        for group, passes in self.pass_plan(model).items():
+            if (evaluation, dataset) in passes:
+                return self.group_marker(model, group)
+        raise ConfigError(f"no extraction job of this study runs the {evaluation} pass over {dataset} for model "
+                          f"{model}")
 
     def split_parts(self, model: str, group: str) -> int | None:
         """K where the extraction group ``group`` of ``model`` is a split dataset (``extraction.split``):

@@ -1,54 +1,29 @@
 # Representation similarity (docs/evaluations.md §9): minibatch linear CKA with the unbiased HSIC.
-# One pass job per (model, dataset) runs the model over the seeded CKA batches (the same in every
-# model's job) and stores each selected layer's Gram matrix per batch; one CPU job per dataset forms
-# every pair from those files, building no model. Adding a model runs its pass and the pairs job;
-# every other model's pass file is reused. Its record: beyond_imagenet/evaluations/cka/.
+# Each model's extraction job (rules/extract.smk, Study.pass_plan) runs its model over the seeded CKA
+# batches (the same for every model) and stores each selected layer's Gram matrix per batch; one CPU
+# job per dataset forms every pair from those files, building no model. Adding a model runs its
+# extraction job and the pairs job; every other model's pass file is reused. Its record:
+# beyond_imagenet/evaluations/cka/.
 from beyond_imagenet.evaluations import cka as cka_evaluation
 
 CKA_MODELS = {m: STUDY.models[m] for m in STUDY.evaluation_models("cka")}
 CKA_PAIRS = cka_evaluation.pairs(STUDY) if "cka" in STUDY.evaluations else []
 # The models some pair names, in study order: only their passes are needed.
-CKA_USED = [m for m in CKA_MODELS if any(m in pair for pair in CKA_PAIRS)]
-
-
-rule compute_cka_pass:
-    input:
-        manifest=f"{RESULTS}/manifests/{{dataset}}.json",
-        head=head_input,
-        weights=checkpoint_input,
-    output:
-        cka_evaluation.pass_file(STUDY, "{model}", "{dataset}"),
-    params:
-        settings=cka_settings(),
-        model=lambda w: STUDY.model_entry(cka_model(w)),
-        identity=lambda w: STUDY.model_identity(w.model),
-        head_identity=head_params,
-        protocol=config["preprocessing"],
-        logit_scale=config["zero_shot"]["logit_scale"],
-        on_bad_image=config["extraction"]["on_bad_image"],
-    log:
-        f"{RESULTS}/logs/compute_cka_pass/{{model}}/{{dataset}}.log",
-    benchmark:
-        f"{RESULTS}/benchmarks/compute_cka_pass/{{model}}/{{dataset}}.tsv"
-    threads: MODEL_JOB_THREADS
-    conda:
-        "../envs/torch.yaml"
-    resources:
-        **EXECUTION,
-    script:
-        "../scripts/compute_cka_pass.py"
+CKA_USED = cka_evaluation.pass_models(STUDY) if "cka" in STUDY.evaluations else []
 
 
 rule compute_cka:
     input:
         manifest=f"{RESULTS}/manifests/{{dataset}}.json",
-        passes=lambda w: [cka_evaluation.pass_file(STUDY, m, w.dataset) for m in CKA_USED],
+        # the markers of the extraction jobs that wrote the pass files
+        passes=lambda w: sorted({STUDY.pass_marker(m, "cka", w.dataset) for m in CKA_USED}),
     output:
         cka_evaluation.matrix_file(STUDY, "{dataset}"),
     params:
         settings=cka_settings(),
         pairs=CKA_PAIRS,
-        # What each pass file must record (a stale one is refused); in the order of input.passes.
+        files=lambda w: {m: STUDY.pass_output(m, "cka", w.dataset) for m in CKA_USED},
+        # What each pass file must record (a stale one is refused).
         identities={m: STUDY.model_identity(m) for m in CKA_USED},
     log:
         f"{RESULTS}/logs/compute_cka/{{dataset}}.log",

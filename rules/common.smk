@@ -129,10 +129,20 @@ def dataset_archive(wildcards):
     return [str(p) for p in STUDY.datasets[wildcards.dataset].archive_paths]
 
 
-def head_input(wildcards):
+def head_file(wildcards):
+    """Where a CLIP model's zero-shot head is cached (built by the model's jobs themselves, no job
+    of its own: beyond_imagenet/heads.py); "" for a model without one."""
     if STUDY.models[wildcards.model].needs_zero_shot_head:
         return STUDY.head(wildcards.model)
-    return []
+    return ""
+
+
+def head_templates(wildcards):
+    """The zero-shot templates of a CLIP model's head; "" for a model without one (whose jobs a
+    new template count does not rerun)."""
+    if STUDY.models[wildcards.model].needs_zero_shot_head:
+        return config["zero_shot"]["templates"]
+    return ""
 
 
 def model_entry(wildcards):
@@ -158,8 +168,11 @@ def _group_items(wildcards):
                                 f"extraction.split: {config['extraction']['split']}")
         return plan[dataset]
     if wildcards.group not in plan:
+        groups = STUDY.job_groups(wildcards.model)
+        if wildcards.group in groups:  # a group that only runs passes (group_passes)
+            return []
         raise WorkflowError(f"model {wildcards.model} has no extraction group {wildcards.group!r}; "
-                            f"its groups: {', '.join(sorted(plan))}")
+                            f"its groups: {', '.join(sorted(groups))}")
     return plan[wildcards.group]
 
 
@@ -174,7 +187,8 @@ def group_manifests(wildcards):
     if damage:
         logger.warning(f"{marker}: " + "; ".join(damage) + ": the group's job reruns and recomputes them")
         workflow.dag.forcefiles.add(marker)
-    return sorted({STUDY.manifest(d) for d, _ in _group_items(wildcards)})
+    passes = STUDY.pass_plan(wildcards.model).get(wildcards.group, [])
+    return sorted({STUDY.manifest(d) for d, _ in _group_items(wildcards)} | {STUDY.manifest(d) for _, d in passes})
 
 
 def group_items(wildcards):
@@ -195,6 +209,18 @@ def group_items(wildcards):
             item.update(part=part[1], parts=part[2])
         items.append(item)
     return items
+
+
+def group_passes(wildcards):
+    """Each pass of an evaluation over a dataset's images (its registry ``model_pass`` hook: CKA's Gram
+    matrices) the extraction job runs with the network it builds: which, over which manifest, the
+    file it writes and what that file must record (a change reruns the job, which reuses its files)."""
+    out = []
+    for ev, d in sorted(STUDY.pass_plan(wildcards.model).get(wildcards.group, [])):
+        hook = EVALUATIONS[ev].model_pass
+        out.append({"evaluation": ev, "dataset": d, "manifest": STUDY.manifest(d),
+                    "output": hook.output(STUDY, wildcards.model, d), "expect": hook.expect(STUDY, wildcards.model, d)})
+    return out
 
 
 # extraction.split: a split dataset's file is written by K part jobs (extract_outputs jobs of the
@@ -412,14 +438,6 @@ def register_evaluation(evaluation, *extra):
 # CKA (rules/cka.smk): the models that take part, the pairs and the pass settings.
 def cka_settings():
     """The pass's own settings only (not its list of datasets: adding one reruns no pass)."""
-    from beyond_imagenet.evaluations.cka import PASS_SETTINGS
+    from beyond_imagenet.evaluations.cka import pass_settings
 
-    return {k: config["evaluations"].get("cka", {}).get(k) for k in PASS_SETTINGS}
-
-
-def cka_model(wildcards):
-    """The model of a CKA pass job (one that takes part in the study's CKA)."""
-    models = STUDY.evaluation_models("cka")
-    if wildcards.model not in models:
-        raise WorkflowError(f"{wildcards.model} takes no part in this study's CKA ({', '.join(models)})")
-    return wildcards.model
+    return pass_settings(STUDY)

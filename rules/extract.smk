@@ -2,46 +2,31 @@
 from beyond_imagenet.extraction_jobs import COMPILE_CACHE
 
 
-rule build_zero_shot_head:
-    input:
-        checkpoint_input,
-    output:
-        f"{RESULTS}/heads/{{model}}.h5",
-    params:
-        model=model_entry,
-        identity=head_params,
-        templates=config["zero_shot"]["templates"],
-    log:
-        f"{RESULTS}/logs/build_zero_shot_head/{{model}}.log",
-    benchmark:
-        f"{RESULTS}/benchmarks/build_zero_shot_head/{{model}}.tsv"
-    conda:
-        "../envs/torch.yaml"
-    resources:
-        **EXECUTION,
-    script:
-        "../scripts/build_zero_shot_head.py"
-
-
 # One job per (model, extraction group) writes every output of the group under
 # results/extracted/<model>/ (each file atomic and resumable on its own), where readers find it, and
 # then its marker, the job's only Snakemake output and its readers' input. Groups: extraction.group /
 # extraction.groups (Study.extraction_plan). A rerun of a group reuses every extracted file whose
 # extraction key still matches (Snakemake's deleting a rerun job's outputs leaves them alone); a
 # file deleted or replaced since the marker was written makes the group rerun (group_manifests).
+# The job also runs the evaluations' own passes over the images that its model takes part in (CKA's
+# Gram matrices: group_passes, Study.pass_plan) with the network it built, reused the same way.
 rule extract_outputs:
     input:
         manifests=group_manifests,
-        head=head_input,
         weights=checkpoint_input,
     output:
         f"{RESULTS}/extracted/{{model}}/{{group}}.group.json",
     params:
         model=model_entry,
         head_identity=head_params,
+        # A CLIP model's zero-shot head is built in its first job that builds the model, cached at
+        # results/heads/<model>.h5 for the others (beyond_imagenet/heads.py: cached_head).
+        head=head_file,
+        templates=head_templates,
         protocol=config["preprocessing"],
         logit_scale=config["zero_shot"]["logit_scale"],
         cached=group_items,
+        passes=group_passes,
         batch_size=config["extraction"]["batch_size"],
         shard_size=config["extraction"]["shard_size"],
         features_dtype=config["extraction"]["features_dtype"],
@@ -53,7 +38,7 @@ rule extract_outputs:
     benchmark:
         f"{RESULTS}/benchmarks/extract_outputs/{{model}}/{{group}}.tsv"
     wildcard_constraints:
-        group=r"[A-Za-z0-9][A-Za-z0-9_-]*(@variants|@part-[0-9]+-of-[0-9]+)?",
+        group=r"[A-Za-z0-9][A-Za-z0-9_-]*(@variants|@passes|@part-[0-9]+-of-[0-9]+)?",
     threads: MODEL_JOB_THREADS
     conda:
         "../envs/torch.yaml"

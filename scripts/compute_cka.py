@@ -1,6 +1,7 @@
 # Within- and cross-model CKA heatmaps of one dataset (docs/evaluations.md §9) from the models' pass
-# files (compute_cka_pass): no model is built; every pair's minibatch CKA is formed from the stored
-# per-batch Gram matrices, batch by batch, as a joint pass over all models would.
+# files (written by their extraction jobs: beyond_imagenet/evaluations/cka/passes.py, run_pass): no
+# model is built; every pair's minibatch CKA is formed from the stored per-batch Gram matrices,
+# batch by batch, as a joint pass over all models would.
 import json
 import logging
 
@@ -16,13 +17,13 @@ job = setup(snakemake)
 torch.set_num_threads(job.threads)
 dataset = job.wildcards.dataset
 manifest = load_manifest(job.input.manifest)
-identities = job.params.identities  # model -> its identity, in the order of the passes input
+identities = job.params.identities  # model -> its identity
 settings = job.params.settings
 pairs = [tuple(pair) for pair in job.params.pairs]
 # A pass file made for another model, weights, setting or image list is refused, not paired.
 expected = {m: {"model": m, "identity": identity, "settings": settings, "dataset": dataset,
                 "manifest_fingerprint": manifest["fingerprint"]} for m, identity in identities.items()}
-found = pairs_from_grams(dict(zip(identities, job.input.passes)), pairs, expected)
+found = pairs_from_grams({m: job.params.files[m] for m in identities}, pairs, expected)
 logging.info("CKA on %s: %d pairs of %d models", dataset, len(pairs), len(found.attrs))
 first = next(iter(found.attrs.values()))  # the files agree on images and batches (checked)
 attrs = {"dataset": dataset, "manifest_fingerprint": manifest["fingerprint"], "n_images": int(first["n_images"]),

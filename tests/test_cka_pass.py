@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -343,7 +344,7 @@ def test_cka_table_gets_intervals_over_minibatches(tmp_path):
 
 # --- one pass file per model, the pairs from the files (no model) ---------------------------------
 def _pass_files(tmp_path, models: dict, n_batches: int = 4, skipped=(), attrs_of=None):
-    """Each model's pass file over the same batches (as compute_cka_pass writes them)."""
+    """Each model's pass file over the same batches (as the extraction jobs write them: run_pass)."""
     from beyond_imagenet.evaluations.cka.passes import gram_pass, write_grams
 
     files = {}
@@ -430,13 +431,24 @@ def test_pairs_job_refuses_stale_or_mismatched_pass_files(tmp_path):
         pairs_from_grams(files, [("a", "c")], _expected(models))
 
 
-# --- through Snakemake: adding a model to a finished study ----------------------------------------
+# --- through Snakemake: the pass inside each model's extraction job ------------------------------
 @pytest.mark.workflow
-def test_adding_a_model_runs_its_cka_pass_and_the_pairs_only(tmp_path):
-    """A finished CKA study plus one model plans that model's pass, the pairs job over the stored
-    passes and the study-wide tables and figures: no other model's pass reruns (dry run)."""
+def test_pass_runs_in_the_extraction_job_and_adding_a_model_runs_its_job_and_the_pairs_only(tmp_path, monkeypatch):
+    """Each model's CKA pass is run by its extraction job (no job of its own), with the network that
+    job built for its extractions: the pass file equals a pass of a freshly built model, Gram for
+    Gram. A finished study plus one model plans that model's extraction job, the pairs job over the
+    stored passes and the study-wide tables and figures: no other model's job reruns (dry run). A
+    changed pass setting reruns the extraction jobs, which reuse their extracted files and compute
+    the passes again; a deleted pass file reruns its model's job only."""
     from collections import Counter
 
+    import h5py
+
+    from beyond_imagenet.datasets.manifest import load_manifest
+    from beyond_imagenet.evaluations.cka import pass_expect
+    from beyond_imagenet.evaluations.cka.passes import run_pass
+    from beyond_imagenet.study import Study, load_config
+    from beyond_imagenet.workflow import model_spec
     from conftest import dry_run_jobs, run_snakemake, write_config
 
     config = default_config()
@@ -444,18 +456,93 @@ def test_adding_a_model_runs_its_cka_pass_and_the_pairs_only(tmp_path):
     config["models"] = {"convnet_sup": models["convnet_sup"], "vit_sup": models["vit_sup"]}
     config["datasets"] = {"imagenet_val": {**config["datasets"]["imagenet_val"], "num_classes": 4,
                                            "images_per_class": 2}}
-    config["evaluations"] = {"cka": {"datasets": ["imagenet_val"], "n_images": 8, "batch_size": 4,
+    config["evaluations"] = {"accuracy": {"datasets": ["imagenet_val"]},
+                             "cka": {"datasets": ["imagenet_val"], "n_images": 8, "batch_size": 4,
                                      "cross_pairs": "all"}}
     config["resources_dir"] = str(tmp_path / "resources")
-    jobs = run_snakemake(write_config(tmp_path / "two.yaml", config), tmp_path)
-    assert jobs["compute_cka_pass"] == 2 and jobs["compute_cka"] == 1
-    assert dry_run_jobs(tmp_path / "two.yaml", tmp_path) == []  # finished
+    two = write_config(tmp_path / "two.yaml", config)
+    jobs = run_snakemake(two, tmp_path)
+    assert jobs["extract_outputs"] == 2 and jobs["compute_cka"] == 1 and "compute_cka_pass" not in jobs
+    assert dry_run_jobs(two, tmp_path) == []  # finished
+
+    # The pass of the extraction job (whose network first extracted imagenet_val) is the pass of a
+    # freshly built model, exactly.
+    monkeypatch.chdir(tmp_path)
+    study = Study(load_config(two))  # with the schema's defaults, as the workflow reads it
+    manifest = load_manifest("results/manifests/imagenet_val.json", images=True)
+    stored = tmp_path / study.pass_output("vit_sup", "cka", "imagenet_val")
+    assert stored == tmp_path / "results" / "cka" / "vit_sup" / "imagenet_val.h5"
+    loaded = build_model(model_spec(study.model_entry("vit_sup"), study.head_identity("vit_sup")), "paper")
+    fresh = tmp_path / "fresh.h5"
+    run_pass(loaded, loaded.spec, manifest, fresh, pass_expect(study, "vit_sup", "imagenet_val"), torch.device("cpu"))
+    with h5py.File(stored) as a, h5py.File(fresh) as b:
+        assert list(a["grams"]) == list(b["grams"]) and len(a["grams"]) == 2
+        for key in a["grams"]:
+            np.testing.assert_array_equal(a["grams"][key][()], b["grams"][key][()])
+    marker = json.loads(Path(study.pass_marker("vit_sup", "cka", "imagenet_val")).read_text())
+    assert study.pass_output("vit_sup", "cka", "imagenet_val") in marker["outputs"]
 
     config["models"]["vit_sup2"] = {**models["vit_sup"], "seed": 1, "label": "another ViT"}
-    planned = dry_run_jobs(write_config(tmp_path / "three.yaml", config), tmp_path)
-    passes = [w for rule, w in planned if rule == "compute_cka_pass"]
-    assert passes == [{"model": "vit_sup2", "dataset": "imagenet_val"}]
+    three = write_config(tmp_path / "three.yaml", config)
+    planned = dry_run_jobs(three, tmp_path)
+    assert [w for rule, w in planned if rule == "extract_outputs"] == [{"model": "vit_sup2", "group": "all"}]
     # The study-wide aggregates read every table (tests/test_job_params.py AGGREGATES).
-    assert Counter(rule for rule, _ in planned) - Counter({"compute_cka_pass": 1}) == Counter(
-        {"compute_cka": 1, "compute_cka_summary": 1, "plot_cka": 1, "compute_profile": 1, "plot_profile": 1,
-         "compute_comparisons": 1, "plot_comparisons": 1, "list_skipped_images": 1, "results_page": 1, "all": 1})
+    assert Counter(rule for rule, _ in planned) - Counter({"extract_outputs": 1}) == Counter(
+        {"compute_cka": 1, "compute_cka_summary": 1, "plot_cka": 1, "compute_accuracy": 1, "compute_profile": 1,
+         "plot_profile": 1, "compute_comparisons": 1, "plot_comparisons": 1, "list_skipped_images": 1,
+         "compute_across_models": 1, "plot_across_models": 1, "plot_vs_imagenet": 1, "results_page": 1,
+         "all": 1})
+
+    # A deleted pass file: its model's job reruns (and the pairs), no other model's.
+    Path(stored).unlink()
+    planned = dry_run_jobs(two, tmp_path)
+    assert [w["model"] for rule, w in planned if rule == "extract_outputs"] == ["vit_sup"]
+    run_snakemake(two, tmp_path)
+    assert Path(stored).is_file()
+
+    # A new pass setting: both models' jobs rerun, reuse their extracted files, compute new passes.
+    extracted = tmp_path / "results" / "extracted" / "convnet_sup" / "imagenet_val.h5"
+    made = extracted.stat().st_mtime_ns
+    del config["models"]["vit_sup2"]
+    config["evaluations"]["cka"]["n_images"] = 4
+    jobs = run_snakemake(write_config(tmp_path / "two.yaml", config), tmp_path)
+    assert jobs["extract_outputs"] == 2 and jobs["compute_cka"] == 1
+    assert extracted.stat().st_mtime_ns == made
+    with h5py.File(stored) as f:
+        assert len(f["grams"]) == 1 and json.loads(f.attrs["settings"])["n_images"] == 4
+
+
+def test_pass_plan_puts_each_pass_in_the_group_that_extracts_its_dataset():
+    """Study.pass_plan: the CKA pass goes where its dataset is extracted (``all`` under
+    ``group: model``, the dataset's own or explicit group under ``group: dataset``); a split dataset's
+    pass (its part jobs extract slices) and a dataset the model extracts nothing of get a group of
+    their own; a model no pair names runs no pass; the pairs job reads the markers of those groups."""
+    import copy
+
+    from beyond_imagenet.study import Study, validate_config
+
+    base = default_config()
+    base["evaluations"]["cka"]["datasets"] = ["imagenet_val", "cue_conflict"]
+
+    def plan(**extraction):
+        config = copy.deepcopy(base)
+        config["extraction"].update(extraction)
+        return Study(validate_config(config))
+
+    study = plan(group="model")
+    assert study.pass_plan("vit_sup") == {"all": [("cka", "imagenet_val"), ("cka", "cue_conflict")]}
+    assert study.job_groups("vit_sup") == ["all"]
+    assert study.pass_marker("vit_sup", "cka", "cue_conflict") == str(study.results / "extracted" / "vit_sup" / "all.group.json")
+    study = plan(group="dataset", groups={"mine": ["cue_conflict", "imagenet_r"]})
+    assert study.pass_plan("vit_sup") == {"imagenet_val": [("cka", "imagenet_val")], "mine": [("cka", "cue_conflict")]}
+    assert set(study.pass_plan("vit_sup")) <= set(study.extraction_plan("vit_sup"))  # no job of its own
+    study = plan(group="dataset", split={"imagenet_val": 2})
+    assert study.pass_plan("vit_sup")["imagenet_val@passes"] == [("cka", "imagenet_val")]
+    assert "imagenet_val@passes" in study.job_groups("vit_sup") and "imagenet_val@passes" not in study.extraction_plan("vit_sup")
+    # only the models some pair names (the hook's models(), cached per study)
+    study = plan(group="model")
+    from beyond_imagenet.evaluations.cka import pass_models
+
+    assert pass_models(study) == list(study.models)  # the default study pairs every model
+    study._pass_models["cka"] = {"vit_sup"}
+    assert [m for m in study.models if study.pass_plan(m)] == ["vit_sup"]

@@ -72,8 +72,8 @@ AGGREGATES = {"compute_profile", "plot_profile", "compute_comparisons", "plot_co
 # ------------------------------------------------------------------------------------- study
 def study_config(archive: Path) -> dict:
     """Every evaluation of the default study, shrunk as conftest's tiny_config (a few images per set),
-    further to one model: a CLIP one, whose zero-shot head is a job too (every job here costs a
-    few seconds of imports; jobs of a second model would only repeat rules already audited)."""
+    further to one model: a CLIP one, whose extraction jobs build its zero-shot head (every job here
+    costs a few seconds of imports; jobs of a second model would only repeat rules already audited)."""
     config = default_config()
     config["models"] = {k: v for k, v in config["models"].items() if k == "vit_clip"}
     config["zero_shot"]["templates"] = 1
@@ -319,12 +319,15 @@ def dataset_jobs(config, dataset):
 
 # evaluation -> (config change, allowed jobs besides the dataset's and the aggregates, required jobs)
 SCENARIOS = {
+    # The CKA pass over the dataset runs in the extraction job of the group that extracts it
+    # (dataset_jobs: its extract_outputs jobs, which reuse their files), or of <dataset>@passes
+    # where the dataset is split (Study.pass_plan).
     "cka": (add_to_cka,
-            lambda d: {"compute_cka_pass": lambda wc: wc.get("dataset") == d,
+            lambda d: {"extract_outputs": lambda wc: wc.get("group") == f"{d}@passes",
                        "compute_cka": lambda wc: wc.get("dataset") == d,
                        "plot_cka": lambda wc: True,  # (draws every CKA figure: one job per evaluation)
                        "compute_cka_summary": lambda wc: True},
-            lambda d: [("compute_cka_pass", {"dataset": d}), ("compute_cka", {"dataset": d})]),
+            lambda d: [("extract_outputs", {}), ("compute_cka", {"dataset": d})]),
     "calibration": (add_to_calibration,
                     lambda d: {"compute_calibration": lambda wc: True, "plot_calibration": lambda wc: True},
                     lambda d: [("compute_calibration", {})]),
@@ -350,7 +353,9 @@ def test_adding_a_dataset_to_one_evaluation_reruns_only_its_jobs(audited_study, 
     result = plan(configfile, workdir)
     planned = result.jobs
 
-    allowed = {**dataset_jobs(config, dataset), **own_jobs(dataset), **{r: (lambda wc: True) for r in AGGREGATES}}
+    allowed = {**own_jobs(dataset), **{r: (lambda wc: True) for r in AGGREGATES}}
+    for rule, allow in dataset_jobs(config, dataset).items():  # either's
+        allowed[rule] = (lambda wc, a=allow, b=allowed.get(rule): a(wc) or (b is not None and b(wc)))
     spurious = [(rule, wc) for rule, wc in planned if not (rule in allowed and allowed[rule](wc))]
     listing = f"planned after adding {dataset} to evaluations.{evaluation}.datasets:\n{describe(planned)}"
     if spurious:

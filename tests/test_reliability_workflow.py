@@ -212,7 +212,7 @@ def test_download_unpack_manifest_extraction_from_a_local_archive(rel, baseline)
     workdir = baseline["workdir"]
     ran = {p.relative_to(workdir / "results/logs").parts[0].removesuffix(".log") for p in (workdir / "results/logs").rglob("*.log")}
     # one fetch_dataset job downloads, unpacks and lists the dataset
-    assert ran == {"fetch_dataset", "build_zero_shot_head", "extract_outputs", "compute_calibration"}
+    assert ran == {"fetch_dataset", "extract_outputs", "compute_calibration"}  # the head: by extract_outputs
     # The archive was verified and unpacked as it is, with the completion marker.
     assert (workdir / "resources/downloads/imagenet_r/imagenet-r.tar").read_bytes() == rel["tar"].read_bytes()
     unpacked = unpacked_files(workdir / "resources/datasets/imagenet_r")
@@ -330,7 +330,7 @@ def test_two_runs_give_byte_identical_tables_and_outputs(baseline, chain):
         pytest.skip("needs the completed kill chain")
     products = product_files(chain["workdir"])
     assert sorted(products) == sorted(baseline["products"])
-    assert len(products) == 1 + 2 + 1  # calibration.csv, two outputs, one zero-shot head
+    assert len(products) == 1 + 2 + 1  # calibration.csv, two outputs, one zero-shot head (cached by extraction)
     different = [name for name in products if products[name] != baseline["products"][name]]
     assert different == []
 

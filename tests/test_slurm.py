@@ -34,7 +34,7 @@ SLURM_ENV = {"BEYOND_IMAGENET_SLURM_MAX_CPUS": "1", "BEYOND_IMAGENET_SLURM_MAX_M
              "BEYOND_IMAGENET_SLURM_POLL_SECONDS": "5"}
 SLURM_ARGS = ["--profile", "profiles/slurm", "--configfile"]
 SLURM_COMMAND = " ".join([*(f"{k}={v}" for k, v in SLURM_ENV.items()), ".venv/bin/snakemake", *SLURM_ARGS])
-# The cut-down study: one CLIP model (zero-shot head + extraction: the GPU rules), ImageNet val.
+# The cut-down study: one CLIP model (extraction, which builds its zero-shot head: the GPU rule), ImageNet val.
 TABLES = ["results/metrics/accuracy.csv", "results/metrics/calibration.csv"]
 
 
@@ -136,7 +136,8 @@ def test_slurm_profile_sizes_follow_the_documented_variables(capsys):
                              "BEYOND_IMAGENET_SLURM_GPU_PARTITION": "a100"})
     res = values["set-resources"]
     assert "extract_outputs:cpus_per_task=4" in res and "extract_outputs:mem_mb=20000" in res
-    assert "build_zero_shot_head:mem_mb=16000" in res and "probe_transfer:cpus_per_task=2" in res
+    assert "probe_transfer:cpus_per_task=2" in res
+    assert not any(item.startswith("build_zero_shot_head:") for item in res)  # no such job: extraction builds it
     assert "extract_outputs:runtime=480" in res and "extract_outputs:slurm_partition=a100" in res
     assert "slurm_partition=cpu" in values["default-resources"] and "extract_outputs=4" in values["set-threads"]
     assert values["resources"] == ["mem_mb=20000", "cpus_per_task=4"]
@@ -224,7 +225,7 @@ def test_cpu_study_on_slurm_equals_a_local_run(cluster, tmp_path):
     configfile = study(tmp_path)
     out, jobs, _ = run_on_slurm(cluster, configfile, tmp_path / "slurm", TABLES)
     acct = accounting(cluster)
-    assert sorted(jobs.values()) == ["build_zero_shot_head", "extract_outputs", "group:prepare", "group:tables"], out[-3000:]
+    assert sorted(jobs.values()) == ["extract_outputs", "group:prepare", "group:tables"], out[-3000:]
     for jid, rule in jobs.items():
         state, tres = acct[jid]
         assert state == "COMPLETED", (rule, state)
@@ -244,17 +245,20 @@ def test_cpu_study_on_slurm_equals_a_local_run(cluster, tmp_path):
 @pytest.mark.workflow
 @pytest.mark.slurm
 def test_gpu_study_asks_slurm_for_a_gpu_per_model_job(cluster, tmp_path):
-    """With extraction.device: auto the zero-shot head job is an `sbatch --gpus=h100:1` job with the
-    README's GPU-type recipe (BEYOND_IMAGENET_SLURM_GPU_MODEL=h100), which keeps the profile's other
+    """With extraction.device: auto the extraction job (which builds the model's zero-shot head) is
+    an `sbatch --gpus=h100:1` job with the README's GPU-type recipe
+    (BEYOND_IMAGENET_SLURM_GPU_MODEL=h100), which keeps the profile's other
     resources (the capped memory and CPUs below); the fake GPU is counted by SLURM (ReqTRES). The
     node has no GPU torch can use: if SLURM hands the job its GPU variables, the job stops naming the
     CUDA build and the fix (beyond_imagenet/devices.py), never running silently on the CPU."""
     workdir = tmp_path / "gpu"
-    out, jobs, rc = run_on_slurm(cluster, study(tmp_path, "auto"), workdir, ["results/heads/vit_clip.h5"],
+    out, jobs, rc = run_on_slurm(cluster, study(tmp_path, "auto"), workdir,
+                                 ["results/extracted/vit_clip/all.group.json"],
                                  env={"BEYOND_IMAGENET_SLURM_GPU_MODEL": slurm_cluster.FAKE_GPU_TYPE}, check=False)
     acct = accounting(cluster)
-    assert set(jobs.values()) == {"build_zero_shot_head"}, out[-3000:]
-    for jid in jobs:
+    assert set(jobs.values()) == {"group:prepare", "extract_outputs"}, out[-3000:]
+    gpu_jobs = [jid for jid, rule in jobs.items() if rule == "extract_outputs"]
+    for jid in gpu_jobs:
         state, tres = acct[jid]
         assert "gres/gpu=1" in tres and f"gres/gpu:{slurm_cluster.FAKE_GPU_TYPE}=1" in tres, tres
         assert "mem=4000M" in tres and "cpu=1" in tres, tres  # the profile's sizes, capped as documented
@@ -303,4 +307,4 @@ def test_every_study_wide_table_and_figure_rule_runs_in_the_tables_group():
             if re.match(r"(compute|plot)_|results_page$", name) and "{model}" not in block.split("output:", 1)[-1].split("log:", 1)[0]:
                 study_wide.add(name)
     grouped = {item.split("=")[0] for item in profile_values()["groups"] if item.endswith("=tables")}
-    assert study_wide and study_wide - {"compute_cka_pass"} <= grouped, sorted(study_wide - grouped)
+    assert study_wide and study_wide <= grouped, sorted(study_wide - grouped)

@@ -117,6 +117,28 @@ class Variants:
 
 
 @dataclasses.dataclass(frozen=True)
+class ModelPass:
+    """An evaluation's own pass of a model over a dataset's images (``reads="images"``: CKA's Gram
+    matrices per batch), run by the model's extraction job with the network that job already built
+    and the device it already holds, so the pass costs no job, start-up or GPU submission of its own.
+    The machinery (``Study.pass_plan``, the extraction job) knows it through these fields only.
+
+    ``models(study)``: the models that need the pass. ``output(study, model, dataset)``: the file it
+    writes (atomically). ``expect(study, model, dataset)``: what that file must record (its cache
+    key: a file recording anything else is computed again; a change reruns the model's job).
+    ``current(path, expect, manifest)``: whether a file on disk is that file (reused).
+    ``run(loaded, spec, manifest, out, expect, device, num_workers, on_bad_image)``: computes and writes
+    it. ``current`` and ``run`` run inside extraction jobs only: keep their heavy imports inside them.
+    """
+
+    models: Callable[["Study"], Sequence[str]]
+    output: Callable[["Study", str, str], str]
+    expect: Callable[["Study", str, str], dict[str, Any]]
+    current: Callable[..., bool]
+    run: Callable[..., Any]
+
+
+@dataclasses.dataclass(frozen=True)
 class Evaluation:
     """One evaluation; see the module docstring. Field by field:
 
@@ -127,7 +149,8 @@ class Evaluation:
     compute job's params); ``sort_by``: row order when not the input order; ``group_columns``:
     what identifies a row besides model and metric. ``check(config)``: extra config problems
     (lines naming keys). ``variants``: the extra outputs it needs extracted (``<dataset>@<variant>``),
-    a :class:`Variants` hook; ``input_transform(study, dataset)``: the transform it asks for a
+    a :class:`Variants` hook; ``model_pass``: its own pass over the images (``reads="images"``),
+    run in each model's extraction job, a :class:`ModelPass` hook; ``input_transform(study, dataset)``: the transform it asks for a
     dataset's standard extraction (None = the study's protocol). ``samples(job)``: the images
     behind its rows as :class:`Sample` records (None: its table gets empty ``ci_low`` / ``ci_high``
     and no comparisons); ``combine(rows)``: a model's rows computed across its samples (e.g. an
@@ -148,6 +171,7 @@ class Evaluation:
     headlines: tuple[Headline, ...] = ()
     check: Callable[[dict[str, Any]], list[str]] | None = None
     variants: Variants | None = None
+    model_pass: ModelPass | None = None
     # Columns that do not pair two models' rows in the comparisons (CKA: a within row's partner).
     pair_ignore: tuple[str, ...] = ()
     input_transform: Callable[["Study", str], str | None] | None = None

@@ -2,10 +2,11 @@
 online with forward hooks, every model on the same images in the same seeded batches.
 
 Unlike the other evaluations it runs its own pass over the images (``passes``: hooks, the pass,
-its files): one job per model and dataset (``rules/cka.smk``: ``compute_cka_pass``) stores each
-selected layer's Gram matrix per batch (:func:`pass_file`), and one job per dataset without any
-model (``compute_cka``) forms every pair's matrix from those files (:func:`matrix_file`); its
-table (``cka.csv``, what the profile reads) and its heatmaps are drawn from the matrix files.
+its files): each model's extraction job, with the network it already built, stores each selected
+layer's Gram matrix per batch (:func:`pass_file`; the registry's ``model_pass`` hook, so the pass
+costs no job of its own), and one job per dataset without any model (``compute_cka``) forms every
+pair's matrix from those files (:func:`matrix_file`); its table (``cka.csv``, what the profile
+reads) and its heatmaps are drawn from the matrix files.
 """
 
 from __future__ import annotations
@@ -15,11 +16,12 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from beyond_imagenet.evaluations import Evaluation, Figure, register
+from beyond_imagenet.evaluations import Evaluation, Figure, ModelPass, register
 from beyond_imagenet.profile import Headline
 from beyond_imagenet.style import plt, save_figure
 
-#: The settings of the CKA pass (evaluations.cka.<key>): params of compute_cka_pass and compute_cka.
+#: The settings of the CKA pass (evaluations.cka.<key>): what a pass file records (with the model's
+#: identity and the dataset), params of the extraction jobs that run the pass and of compute_cka.
 PASS_SETTINGS = ("n_images", "batch_size", "seed", "layers")
 
 
@@ -122,6 +124,36 @@ def matrix_file(study, dataset: str) -> str:
 def pass_file(study, model: str, dataset: str) -> str:
     """One model's pass over one dataset: its layers' Gram matrices per seeded batch (``passes.write_grams``)."""
     return str(study.results / "cka" / model / f"{dataset}.h5")
+
+
+def pass_settings(study) -> dict[str, Any]:
+    """The pass's own settings only (not its list of datasets: adding one reruns no pass)."""
+    return {k: study.evaluations.get("cka", {}).get(k) for k in PASS_SETTINGS}
+
+
+def pass_models(study) -> list[str]:
+    """The models some pair names (study order): only they need a pass."""
+    used = {m for pair in pairs(study) for m in pair}
+    return [m for m in study.evaluation_models("cka") if m in used]
+
+
+def pass_expect(study, model: str, dataset: str) -> dict[str, Any]:
+    """What ``model``'s pass file of ``dataset`` must record (with its manifest's fingerprint):
+    what compute_cka asks of it, and its cache key in the extraction job."""
+    return {"model": model, "identity": study.model_identity(model), "settings": pass_settings(study),
+            "dataset": dataset}
+
+
+def _pass_current(path, expect, manifest) -> bool:
+    from beyond_imagenet.evaluations.cka.passes import pass_is_current
+
+    return pass_is_current(path, expect, manifest)
+
+
+def _run_pass(*args, **kwargs):
+    from beyond_imagenet.evaluations.cka.passes import run_pass
+
+    return run_pass(*args, **kwargs)
 
 
 def table(job) -> list[dict[str, Any]]:
@@ -313,6 +345,8 @@ CKA = register(Evaluation(
     figures=(Figure("cka", draw, "cka", variants=figure_kinds, variant_wildcard="kind", data=labels, chance=False,
                     source=lambda study, w: matrix_file(study, w.dataset)),),
     check=check,
+    model_pass=ModelPass(models=pass_models, output=pass_file, expect=pass_expect, current=_pass_current,
+                         run=_run_pass),
     headlines=(Headline("cka", {"metric": "mean_layer_similarity", "kind": "within"}, None,
                         "mean layer-to-layer CKA ({dataset})"),),
 ))

@@ -657,3 +657,66 @@ def iterate_batches(loader: Iterable[Any], progress_every: int = 10) -> Iterator
         if i % progress_every == 0:
             log.info("CKA batch %d", i)
         yield batch
+
+
+# ------------------------------------------------- the pass inside a model's extraction job
+def pass_is_current(path: str | os.PathLike, expect: Mapping[str, Any], manifest: Mapping[str, Any]) -> bool:
+    """Whether the pass file at ``path`` is whole and records ``expect`` (model, identity, settings,
+    dataset) and the manifest's fingerprint: what the pairs job will ask of it. Anything else (no
+    file, another format, a file made for other weights, settings or images) is computed again."""
+    from beyond_imagenet.extract import CorruptOutputError, StaleOutputError, check_attrs
+
+    if not Path(path).is_file():
+        return False
+    try:
+        check_attrs(path, {**expect, "manifest_fingerprint": manifest["fingerprint"], "format": GRAMS_FORMAT})
+    except (StaleOutputError, CorruptOutputError, OSError, KeyError, ValueError) as err:
+        log.info("%s is not this pass's file (%s): computing it again", path, str(err).splitlines()[0])
+        return False
+    return True
+
+
+def run_pass(loaded: Any, spec: Any, manifest: Mapping[str, Any], out: str | os.PathLike,
+             expect: Mapping[str, Any], device: torch.device, num_workers: int = 0,
+             on_bad_image: str = "error") -> int:
+    """One model's CKA pass over one dataset (docs/evaluations.md §9), with the network its
+    extraction job built (``loaded``: a ``LoadedModel`` of the study's standard transform; hooks are
+    removed afterwards, a ``torch.compile`` wrapper is looked through): the seeded CKA batches (the
+    same for every model) through the model's own preprocessing, each selected layer's Gram matrix
+    formed in a forward hook and written per batch to ``out`` (:func:`write_grams`). Under
+    ``on_bad_image: error`` unreadable images are named and nothing is written. Returns the batches."""
+    from beyond_imagenet.extract import BadImagesError
+    from beyond_imagenet.workflow import versions
+
+    settings, dataset, name = expect["settings"], expect["dataset"], expect["model"]
+    # The same seeded draw and batches in every model's job (a function of the manifest and the
+    # settings only), so the pairs job can pair any two models' batches.
+    samples, dropped = cka_sample(manifest["samples"], settings["n_images"], settings["batch_size"], settings["seed"])
+    if dropped:
+        log.warning("CKA on %s: %d of the %d drawn images do not fill a batch of %d and are dropped",
+                    dataset, dropped, len(samples) + dropped, settings["batch_size"])
+    network = getattr(loaded.network, "_orig_mod", loaded.network)  # hooks go on the modules themselves
+    layers = select_layers(IMAGE_TOWERS[spec.source](network), spec.family, settings["layers"])
+    log.info("CKA pass of %s on %s: %d layers (%s ... %s)", name, dataset, len(layers), layers[0][0], layers[-1][0])
+    model = HookedModel(network, layers)
+    ids = [sid for sid, _ in samples]
+    loader = torch.utils.data.DataLoader(
+        SameImages(manifest["root"], ids, {name: loaded.transform}), batch_size=settings["batch_size"],
+        shuffle=False, drop_last=True, num_workers=num_workers, collate_fn=collate_same_images)
+    bad: list[tuple[int, str]] = []
+
+    def finish():
+        """After the last batch: every bad file named and nothing written, or the file's record."""
+        if bad and on_bad_image == "error":
+            raise BadImagesError(manifest["root"], [(ids[i], reason) for i, reason in sorted(bad)])
+        if bad:
+            log.warning("CKA on %s: %d unreadable image(s) skipped", dataset, len(bad))
+        attrs = {**expect, "preprocessing": loaded.preprocessing, "manifest_fingerprint": manifest["fingerprint"],
+                 "n_images": len(samples), "n_dropped": dropped, "batch_size": settings["batch_size"],
+                 "sample_seed": settings["seed"], "n_skipped": len(bad), "versions": versions()}
+        return attrs, ids, [ids[i] for i, _ in sorted(bad)]
+
+    batches = (images[name] for images in readable_batches(loader, bad))
+    n = write_grams(out, model.layer_names, gram_pass(model, iterate_batches(batches), device), finish)
+    log.info("wrote %s (%d batches of %d layers)", out, n, len(layers))
+    return n
