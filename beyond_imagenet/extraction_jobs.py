@@ -90,6 +90,15 @@ def run_group(job) -> dict[str, Any]:
     if params.compile:
         enable_compile_cache(compile_cache)
     built: dict[str, Any] = {}  # standard transforms share one network per input transform
+
+    def standard_network(key: str, device):
+        """The model for the study's protocol with input transform ``key``, built once per job."""
+        if key not in built:
+            built[key] = _maybe_compile(build_model(spec, params.protocol, head=zero_shot_head(device),
+                                                    logit_scale=params.logit_scale, input_transform=key),
+                                        params.compile)
+        return built[key]
+
     timing = {"items": len(items), "forward_s": 0.0, "computed": 0, "reused": 0}
     written = []
     part_record = None  # a part job of a split dataset (extraction.split): what its merge needs
@@ -116,12 +125,7 @@ def run_group(job) -> dict[str, Any]:
             attrs = expected_attrs(item["expect"], manifest)
             if variant is None:
                 samples = manifest["samples"]
-                key = attrs["input_transform"]
-                if key not in built:
-                    built[key] = _maybe_compile(build_model(spec, params.protocol, head=zero_shot_head(device),
-                                                            logit_scale=params.logit_scale, input_transform=key),
-                                                params.compile)
-                loaded = built[key]
+                loaded = standard_network(attrs["input_transform"], device)
             else:
                 # The evaluation that asked for the variant builds it (its registry record's hook),
                 # on the image subset the variant's identity records.
@@ -165,12 +169,10 @@ def run_group(job) -> dict[str, Any]:
         # study's standard transform (or built now), on the device already held.
         for item in to_run:
             manifest = load_manifest(item["manifest"], images=True)
-            if "protocol" not in built:
-                built["protocol"] = _maybe_compile(build_model(spec, params.protocol, head=zero_shot_head(device),
-                                                               logit_scale=params.logit_scale), params.compile)
+            loaded = standard_network("protocol", device)
             started = time.perf_counter()
             EVALUATIONS[item["evaluation"]].model_pass.run(
-                built["protocol"], spec, manifest, item["output"], item["expect"], device,
+                loaded, spec, manifest, item["output"], item["expect"], device,
                 num_workers=resources.num_workers, on_bad_image=params.on_bad_image)
             timing["pass_s"] = timing.get("pass_s", 0.0) + time.perf_counter() - started
     timing["end"] = time.time()
@@ -193,9 +195,7 @@ def _pass_reusable(item: dict[str, Any], spec) -> bool:
     out = Path(item["output"])
     if not out.is_file():
         return False
-    made = out.stat().st_mtime_ns
-    newer = [str(p) for p in (item["manifest"], spec.checkpoint_path)
-             if p and Path(p).is_file() and Path(p).stat().st_mtime_ns > made]
+    newer = _newer_inputs(out, [item["manifest"], spec.checkpoint_path])
     if newer:
         log.info("%s is older than %s: computing it again", out, ", ".join(newer))
         return False
@@ -333,14 +333,19 @@ def forget_extracted(output: str | os.PathLike) -> list[str]:
     return removed
 
 
+def _newer_inputs(path: Path, inputs: list) -> list[str]:
+    """The inputs (paths; None or "" skipped) modified after the file at ``path`` was."""
+    made = path.stat().st_mtime_ns
+    return [str(p) for p in inputs if p and Path(p).is_file() and Path(p).stat().st_mtime_ns > made]
+
+
 def _forget_if_older(out: str, inputs: list) -> None:
     """As Snakemake would: an extracted file older than an input it was made from (a manifest rebuilt
     because its images changed, a new checkpoint) is recomputed, even under the same key."""
     path = Path(out)
     if not path.is_file():
         return
-    made = path.stat().st_mtime_ns
-    newer = [str(p) for p in inputs if p and Path(p).is_file() and Path(p).stat().st_mtime_ns > made]
+    newer = _newer_inputs(path, inputs)
     if newer:
         log.info("%s is older than %s: recomputing it", out, ", ".join(newer))
         Path(f"{out}.key").unlink(missing_ok=True)
