@@ -719,21 +719,16 @@ class Study:
         (invariance) adds the extra outputs it needs (never split: they follow ``group``)."""
         if model in self._plans:
             return self._plans[model]
-        settings = self.config["extraction"]
-        explicit = {d: g for g, names in settings.get("groups", {}).items() for d in names}
-        by_model = settings.get("group", "dataset") == "model"
+        by_model = self.config["extraction"].get("group", "dataset") == "model"
         # Only the datasets of the evaluations the model takes part in that read cached outputs (cka runs
         # its own pass over the images): a dataset only logit evaluations read is not extracted for a
         # features-only model.
         evaluations = self.model_evaluations(model)
         used = [d for d in self.config["datasets"] if any(d in self.evaluation_datasets(ev) and self.scores(model, ev, d)
                                                           for ev in evaluations if EVALUATIONS[ev].reads != "images")]
-        split = settings.get("split", {})
         plan: dict[str, list[tuple[str, str | None]]] = {}
         for d in used:
-            # a split dataset is its own group, written by its part jobs and their merge (split_parts)
-            group = d if d in split else explicit.get(d) or ("all" if by_model else d)
-            plan.setdefault(group, []).extend((x, None) for x in self.extraction_datasets(d))
+            plan.setdefault(self._standard_group(d), []).extend((x, None) for x in self.extraction_datasets(d))
         for record in (EVALUATIONS[ev] for ev in evaluations):  # extra outputs an evaluation asks for
             if not record.variants:
                 continue
@@ -744,6 +739,16 @@ class Study:
         self._plans[model] = plan
         return plan
 
+    def _standard_group(self, dataset: str) -> str:
+        """The group whose job extracts ``dataset``'s standard output: a split dataset is its own
+        group, written by its part jobs and their merge (:meth:`split_parts`); else its group in
+        ``extraction.groups``, else ``all`` (``group: model``) or its own name (``group: dataset``)."""
+        settings = self.config["extraction"]
+        if dataset in settings.get("split", {}):
+            return dataset
+        explicit = {d: g for g, names in settings.get("groups", {}).items() for d in names}
+        return explicit.get(dataset) or ("all" if settings.get("group", "dataset") == "model" else dataset)
+
     def pass_plan(self, model: str) -> dict[str, list[tuple[str, str]]]:
         """Group name -> the (evaluation, dataset) passes one extraction job of ``model`` runs: an
         evaluation's own pass over the images (its registry ``model_pass`` hook; CKA), with the network
@@ -752,10 +757,8 @@ class Study:
         own group under ``group: dataset``)."""
         if model in self._pass_plans:
             return self._pass_plans[model]
-        settings = self.config["extraction"]
-        explicit = {d: g for g, names in settings.get("groups", {}).items() for d in names}
-        by_model = settings.get("group", "dataset") == "model"
-        split = settings.get("split", {})
+        by_model = self.config["extraction"].get("group", "dataset") == "model"
+        split = self.config["extraction"].get("split", {})
         plan: dict[str, list[tuple[str, str]]] = {}
         for ev in self.model_evaluations(model):
             hook = EVALUATIONS[ev].model_pass
@@ -766,12 +769,7 @@ class Study:
             if model not in self._pass_models[ev]:
                 continue
             for d in self.evaluation_datasets(ev):
-                if by_model:
-                    group = "all"
-                elif d in split:
-                    group = f"{d}@passes"
-                else:
-                    group = explicit.get(d) or d
+                group = "all" if by_model else f"{d}@passes" if d in split else self._standard_group(d)
                 plan.setdefault(group, []).append((ev, d))
         self._pass_plans[model] = plan
         return plan
