@@ -6,7 +6,6 @@
 # beyond_imagenet/evaluations/cka/.
 from beyond_imagenet.evaluations import cka as cka_evaluation
 
-CKA_MODELS = {m: STUDY.models[m] for m in STUDY.evaluation_models("cka")}
 CKA_PAIRS = cka_evaluation.pairs(STUDY) if "cka" in STUDY.evaluations else []
 # The models some pair names, in study order: only their passes are needed.
 CKA_USED = cka_evaluation.pass_models(STUDY) if "cka" in STUDY.evaluations else []
@@ -20,7 +19,7 @@ rule compute_cka:
     output:
         cka_evaluation.matrix_file(STUDY, "{dataset}"),
     params:
-        settings=cka_settings(),
+        settings=cka_evaluation.pass_settings(STUDY),  # not its datasets: adding one reruns no pass
         pairs=CKA_PAIRS,
         files=lambda w: {m: STUDY.pass_output(m, "cka", w.dataset) for m in CKA_USED},
         # What each pass file must record (a stale one is refused).

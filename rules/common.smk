@@ -217,9 +217,9 @@ def group_passes(wildcards):
     file it writes and what that file must record (a change reruns the job, which reuses its files)."""
     out = []
     for ev, d in sorted(STUDY.pass_plan(wildcards.model).get(wildcards.group, [])):
-        hook = EVALUATIONS[ev].model_pass
         out.append({"evaluation": ev, "dataset": d, "manifest": STUDY.manifest(d),
-                    "output": hook.output(STUDY, wildcards.model, d), "expect": hook.expect(STUDY, wildcards.model, d)})
+                    "output": STUDY.pass_output(wildcards.model, ev, d),
+                    "expect": EVALUATIONS[ev].model_pass.expect(STUDY, wildcards.model, d)})
     return out
 
 
@@ -433,11 +433,3 @@ def register_evaluation(evaluation, *extra):
     """The default targets of an evaluation the study runs: its table, its figures, ``extra``."""
     if evaluation in STUDY.evaluations:
         register_targets(STUDY.metric(evaluation), *extra, *evaluation_figures(evaluation))
-
-
-# CKA (rules/cka.smk): the models that take part, the pairs and the pass settings.
-def cka_settings():
-    """The pass's own settings only (not its list of datasets: adding one reruns no pass)."""
-    from beyond_imagenet.evaluations.cka import pass_settings
-
-    return pass_settings(STUDY)
